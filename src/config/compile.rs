@@ -1,0 +1,287 @@
+//! Validation and compilation of a [`FileConfig`] into the immutable [`Snapshot`] the hot path
+//! reads. Everything that can be worked out ahead of a request (routes, endpoints, TLS acceptors,
+//! metric handles) is worked out here, once per config version.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::uri::{Scheme, Uri};
+use http::Method;
+
+use super::file::{FileConfig, ShutdownConfig};
+use super::{ConfigErrors, ConfigProblem, SourceText};
+use crate::pipeline::normalize::normalize_path;
+use crate::pipeline::route::{HostMatch, PathMatch, Route, Router};
+use crate::server::listener::ListenerRuntime;
+use crate::telemetry::metrics::{Metrics, RouteMetrics, UPSTREAM_REQUEST_DURATION};
+use crate::upstream::balance::Endpoint;
+use crate::upstream::client::PoolKey;
+use crate::upstream::{ClientCache, Upstream};
+
+pub struct Snapshot {
+    pub version: u64,
+    pub hash: String,
+    pub loaded_at: SystemTime,
+    pub source: String,
+    pub config: FileConfig,
+    pub router: Router,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub listeners: HashMap<String, Arc<ListenerRuntime>>,
+    /// Counts requests that matched no route.
+    pub unmatched: RouteMetrics,
+    pub shutdown: ShutdownConfig,
+    /// Files whose change should trigger a reload: the config itself and every certificate and key.
+    pub watch_files: Vec<PathBuf>,
+}
+
+impl Snapshot {
+    pub fn pool_keys(&self) -> Vec<PoolKey> {
+        self.upstreams.values().map(|u| u.pool_key.clone()).collect()
+    }
+}
+
+pub struct Deps<'a> {
+    pub metrics: &'a Metrics,
+    pub clients: &'a ClientCache,
+}
+
+pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapshot, ConfigErrors> {
+    let cfg = src.parse()?;
+    let mut problems: Vec<ConfigProblem> = Vec::new();
+    let mut bad = |path: String, reason: String| problems.push(src.problem(&path, reason));
+
+    if cfg.listeners.is_empty() {
+        bad("listeners".into(), "configure at least one listener".into());
+    }
+    let mut listeners = HashMap::new();
+    let mut binds = HashSet::new();
+    let mut watch_files = Vec::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        if l.name.is_empty() {
+            bad(format!("listeners[{i}].name"), "must not be empty".into());
+        }
+        if listeners.contains_key(&l.name) {
+            bad(format!("listeners[{i}].name"), format!("`{}` is used by an earlier listener", l.name));
+        }
+        if l.bind.port() != 0 && !binds.insert(l.bind) {
+            bad(format!("listeners[{i}].bind"), format!("{} is bound by an earlier listener", l.bind));
+        }
+        if let Some(tls) = &l.tls {
+            for c in &tls.certs {
+                watch_files.push(src.base_dir.join(&c.cert));
+                watch_files.push(src.base_dir.join(&c.key));
+            }
+        }
+        match ListenerRuntime::compile(l, &src.base_dir, deps.metrics) {
+            Ok(rt) => {
+                listeners.insert(l.name.clone(), Arc::new(rt));
+            }
+            Err(errs) => {
+                for (path, reason) in errs {
+                    bad(format!("listeners[{i}].{path}"), reason);
+                }
+            }
+        }
+    }
+
+    let mut upstreams = BTreeMap::new();
+    for (name, u) in &cfg.upstreams {
+        let at = format!("upstreams.{name}");
+        if u.endpoints.is_empty() {
+            bad(format!("{at}.endpoints"), "list at least one endpoint".into());
+        }
+        let mut endpoints = Vec::new();
+        for (i, e) in u.endpoints.iter().enumerate() {
+            match parse_endpoint(e) {
+                Ok(ep) => endpoints.push(ep),
+                Err(reason) => bad(format!("{at}.endpoints[{i}]"), reason),
+            }
+        }
+        if u.timeouts.connect.is_zero() {
+            bad(format!("{at}.timeouts.connect"), "must be greater than zero".into());
+        }
+        if u.timeouts.request.is_zero() {
+            bad(format!("{at}.timeouts.request"), "must be greater than zero".into());
+        }
+        let pool_key = PoolKey { connect_timeout: u.timeouts.connect, pool: u.pool.clone() };
+        let client = deps.clients.get(&pool_key);
+        let duration = deps.metrics.histogram(UPSTREAM_REQUEST_DURATION, &[("upstream", name)]);
+        upstreams.insert(
+            name.clone(),
+            Arc::new(Upstream::new(name, endpoints, u.timeouts.request, pool_key, client, duration)),
+        );
+    }
+
+    let mut routes = Vec::new();
+    let mut route_names = HashSet::new();
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if r.name.is_empty() {
+            bad(format!("{at}.name"), "must not be empty".into());
+        } else if !route_names.insert(r.name.as_str()) {
+            bad(format!("{at}.name"), format!("`{}` is used by an earlier route", r.name));
+        }
+        let m = &r.matcher;
+        let path = match (&m.path, &m.path_prefix) {
+            (Some(_), Some(_)) => {
+                bad(format!("{at}.match"), "set `path` or `path_prefix`, not both".into());
+                PathMatch::Any
+            }
+            (Some(p), None) => match check_route_path(p) {
+                Ok(()) => PathMatch::Exact(p.clone()),
+                Err(reason) => {
+                    bad(format!("{at}.match.path"), reason);
+                    PathMatch::Any
+                }
+            },
+            (None, Some(p)) => match check_route_path(p) {
+                Ok(()) if p == "/" => PathMatch::Any,
+                Ok(()) => PathMatch::Prefix(p.clone()),
+                Err(reason) => {
+                    bad(format!("{at}.match.path_prefix"), reason);
+                    PathMatch::Any
+                }
+            },
+            (None, None) => PathMatch::Any,
+        };
+        let mut hosts = Vec::new();
+        for (j, h) in m.hosts.iter().enumerate() {
+            match check_host(h) {
+                Ok(()) => hosts.push(HostMatch::parse(h)),
+                Err(reason) => bad(format!("{at}.match.hosts[{j}]"), reason),
+            }
+        }
+        let mut methods = Vec::new();
+        for (j, name) in m.methods.iter().enumerate() {
+            match Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
+                Ok(me) => methods.push(me),
+                Err(_) => bad(format!("{at}.match.methods[{j}]"), format!("`{name}` is not an HTTP method")),
+            }
+        }
+        let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
+            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+            bad(
+                format!("{at}.upstream"),
+                format!("no upstream named `{}` (defined: {})", r.upstream, known.join(", ")),
+            );
+            continue;
+        };
+        let metrics = RouteMetrics::new(deps.metrics, &r.name, &r.upstream);
+        routes.push(Route { name: Arc::from(r.name.as_str()), hosts, path, methods, upstream, metrics });
+    }
+
+    if !problems.is_empty() {
+        return Err(ConfigErrors(problems));
+    }
+    Ok(Snapshot {
+        version,
+        hash: src.hash.clone(),
+        loaded_at: SystemTime::now(),
+        source: src.name.clone(),
+        router: Router::new(routes),
+        upstreams,
+        listeners,
+        unmatched: RouteMetrics::new(deps.metrics, "unmatched", ""),
+        shutdown: cfg.shutdown.clone(),
+        watch_files,
+        config: cfg,
+    })
+}
+
+/// Only plain-HTTP endpoints for now; upstream TLS arrives with upstream mTLS.
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    let uri: Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    match uri.scheme() {
+        Some(sc) if *sc == Scheme::HTTP => {}
+        Some(sc) => return Err(format!("scheme `{sc}` is not supported yet; use http://host:port")),
+        None => return Err(format!("`{s}` needs a scheme: http://host:port")),
+    }
+    let authority = uri.authority().cloned().ok_or_else(|| format!("`{s}` has no host"))?;
+    if authority.host().is_empty() {
+        return Err(format!("`{s}` has no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("`{s}`: an endpoint is scheme://host:port only, without a path"));
+    }
+    Ok(Endpoint { scheme: Scheme::HTTP, authority })
+}
+
+/// A route path must already be in normal form, or it could never match a normalised request.
+fn check_route_path(p: &str) -> Result<(), String> {
+    match normalize_path(p) {
+        Ok(n) if n == p => Ok(()),
+        Ok(n) => Err(format!("`{p}` is not in normal form; requests are matched as `{n}`")),
+        Err(e) => Err(format!("`{p}`: {e}")),
+    }
+}
+
+fn check_host(h: &str) -> Result<(), String> {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    let ok = !name.is_empty()
+        && !name.contains('*')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{h}` is not a host name or `*.domain` pattern (no port, no scheme)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigSource;
+
+    fn compile_text(text: &'static str) -> Result<Snapshot, ConfigErrors> {
+        let src = ConfigSource::Embedded { name: "test.yaml".into(), text, base_dir: PathBuf::from(".") };
+        let metrics = Metrics::new();
+        let clients = ClientCache::default();
+        compile(&src.read()?, 1, &Deps { metrics: &metrics, clients: &clients })
+    }
+
+    #[test]
+    fn a_minimal_config_compiles() {
+        let snap = compile_text(
+            "listeners:\n  - name: main\n    bind: 127.0.0.1:0\nupstreams:\n  app:\n    endpoints: [http://127.0.0.1:9]\nroutes:\n  - name: all\n    upstream: app\n",
+        )
+        .unwrap();
+        assert_eq!(snap.router.routes().len(), 1);
+        assert!(snap.listeners.contains_key("main"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line_and_key_path() {
+        let err = compile_text(
+            "listeners:\n  - name: main\n    bind: 127.0.0.1:0\nupstreams:\n  app:\n    endpoints: [ftp://x]\nroutes:\n  - name: a\n    match: { path_prefix: /api/../x }\n    upstream: nope\n",
+        )
+        .err()
+        .unwrap();
+        let lines: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+        assert!(lines.iter().any(|l| l.starts_with("test.yaml:6: upstreams.app.endpoints[0]: scheme `ftp`")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("test.yaml:9: routes[0].match.path_prefix:")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("test.yaml:10: routes[0].upstream: no upstream named `nope`")), "{lines:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_at_their_own_line() {
+        let err = compile_text("listeners:\n  - name: main\n    bind: 127.0.0.1:0\n    bnid: x\n").err().unwrap();
+        assert_eq!(err.0.len(), 1);
+        let p = &err.0[0];
+        assert_eq!((p.line, p.path.as_str()), (4, "listeners[0].bnid"), "{p}");
+        assert!(p.reason.starts_with("unknown field `bnid`"), "{p}");
+    }
+
+    #[test]
+    fn bad_durations_and_sizes_are_explained() {
+        let err = compile_text(
+            "listeners:\n  - name: main\n    bind: 127.0.0.1:0\n    limits:\n      idle_timeout: soon\n",
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.0[0].path, "listeners[0].limits.idle_timeout");
+        assert_eq!(err.0[0].line, 5);
+        assert!(err.0[0].reason.contains("not a duration"), "{}", err.0[0]);
+    }
+}

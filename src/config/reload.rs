@@ -1,0 +1,173 @@
+//! Hot reload: on a file change, SIGHUP or `POST /admin/reload`, build a new snapshot and swap it
+//! in atomically. A config that fails to build is refused and the running one keeps serving.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::compile::{compile, Deps, Snapshot};
+use super::{ConfigErrors, ConfigProblem};
+use crate::gateway::Shared;
+
+/// What `GET /admin/config` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadStatus {
+    pub version: u64,
+    pub hash: String,
+    pub source: String,
+    #[serde(with = "rfc3339")]
+    pub loaded_at: SystemTime,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub last_error: Option<LastError>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastError {
+    #[serde(with = "rfc3339")]
+    pub at: SystemTime,
+    pub trigger: String,
+    pub problems: Vec<ConfigProblem>,
+    /// The same problems as `ficus check` prints them.
+    pub text: Vec<String>,
+}
+
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+    }
+}
+
+impl ReloadStatus {
+    pub fn initial(snap: &Snapshot) -> Self {
+        Self {
+            version: snap.version,
+            hash: snap.hash.clone(),
+            source: snap.source.clone(),
+            loaded_at: snap.loaded_at,
+            reloads_ok: 0,
+            reloads_failed: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// Builds and swaps in a new snapshot. Reloads are serialised so two triggers at once cannot race.
+pub async fn reload(shared: &Shared, trigger: &str) -> Result<u64, ConfigErrors> {
+    let _one_at_a_time = shared.reload_lock.lock().await;
+    let version = shared.snapshot.load().version + 1;
+    let result = build(shared, version);
+    match result {
+        Ok(snap) => {
+            let snap = Arc::new(snap);
+            let old = shared.snapshot.swap(snap.clone());
+            shared.clients.retain(&snap.pool_keys());
+            {
+                let mut st = shared.status.lock();
+                st.version = snap.version;
+                st.hash = snap.hash.clone();
+                st.loaded_at = snap.loaded_at;
+                st.reloads_ok += 1;
+            }
+            shared.reload_metrics.ok.increment(1);
+            shared.reload_metrics.last_success.set(1.0);
+            tracing::info!(trigger, version, hash = %snap.hash, previous = old.version, "config reloaded");
+            Ok(version)
+        }
+        Err(errors) => {
+            {
+                let mut st = shared.status.lock();
+                st.reloads_failed += 1;
+                st.last_error = Some(LastError {
+                    at: SystemTime::now(),
+                    trigger: trigger.to_string(),
+                    problems: errors.0.clone(),
+                    text: errors.0.iter().map(ToString::to_string).collect(),
+                });
+            }
+            shared.reload_metrics.failed.increment(1);
+            shared.reload_metrics.last_success.set(0.0);
+            for p in &errors.0 {
+                tracing::error!(trigger, problem = %p, "config refused; the previous config keeps serving");
+            }
+            Err(errors)
+        }
+    }
+}
+
+fn build(shared: &Shared, version: u64) -> Result<Snapshot, ConfigErrors> {
+    let src = shared.source.read()?;
+    let snap = compile(&src, version, &Deps { metrics: &shared.metrics, clients: &shared.clients })?;
+    // Sockets are bound once at start; a reload that moves them would silently not take effect.
+    let mut problems = Vec::new();
+    let new: Vec<_> = snap.config.listeners.iter().map(|l| (l.name.clone(), l.bind)).collect();
+    if new != shared.bound_listeners {
+        let running: Vec<String> = shared.bound_listeners.iter().map(|(n, a)| format!("{n}@{a}")).collect();
+        problems.push(src.problem(
+            "listeners",
+            format!("adding, removing, renaming or re-binding listeners needs a restart (running: {})", running.join(", ")),
+        ));
+    }
+    if snap.config.admin.bind != shared.admin_bind {
+        problems.push(src.problem("admin.bind", "changing the admin address needs a restart"));
+    }
+    if problems.is_empty() {
+        Ok(snap)
+    } else {
+        Err(ConfigErrors(problems))
+    }
+}
+
+/// Watches the config file and every certificate it names. Editors often replace a file by
+/// renaming a new one over it, so the watch is on the parent directories, filtered by file name.
+pub fn spawn_watcher(shared: Arc<Shared>) -> notify::Result<notify::RecommendedWatcher> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)) {
+                for p in ev.paths {
+                    let _ = tx.send(p);
+                }
+            }
+        }
+    })?;
+    let files = watched(&shared);
+    for dir in dirs(&files) {
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    }
+    tokio::spawn(async move {
+        let mut files = files;
+        while let Some(first) = rx.recv().await {
+            if !files.contains(&first) {
+                continue;
+            }
+            // Let a burst of writes (truncate, write, rename) settle into one reload.
+            let debounce = shared.snapshot.load().config.reload.debounce;
+            tokio::time::sleep(debounce).await;
+            while rx.try_recv().is_ok() {}
+            let _ = reload(&shared, "file change").await;
+            files = watched(&shared);
+        }
+    });
+    Ok(watcher)
+}
+
+fn watched(shared: &Shared) -> HashSet<PathBuf> {
+    let snap = shared.snapshot.load();
+    shared.source.path().into_iter().map(Path::to_path_buf).chain(snap.watch_files.iter().cloned()).map(absolute).collect()
+}
+
+fn dirs(files: &HashSet<PathBuf>) -> HashSet<PathBuf> {
+    files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect()
+}
+
+fn absolute(p: PathBuf) -> PathBuf {
+    std::path::absolute(&p).unwrap_or(p)
+}

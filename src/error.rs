@@ -1,0 +1,147 @@
+//! Every error ficus itself answers with, and the one place that maps them to HTTP.
+//!
+//! Responses are RFC 9457 `application/problem+json`; the `type` URN is stable so clients and
+//! dashboards can key on it.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::pipeline::body::ResponseBody;
+use crate::pipeline::normalize::PathError;
+
+/// Where an error came from, as in Pingora: it tells logs and metrics whose fault it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the request has no Host header")]
+    MissingHost,
+    #[error("the request has more than one Host header")]
+    DuplicateHost,
+    #[error("the Host header and the request authority disagree")]
+    ConflictingHost,
+    #[error("the request path cannot be normalised safely: {0}")]
+    BadPath(#[from] PathError),
+    #[error("request headers exceed the {limit}-byte limit")]
+    HeadersTooLarge { limit: u64 },
+    #[error("the request body exceeds the {limit}-byte limit")]
+    BodyTooLarge { limit: u64 },
+    #[error("the client stopped sending the request body")]
+    BodyTimeout,
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("upstream `{upstream}` could not be reached: {reason}")]
+    UpstreamUnreachable { upstream: String, reason: String },
+    #[error("upstream `{upstream}` did not answer within {timeout_ms} ms")]
+    UpstreamTimeout { upstream: String, timeout_ms: u128 },
+    #[error("upstream `{upstream}` failed: {reason}")]
+    UpstreamFailed { upstream: String, reason: String },
+    #[error("the protocol upgrade failed: {0}")]
+    UpgradeFailed(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingHost | Self::DuplicateHost | Self::ConflictingHost | Self::BadPath(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::UpstreamUnreachable { .. } | Self::UpstreamFailed { .. } | Self::UpgradeFailed(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The stable last part of the problem `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::MissingHost => "missing-host",
+            Self::DuplicateHost => "duplicate-host",
+            Self::ConflictingHost => "conflicting-host",
+            Self::BadPath(_) => "invalid-path",
+            Self::HeadersTooLarge { .. } => "headers-too-large",
+            Self::BodyTooLarge { .. } => "body-too-large",
+            Self::BodyTimeout => "body-timeout",
+            Self::NoRoute => "no-route",
+            Self::UpstreamUnreachable { .. } => "upstream-unreachable",
+            Self::UpstreamTimeout { .. } => "upstream-timeout",
+            Self::UpstreamFailed { .. } => "upstream-failed",
+            Self::UpgradeFailed(_) => "upgrade-failed",
+        }
+    }
+
+    pub fn source(&self) -> Source {
+        match self {
+            Self::UpstreamUnreachable { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamFailed { .. }
+            | Self::UpgradeFailed(_) => Source::Upstream,
+            _ => Source::Downstream,
+        }
+    }
+
+    pub fn to_response(&self, request_id: Option<&HeaderValue>) -> Response<ResponseBody> {
+        problem(self.status(), self.kind(), &self.to_string(), request_id)
+    }
+}
+
+/// Builds a problem+json response. Also used by the admin API so every error looks alike.
+pub fn problem(
+    status: StatusCode,
+    kind: &str,
+    detail: &str,
+    request_id: Option<&HeaderValue>,
+) -> Response<ResponseBody> {
+    let mut doc = serde_json::json!({
+        "type": format!("urn:ficus:problem:{kind}"),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
+        doc["request_id"] = serde_json::Value::from(id);
+    }
+    let body = Bytes::from(doc.to_string());
+    let mut resp = Response::new(ResponseBody::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(id) = request_id {
+        h.insert(crate::pipeline::X_REQUEST_ID, id.clone());
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_errors_map_to_502_and_504() {
+        let e = ProxyError::UpstreamUnreachable { upstream: "a".into(), reason: "refused".into() };
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        let e = ProxyError::UpstreamTimeout { upstream: "a".into(), timeout_ms: 5 };
+        assert_eq!(e.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(e.source(), Source::Upstream);
+    }
+
+    #[test]
+    fn problem_body_is_rfc9457_json() {
+        let id = HeaderValue::from_static("abc");
+        let resp = ProxyError::NoRoute.to_response(Some(&id));
+        assert_eq!(resp.status(), 404);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(resp.headers()[crate::pipeline::X_REQUEST_ID], "abc");
+    }
+}

@@ -1,0 +1,220 @@
+//! Request and response body types.
+//!
+//! Bodies stream: ficus never collects a body it only passes through. The request body is wrapped
+//! so that its size and the gaps between its chunks are bounded, and so that, when the upstream
+//! call fails because of it, the pipeline can tell the client 413 or 408 rather than 502.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request body stopped early; shared with the pipeline through [`BodyVerdict`].
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body exceeds {0} bytes")]
+    TooLarge(u64),
+    #[error("request body stalled for longer than the body read timeout")]
+    Timeout,
+    #[error("reading the request body failed: {0}")]
+    Read(#[from] hyper::Error),
+}
+
+const VERDICT_OK: u8 = 0;
+const VERDICT_TOO_LARGE: u8 = 1;
+const VERDICT_TIMEOUT: u8 = 2;
+
+/// What happened to a request body, readable after the body itself was handed to the client.
+#[derive(Clone, Default)]
+pub struct BodyVerdict(Arc<AtomicU8>);
+
+impl BodyVerdict {
+    pub fn too_large(&self) -> bool {
+        self.0.load(Ordering::Acquire) == VERDICT_TOO_LARGE
+    }
+    pub fn timed_out(&self) -> bool {
+        self.0.load(Ordering::Acquire) == VERDICT_TIMEOUT
+    }
+    fn set(&self, v: u8) {
+        self.0.store(v, Ordering::Release);
+    }
+}
+
+/// The body sent upstream.
+pub enum RequestBody {
+    Empty,
+    Full(Option<Bytes>),
+    Streaming(Box<GuardedIncoming>),
+}
+
+impl RequestBody {
+    /// Wraps a client body in the size and stall guards. Bodies known to be empty skip the wrapper
+    /// (and its allocation): that is every GET on the plain route.
+    pub fn guard(inner: Incoming, limit: u64, stall: Duration) -> (Self, Option<BodyVerdict>) {
+        if inner.is_end_stream() {
+            return (Self::Empty, None);
+        }
+        let verdict = BodyVerdict::default();
+        let body = GuardedIncoming {
+            inner,
+            remaining: limit,
+            limit,
+            stall,
+            timer: None,
+            progressed: false,
+            verdict: verdict.clone(),
+        };
+        (Self::Streaming(Box::new(body)), Some(verdict))
+    }
+}
+
+pub struct GuardedIncoming {
+    inner: Incoming,
+    remaining: u64,
+    limit: u64,
+    stall: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    progressed: bool,
+    verdict: BodyVerdict,
+}
+
+impl Body for GuardedIncoming {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > this.remaining {
+                        this.verdict.set(VERDICT_TOO_LARGE);
+                        return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
+                    }
+                    this.remaining -= n;
+                }
+                this.progressed = true;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Read(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                // The stall timer is armed lazily and only re-armed after progress, so a body that
+                // arrives in one read costs no timer at all.
+                let deadline = Instant::now() + this.stall;
+                match &mut this.timer {
+                    None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    Some(t) if this.progressed => t.as_mut().reset(deadline),
+                    Some(_) => {}
+                }
+                this.progressed = false;
+                if let Some(t) = &mut this.timer {
+                    if t.as_mut().poll(cx).is_ready() {
+                        this.verdict.set(VERDICT_TIMEOUT);
+                        return Poll::Ready(Some(Err(BodyError::Timeout)));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            Self::Empty => Poll::Ready(None),
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Streaming(s) => Pin::new(s.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Full(b) => b.is_none(),
+            Self::Streaming(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Empty => SizeHint::with_exact(0),
+            Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Self::Full(None) => SizeHint::with_exact(0),
+            Self::Streaming(s) => s.size_hint(),
+        }
+    }
+}
+
+/// The body sent to the client: the upstream's, streamed, or one ficus made.
+pub enum ResponseBody {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        Self::Full(Some(b.into()))
+    }
+    pub fn empty() -> Self {
+        Self::Full(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Upstream(b) => b.is_end_stream(),
+            Self::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Upstream(b) => b.size_hint(),
+            Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Self::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The request pipeline. Its stage order is the architecture, so it is written out once, here,
+//! in [`handle`]: context, route, (identity, rate limit, validation, idempotency, migration and
+//! translation as they land), then the upstream call, then observation.
+
+pub mod body;
+pub mod context;
+pub mod forward;
+pub mod normalize;
+pub mod route;
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::header::{HeaderName, HOST};
+use http::{HeaderValue, Request, Response, Version};
+use hyper::body::Incoming;
+
+use crate::config::compile::Snapshot;
+use crate::error::ProxyError;
+use crate::gateway::Shared;
+use crate::server::listener::ListenerRuntime;
+use crate::telemetry::access_log::AccessRecord;
+use body::ResponseBody;
+use route::Route;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// What the pipeline knows about the connection a request arrived on. The listener settings are
+/// those in force when the connection was accepted; routing uses the newest snapshot per request.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub listener: Arc<ListenerRuntime>,
+    /// Requests still being answered; the idle timeout never closes a connection that has some.
+    pub in_flight: AtomicUsize,
+}
+
+/// Per-request state shared by the stages (Pingora's context struct).
+pub struct RequestCtx {
+    pub request_id: HeaderValue,
+    pub client: IpAddr,
+    pub route: Option<Arc<Route>>,
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
+    let started = Instant::now();
+    conn.in_flight.fetch_add(1, Ordering::Acquire);
+    let _in_flight = InFlight(&conn.in_flight);
+    // One load per request: the whole request runs on this snapshot even if a reload swaps it.
+    let snap = shared.snapshot.load_full();
+
+    let request_id = match req.headers().get(X_REQUEST_ID) {
+        Some(v) if context::valid_request_id(v.as_bytes()) => v.clone(),
+        _ => context::new_request_id(),
+    };
+    let mut ctx = RequestCtx { request_id, client: conn.peer.ip(), route: None };
+    let method = req.method().clone();
+    let log_path = shared.access_log.as_ref().map(|_| req.uri().path().to_owned());
+
+    let (response, error) = match run(&snap, conn, &mut ctx, req).await {
+        Ok(resp) => (resp, None),
+        Err(e) => {
+            if e.status().is_server_error() {
+                tracing::warn!(request_id = ?ctx.request_id, error = %e, "request failed");
+            } else {
+                tracing::debug!(request_id = ?ctx.request_id, error = %e, "request refused");
+            }
+            (e.to_response(Some(&ctx.request_id)), Some(e.kind()))
+        }
+    };
+
+    let elapsed = started.elapsed();
+    match &ctx.route {
+        Some(r) => r.metrics.record(&method, response.status(), elapsed),
+        None => snap.unmatched.record(&method, response.status(), elapsed),
+    }
+    if let (Some(log), Some(path)) = (&shared.access_log, log_path) {
+        log.log(AccessRecord {
+            time: SystemTime::now(),
+            request_id: Some(ctx.request_id.clone()),
+            client: ctx.client,
+            method,
+            path,
+            route: ctx.route.as_ref().map(|r| r.name.clone()),
+            upstream: ctx.route.as_ref().map(|r| r.upstream.name.clone()),
+            status: response.status(),
+            duration_us: elapsed.as_micros() as u64,
+            error,
+        });
+    }
+    response
+}
+
+async fn run(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    // Stage 1 (accept) left these to us: hyper's own header limit is only a backstop.
+    check_header_size(&req, conn.listener.limits.max_header_bytes.0)?;
+    let host = request_host(&req)?;
+
+    // Stage 2: context. Routing and everything after it see only the normalised path.
+    let path = normalize::normalize_path(req.uri().path())?;
+    let host_name = host.as_ref().and_then(|h| h.to_str().ok()).map(route::host_without_port);
+
+    // Stage 3: route.
+    let route = snap.router.find(host_name, &path, req.method()).ok_or(ProxyError::NoRoute)?.clone();
+    ctx.route = Some(route.clone());
+
+    // Stages 4-9 (identity, rate limit, validation, idempotency, migration, translation) plug in here.
+
+    // Stage 10: the upstream call.
+    let path = match path {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(p) => Some(p),
+    };
+    forward::forward(req, &route, conn, ctx, host, path).await
+}
+
+fn check_header_size<B>(req: &Request<B>, limit: u64) -> Result<(), ProxyError> {
+    // Counted as on the wire: request line plus `name: value\r\n` per header.
+    let mut size = req.method().as_str().len() + req.uri().path().len() + req.uri().query().map_or(0, str::len) + 12;
+    for (name, value) in req.headers() {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    if size as u64 > limit {
+        return Err(ProxyError::HeadersTooLarge { limit });
+    }
+    Ok(())
+}
+
+/// The host the request is for: the URI authority (HTTP/2, or HTTP/1 absolute-form) or the single
+/// `Host` header. A missing or doubled Host, or a Host that disagrees with the authority, is refused
+/// (RFC 9112 §3.2) because a legacy server might read the other one.
+fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::DuplicateHost);
+    }
+    match (req.uri().authority(), first) {
+        (Some(auth), Some(h)) => {
+            if !auth.as_str().eq_ignore_ascii_case(h.to_str().unwrap_or("")) {
+                return Err(ProxyError::ConflictingHost);
+            }
+            Ok(Some(h.clone()))
+        }
+        (Some(auth), None) => {
+            HeaderValue::from_str(auth.as_str()).map(Some).map_err(|_| ProxyError::MissingHost)
+        }
+        (None, Some(h)) => Ok(Some(h.clone())),
+        (None, None) if req.version() == Version::HTTP_10 => Ok(None),
+        (None, None) => Err(ProxyError::MissingHost),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(builder: http::request::Builder) -> Request<()> {
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn host_rules_follow_rfc9112() {
+        let r = req(Request::get("/").header(HOST, "a.test"));
+        assert_eq!(request_host(&r).unwrap().unwrap(), "a.test");
+        let r = req(Request::get("/"));
+        assert!(matches!(request_host(&r), Err(ProxyError::MissingHost)));
+        let r = req(Request::get("/").version(Version::HTTP_10));
+        assert!(request_host(&r).unwrap().is_none());
+        let r = req(Request::get("/").header(HOST, "a.test").header(HOST, "b.test"));
+        assert!(matches!(request_host(&r), Err(ProxyError::DuplicateHost)));
+        let r = req(Request::get("http://a.test/x").header(HOST, "b.test"));
+        assert!(matches!(request_host(&r), Err(ProxyError::ConflictingHost)));
+        let r = req(Request::get("http://a.test/x").version(Version::HTTP_2));
+        assert_eq!(request_host(&r).unwrap().unwrap(), "a.test");
+    }
+
+    #[test]
+    fn oversized_headers_are_refused() {
+        let r = req(Request::get("/").header("x-big", "a".repeat(2000)));
+        assert!(check_header_size(&r, 4096).is_ok());
+        assert!(matches!(check_header_size(&r, 1024), Err(ProxyError::HeadersTooLarge { limit: 1024 })));
+    }
+}

@@ -1,0 +1,224 @@
+//! The accept loop: connection limits, TLS, HTTP/1.1 + HTTP/2 via hyper-util's auto builder, and
+//! graceful draining.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use ipnet::IpNet;
+use metrics::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use super::io::IdleIo;
+use super::tls;
+use crate::config::file::{ListenerConfig, ListenerLimits};
+use crate::gateway::Shared;
+use crate::pipeline::{self, ConnInfo};
+use crate::telemetry::metrics::{Metrics, CONNECTIONS_REJECTED, OPEN_CONNECTIONS, TLS_CERT_EXPIRY};
+
+/// One listener's settings, compiled once per config snapshot.
+pub struct ListenerRuntime {
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+    pub proto: &'static str,
+    pub tls: Option<TlsAcceptor>,
+    pub certs: Vec<CertExpiry>,
+    pub limits: ListenerLimits,
+    pub trusted_proxies: Vec<IpNet>,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+pub struct CertExpiry {
+    pub path: String,
+    pub names: Vec<String>,
+    pub not_after_unix: i64,
+    gauge: Gauge,
+}
+
+impl CertExpiry {
+    pub fn refresh(&self, now_unix: i64) {
+        self.gauge.set((self.not_after_unix - now_unix) as f64);
+    }
+}
+
+impl ListenerRuntime {
+    /// Errors are `(key path below this listener, reason)` so the caller can place them in the file.
+    pub fn compile(cfg: &ListenerConfig, base_dir: &Path, metrics: &Metrics) -> Result<Self, Vec<(String, String)>> {
+        let mut problems = Vec::new();
+        let limits = cfg.limits.clone();
+        if limits.max_header_bytes.0 < 1024 {
+            problems.push(("limits.max_header_bytes".into(), "must be at least 1024 bytes".into()));
+        }
+        if limits.max_connections == 0 {
+            problems.push(("limits.max_connections".into(), "must be at least 1".into()));
+        }
+        if limits.max_concurrent_streams == 0 {
+            problems.push(("limits.max_concurrent_streams".into(), "must be at least 1".into()));
+        }
+        let (tls, certs) = match &cfg.tls {
+            None => (None, Vec::new()),
+            Some(t) => {
+                if t.certs.is_empty() {
+                    problems.push(("tls.certs".into(), "list at least one certificate".into()));
+                }
+                let mut loaded = Vec::new();
+                for (i, pair) in t.certs.iter().enumerate() {
+                    match tls::load_cert(&base_dir.join(&pair.cert), &base_dir.join(&pair.key)) {
+                        Ok(c) => loaded.push(c),
+                        Err(e) => problems.push((format!("tls.certs[{i}]"), e.to_string())),
+                    }
+                }
+                if !problems.is_empty() {
+                    return Err(problems);
+                }
+                match tls::server_config(&loaded, &t.min_version) {
+                    Ok(sc) => {
+                        let certs = loaded
+                            .iter()
+                            .map(|c| {
+                                let path = c.cert_path.display().to_string();
+                                let gauge = metrics.gauge(TLS_CERT_EXPIRY, &[("listener", &cfg.name), ("cert", &path)]);
+                                CertExpiry { path, names: c.names.clone(), not_after_unix: c.not_after_unix, gauge }
+                            })
+                            .collect();
+                        (Some(TlsAcceptor::from(sc)), certs)
+                    }
+                    Err(e) => {
+                        problems.push(("tls".into(), e.to_string()));
+                        (None, Vec::new())
+                    }
+                }
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let header_limit = usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            // hyper's own limit is a backstop a little above ours, so that ficus, not hyper,
+            // answers the 431 (with a problem+json body). hyper refuses values below 8 KiB.
+            .max_buf_size(header_limit.saturating_add(4096).max(8192))
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(header_limit.saturating_mul(2)).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+
+        Ok(Self {
+            name: Arc::from(cfg.name.as_str()),
+            bind: cfg.bind,
+            proto: if tls.is_some() { "https" } else { "http" },
+            tls,
+            certs,
+            limits,
+            trusted_proxies: cfg.trusted_proxies.clone(),
+            builder,
+        })
+    }
+}
+
+/// Accepts until `shutdown` fires, then drains: connections finish their in-flight requests (up to
+/// the configured deadline) and are closed.
+pub async fn serve(listener: TcpListener, name: Arc<str>, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    let open = Arc::new(AtomicUsize::new(0));
+    let open_gauge = shared.metrics.gauge(OPEN_CONNECTIONS, &[("listener", &name)]);
+    let rejected = shared.metrics.counter(CONNECTIONS_REJECTED, &[("listener", &name)]);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Usually EMFILE: back off instead of spinning on the error.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(rt) = shared.snapshot.load().listeners.get(&*name).cloned() else {
+            continue;
+        };
+        if open.load(Ordering::Acquire) >= rt.limits.max_connections {
+            rejected.increment(1);
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        let guard = ConnGuard::new(open.clone(), open_gauge.clone());
+        let conn = Arc::new(ConnInfo { peer, listener: rt.clone(), in_flight: AtomicUsize::new(0) });
+        let io = IdleIo::new(tcp, rt.limits.idle_timeout, conn.clone());
+        let watcher = graceful.watcher();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            match &rt.tls {
+                None => serve_connection(io, &rt, conn, shared, watcher).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(rt.limits.header_read_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, &rt, conn, shared, watcher).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    let drain = shared.snapshot.load().shutdown.drain_timeout;
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(listener = %name, "drain deadline passed; closing the remaining connections");
+    }
+}
+
+async fn serve_connection<I>(io: I, rt: &ListenerRuntime, conn: Arc<ConnInfo>, shared: Arc<Shared>, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(pipeline::handle(&shared, &conn, req).await) }
+    });
+    let connection = rt.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+struct ConnGuard {
+    open: Arc<AtomicUsize>,
+    gauge: Gauge,
+}
+
+impl ConnGuard {
+    fn new(open: Arc<AtomicUsize>, gauge: Gauge) -> Self {
+        open.fetch_add(1, Ordering::AcqRel);
+        gauge.increment(1.0);
+        Self { open, gauge }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.decrement(1.0);
+    }
+}

@@ -1,0 +1,5 @@
+//! Stage 1: accept connections, terminate TLS, enforce connection-level limits.
+
+pub mod io;
+pub mod listener;
+pub mod tls;

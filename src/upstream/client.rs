@@ -1,0 +1,142 @@
+//! The pooled keep-alive client, and one upstream's runtime form.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use metrics::Histogram;
+use parking_lot::Mutex;
+
+use super::balance::{Endpoint, RoundRobin};
+use crate::config::file::PoolConfig;
+use crate::pipeline::body::RequestBody;
+
+pub type HttpClient = Client<HttpConnector, RequestBody>;
+
+/// Settings that shape a connection pool. Upstreams that share them share one pool (the pool is
+/// keyed by authority inside), and a reload that keeps them keeps its warm connections.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub connect_timeout: Duration,
+    pub pool: PoolConfig,
+}
+
+#[derive(Default)]
+pub struct ClientCache {
+    clients: Mutex<HashMap<PoolKey, HttpClient>>,
+}
+
+impl ClientCache {
+    pub fn get(&self, key: &PoolKey) -> HttpClient {
+        self.clients.lock().entry(key.clone()).or_insert_with(|| build_client(key)).clone()
+    }
+
+    /// Drops pools no snapshot uses any more, so many reloads don't accumulate sockets.
+    pub fn retain(&self, live: &[PoolKey]) {
+        self.clients.lock().retain(|k, _| live.contains(k));
+    }
+}
+
+fn build_client(key: &PoolKey) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(key.connect_timeout));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(key.pool.idle_timeout)
+        .pool_max_idle_per_host(key.pool.max_idle_per_endpoint)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamCallError {
+    #[error("connect failed: {0}")]
+    Connect(String),
+    #[error("timed out")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Request(String),
+    /// The failure came from the client's own request body (too large, stalled).
+    #[error("request body: {0}")]
+    Body(String),
+}
+
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub balancer: RoundRobin,
+    pub request_timeout: Duration,
+    pub pool_key: PoolKey,
+    client: HttpClient,
+    duration: Histogram,
+}
+
+impl Upstream {
+    pub fn new(
+        name: &str,
+        endpoints: Vec<Endpoint>,
+        request_timeout: Duration,
+        pool_key: PoolKey,
+        client: HttpClient,
+        duration: Histogram,
+    ) -> Self {
+        Self {
+            name: Arc::from(name),
+            balancer: RoundRobin::new(endpoints),
+            request_timeout,
+            pool_key,
+            client,
+            duration,
+        }
+    }
+
+    /// Sends a request whose URI already names the endpoint; waits for the response head only.
+    pub async fn call(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, UpstreamCallError> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.request_timeout, self.client.request(req)).await;
+        self.duration.record(started.elapsed().as_secs_f64());
+        match result {
+            Err(_) => Err(UpstreamCallError::Timeout(self.request_timeout)),
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamCallError::Connect(error_chain(&e))),
+            Ok(Err(e)) => {
+                let chain = error_chain(&e);
+                if has_source::<crate::pipeline::body::BodyError>(&e) {
+                    Err(UpstreamCallError::Body(chain))
+                } else {
+                    Err(UpstreamCallError::Request(chain))
+                }
+            }
+        }
+    }
+}
+
+fn has_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<T>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// hyper's top-level messages are terse ("client error (Connect)"); the causes say what happened.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
+}

@@ -1,0 +1,6 @@
+//! Everything on the far side of the proxy: the pooled client and the endpoint choice.
+
+pub mod balance;
+pub mod client;
+
+pub use client::{ClientCache, Upstream, UpstreamCallError};
