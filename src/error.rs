@@ -115,7 +115,10 @@ pub fn problem(
     let mut resp = Response::new(ResponseBody::full(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(id) = request_id {
         h.insert(crate::pipeline::X_REQUEST_ID, id.clone());
@@ -129,9 +132,15 @@ mod tests {
 
     #[test]
     fn upstream_errors_map_to_502_and_504() {
-        let e = ProxyError::UpstreamUnreachable { upstream: "a".into(), reason: "refused".into() };
+        let e = ProxyError::UpstreamUnreachable {
+            upstream: "a".into(),
+            reason: "refused".into(),
+        };
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
-        let e = ProxyError::UpstreamTimeout { upstream: "a".into(), timeout_ms: 5 };
+        let e = ProxyError::UpstreamTimeout {
+            upstream: "a".into(),
+            timeout_ms: 5,
+        };
         assert_eq!(e.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(e.source(), Source::Upstream);
     }

@@ -1,1 +1,154 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ficus::config::compile::{compile, Deps};
+use ficus::config::ConfigSource;
+use ficus::gateway::Gateway;
+
+#[derive(Parser)]
+#[command(
+    name = "ficus",
+    version,
+    about = "An HTTP gateway for strangler-fig migrations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the given config.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config: exit 0 when valid, else print `file:line: key.path: reason` lines.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the embedded demo: ficus on 127.0.0.1:8080 in front of two in-process backends.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(ConfigSource::File(config)),
+        Command::Run { config } => serve(ConfigSource::File(config), false),
+        Command::Demo => serve(ficus::demo::source(), true),
+    }
+}
+
+fn check(source: ConfigSource) -> ExitCode {
+    let result = source.read().and_then(|text| {
+        let metrics = ficus::telemetry::Metrics::new();
+        let clients = ficus::upstream::ClientCache::default();
+        compile(
+            &text,
+            1,
+            &Deps {
+                metrics: &metrics,
+                clients: &clients,
+            },
+        )
+        .map(|_| ())
+    });
+    match result {
+        Ok(()) => {
+            println!("{}: ok", source.name());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for p in &errors.0 {
+                println!("{p}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(source: ConfigSource, demo: bool) -> ExitCode {
+    // The runtime and log settings are needed before the gateway starts; a config that does not
+    // parse is reported properly by `Gateway::start` below.
+    let parsed = source.read().ok().and_then(|t| t.parse().ok());
+    let level = parsed
+        .as_ref()
+        .map(|c| c.log.level.clone())
+        .unwrap_or_else(|| "info".into());
+    let workers = parsed.as_ref().map(|c| c.runtime.worker_threads).unwrap_or(0);
+    ficus::telemetry::init_logging(&level);
+
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if workers > 0 {
+        rt.worker_threads(workers);
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ficus: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        if demo {
+            for (addr, flavor) in [
+                (ficus::demo::LEGACY_ADDR, ficus::demo::Flavor::Legacy),
+                (ficus::demo::MODERN_ADDR, ficus::demo::Flavor::Modern),
+            ] {
+                if let Err(e) = ficus::demo::spawn_backend(addr, flavor).await {
+                    eprintln!("ficus demo: cannot bind the demo backend on {addr}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        let gateway = match Gateway::start(source).await {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("ficus: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if demo {
+            if let Some(public) = gateway.addr("public") {
+                eprintln!("{}", ficus::demo::banner(public, gateway.admin_addr()));
+            }
+        }
+        let handle = gateway.shutdown_handle();
+        tokio::spawn(signals(handle));
+        gateway.wait().await;
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(unix)]
+async fn signals(handle: ficus::gateway::ShutdownHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let _ = ficus::config::reload::reload(handle.shared(), "SIGHUP").await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    handle.trigger();
+}
+
+#[cfg(not(unix))]
+async fn signals(handle: ficus::gateway::ShutdownHandle) {
+    let _ = tokio::signal::ctrl_c().await;
+    handle.trigger();
+}

@@ -63,10 +63,16 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             bad(format!("listeners[{i}].name"), "must not be empty".into());
         }
         if listeners.contains_key(&l.name) {
-            bad(format!("listeners[{i}].name"), format!("`{}` is used by an earlier listener", l.name));
+            bad(
+                format!("listeners[{i}].name"),
+                format!("`{}` is used by an earlier listener", l.name),
+            );
         }
         if l.bind.port() != 0 && !binds.insert(l.bind) {
-            bad(format!("listeners[{i}].bind"), format!("{} is bound by an earlier listener", l.bind));
+            bad(
+                format!("listeners[{i}].bind"),
+                format!("{} is bound by an earlier listener", l.bind),
+            );
         }
         if let Some(tls) = &l.tls {
             for c in &tls.certs {
@@ -100,17 +106,35 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             }
         }
         if u.timeouts.connect.is_zero() {
-            bad(format!("{at}.timeouts.connect"), "must be greater than zero".into());
+            bad(
+                format!("{at}.timeouts.connect"),
+                "must be greater than zero".into(),
+            );
         }
         if u.timeouts.request.is_zero() {
-            bad(format!("{at}.timeouts.request"), "must be greater than zero".into());
+            bad(
+                format!("{at}.timeouts.request"),
+                "must be greater than zero".into(),
+            );
         }
-        let pool_key = PoolKey { connect_timeout: u.timeouts.connect, pool: u.pool.clone() };
+        let pool_key = PoolKey {
+            connect_timeout: u.timeouts.connect,
+            pool: u.pool.clone(),
+        };
         let client = deps.clients.get(&pool_key);
-        let duration = deps.metrics.histogram(UPSTREAM_REQUEST_DURATION, &[("upstream", name)]);
+        let duration = deps
+            .metrics
+            .histogram(UPSTREAM_REQUEST_DURATION, &[("upstream", name)]);
         upstreams.insert(
             name.clone(),
-            Arc::new(Upstream::new(name, endpoints, u.timeouts.request, pool_key, client, duration)),
+            Arc::new(Upstream::new(
+                name,
+                endpoints,
+                u.timeouts.request,
+                pool_key,
+                client,
+                duration,
+            )),
         );
     }
 
@@ -121,12 +145,18 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         if r.name.is_empty() {
             bad(format!("{at}.name"), "must not be empty".into());
         } else if !route_names.insert(r.name.as_str()) {
-            bad(format!("{at}.name"), format!("`{}` is used by an earlier route", r.name));
+            bad(
+                format!("{at}.name"),
+                format!("`{}` is used by an earlier route", r.name),
+            );
         }
         let m = &r.matcher;
         let path = match (&m.path, &m.path_prefix) {
             (Some(_), Some(_)) => {
-                bad(format!("{at}.match"), "set `path` or `path_prefix`, not both".into());
+                bad(
+                    format!("{at}.match"),
+                    "set `path` or `path_prefix`, not both".into(),
+                );
                 PathMatch::Any
             }
             (Some(p), None) => match check_route_path(p) {
@@ -157,19 +187,33 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         for (j, name) in m.methods.iter().enumerate() {
             match Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
                 Ok(me) => methods.push(me),
-                Err(_) => bad(format!("{at}.match.methods[{j}]"), format!("`{name}` is not an HTTP method")),
+                Err(_) => bad(
+                    format!("{at}.match.methods[{j}]"),
+                    format!("`{name}` is not an HTTP method"),
+                ),
             }
         }
         let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
             let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
             bad(
                 format!("{at}.upstream"),
-                format!("no upstream named `{}` (defined: {})", r.upstream, known.join(", ")),
+                format!(
+                    "no upstream named `{}` (defined: {})",
+                    r.upstream,
+                    known.join(", ")
+                ),
             );
             continue;
         };
         let metrics = RouteMetrics::new(deps.metrics, &r.name, &r.upstream);
-        routes.push(Route { name: Arc::from(r.name.as_str()), hosts, path, methods, upstream, metrics });
+        routes.push(Route {
+            name: Arc::from(r.name.as_str()),
+            hosts,
+            path,
+            methods,
+            upstream,
+            metrics,
+        });
     }
 
     if !problems.is_empty() {
@@ -195,24 +239,38 @@ fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     let uri: Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
     match uri.scheme() {
         Some(sc) if *sc == Scheme::HTTP => {}
-        Some(sc) => return Err(format!("scheme `{sc}` is not supported yet; use http://host:port")),
+        Some(sc) => {
+            return Err(format!(
+                "scheme `{sc}` is not supported yet; use http://host:port"
+            ))
+        }
         None => return Err(format!("`{s}` needs a scheme: http://host:port")),
     }
-    let authority = uri.authority().cloned().ok_or_else(|| format!("`{s}` has no host"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("`{s}` has no host"))?;
     if authority.host().is_empty() {
         return Err(format!("`{s}` has no host"));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!("`{s}`: an endpoint is scheme://host:port only, without a path"));
+        return Err(format!(
+            "`{s}`: an endpoint is scheme://host:port only, without a path"
+        ));
     }
-    Ok(Endpoint { scheme: Scheme::HTTP, authority })
+    Ok(Endpoint {
+        scheme: Scheme::HTTP,
+        authority,
+    })
 }
 
 /// A route path must already be in normal form, or it could never match a normalised request.
 fn check_route_path(p: &str) -> Result<(), String> {
     match normalize_path(p) {
         Ok(n) if n == p => Ok(()),
-        Ok(n) => Err(format!("`{p}` is not in normal form; requests are matched as `{n}`")),
+        Ok(n) => Err(format!(
+            "`{p}` is not in normal form; requests are matched as `{n}`"
+        )),
         Err(e) => Err(format!("`{p}`: {e}")),
     }
 }
@@ -221,11 +279,15 @@ fn check_host(h: &str) -> Result<(), String> {
     let name = h.strip_prefix("*.").unwrap_or(h);
     let ok = !name.is_empty()
         && !name.contains('*')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
     if ok {
         Ok(())
     } else {
-        Err(format!("`{h}` is not a host name or `*.domain` pattern (no port, no scheme)"))
+        Err(format!(
+            "`{h}` is not a host name or `*.domain` pattern (no port, no scheme)"
+        ))
     }
 }
 
@@ -235,10 +297,21 @@ mod tests {
     use crate::config::ConfigSource;
 
     fn compile_text(text: &'static str) -> Result<Snapshot, ConfigErrors> {
-        let src = ConfigSource::Embedded { name: "test.yaml".into(), text, base_dir: PathBuf::from(".") };
+        let src = ConfigSource::Embedded {
+            name: "test.yaml".into(),
+            text,
+            base_dir: PathBuf::from("."),
+        };
         let metrics = Metrics::new();
         let clients = ClientCache::default();
-        compile(&src.read()?, 1, &Deps { metrics: &metrics, clients: &clients })
+        compile(
+            &src.read()?,
+            1,
+            &Deps {
+                metrics: &metrics,
+                clients: &clients,
+            },
+        )
     }
 
     #[test]
@@ -259,14 +332,31 @@ mod tests {
         .err()
         .unwrap();
         let lines: Vec<String> = err.0.iter().map(ToString::to_string).collect();
-        assert!(lines.iter().any(|l| l.starts_with("test.yaml:6: upstreams.app.endpoints[0]: scheme `ftp`")), "{lines:?}");
-        assert!(lines.iter().any(|l| l.starts_with("test.yaml:9: routes[0].match.path_prefix:")), "{lines:?}");
-        assert!(lines.iter().any(|l| l.starts_with("test.yaml:10: routes[0].upstream: no upstream named `nope`")), "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("test.yaml:6: upstreams.app.endpoints[0]: scheme `ftp`")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("test.yaml:9: routes[0].match.path_prefix:")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("test.yaml:10: routes[0].upstream: no upstream named `nope`")),
+            "{lines:?}"
+        );
     }
 
     #[test]
     fn unknown_keys_are_errors_at_their_own_line() {
-        let err = compile_text("listeners:\n  - name: main\n    bind: 127.0.0.1:0\n    bnid: x\n").err().unwrap();
+        let err = compile_text("listeners:\n  - name: main\n    bind: 127.0.0.1:0\n    bnid: x\n")
+            .err()
+            .unwrap();
         assert_eq!(err.0.len(), 1);
         let p = &err.0[0];
         assert_eq!((p.line, p.path.as_str()), (4, "listeners[0].bnid"), "{p}");

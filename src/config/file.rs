@@ -47,7 +47,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: default_log_level(), access_log: true }
+        Self {
+            level: default_log_level(),
+            access_log: true,
+        }
     }
 }
 
@@ -139,7 +142,10 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { bind: default_admin_bind(), token_env: default_admin_token_env() }
+        Self {
+            bind: default_admin_bind(),
+            token_env: default_admin_token_env(),
+        }
     }
 }
 
@@ -153,7 +159,9 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        Self { drain_timeout: default_drain_timeout() }
+        Self {
+            drain_timeout: default_drain_timeout(),
+        }
     }
 }
 
@@ -170,7 +178,10 @@ pub struct ReloadConfig {
 
 impl Default for ReloadConfig {
     fn default() -> Self {
-        Self { watch: true, debounce: default_debounce() }
+        Self {
+            watch: true,
+            debounce: default_debounce(),
+        }
     }
 }
 
@@ -198,7 +209,10 @@ pub struct UpstreamTimeouts {
 
 impl Default for UpstreamTimeouts {
     fn default() -> Self {
-        Self { connect: default_connect_timeout(), request: default_request_timeout() }
+        Self {
+            connect: default_connect_timeout(),
+            request: default_request_timeout(),
+        }
     }
 }
 
@@ -213,7 +227,10 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        Self { idle_timeout: default_pool_idle_timeout(), max_idle_per_endpoint: default_pool_max_idle() }
+        Self {
+            idle_timeout: default_pool_idle_timeout(),
+            max_idle_per_endpoint: default_pool_max_idle(),
+        }
     }
 }
 
@@ -259,7 +276,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a byte size cannot be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a byte size cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 parse_byte_size(v).map(ByteSize).map_err(E::custom)
@@ -273,7 +292,9 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a byte size (try 16384, 64KiB, 10MiB)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte size (try 16384, 64KiB, 10MiB)"))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KB" => 1_000,
@@ -282,7 +303,11 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
-        other => return Err(format!("unknown size unit `{other}` (use B, KB, MB, GB, KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` (use B, KB, MB, GB, KiB, MiB or GiB)"
+            ))
+        }
     };
     n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
 }
@@ -295,8 +320,11 @@ pub mod humantime_serde_compat {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration ({e}); write e.g. 250ms, 30s, 5m")))
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a duration ({e}); write e.g. 250ms, 30s, 5m"
+            ))
+        })
     }
 
     pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {

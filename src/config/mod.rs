@@ -18,7 +18,11 @@ use locate::LineIndex;
 #[derive(Debug, Clone)]
 pub enum ConfigSource {
     File(PathBuf),
-    Embedded { name: String, text: &'static str, base_dir: PathBuf },
+    Embedded {
+        name: String,
+        text: &'static str,
+        base_dir: PathBuf,
+    },
 }
 
 impl ConfigSource {
@@ -39,13 +43,23 @@ impl ConfigSource {
 
     pub fn read(&self) -> Result<SourceText, ConfigErrors> {
         let text = match self {
-            Self::File(p) => std::fs::read_to_string(p)
-                .map_err(|e| ConfigErrors::one(&self.name(), 1, "", format!("cannot read the config file: {e}")))?,
+            Self::File(p) => std::fs::read_to_string(p).map_err(|e| {
+                ConfigErrors::one(&self.name(), 1, "", format!("cannot read the config file: {e}"))
+            })?,
             Self::Embedded { text, .. } => (*text).to_string(),
         };
-        let hash = Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+        let hash = Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let index = LineIndex::new(&text);
-        Ok(SourceText { name: self.name(), base_dir: self.base_dir(), text, hash, index })
+        Ok(SourceText {
+            name: self.name(),
+            base_dir: self.base_dir(),
+            text,
+            hash,
+            index,
+        })
     }
 
     /// The file to watch for changes, if any.
@@ -89,9 +103,22 @@ impl SourceText {
             if let Some(i) = reason.rfind(" at line ") {
                 reason.truncate(i);
             }
+            // ...and may prefix the path, which we print separately.
+            if let Some((head, rest)) = reason.split_once(": ") {
+                if !head.is_empty() && path.starts_with(head) {
+                    reason = rest.to_string();
+                }
+            }
             // For an unknown key, point at the key itself rather than its parent.
-            let key_path = unknown_field(&reason)
-                .map(|f| if path.is_empty() { f.to_string() } else { format!("{path}.{f}") });
+            let key_path = unknown_field(&reason).map(|f| {
+                if path == f || path.ends_with(&format!(".{f}")) {
+                    path.clone()
+                } else if path.is_empty() {
+                    f.to_string()
+                } else {
+                    format!("{path}.{f}")
+                }
+            });
             let line = key_path
                 .as_deref()
                 .and_then(|p| self.index.line_of(p))
@@ -99,7 +126,12 @@ impl SourceText {
                 .or_else(|| self.index.line_of(&path))
                 .unwrap_or(1);
             let shown = key_path.unwrap_or(path);
-            ConfigErrors(vec![ConfigProblem { file: self.name.clone(), line, path: shown, reason }])
+            ConfigErrors(vec![ConfigProblem {
+                file: self.name.clone(),
+                line,
+                path: shown,
+                reason,
+            }])
         })
     }
 }
@@ -132,7 +164,12 @@ pub struct ConfigErrors(pub Vec<ConfigProblem>);
 
 impl ConfigErrors {
     pub fn one(file: &str, line: usize, path: &str, reason: impl Into<String>) -> Self {
-        Self(vec![ConfigProblem { file: file.into(), line, path: path.into(), reason: reason.into() }])
+        Self(vec![ConfigProblem {
+            file: file.into(),
+            line,
+            path: path.into(),
+            reason: reason.into(),
+        }])
     }
 }
 

@@ -104,15 +104,34 @@ pub async fn reload(shared: &Shared, trigger: &str) -> Result<u64, ConfigErrors>
 
 fn build(shared: &Shared, version: u64) -> Result<Snapshot, ConfigErrors> {
     let src = shared.source.read()?;
-    let snap = compile(&src, version, &Deps { metrics: &shared.metrics, clients: &shared.clients })?;
+    let snap = compile(
+        &src,
+        version,
+        &Deps {
+            metrics: &shared.metrics,
+            clients: &shared.clients,
+        },
+    )?;
     // Sockets are bound once at start; a reload that moves them would silently not take effect.
     let mut problems = Vec::new();
-    let new: Vec<_> = snap.config.listeners.iter().map(|l| (l.name.clone(), l.bind)).collect();
+    let new: Vec<_> = snap
+        .config
+        .listeners
+        .iter()
+        .map(|l| (l.name.clone(), l.bind))
+        .collect();
     if new != shared.bound_listeners {
-        let running: Vec<String> = shared.bound_listeners.iter().map(|(n, a)| format!("{n}@{a}")).collect();
+        let running: Vec<String> = shared
+            .bound_listeners
+            .iter()
+            .map(|(n, a)| format!("{n}@{a}"))
+            .collect();
         problems.push(src.problem(
             "listeners",
-            format!("adding, removing, renaming or re-binding listeners needs a restart (running: {})", running.join(", ")),
+            format!(
+                "adding, removing, renaming or re-binding listeners needs a restart (running: {})",
+                running.join(", ")
+            ),
         ));
     }
     if snap.config.admin.bind != shared.admin_bind {
@@ -131,7 +150,10 @@ pub fn spawn_watcher(shared: Arc<Shared>) -> notify::Result<notify::RecommendedW
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if matches!(ev.kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)) {
+            if matches!(
+                ev.kind,
+                EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+            ) {
                 for p in ev.paths {
                     let _ = tx.send(p);
                 }
@@ -161,11 +183,21 @@ pub fn spawn_watcher(shared: Arc<Shared>) -> notify::Result<notify::RecommendedW
 
 fn watched(shared: &Shared) -> HashSet<PathBuf> {
     let snap = shared.snapshot.load();
-    shared.source.path().into_iter().map(Path::to_path_buf).chain(snap.watch_files.iter().cloned()).map(absolute).collect()
+    shared
+        .source
+        .path()
+        .into_iter()
+        .map(Path::to_path_buf)
+        .chain(snap.watch_files.iter().cloned())
+        .map(absolute)
+        .collect()
 }
 
 fn dirs(files: &HashSet<PathBuf>) -> HashSet<PathBuf> {
-    files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect()
+    files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect()
 }
 
 fn absolute(p: PathBuf) -> PathBuf {

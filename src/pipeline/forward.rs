@@ -28,7 +28,9 @@ pub async fn forward(
     let upstream = &route.upstream;
     if let Some(len) = content_length(req.headers()) {
         if len > limits.max_body_bytes.0 {
-            return Err(ProxyError::BodyTooLarge { limit: limits.max_body_bytes.0 });
+            return Err(ProxyError::BodyTooLarge {
+                limit: limits.max_body_bytes.0,
+            });
         }
     }
     let upgrade = req.version() == Version::HTTP_11 && context::is_upgrade_request(req.headers());
@@ -55,18 +57,26 @@ pub async fn forward(
         parts.headers.entry(HOST).or_insert(h);
     }
 
-    let endpoint = upstream.balancer.pick().ok_or_else(|| ProxyError::UpstreamUnreachable {
-        upstream: upstream.name.to_string(),
-        reason: "no endpoints".into(),
-    })?;
+    let endpoint = upstream
+        .balancer
+        .pick()
+        .ok_or_else(|| ProxyError::UpstreamUnreachable {
+            upstream: upstream.name.to_string(),
+            reason: "no endpoints".into(),
+        })?;
     let path_and_query = match new_path {
-        None => parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
+        None => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
         Some(p) => {
             let pq = match parts.uri.query() {
                 Some(q) => format!("{p}?{q}"),
                 None => p,
             };
-            PathAndQuery::try_from(pq).map_err(|_| ProxyError::BadPath(super::normalize::PathError::BadEscape))?
+            PathAndQuery::try_from(pq)
+                .map_err(|_| ProxyError::BadPath(super::normalize::PathError::BadEscape))?
         }
     };
     parts.uri = Uri::builder()
@@ -74,7 +84,10 @@ pub async fn forward(
         .authority(endpoint.authority.clone())
         .path_and_query(path_and_query)
         .build()
-        .map_err(|e| ProxyError::UpstreamFailed { upstream: upstream.name.to_string(), reason: e.to_string() })?;
+        .map_err(|e| ProxyError::UpstreamFailed {
+            upstream: upstream.name.to_string(),
+            reason: e.to_string(),
+        })?;
     parts.version = Version::HTTP_11;
 
     let (body, verdict) = RequestBody::guard(body, limits.max_body_bytes.0, limits.body_read_timeout);
@@ -84,7 +97,9 @@ pub async fn forward(
         Err(e) => {
             if let Some(v) = &verdict {
                 if v.too_large() {
-                    return Err(ProxyError::BodyTooLarge { limit: limits.max_body_bytes.0 });
+                    return Err(ProxyError::BodyTooLarge {
+                        limit: limits.max_body_bytes.0,
+                    });
                 }
                 if v.timed_out() {
                     return Err(ProxyError::BodyTimeout);
@@ -92,12 +107,19 @@ pub async fn forward(
             }
             let name = upstream.name.to_string();
             return Err(match e {
-                UpstreamCallError::Connect(reason) => ProxyError::UpstreamUnreachable { upstream: name, reason },
-                UpstreamCallError::Timeout(t) => {
-                    ProxyError::UpstreamTimeout { upstream: name, timeout_ms: t.as_millis() }
-                }
+                UpstreamCallError::Connect(reason) => ProxyError::UpstreamUnreachable {
+                    upstream: name,
+                    reason,
+                },
+                UpstreamCallError::Timeout(t) => ProxyError::UpstreamTimeout {
+                    upstream: name,
+                    timeout_ms: t.as_millis(),
+                },
                 UpstreamCallError::Request(reason) | UpstreamCallError::Body(reason) => {
-                    ProxyError::UpstreamFailed { upstream: name, reason }
+                    ProxyError::UpstreamFailed {
+                        upstream: name,
+                        reason,
+                    }
                 }
             });
         }

@@ -64,7 +64,11 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         Some(v) if context::valid_request_id(v.as_bytes()) => v.clone(),
         _ => context::new_request_id(),
     };
-    let mut ctx = RequestCtx { request_id, client: conn.peer.ip(), route: None };
+    let mut ctx = RequestCtx {
+        request_id,
+        client: conn.peer.ip(),
+        route: None,
+    };
     let method = req.method().clone();
     let log_path = shared.access_log.as_ref().map(|_| req.uri().path().to_owned());
 
@@ -114,10 +118,17 @@ async fn run(
 
     // Stage 2: context. Routing and everything after it see only the normalised path.
     let path = normalize::normalize_path(req.uri().path())?;
-    let host_name = host.as_ref().and_then(|h| h.to_str().ok()).map(route::host_without_port);
+    let host_name = host
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .map(route::host_without_port);
 
     // Stage 3: route.
-    let route = snap.router.find(host_name, &path, req.method()).ok_or(ProxyError::NoRoute)?.clone();
+    let route = snap
+        .router
+        .find(host_name, &path, req.method())
+        .ok_or(ProxyError::NoRoute)?
+        .clone();
     ctx.route = Some(route.clone());
 
     // Stages 4-9 (identity, rate limit, validation, idempotency, migration, translation) plug in here.
@@ -132,7 +143,8 @@ async fn run(
 
 fn check_header_size<B>(req: &Request<B>, limit: u64) -> Result<(), ProxyError> {
     // Counted as on the wire: request line plus `name: value\r\n` per header.
-    let mut size = req.method().as_str().len() + req.uri().path().len() + req.uri().query().map_or(0, str::len) + 12;
+    let mut size =
+        req.method().as_str().len() + req.uri().path().len() + req.uri().query().map_or(0, str::len) + 12;
     for (name, value) in req.headers() {
         size += name.as_str().len() + value.len() + 4;
     }
@@ -158,9 +170,9 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> 
             }
             Ok(Some(h.clone()))
         }
-        (Some(auth), None) => {
-            HeaderValue::from_str(auth.as_str()).map(Some).map_err(|_| ProxyError::MissingHost)
-        }
+        (Some(auth), None) => HeaderValue::from_str(auth.as_str())
+            .map(Some)
+            .map_err(|_| ProxyError::MissingHost),
         (None, Some(h)) => Ok(Some(h.clone())),
         (None, None) if req.version() == Version::HTTP_10 => Ok(None),
         (None, None) => Err(ProxyError::MissingHost),
@@ -195,6 +207,9 @@ mod tests {
     fn oversized_headers_are_refused() {
         let r = req(Request::get("/").header("x-big", "a".repeat(2000)));
         assert!(check_header_size(&r, 4096).is_ok());
-        assert!(matches!(check_header_size(&r, 1024), Err(ProxyError::HeadersTooLarge { limit: 1024 })));
+        assert!(matches!(
+            check_header_size(&r, 1024),
+            Err(ProxyError::HeadersTooLarge { limit: 1024 })
+        ));
     }
 }

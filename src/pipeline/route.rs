@@ -71,8 +71,7 @@ pub struct Route {
 
 impl Route {
     pub fn matches(&self, host: Option<&str>, path: &str, method: &Method) -> bool {
-        let host_ok = self.hosts.is_empty()
-            || host.is_some_and(|h| self.hosts.iter().any(|m| m.matches(h)));
+        let host_ok = self.hosts.is_empty() || host.is_some_and(|h| self.hosts.iter().any(|m| m.matches(h)));
         host_ok && self.path.matches(path) && (self.methods.is_empty() || self.methods.contains(method))
     }
 }
@@ -84,7 +83,9 @@ pub struct Router {
 
 impl Router {
     pub fn new(routes: Vec<Route>) -> Self {
-        Self { routes: routes.into_iter().map(Arc::new).collect() }
+        Self {
+            routes: routes.into_iter().map(Arc::new).collect(),
+        }
     }
 
     /// `host` is the request's host without port.

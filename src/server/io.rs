@@ -29,7 +29,13 @@ pub struct IdleIo<T> {
 impl<T> IdleIo<T> {
     pub fn new(inner: T, idle: Duration, conn: Arc<ConnInfo>) -> Self {
         let last = Instant::now();
-        Self { inner, idle, last, timer: Box::pin(tokio::time::sleep_until(last + idle)), conn }
+        Self {
+            inner,
+            idle,
+            last,
+            timer: Box::pin(tokio::time::sleep_until(last + idle)),
+            conn,
+        }
     }
 
     /// The timer is only re-armed when it fires, not on every byte: one clock read per I/O call
@@ -41,7 +47,11 @@ impl<T> IdleIo<T> {
             if !busy && now >= self.last + self.idle {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "connection idle timeout"));
             }
-            let next = if busy { now + self.idle } else { self.last + self.idle };
+            let next = if busy {
+                now + self.idle
+            } else {
+                self.last + self.idle
+            };
             self.timer.as_mut().reset(next);
         }
         Ok(())

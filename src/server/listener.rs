@@ -52,17 +52,27 @@ impl CertExpiry {
 
 impl ListenerRuntime {
     /// Errors are `(key path below this listener, reason)` so the caller can place them in the file.
-    pub fn compile(cfg: &ListenerConfig, base_dir: &Path, metrics: &Metrics) -> Result<Self, Vec<(String, String)>> {
+    pub fn compile(
+        cfg: &ListenerConfig,
+        base_dir: &Path,
+        metrics: &Metrics,
+    ) -> Result<Self, Vec<(String, String)>> {
         let mut problems = Vec::new();
         let limits = cfg.limits.clone();
         if limits.max_header_bytes.0 < 1024 {
-            problems.push(("limits.max_header_bytes".into(), "must be at least 1024 bytes".into()));
+            problems.push((
+                "limits.max_header_bytes".into(),
+                "must be at least 1024 bytes".into(),
+            ));
         }
         if limits.max_connections == 0 {
             problems.push(("limits.max_connections".into(), "must be at least 1".into()));
         }
         if limits.max_concurrent_streams == 0 {
-            problems.push(("limits.max_concurrent_streams".into(), "must be at least 1".into()));
+            problems.push((
+                "limits.max_concurrent_streams".into(),
+                "must be at least 1".into(),
+            ));
         }
         let (tls, certs) = match &cfg.tls {
             None => (None, Vec::new()),
@@ -86,8 +96,14 @@ impl ListenerRuntime {
                             .iter()
                             .map(|c| {
                                 let path = c.cert_path.display().to_string();
-                                let gauge = metrics.gauge(TLS_CERT_EXPIRY, &[("listener", &cfg.name), ("cert", &path)]);
-                                CertExpiry { path, names: c.names.clone(), not_after_unix: c.not_after_unix, gauge }
+                                let gauge = metrics
+                                    .gauge(TLS_CERT_EXPIRY, &[("listener", &cfg.name), ("cert", &path)]);
+                                CertExpiry {
+                                    path,
+                                    names: c.names.clone(),
+                                    not_after_unix: c.not_after_unix,
+                                    gauge,
+                                }
                             })
                             .collect();
                         (Some(TlsAcceptor::from(sc)), certs)
@@ -135,11 +151,18 @@ impl ListenerRuntime {
 
 /// Accepts until `shutdown` fires, then drains: connections finish their in-flight requests (up to
 /// the configured deadline) and are closed.
-pub async fn serve(listener: TcpListener, name: Arc<str>, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    name: Arc<str>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let graceful = GracefulShutdown::new();
     let open = Arc::new(AtomicUsize::new(0));
     let open_gauge = shared.metrics.gauge(OPEN_CONNECTIONS, &[("listener", &name)]);
-    let rejected = shared.metrics.counter(CONNECTIONS_REJECTED, &[("listener", &name)]);
+    let rejected = shared
+        .metrics
+        .counter(CONNECTIONS_REJECTED, &[("listener", &name)]);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.changed() => break,
@@ -163,7 +186,11 @@ pub async fn serve(listener: TcpListener, name: Arc<str>, shared: Arc<Shared>, m
         }
         let _ = tcp.set_nodelay(true);
         let guard = ConnGuard::new(open.clone(), open_gauge.clone());
-        let conn = Arc::new(ConnInfo { peer, listener: rt.clone(), in_flight: AtomicUsize::new(0) });
+        let conn = Arc::new(ConnInfo {
+            peer,
+            listener: rt.clone(),
+            in_flight: AtomicUsize::new(0),
+        });
         let io = IdleIo::new(tcp, rt.limits.idle_timeout, conn.clone());
         let watcher = graceful.watcher();
         let shared = shared.clone();
@@ -188,8 +215,13 @@ pub async fn serve(listener: TcpListener, name: Arc<str>, shared: Arc<Shared>, m
     }
 }
 
-async fn serve_connection<I>(io: I, rt: &ListenerRuntime, conn: Arc<ConnInfo>, shared: Arc<Shared>, watcher: Watcher)
-where
+async fn serve_connection<I>(
+    io: I,
+    rt: &ListenerRuntime,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    watcher: Watcher,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
@@ -197,7 +229,9 @@ where
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(pipeline::handle(&shared, &conn, req).await) }
     });
-    let connection = rt.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let connection = rt
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(connection).await {
         tracing::debug!(error = %e, "connection ended with an error");
     }

@@ -20,8 +20,9 @@ pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "ficus_config_last_reload_success";
 pub const TLS_CERT_EXPIRY: &str = "ficus_tls_cert_expiry_seconds";
 pub const ACCESS_LOG_DROPPED: &str = "ficus_access_log_dropped_total";
 
-const LATENCY_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 static METADATA: Metadata<'static> = Metadata::new("ficus", metrics::Level::INFO, Some(module_path!()));
 
@@ -43,19 +44,21 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let builder = PrometheusBuilder::new();
         // The bucket list is a constant and valid, so this cannot fail; fall back to summaries if it did.
-        let builder = match builder.clone().set_buckets(LATENCY_BUCKETS) {
-            Ok(b) => b,
-            Err(_) => builder,
-        };
+        let builder = PrometheusBuilder::new()
+            .set_buckets(LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        Self { inner: Arc::new(Inner { recorder, handle }) }
+        Self {
+            inner: Arc::new(Inner { recorder, handle }),
+        }
     }
 
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
-        self.inner.recorder.register_counter(&key(name, labels), &METADATA)
+        self.inner
+            .recorder
+            .register_counter(&key(name, labels), &METADATA)
     }
 
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
@@ -63,7 +66,9 @@ impl Metrics {
     }
 
     pub fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        self.inner.recorder.register_histogram(&key(name, labels), &METADATA)
+        self.inner
+            .recorder
+            .register_histogram(&key(name, labels), &METADATA)
     }
 
     pub fn render(&self) -> String {
@@ -84,12 +89,17 @@ impl Metrics {
 }
 
 fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
-    let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect();
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.to_string()))
+        .collect();
     Key::from_parts(name, labels)
 }
 
 /// Method label values; anything else counts as `OTHER` so label cardinality stays bounded.
-pub const METHODS: [&str; 8] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "OTHER"];
+pub const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "OTHER",
+];
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 pub fn method_index(m: &http::Method) -> usize {
@@ -122,7 +132,12 @@ impl RouteMetrics {
             for class in STATUS_CLASSES {
                 requests.push(m.counter(
                     REQUESTS_TOTAL,
-                    &[("route", route), ("backend", backend), ("method", method), ("status_class", class)],
+                    &[
+                        ("route", route),
+                        ("backend", backend),
+                        ("method", method),
+                        ("status_class", class),
+                    ],
                 ));
             }
         }
@@ -148,7 +163,11 @@ mod tests {
         let m = Metrics::new();
         let rm = RouteMetrics::new(&m, "orders", "orders-legacy");
         rm.record(&http::Method::GET, http::StatusCode::OK, Duration::from_millis(3));
-        rm.record(&http::Method::from_bytes(b"PROPFIND").unwrap(), http::StatusCode::BAD_GATEWAY, Duration::ZERO);
+        rm.record(
+            &http::Method::from_bytes(b"PROPFIND").unwrap(),
+            http::StatusCode::BAD_GATEWAY,
+            Duration::ZERO,
+        );
         let text = m.render();
         assert!(text.contains(
             r#"ficus_requests_total{route="orders",backend="orders-legacy",method="GET",status_class="2xx"} 1"#

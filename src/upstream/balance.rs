@@ -19,7 +19,10 @@ pub struct RoundRobin {
 
 impl RoundRobin {
     pub fn new(endpoints: Vec<Endpoint>) -> Self {
-        Self { endpoints, next: AtomicUsize::new(0) }
+        Self {
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// `None` only for an upstream with no endpoints, which config validation refuses.
@@ -41,7 +44,10 @@ mod tests {
     use super::*;
 
     fn ep(a: &str) -> Endpoint {
-        Endpoint { scheme: Scheme::HTTP, authority: a.parse().unwrap() }
+        Endpoint {
+            scheme: Scheme::HTTP,
+            authority: a.parse().unwrap(),
+        }
     }
 
     #[test]

@@ -33,7 +33,11 @@ pub struct ClientCache {
 
 impl ClientCache {
     pub fn get(&self, key: &PoolKey) -> HttpClient {
-        self.clients.lock().entry(key.clone()).or_insert_with(|| build_client(key)).clone()
+        self.clients
+            .lock()
+            .entry(key.clone())
+            .or_insert_with(|| build_client(key))
+            .clone()
     }
 
     /// Drops pools no snapshot uses any more, so many reloads don't accumulate sockets.

@@ -1,0 +1,181 @@
+//! The admin listener (loopback by default): metrics, health, the active config, and reload.
+//! Reading is open to whoever can reach the socket; anything that changes state needs the
+//! bearer token from the environment variable named by `admin.token_env`.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::reload;
+use crate::error::problem;
+use crate::gateway::Shared;
+use crate::pipeline::body::ResponseBody;
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10));
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = shutdown.changed() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(tcp), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), graceful.shutdown()).await;
+}
+
+pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ResponseBody> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.metrics.render(),
+        ),
+        (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => {
+            if shared.ready.load(Ordering::Acquire) {
+                json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+            } else {
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not-ready",
+                    "ficus is starting or draining",
+                    None,
+                )
+            }
+        }
+        (&Method::GET, "/admin/config") => {
+            let status = shared.status.lock().clone();
+            json(StatusCode::OK, &status)
+        }
+        (&Method::POST, "/admin/reload") => {
+            if let Err(resp) = authorize(shared, &req) {
+                return resp;
+            }
+            match reload::reload(shared, "admin api").await {
+                Ok(_) => {
+                    let status = shared.status.lock().clone();
+                    json(StatusCode::OK, &status)
+                }
+                Err(errors) => {
+                    let doc = serde_json::json!({
+                        "type": "urn:ficus:problem:config-invalid",
+                        "title": "Unprocessable Content",
+                        "status": 422,
+                        "detail": "the new config was refused; the previous config keeps serving",
+                        "problems": errors.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    });
+                    let mut r = json(StatusCode::UNPROCESSABLE_ENTITY, &doc);
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/problem+json"),
+                    );
+                    r
+                }
+            }
+        }
+        (_, "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/reload") => problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "this method is not allowed here",
+            None,
+        ),
+        _ => problem(StatusCode::NOT_FOUND, "not-found", "no admin endpoint here", None),
+    }
+}
+
+/// Constant-time comparison of digests, so response timing says nothing about the token.
+fn token_matches(given: &str, expected: &str) -> bool {
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[allow(clippy::result_large_err)]
+fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<ResponseBody>> {
+    let Some(expected) = &shared.admin_token else {
+        return Err(problem(
+            StatusCode::FORBIDDEN,
+            "admin-token-not-configured",
+            "state-changing admin calls are disabled: set the admin token environment variable",
+            None,
+        ));
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(t) if token_matches(t, expected) => Ok(()),
+        _ => {
+            let mut r = problem(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+                None,
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ficus-admin\""),
+            );
+            Err(r)
+        }
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::full(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<ResponseBody> {
+    let body = serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".into());
+    text(status, "application/json", body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison_accepts_only_the_exact_token() {
+        assert!(token_matches("s3cret", "s3cret"));
+        assert!(!token_matches("s3cre", "s3cret"));
+        assert!(!token_matches("", "s3cret"));
+    }
+}

@@ -1,0 +1,283 @@
+//! Stage 2: request context. Request id, W3C trace context, hop-by-hop removal and the
+//! `Forwarded` / `X-Forwarded-*` headers, with client-supplied copies trusted only from
+//! configured proxies.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, CONNECTION, FORWARDED, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderValue};
+use ipnet::IpNet;
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// An incoming id is kept only if it is short and made of safe characters, so that it can be
+/// logged and echoed without escaping.
+pub fn valid_request_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+}
+
+pub fn new_request_id() -> HeaderValue {
+    let id = uuid::Uuid::new_v4();
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let s = id.hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// `version-traceid-parentid-flags`, version 00, lower-case hex, ids not all zero (W3C Trace Context).
+pub fn valid_traceparent(v: &[u8]) -> bool {
+    if v.len() != 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return false;
+    }
+    let lower_hex = |s: &[u8]| s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    let (version, trace, parent, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
+    version == b"00"
+        && lower_hex(trace)
+        && lower_hex(parent)
+        && lower_hex(flags)
+        && trace.iter().any(|&b| b != b'0')
+        && parent.iter().any(|&b| b != b'0')
+}
+
+pub fn new_traceparent() -> HeaderValue {
+    let trace = uuid::Uuid::new_v4().as_u128();
+    let parent = (uuid::Uuid::new_v4().as_u128() as u64).max(1);
+    let s = format!("00-{trace:032x}-{parent:016x}-01");
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// True for an HTTP/1.1 `Connection: upgrade` request with an `Upgrade` header (WebSocket and kin).
+pub fn is_upgrade_request(h: &HeaderMap) -> bool {
+    h.contains_key(UPGRADE) && connection_tokens(h).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
+    h.get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1: `Connection` and every header it names,
+/// `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-*`. With `keep_upgrade`,
+/// `Connection: upgrade` and `Upgrade` survive so that the upgrade can be forwarded.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    if h.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = connection_tokens(h)
+            .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for n in named {
+            // Never let a client delete what identifies the request end to end.
+            if n != http::header::HOST {
+                h.remove(n);
+            }
+        }
+        h.remove(CONNECTION);
+    }
+    h.remove(KEEP_ALIVE);
+    h.remove(TE);
+    h.remove(TRAILER);
+    h.remove(TRANSFER_ENCODING);
+    if keep_upgrade && h.contains_key(UPGRADE) {
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(UPGRADE);
+    }
+    let proxy: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for k in proxy {
+        h.remove(k);
+    }
+}
+
+pub struct ForwardedInfo<'a> {
+    pub peer: IpAddr,
+    pub proto: &'static str,
+    pub host: Option<&'a str>,
+}
+
+/// Appends this hop to `Forwarded` and `X-Forwarded-For`, and sets `X-Forwarded-Proto/-Host`.
+/// A peer outside `trusted` cannot speak for anyone else: its copies are dropped first.
+/// Returns the client address: the peer, or, behind trusted proxies, the right-most untrusted
+/// address in `X-Forwarded-For`.
+pub fn apply_forwarded(h: &mut HeaderMap, info: &ForwardedInfo<'_>, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let mut client = info.peer;
+    if is_trusted(&info.peer) {
+        // Walk right to left past our own proxies; the first address they did not add is the client.
+        let chain: Vec<IpAddr> = h
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        for ip in chain.iter().rev() {
+            client = *ip;
+            if !is_trusted(ip) {
+                break;
+            }
+        }
+    } else {
+        h.remove(FORWARDED);
+        h.remove(X_FORWARDED_FOR);
+        h.remove(X_FORWARDED_PROTO);
+        h.remove(X_FORWARDED_HOST);
+    }
+
+    let xff = match join_existing(h, &X_FORWARDED_FOR) {
+        Some(prev) => format!("{prev}, {}", info.peer),
+        None => info.peer.to_string(),
+    };
+    set(h, X_FORWARDED_FOR, &xff);
+
+    let node = match info.peer {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut elem = format!("for={node};proto={}", info.proto);
+    if let Some(host) = info.host {
+        if host
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            elem.push_str(";host=\"");
+            elem.push_str(host);
+            elem.push('"');
+        }
+    }
+    let fwd = match join_existing(h, &FORWARDED) {
+        Some(prev) => format!("{prev}, {elem}"),
+        None => elem,
+    };
+    set(h, FORWARDED, &fwd);
+
+    // A trusted proxy's view of the original scheme and host wins over ours.
+    if !h.contains_key(X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(info.proto));
+    }
+    if !h.contains_key(X_FORWARDED_HOST) {
+        if let Some(v) = info.host.and_then(|s| HeaderValue::from_str(s).ok()) {
+            h.insert(X_FORWARDED_HOST, v);
+        }
+    }
+    client
+}
+
+fn join_existing(h: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let parts: Vec<&str> = h.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn request_ids_are_validated() {
+        assert!(valid_request_id(b"abc-123_x.y:z"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"has space"));
+        assert!(!valid_request_id(&[b'a'; 129]));
+        assert!(valid_request_id(new_request_id().as_bytes()));
+    }
+
+    #[test]
+    fn traceparent_is_validated_and_generated() {
+        assert!(valid_traceparent(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(b"garbage"));
+        assert!(valid_traceparent(new_traceparent().as_bytes()));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
+        let mut h = headers(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn upgrade_survives_on_an_upgrade() {
+        let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_spoof_forwarded_headers() {
+        let mut h = headers(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https")]);
+        let info = ForwardedInfo {
+            peer: "10.0.0.5".parse().unwrap(),
+            proto: "http",
+            host: Some("a.test"),
+        };
+        let client = apply_forwarded(&mut h, &info, &[]);
+        assert_eq!(client, info.peer);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.5");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.test");
+        assert_eq!(h["forwarded"], "for=10.0.0.5;proto=http;host=\"a.test\"");
+    }
+
+    #[test]
+    fn trusted_proxy_chain_is_appended_to() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "1.2.3.4, 10.0.0.7"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let info = ForwardedInfo {
+            peer: "10.0.0.5".parse().unwrap(),
+            proto: "http",
+            host: None,
+        };
+        let client = apply_forwarded(&mut h, &info, &["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(client, "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.7, 10.0.0.5");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+}

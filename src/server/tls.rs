@@ -1,0 +1,166 @@
+//! TLS termination with rustls: several certificates chosen by SNI, TLS 1.2 and 1.3 only,
+//! ALPN `h2` and `http/1.1`. Certificates are loaded when a snapshot is compiled, so a changed
+//! certificate file is picked up by the next reload (the watcher watches these files too).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificate {path}: {reason}")]
+    Cert { path: PathBuf, reason: String },
+    #[error("cannot read private key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("key {key} does not match certificate {cert}: {reason}")]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+    #[error("min_version must be \"1.2\" or \"1.3\", not {0:?}")]
+    Version(String),
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+pub struct LoadedCert {
+    pub cert_path: PathBuf,
+    /// DNS names from the subjectAltName extension (falling back to nothing: CN is obsolete).
+    pub names: Vec<String>,
+    pub not_after_unix: i64,
+    pub key: Arc<CertifiedKey>,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+pub fn load_cert(cert: &Path, key: &Path) -> Result<LoadedCert, TlsError> {
+    let cert_err = |reason: String| TlsError::Cert {
+        path: cert.to_path_buf(),
+        reason,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| cert_err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(e.to_string()))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| cert_err("no PEM certificate in the file".into()))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(|e| cert_err(e.to_string()))?;
+    let not_after_unix = parsed.validity().not_after.timestamp();
+    let names = match parsed.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(s) => Some(s.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| TlsError::Key {
+            path: key.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|e| TlsError::Mismatch {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(LoadedCert {
+        cert_path: cert.to_path_buf(),
+        names,
+        not_after_unix,
+        key: Arc::new(certified),
+    })
+}
+
+/// Picks a certificate by SNI: exact name first, then `*.parent` wildcard, then the first
+/// certificate in the config.
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("exact", &self.exact.keys().collect::<Vec<_>>())
+            .field("wildcard", &self.wildcard.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return Some(self.default.clone());
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(k) = self.exact.get(&name) {
+            return Some(k.clone());
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(k) = self.wildcard.get(parent) {
+                return Some(k.clone());
+            }
+        }
+        Some(self.default.clone())
+    }
+}
+
+pub fn server_config(certs: &[LoadedCert], min_version: &str) -> Result<Arc<ServerConfig>, TlsError> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
+        "1.2" => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        "1.3" => &[&rustls::version::TLS13],
+        other => return Err(TlsError::Version(other.to_string())),
+    };
+    let default = certs
+        .first()
+        .map(|c| c.key.clone())
+        .ok_or_else(|| TlsError::Rustls(rustls::Error::General("no certificate".into())))?;
+    let mut exact = HashMap::new();
+    let mut wildcard = HashMap::new();
+    for c in certs {
+        for n in &c.names {
+            match n.strip_prefix("*.") {
+                Some(parent) => wildcard
+                    .entry(parent.to_string())
+                    .or_insert_with(|| c.key.clone()),
+                None => exact.entry(n.clone()).or_insert_with(|| c.key.clone()),
+            };
+        }
+    }
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver {
+            exact,
+            wildcard,
+            default,
+        }));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
