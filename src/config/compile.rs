@@ -374,4 +374,18 @@ mod tests {
         assert_eq!(err.0[0].line, 5);
         assert!(err.0[0].reason.contains("not a duration"), "{}", err.0[0]);
     }
+
+    #[test]
+    fn example_config_is_valid() {
+        if let Err(e) = compile_text(include_str!("../../config/ficus.example.yaml")) {
+            panic!("config/ficus.example.yaml is invalid:\n{e}");
+        }
+    }
+
+    #[test]
+    fn demo_config_is_valid() {
+        if let Err(e) = compile_text(include_str!("../../config/demo.yaml")) {
+            panic!("config/demo.yaml is invalid:\n{e}");
+        }
+    }
 }

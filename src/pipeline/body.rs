@@ -29,7 +29,7 @@ pub enum BodyError {
     Read(#[from] hyper::Error),
 }
 
-const VERDICT_OK: u8 = 0;
+// 0 (the default) means the body is fine so far.
 const VERDICT_TOO_LARGE: u8 = 1;
 const VERDICT_TIMEOUT: u8 = 2;
 

@@ -1,0 +1,387 @@
+//! The one shared harness for end-to-end tests: real upstream servers on `127.0.0.1:0`, ficus
+//! started from a YAML file in a temp dir, and clients for HTTP/1.1, h2c, TLS and raw bytes.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use ficus::config::ConfigSource;
+use ficus::gateway::Gateway;
+
+pub type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|e: Infallible| match e {}).boxed_unsync()
+}
+
+// ---------------------------------------------------------------- upstreams
+
+/// A real HTTP server (HTTP/1.1 and h2c) on an ephemeral loopback port.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start<F, Fut>(handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let handler = handler.clone();
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let fut = handler(req);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, hits, task }
+    }
+
+    /// Answers every request with a JSON description of what arrived (see [`Echoed`]).
+    pub async fn echo() -> Self {
+        Self::start(|req: Request<Incoming>| async move { echo_response(req, "").await }).await
+    }
+
+    /// Like [`echo`], tagging answers with `name` so tests can tell upstreams apart.
+    pub async fn echo_named(name: &'static str) -> Self {
+        Self::start(move |req: Request<Incoming>| async move { echo_response(req, name).await }).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the echo upstream saw.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+pub struct Echoed {
+    pub name: String,
+    pub method: String,
+    pub path: String,
+    pub version: String,
+    pub headers: BTreeMap<String, Vec<String>>,
+    pub body_len: u64,
+}
+
+impl Echoed {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
+    }
+}
+
+pub async fn echo_response(req: Request<Incoming>, name: &str) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in &parts.headers {
+        headers.entry(k.as_str().to_string()).or_default().push(String::from_utf8_lossy(v.as_bytes()).into());
+    }
+    // Count the body without holding it, so large uploads stay cheap for the test too.
+    let mut body = body;
+    let mut body_len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => body_len += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => break,
+        }
+    }
+    let echoed = Echoed {
+        name: name.to_string(),
+        method: parts.method.to_string(),
+        path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        version: format!("{:?}", parts.version),
+        headers,
+        body_len,
+    };
+    let mut resp = Response::new(full(serde_json::to_vec(&echoed).expect("echo json")));
+    resp.headers_mut().insert("content-type", "application/json".parse().expect("ct"));
+    resp
+}
+
+// ---------------------------------------------------------------- ficus
+
+/// A basic config: listener `main` and the admin API on ephemeral ports, one upstream `app`,
+/// one catch-all route. Tests that need more write their own YAML.
+pub fn basic_config(upstream: &str) -> String {
+    format!(
+        "\
+log: {{ level: warn, access_log: false }}
+listeners:
+  - name: main
+    bind: 127.0.0.1:0
+admin:
+  bind: 127.0.0.1:0
+reload: {{ watch: false }}
+upstreams:
+  app:
+    endpoints: [\"{upstream}\"]
+routes:
+  - name: all
+    match: {{ path_prefix: / }}
+    upstream: app
+"
+    )
+}
+
+/// ficus running in this test's runtime on a config file in its own temp dir.
+pub struct Ficus {
+    pub gateway: Option<Gateway>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Ficus {
+    pub async fn start(yaml: &str) -> Self {
+        Self::try_start(yaml).await.unwrap_or_else(|e| panic!("ficus did not start: {e}"))
+    }
+
+    pub async fn try_start(yaml: &str) -> Result<Self, ficus::gateway::StartError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, yaml).await
+    }
+
+    /// Starts with the config written into `dir` (where a test may have put certificates).
+    pub async fn start_in(dir: tempfile::TempDir, yaml: &str) -> Result<Self, ficus::gateway::StartError> {
+        let config_path = dir.path().join("ficus.yaml");
+        std::fs::write(&config_path, yaml).expect("write config");
+        let gateway = Gateway::start(ConfigSource::File(config_path.clone())).await?;
+        let addr = gateway.addr("main").expect("a listener named `main`");
+        let admin = gateway.admin_addr();
+        Ok(Self { gateway: Some(gateway), dir, config_path, addr, admin })
+    }
+
+    pub fn gw(&self) -> &Gateway {
+        self.gateway.as_ref().expect("running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// Replaces the config file (atomically, as editors and config management do).
+    pub fn write_config(&self, yaml: &str) {
+        let tmp = self.dir.path().join(".ficus.yaml.tmp");
+        std::fs::write(&tmp, yaml).expect("write config");
+        std::fs::rename(&tmp, &self.config_path).expect("rename config");
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown().await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- clients
+
+pub type H1Client = Client<HttpConnector, Body>;
+
+pub fn client() -> H1Client {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> H1Client {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn echoed(&self) -> Echoed {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not an echo ({e}): {}", self.text()))
+    }
+
+    /// Asserts an RFC 9457 problem document of the given status and `type` suffix.
+    pub fn assert_problem(&self, status: u16, kind: &str) {
+        assert_eq!(self.status.as_u16(), status, "{}", self.text());
+        assert_eq!(
+            self.headers.get("content-type").and_then(|v| v.to_str().ok()),
+            Some("application/problem+json"),
+            "{}",
+            self.text()
+        );
+        let doc = self.json();
+        assert_eq!(doc["type"], format!("urn:ficus:problem:{kind}"), "{doc}");
+        assert_eq!(doc["status"], status, "{doc}");
+    }
+}
+
+pub async fn send(client: &H1Client, req: Request<Body>) -> Answer {
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("response within 30 s")
+        .expect("request sent");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("response body").to_bytes();
+    Answer { status: parts.status, headers: parts.headers, body }
+}
+
+pub async fn get(url: &str) -> Answer {
+    send(&client(), Request::get(url).body(empty()).expect("request")).await
+}
+
+/// Writes raw bytes and returns everything the server sends until it closes (or 10 s pass).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(request).await.expect("write");
+    read_all(&mut tcp, Duration::from_secs(10)).await
+}
+
+pub async fn read_all(tcp: &mut TcpStream, within: Duration) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(within, tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status code of the first response in a raw HTTP/1.1 answer.
+pub fn raw_status(answer: &str) -> u16 {
+    answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+// ---------------------------------------------------------------- TLS
+
+pub struct TestCert {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub der: rustls_pki_types::CertificateDer<'static>,
+}
+
+/// A self-signed certificate for `names`, written as PEM into `dir` under `stem`.
+pub fn make_cert(dir: &Path, stem: &str, names: &[&str]) -> TestCert {
+    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .expect("rcgen");
+    let cert_path = dir.join(format!("{stem}.pem"));
+    let key_path = dir.join(format!("{stem}.key"));
+    std::fs::write(&cert_path, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, ck.signing_key.serialize_pem()).expect("write key");
+    TestCert { cert_path, key_path, der: ck.cert.der().clone() }
+}
+
+/// A TLS connection to `addr` with SNI `sni`, trusting `roots`, offering `alpn`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    roots: &[&rustls_pki_types::CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, io::Error> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add((*r).clone()).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from(sni.to_string()).expect("server name");
+    connector.connect(name, tcp).await
+}
+
+/// Sends one request over an established TLS stream, speaking h2 if ALPN chose it.
+pub async fn tls_request(
+    stream: tokio_rustls::client::TlsStream<TcpStream>,
+    req: Request<Body>,
+) -> Result<Answer, hyper::Error> {
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(stream);
+    let resp = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        sender.send_request(req).await?
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        sender.send_request(req).await?
+    };
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Answer { status: parts.status, headers: parts.headers, body })
+}
+
+/// Polls `f` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
