@@ -1,0 +1,312 @@
+//! The `ficus` binary as users run it: `--version`, `check`, `run` with signals (SIGHUP reload,
+//! SIGTERM drain), the admin token from the environment, 1 GiB bodies in bounded memory, and `demo`.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ficus");
+
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Process {
+    /// Starts `ficus run` and waits for its "listening" log lines to learn the bound ports.
+    fn run(config: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"]).arg(config).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn ficus");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let fields = &v["fields"];
+                let addr = fields["addr"].as_str().or(fields["admin_addr"].as_str()).map(str::to_string);
+                if let (Some("listening" | "admin listening"), Some(addr)) = (fields["message"].as_str(), addr) {
+                    let _ = tx.send((fields["message"].as_str().unwrap_or_default().to_string(), addr));
+                }
+            }
+        });
+        let (mut addr, mut admin) = (None, None);
+        while addr.is_none() || admin.is_none() {
+            let (msg, a) = rx.recv_timeout(Duration::from_secs(20)).expect("ficus announced its addresses");
+            let a: SocketAddr = a.parse().expect("address");
+            if msg == "listening" {
+                addr = Some(a);
+            } else {
+                admin = Some(a);
+            }
+        }
+        Self { child, addr: addr.unwrap(), admin: admin.unwrap() }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits up to `within` for the process to exit; returns its exit status if it did.
+    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Peak resident memory of the process so far, in bytes (Linux).
+    fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, yaml: &str) -> std::path::PathBuf {
+    let p = dir.join("ficus.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+#[test]
+fn version_is_printed() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ficus {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn check_accepts_a_valid_config_and_the_shipped_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(dir.path(), &basic_config("http://127.0.0.1:9"));
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    for shipped in ["config/ficus.example.yaml", "config/demo.yaml"] {
+        let out = Command::new(BIN).args(["check", "--config", shipped]).output().unwrap();
+        assert!(out.status.success(), "{shipped}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+#[test]
+fn check_reports_every_problem_as_file_line_path_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "\
+listeners:
+  - name: main
+    bind: 127.0.0.1:0
+upstreams:
+  app:
+    endpoints: ['ftp://x']
+    timeouts: { connect: 0s }
+routes:
+  - name: r
+    match: { path_prefix: 'no-slash' }
+    upstream: ghost
+";
+    let p = write_config(dir.path(), yaml);
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let file = p.display().to_string();
+    for expected in [
+        format!("{file}:6: upstreams.app.endpoints[0]: "),
+        format!("{file}:7: upstreams.app.timeouts.connect: "),
+        format!("{file}:10: routes[0].match.path_prefix: "),
+        format!("{file}:11: routes[0].upstream: no upstream named `ghost`"),
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(&expected)), "missing {expected:?} in:\n{text}");
+    }
+
+    // Shape errors (unknown key) are located too.
+    let p = write_config(dir.path(), "listeners:\n  - name: main\n    bind: 127.0.0.1:0\n    max_conns: 5\n");
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with(&format!("{}:4: listeners[0].max_conns: unknown field", p.display())), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits() {
+    let slow = Upstream::start(|req: Request<Incoming>| async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        echo_response(req, "slow").await
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = basic_config(&slow.url()).replace("reload: { watch: false }", "reload: { watch: false }\nshutdown: { drain_timeout: 10s }");
+    let mut p = Process::run(&write_config(dir.path(), &yaml), &[]);
+    let url = format!("http://{}/drain", p.addr);
+    let in_flight: Vec<_> = (0..4).map(|_| tokio::spawn({
+        let url = url.clone();
+        async move { get(&url).await }
+    })).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.signal("TERM");
+    for r in in_flight {
+        let a = r.await.unwrap();
+        assert_eq!(a.status, 200, "an in-flight request was dropped: {}", a.text());
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let s = p.wait_exit(Duration::from_secs(10));
+        (s, p)
+    })
+    .await
+    .unwrap();
+    let (exit, p) = status;
+    assert!(exit.expect("ficus exited after draining").success());
+    // Nothing listens any more.
+    assert!(std::net::TcpStream::connect(p.addr).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_stops_at_the_deadline() {
+    let stuck = Upstream::start(|_req: Request<Incoming>| async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Response::new(empty())
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = basic_config(&stuck.url()).replace("reload: { watch: false }", "reload: { watch: false }\nshutdown: { drain_timeout: 500ms }");
+    let mut p = Process::run(&write_config(dir.path(), &yaml), &[]);
+    let url = format!("http://{}/", p.addr);
+    let _in_flight = tokio::spawn(async move { client().request(Request::get(url).body(empty()).unwrap()).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    p.signal("TERM");
+    let exit = tokio::task::spawn_blocking(move || p.wait_exit(Duration::from_secs(10))).await.unwrap();
+    assert!(exit.is_some(), "ficus did not exit after the drain deadline");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_the_env_token_reload_the_config() {
+    let a = Upstream::echo_named("a").await;
+    let b = Upstream::echo_named("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &basic_config(&a.url()));
+    let p = Process::run(&path, &[("FICUS_ADMIN_TOKEN", "from-env")]);
+    let url = format!("http://{}/", p.addr);
+    assert_eq!(get(&url).await.echoed().name, "a");
+
+    write_config(dir.path(), &basic_config(&b.url()));
+    p.signal("HUP");
+    assert!(eventually(Duration::from_secs(10), || async { get(&url).await.echoed().name == "b" }).await);
+
+    write_config(dir.path(), &basic_config(&a.url()));
+    let req = Request::post(format!("http://{}/admin/reload", p.admin))
+        .header("authorization", "Bearer from-env")
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&client(), req).await.status, 200);
+    assert_eq!(get(&url).await.echoed().name, "a");
+    let status = get(&format!("http://{}/admin/config", p.admin)).await.json();
+    assert_eq!(status["version"], 3, "{status}");
+}
+
+/// 1 GiB each way through the real process, whose peak RSS must stay far below the body size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_upload_and_download_stream_in_bounded_memory() {
+    const GIB: u64 = 1 << 30;
+    const CHUNK: usize = 256 * 1024;
+    let up = Upstream::start(|req: Request<Incoming>| async move {
+        if req.method() == http::Method::GET {
+            let chunk = Bytes::from(vec![b'x'; CHUNK]);
+            let stream = futures_util::stream::iter(
+                (0..GIB / CHUNK as u64).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
+            );
+            Response::new(http_body_util::StreamBody::new(stream).boxed_unsync())
+        } else {
+            echo_response(req, "").await
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = basic_config(&up.url()).replace(
+        "    bind: 127.0.0.1:0\nadmin",
+        "    bind: 127.0.0.1:0\n    limits: { max_body_bytes: 2GiB }\nadmin",
+    );
+    let p = Process::run(&write_config(dir.path(), &yaml), &[]);
+    let c = client();
+
+    let resp = c.request(Request::get(format!("http://{}/download", p.addr)).body(empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    while let Some(frame) = body.frame().await {
+        got += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(got, GIB);
+
+    let chunk = Bytes::from(vec![b'y'; CHUNK]);
+    let stream = futures_util::stream::iter(
+        (0..GIB / CHUNK as u64).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
+    );
+    let req = Request::post(format!("http://{}/upload", p.addr))
+        .body(http_body_util::StreamBody::new(stream).boxed_unsync())
+        .unwrap();
+    let a = send(&c, req).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.echoed().body_len, GIB);
+
+    let peak = p.peak_rss();
+    eprintln!("ficus peak RSS after 1 GiB each way: {} MiB", peak >> 20);
+    assert!(peak < 64 << 20, "ficus peaked at {} MiB while streaming 1 GiB", peak >> 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_legacy_and_modern_backends() {
+    let mut child = Command::new(BIN).arg("demo").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let up = eventually(Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect("127.0.0.1:8080").await.is_ok()
+    })
+    .await;
+    assert!(up, "the demo did not listen on 127.0.0.1:8080");
+    let legacy = get("http://127.0.0.1:8080/api/customers/42").await;
+    assert_eq!(legacy.headers["x-served-by"], "legacy");
+    assert!(legacy.text().starts_with("<response>"), "{}", legacy.text());
+    let modern = get("http://127.0.0.1:8080/api/orders/7").await;
+    assert_eq!(modern.headers["x-served-by"], "modern");
+    assert_eq!(modern.json()["served_by"], "modern");
+    assert_eq!(get("http://127.0.0.1:9901/readyz").await.status, 200);
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut exited = false;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    assert!(exited, "the demo did not stop on SIGINT");
+}
