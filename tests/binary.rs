@@ -1,5 +1,6 @@
 //! The `ficus` binary as users run it: `--version`, `check`, `run` with signals (SIGHUP reload,
 //! SIGTERM drain), the admin token from the environment, 1 GiB bodies in bounded memory, and `demo`.
+#![allow(clippy::unwrap_used)] // a test that cannot go on should stop right there
 
 mod support;
 
@@ -28,7 +29,11 @@ impl Process {
     /// Starts `ficus run` and waits for its "listening" log lines to learn the bound ports.
     fn run(config: &Path, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--config"]).arg(config).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -37,17 +42,26 @@ impl Process {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
                 let fields = &v["fields"];
-                let addr = fields["addr"].as_str().or(fields["admin_addr"].as_str()).map(str::to_string);
-                if let (Some("listening" | "admin listening"), Some(addr)) = (fields["message"].as_str(), addr) {
+                let addr = fields["addr"]
+                    .as_str()
+                    .or(fields["admin_addr"].as_str())
+                    .map(str::to_string);
+                if let (Some("listening" | "admin listening"), Some(addr)) =
+                    (fields["message"].as_str(), addr)
+                {
                     let _ = tx.send((fields["message"].as_str().unwrap_or_default().to_string(), addr));
                 }
             }
         });
         let (mut addr, mut admin) = (None, None);
         while addr.is_none() || admin.is_none() {
-            let (msg, a) = rx.recv_timeout(Duration::from_secs(20)).expect("ficus announced its addresses");
+            let (msg, a) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("ficus announced its addresses");
             let a: SocketAddr = a.parse().expect("address");
             if msg == "listening" {
                 addr = Some(a);
@@ -55,11 +69,19 @@ impl Process {
                 admin = Some(a);
             }
         }
-        Self { child, addr: addr.unwrap(), admin: admin.unwrap() }
+        Self {
+            child,
+            addr: addr.unwrap(),
+            admin: admin.unwrap(),
+        }
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -101,18 +123,32 @@ fn write_config(dir: &Path, yaml: &str) -> std::path::PathBuf {
 fn version_is_printed() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ficus {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("ficus {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
 fn check_accepts_a_valid_config_and_the_shipped_ones() {
     let dir = tempfile::tempdir().unwrap();
     let p = write_config(dir.path(), &basic_config("http://127.0.0.1:9"));
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&p).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     for shipped in ["config/ficus.example.yaml", "config/demo.yaml"] {
-        let out = Command::new(BIN).args(["check", "--config", shipped]).output().unwrap();
-        assert!(out.status.success(), "{shipped}: {}", String::from_utf8_lossy(&out.stdout));
+        let out = Command::new(BIN)
+            .args(["check", "--config", shipped])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{shipped}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }
 
@@ -133,7 +169,11 @@ routes:
     upstream: ghost
 ";
     let p = write_config(dir.path(), yaml);
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&p).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     let file = p.display().to_string();
@@ -143,15 +183,31 @@ routes:
         format!("{file}:10: routes[0].match.path_prefix: "),
         format!("{file}:11: routes[0].upstream: no upstream named `ghost`"),
     ] {
-        assert!(text.lines().any(|l| l.starts_with(&expected)), "missing {expected:?} in:\n{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with(&expected)),
+            "missing {expected:?} in:\n{text}"
+        );
     }
 
     // Shape errors (unknown key) are located too.
-    let p = write_config(dir.path(), "listeners:\n  - name: main\n    bind: 127.0.0.1:0\n    max_conns: 5\n");
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&p).output().unwrap();
+    let p = write_config(
+        dir.path(),
+        "listeners:\n  - name: main\n    bind: 127.0.0.1:0\n    max_conns: 5\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with(&format!("{}:4: listeners[0].max_conns: unknown field", p.display())), "{text}");
+    assert!(
+        text.starts_with(&format!(
+            "{}:4: listeners[0].max_conns: unknown field",
+            p.display()
+        )),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,13 +218,20 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let yaml = basic_config(&slow.url()).replace("reload: { watch: false }", "reload: { watch: false }\nshutdown: { drain_timeout: 10s }");
+    let yaml = basic_config(&slow.url()).replace(
+        "reload: { watch: false }",
+        "reload: { watch: false }\nshutdown: { drain_timeout: 10s }",
+    );
     let mut p = Process::run(&write_config(dir.path(), &yaml), &[]);
     let url = format!("http://{}/drain", p.addr);
-    let in_flight: Vec<_> = (0..4).map(|_| tokio::spawn({
-        let url = url.clone();
-        async move { get(&url).await }
-    })).collect();
+    let in_flight: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn({
+                let url = url.clone();
+                async move { get(&url).await }
+            })
+        })
+        .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     p.signal("TERM");
     for r in in_flight {
@@ -195,16 +258,26 @@ async fn drain_stops_at_the_deadline() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let yaml = basic_config(&stuck.url()).replace("reload: { watch: false }", "reload: { watch: false }\nshutdown: { drain_timeout: 500ms }");
+    let yaml = basic_config(&stuck.url()).replace(
+        "reload: { watch: false }",
+        "reload: { watch: false }\nshutdown: { drain_timeout: 500ms }",
+    );
     let mut p = Process::run(&write_config(dir.path(), &yaml), &[]);
     let url = format!("http://{}/", p.addr);
-    let _in_flight = tokio::spawn(async move { client().request(Request::get(url).body(empty()).unwrap()).await });
+    let _in_flight =
+        tokio::spawn(async move { client().request(Request::get(url).body(empty()).unwrap()).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     p.signal("TERM");
-    let exit = tokio::task::spawn_blocking(move || p.wait_exit(Duration::from_secs(10))).await.unwrap();
+    let exit = tokio::task::spawn_blocking(move || p.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
     assert!(exit.is_some(), "ficus did not exit after the drain deadline");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +292,12 @@ async fn sighup_and_the_env_token_reload_the_config() {
 
     write_config(dir.path(), &basic_config(&b.url()));
     p.signal("HUP");
-    assert!(eventually(Duration::from_secs(10), || async { get(&url).await.echoed().name == "b" }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(&url).await.echoed().name == "b"
+        })
+        .await
+    );
 
     write_config(dir.path(), &basic_config(&a.url()));
     let req = Request::post(format!("http://{}/admin/reload", p.admin))
@@ -241,7 +319,8 @@ async fn one_gib_upload_and_download_stream_in_bounded_memory() {
         if req.method() == http::Method::GET {
             let chunk = Bytes::from(vec![b'x'; CHUNK]);
             let stream = futures_util::stream::iter(
-                (0..GIB / CHUNK as u64).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
+                (0..GIB / CHUNK as u64)
+                    .map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
             );
             Response::new(http_body_util::StreamBody::new(stream).boxed_unsync())
         } else {
@@ -257,7 +336,14 @@ async fn one_gib_upload_and_download_stream_in_bounded_memory() {
     let p = Process::run(&write_config(dir.path(), &yaml), &[]);
     let c = client();
 
-    let resp = c.request(Request::get(format!("http://{}/download", p.addr)).body(empty()).unwrap()).await.unwrap();
+    let resp = c
+        .request(
+            Request::get(format!("http://{}/download", p.addr))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let mut got = 0u64;
@@ -268,7 +354,8 @@ async fn one_gib_upload_and_download_stream_in_bounded_memory() {
 
     let chunk = Bytes::from(vec![b'y'; CHUNK]);
     let stream = futures_util::stream::iter(
-        (0..GIB / CHUNK as u64).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
+        (0..GIB / CHUNK as u64)
+            .map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
     );
     let req = Request::post(format!("http://{}/upload", p.addr))
         .body(http_body_util::StreamBody::new(stream).boxed_unsync())
@@ -279,12 +366,21 @@ async fn one_gib_upload_and_download_stream_in_bounded_memory() {
 
     let peak = p.peak_rss();
     eprintln!("ficus peak RSS after 1 GiB each way: {} MiB", peak >> 20);
-    assert!(peak < 64 << 20, "ficus peaked at {} MiB while streaming 1 GiB", peak >> 20);
+    assert!(
+        peak < 64 << 20,
+        "ficus peaked at {} MiB while streaming 1 GiB",
+        peak >> 20
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_legacy_and_modern_backends() {
-    let mut child = Command::new(BIN).arg("demo").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("demo")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let up = eventually(Duration::from_secs(20), || async {
         tokio::net::TcpStream::connect("127.0.0.1:8080").await.is_ok()
     })
@@ -297,7 +393,9 @@ async fn demo_serves_legacy_and_modern_backends() {
     assert_eq!(modern.headers["x-served-by"], "modern");
     assert_eq!(modern.json()["served_by"], "modern");
     assert_eq!(get("http://127.0.0.1:9901/readyz").await.status, 200);
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut exited = false;
     while Instant::now() < deadline {
@@ -308,5 +406,6 @@ async fn demo_serves_legacy_and_modern_backends() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = child.kill();
+    let _ = child.wait();
     assert!(exited, "the demo did not stop on SIGINT");
 }

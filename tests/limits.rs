@@ -1,5 +1,6 @@
 //! Listener limits: header size (431), body size (413), stalled bodies (408), slowloris headers,
 //! idle connections and the connection cap.
+#![allow(clippy::unwrap_used)] // a test that cannot go on should stop right there
 
 mod support;
 
@@ -11,8 +12,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 fn with_limits(upstream: &str, limits: &str) -> String {
-    basic_config(upstream)
-        .replace("    bind: 127.0.0.1:0\nadmin", &format!("    bind: 127.0.0.1:0\n    limits: {{ {limits} }}\nadmin"))
+    basic_config(upstream).replace(
+        "    bind: 127.0.0.1:0\nadmin",
+        &format!("    bind: 127.0.0.1:0\n    limits: {{ {limits} }}\nadmin"),
+    )
 }
 
 #[tokio::test]
@@ -20,10 +23,18 @@ async fn oversized_headers_get_431_problem() {
     let up = Upstream::echo().await;
     let f = Ficus::start(&with_limits(&up.url(), "max_header_bytes: 2KiB")).await;
     let big = "a".repeat(3000);
-    let req = Request::get(f.url("/")).header("x-big", big).body(empty()).unwrap();
-    send(&client(), req).await.assert_problem(431, "headers-too-large");
+    let req = Request::get(f.url("/"))
+        .header("x-big", big)
+        .body(empty())
+        .unwrap();
+    send(&client(), req)
+        .await
+        .assert_problem(431, "headers-too-large");
     // Just under the limit passes.
-    let ok = Request::get(f.url("/")).header("x-big", "a".repeat(1500)).body(empty()).unwrap();
+    let ok = Request::get(f.url("/"))
+        .header("x-big", "a".repeat(1500))
+        .body(empty())
+        .unwrap();
     assert_eq!(send(&client(), ok).await.status, 200);
     assert_eq!(up.hits(), 1);
     f.shutdown().await;
@@ -46,7 +57,9 @@ async fn chunked_body_over_the_limit_gets_413() {
     let up = Upstream::echo().await;
     let f = Ficus::start(&with_limits(&up.url(), "max_body_bytes: 1KiB")).await;
     let chunk = format!("800\r\n{}\r\n0\r\n\r\n", "x".repeat(0x800));
-    let req = format!("POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunk}");
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{chunk}"
+    );
     let a = raw(f.addr, req.as_bytes()).await;
     assert_eq!(raw_status(&a), 413, "{a}");
     assert!(a.contains("urn:ficus:problem:body-too-large"), "{a}");
@@ -58,7 +71,9 @@ async fn stalled_body_gets_408() {
     let up = Upstream::echo().await;
     let f = Ficus::start(&with_limits(&up.url(), "body_read_timeout: 300ms")).await;
     let mut tcp = TcpStream::connect(f.addr).await.unwrap();
-    tcp.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789").await.unwrap();
+    tcp.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
     let a = read_all(&mut tcp, Duration::from_secs(5)).await;
     assert_eq!(raw_status(&a), 408, "{a}");
     assert!(a.contains("urn:ficus:problem:body-timeout"), "{a}");
@@ -94,8 +109,15 @@ async fn slowloris_headers_are_cut_off_at_the_header_read_timeout() {
             Err(_) => {}
         }
     }
-    assert!(closed, "the connection was still open after 4 s of trickled headers");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        closed,
+        "the connection was still open after 4 s of trickled headers"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(up.hits(), 0);
     f.shutdown().await;
 }
@@ -111,7 +133,10 @@ async fn idle_connections_are_closed() {
     let a = read_all(&mut tcp, Duration::from_secs(5)).await;
     assert_eq!(raw_status(&a), 200, "{a}");
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(3), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
     f.shutdown().await;
 }
 
@@ -125,18 +150,24 @@ async fn connections_over_the_cap_are_refused() {
         // A request per connection proves each was accepted before the next one connects.
         tcp.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 12];
-        tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut buf).await.unwrap();
+        tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut buf)
+            .await
+            .unwrap();
         assert_eq!(&buf, b"HTTP/1.1 200");
         held.push(tcp);
     }
     let mut third = TcpStream::connect(f.addr).await.unwrap();
-    let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+    let _ = third
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await;
     let a = read_all(&mut third, Duration::from_secs(5)).await;
     assert!(a.is_empty(), "the third connection was served: {a}");
 
     drop(held);
     let ok = eventually(Duration::from_secs(5), || async {
-        raw(f.addr, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await.starts_with("HTTP/1.1 200")
+        raw(f.addr, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 200")
     })
     .await;
     assert!(ok, "a slot did not free up after the held connections closed");
@@ -150,7 +181,11 @@ async fn request_without_host_gets_400_problem() {
     let a = raw(f.addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").await;
     assert_eq!(raw_status(&a), 400, "{a}");
     assert!(a.contains("urn:ficus:problem:missing-host"), "{a}");
-    let a = raw(f.addr, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n").await;
+    let a = raw(
+        f.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(raw_status(&a), 400, "{a}");
     assert_eq!(up.hits(), 0);
     f.shutdown().await;

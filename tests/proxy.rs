@@ -1,5 +1,6 @@
 //! Proxying end to end: protocols, routing, forwarding headers, path normalisation, upstream
 //! failures, WebSocket and streaming bodies.
+#![allow(clippy::unwrap_used)] // a test that cannot go on should stop right there
 
 mod support;
 
@@ -16,11 +17,16 @@ use support::*;
 async fn http1_request_is_proxied_with_method_path_query_and_body() {
     let up = Upstream::echo().await;
     let f = Ficus::start(&basic_config(&up.url())).await;
-    let req = Request::post(f.url("/api/items?x=1&y=2")).body(full("hello")).unwrap();
+    let req = Request::post(f.url("/api/items?x=1&y=2"))
+        .body(full("hello"))
+        .unwrap();
     let a = send(&client(), req).await;
     assert_eq!(a.status, StatusCode::OK);
     let e = a.echoed();
-    assert_eq!((e.method.as_str(), e.path.as_str(), e.body_len), ("POST", "/api/items?x=1&y=2", 5));
+    assert_eq!(
+        (e.method.as_str(), e.path.as_str(), e.body_len),
+        ("POST", "/api/items?x=1&y=2", 5)
+    );
     assert_eq!(e.version, "HTTP/1.1");
     f.shutdown().await;
 }
@@ -77,14 +83,23 @@ routes:
     let get = |p: &str| Request::get(f.url(p)).body(empty()).unwrap();
 
     assert_eq!(who(send(&c, get("/api/orders/7")).await), "modern");
-    assert_eq!(who(send(&c, Request::post(f.url("/api/orders/7")).body(empty()).unwrap()).await), "legacy");
+    assert_eq!(
+        who(send(&c, Request::post(f.url("/api/orders/7")).body(empty()).unwrap()).await),
+        "legacy"
+    );
     // Prefixes match on segment boundaries: /api/ordersX is not under /api/orders.
     assert_eq!(who(send(&c, get("/api/ordersX")).await), "legacy");
     assert_eq!(who(send(&c, get("/health")).await), "modern");
     assert_eq!(who(send(&c, get("/health/deep")).await), "legacy");
-    let by_host = Request::get(f.url("/anything")).header("host", "ops.internal.test").body(empty()).unwrap();
+    let by_host = Request::get(f.url("/anything"))
+        .header("host", "ops.internal.test")
+        .body(empty())
+        .unwrap();
     assert_eq!(who(send(&c, by_host).await), "admin");
-    let apex = Request::get(f.url("/anything")).header("host", "internal.test").body(empty()).unwrap();
+    let apex = Request::get(f.url("/anything"))
+        .header("host", "internal.test")
+        .body(empty())
+        .unwrap();
     assert_eq!(who(send(&c, apex).await), "legacy");
     f.shutdown().await;
 }
@@ -103,7 +118,10 @@ async fn unmatched_request_gets_404_problem() {
 async fn endpoints_are_used_in_round_robin() {
     let a = Upstream::echo_named("a").await;
     let b = Upstream::echo_named("b").await;
-    let yaml = basic_config(&a.url()).replace(&format!("[\"{}\"]", a.url()), &format!("[\"{}\", \"{}\"]", a.url(), b.url()));
+    let yaml = basic_config(&a.url()).replace(
+        &format!("[\"{}\"]", a.url()),
+        &format!("[\"{}\", \"{}\"]", a.url(), b.url()),
+    );
     let f = Ficus::start(&yaml).await;
     for _ in 0..10 {
         get(&f.url("/")).await;
@@ -140,12 +158,28 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
         .unwrap();
     let a = send(&client(), req).await;
     let e = a.echoed();
-    for h in ["x-client-secret", "keep-alive", "te", "trailer", "upgrade", "proxy-authorization", "proxy-connection"] {
-        assert!(!e.headers.contains_key(h), "{h} reached the upstream: {:?}", e.headers);
+    for h in [
+        "x-client-secret",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
+        assert!(
+            !e.headers.contains_key(h),
+            "{h} reached the upstream: {:?}",
+            e.headers
+        );
     }
     assert_eq!(e.header("x-client-kept"), Some("yes"));
     for h in ["x-upstream-secret", "keep-alive", "proxy-authenticate"] {
-        assert!(!a.headers.contains_key(h), "{h} reached the client: {:?}", a.headers);
+        assert!(
+            !a.headers.contains_key(h),
+            "{h} reached the client: {:?}",
+            a.headers
+        );
     }
     assert_eq!(a.headers["x-upstream-kept"], "yes");
     f.shutdown().await;
@@ -166,14 +200,20 @@ async fn forwarded_headers_are_set_and_client_copies_are_dropped_when_untrusted(
     assert_eq!(e.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(e.header("x-forwarded-proto"), Some("http"));
     assert_eq!(e.header("x-forwarded-host"), Some(f.addr.to_string().as_str()));
-    assert_eq!(e.header("forwarded"), Some(format!("for=127.0.0.1;proto=http;host=\"{}\"", f.addr).as_str()));
+    assert_eq!(
+        e.header("forwarded"),
+        Some(format!("for=127.0.0.1;proto=http;host=\"{}\"", f.addr).as_str())
+    );
     f.shutdown().await;
 }
 
 #[tokio::test]
 async fn forwarded_headers_from_a_trusted_proxy_are_appended_to() {
     let up = Upstream::echo().await;
-    let yaml = basic_config(&up.url()).replace("    bind: 127.0.0.1:0\nadmin", "    bind: 127.0.0.1:0\n    trusted_proxies: [127.0.0.0/8]\nadmin");
+    let yaml = basic_config(&up.url()).replace(
+        "    bind: 127.0.0.1:0\nadmin",
+        "    bind: 127.0.0.1:0\n    trusted_proxies: [127.0.0.0/8]\nadmin",
+    );
     let f = Ficus::start(&yaml).await;
     let req = Request::get(f.url("/"))
         .header("x-forwarded-for", "203.0.113.9")
@@ -185,7 +225,10 @@ async fn forwarded_headers_from_a_trusted_proxy_are_appended_to() {
     assert_eq!(e.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
     assert_eq!(e.header("x-forwarded-proto"), Some("https"));
     let fwd = e.header("forwarded").unwrap();
-    assert!(fwd.starts_with("for=203.0.113.9;proto=https, for=127.0.0.1;proto=http"), "{fwd}");
+    assert!(
+        fwd.starts_with("for=203.0.113.9;proto=https, for=127.0.0.1;proto=http"),
+        "{fwd}"
+    );
     f.shutdown().await;
 }
 
@@ -194,18 +237,39 @@ async fn request_id_is_kept_when_valid_and_generated_otherwise() {
     let up = Upstream::echo().await;
     let f = Ficus::start(&basic_config(&up.url())).await;
     let c = client();
-    let kept = send(&c, Request::get(f.url("/")).header("x-request-id", "abc-123").body(empty()).unwrap()).await;
+    let kept = send(
+        &c,
+        Request::get(f.url("/"))
+            .header("x-request-id", "abc-123")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(kept.headers["x-request-id"], "abc-123");
     assert_eq!(kept.echoed().header("x-request-id"), Some("abc-123"));
 
-    let bad = send(&c, Request::get(f.url("/")).header("x-request-id", "bad id!").body(empty()).unwrap()).await;
+    let bad = send(
+        &c,
+        Request::get(f.url("/"))
+            .header("x-request-id", "bad id!")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
     let id = bad.headers["x-request-id"].to_str().unwrap().to_string();
     assert_ne!(id, "bad id!");
     assert_eq!(id.len(), 36, "a UUID: {id}");
     assert_eq!(bad.echoed().header("x-request-id"), Some(id.as_str()));
 
     // ficus's own errors carry the id too.
-    let err = send(&c, Request::get(f.url("/..")).header("x-request-id", "err-1").body(empty()).unwrap()).await;
+    let err = send(
+        &c,
+        Request::get(f.url("/.."))
+            .header("x-request-id", "err-1")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
     assert_eq!(err.headers["x-request-id"], "err-1");
     assert_eq!(err.json()["request_id"], "err-1");
     f.shutdown().await;
@@ -217,9 +281,25 @@ async fn traceparent_is_passed_through_or_created() {
     let f = Ficus::start(&basic_config(&up.url())).await;
     let c = client();
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let e = send(&c, Request::get(f.url("/")).header("traceparent", tp).body(empty()).unwrap()).await.echoed();
+    let e = send(
+        &c,
+        Request::get(f.url("/"))
+            .header("traceparent", tp)
+            .body(empty())
+            .unwrap(),
+    )
+    .await
+    .echoed();
     assert_eq!(e.header("traceparent"), Some(tp));
-    let e = send(&c, Request::get(f.url("/")).header("traceparent", "junk").body(empty()).unwrap()).await.echoed();
+    let e = send(
+        &c,
+        Request::get(f.url("/"))
+            .header("traceparent", "junk")
+            .body(empty())
+            .unwrap(),
+    )
+    .await
+    .echoed();
     let created = e.header("traceparent").unwrap();
     assert_ne!(created, "junk");
     assert_eq!(created.len(), 55);
@@ -254,15 +334,39 @@ routes:
         admin.url()
     );
     let f = Ficus::start(&yaml).await;
-    for attempt in ["/public/../admin", "/public/%2e%2e/admin", "/public/%2E%2E/admin", "/public/.%2e/admin", "//admin", "/public/./../admin"] {
-        let a = raw(f.addr, format!("GET {attempt} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    for attempt in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/%2E%2E/admin",
+        "/public/.%2e/admin",
+        "//admin",
+        "/public/./../admin",
+    ] {
+        let a = raw(
+            f.addr,
+            format!("GET {attempt} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
         assert_eq!(raw_status(&a), 200, "{attempt}: {a}");
-        assert!(a.contains("\"name\":\"admin\""), "{attempt} must be treated as /admin: {a}");
+        assert!(
+            a.contains("\"name\":\"admin\""),
+            "{attempt} must be treated as /admin: {a}"
+        );
         // The upstream sees the normalised path, not the trick.
         assert!(a.contains("\"path\":\"/admin\""), "{attempt}: {a}");
     }
-    for refused in ["/public/../../admin", "/public/..%2fadmin", "/public/%2e%2e%5cadmin", "/public/%00", "/public/%zz"] {
-        let a = raw(f.addr, format!("GET {refused} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    for refused in [
+        "/public/../../admin",
+        "/public/..%2fadmin",
+        "/public/%2e%2e%5cadmin",
+        "/public/%00",
+        "/public/%zz",
+    ] {
+        let a = raw(
+            f.addr,
+            format!("GET {refused} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
         assert_eq!(raw_status(&a), 400, "{refused}: {a}");
         assert!(a.contains("application/problem+json"), "{a}");
         assert!(a.contains("urn:ficus:problem:invalid-path"), "{a}");
@@ -274,7 +378,11 @@ routes:
 #[tokio::test]
 async fn unreachable_upstream_gives_502_problem() {
     // Bind and drop to get a port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let f = Ficus::start(&basic_config(&format!("http://127.0.0.1:{port}"))).await;
     get(&f.url("/")).await.assert_problem(502, "upstream-unreachable");
     f.shutdown().await;
@@ -312,7 +420,9 @@ async fn websocket_upgrade_is_proxied() {
                 while let Some(Ok(msg)) = ws.next().await {
                     if msg.is_text() {
                         let reply = format!("echo: {}", msg.into_text().unwrap());
-                        let _ = ws.send(tokio_tungstenite::tungstenite::Message::text(reply)).await;
+                        let _ = ws
+                            .send(tokio_tungstenite::tungstenite::Message::text(reply))
+                            .await;
                     }
                 }
             }
@@ -328,11 +438,19 @@ async fn websocket_upgrade_is_proxied() {
     })
     .await;
     let f = Ficus::start(&basic_config(&up.url())).await;
-    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", f.addr)).await.expect("ws handshake");
+    let (mut ws, resp) = tokio_tungstenite::connect_async(format!("ws://{}/ws", f.addr))
+        .await
+        .expect("ws handshake");
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     for i in 0..3 {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(format!("hi {i}"))).await.unwrap();
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(format!("hi {i}")))
+            .await
+            .unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(msg.into_text().unwrap().as_str(), format!("echo: hi {i}"));
     }
     ws.close(None).await.unwrap();
@@ -358,11 +476,17 @@ async fn large_bodies_stream_both_ways() {
         }
     })
     .await;
-    let yaml = basic_config(&up.url()).replace("    bind: 127.0.0.1:0\nadmin", "    bind: 127.0.0.1:0\n    limits: { max_body_bytes: 2GiB }\nadmin");
+    let yaml = basic_config(&up.url()).replace(
+        "    bind: 127.0.0.1:0\nadmin",
+        "    bind: 127.0.0.1:0\n    limits: { max_body_bytes: 2GiB }\nadmin",
+    );
     let f = Ficus::start(&yaml).await;
     let c = client();
 
-    let resp = c.request(Request::get(f.url("/download")).body(empty()).unwrap()).await.unwrap();
+    let resp = c
+        .request(Request::get(f.url("/download")).body(empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let mut got = 0u64;
@@ -373,9 +497,12 @@ async fn large_bodies_stream_both_ways() {
 
     let chunk = Bytes::from(vec![b'y'; CHUNK]);
     let n = GIB / CHUNK as u64;
-    let stream =
-        futures_util::stream::iter((0..n).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))));
-    let req = Request::post(f.url("/upload")).body(http_body_util::StreamBody::new(stream).boxed_unsync()).unwrap();
+    let stream = futures_util::stream::iter(
+        (0..n).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
+    );
+    let req = Request::post(f.url("/upload"))
+        .body(http_body_util::StreamBody::new(stream).boxed_unsync())
+        .unwrap();
     let a = send(&c, req).await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.echoed().body_len, GIB);

@@ -1,5 +1,6 @@
 //! Hot reload: through the admin API (with its token), on file change, refused when invalid,
 //! in-flight requests finishing on their snapshot, and 20 reloads under load with zero failures.
+#![allow(clippy::unwrap_used)] // a test that cannot go on should stop right there
 
 mod support;
 
@@ -14,8 +15,14 @@ use support::*;
 /// A config whose single route goes to `upstream`, with the admin token read from `token_env`.
 fn config(upstream: &str, token_env: &str, watch: bool) -> String {
     basic_config(upstream)
-        .replace("admin:\n  bind: 127.0.0.1:0", &format!("admin:\n  bind: 127.0.0.1:0\n  token_env: {token_env}"))
-        .replace("reload: { watch: false }", &format!("reload: {{ watch: {watch}, debounce: 50ms }}"))
+        .replace(
+            "admin:\n  bind: 127.0.0.1:0",
+            &format!("admin:\n  bind: 127.0.0.1:0\n  token_env: {token_env}"),
+        )
+        .replace(
+            "reload: { watch: false }",
+            &format!("reload: {{ watch: {watch}, debounce: 50ms }}"),
+        )
 }
 
 fn post_reload(f: &Ficus, token: Option<&str>) -> Request<Body> {
@@ -27,7 +34,10 @@ fn post_reload(f: &Ficus, token: Option<&str>) -> Request<Body> {
 }
 
 fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]
@@ -50,7 +60,11 @@ async fn admin_reload_applies_a_valid_config() {
     assert_ne!(after["hash"], before["hash"]);
     assert!(after["last_error"].is_null());
     let m = get(&f.admin_url("/metrics")).await.text();
-    assert_eq!(metric(&m, "ficus_config_reloads_total{result=\"success\"}"), Some(1.0), "{m}");
+    assert_eq!(
+        metric(&m, "ficus_config_reloads_total{result=\"success\"}"),
+        Some(1.0),
+        "{m}"
+    );
     assert_eq!(metric(&m, "ficus_config_last_reload_success"), Some(1.0), "{m}");
     f.shutdown().await;
 }
@@ -68,22 +82,48 @@ async fn invalid_config_is_refused_and_the_old_one_keeps_serving() {
 
     let ans = send(&client(), post_reload(&f, Some("t0k3n"))).await;
     ans.assert_problem(422, "config-invalid");
-    let expected = format!("{}:{line}: routes[0].upstream: no upstream named `missing`", f.config_path.display());
+    let expected = format!(
+        "{}:{line}: routes[0].upstream: no upstream named `missing`",
+        f.config_path.display()
+    );
     let problems = ans.json()["problems"].clone();
-    assert!(problems.as_array().unwrap().iter().any(|p| p.as_str().unwrap().starts_with(&expected)), "{problems}");
+    assert!(
+        problems
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with(&expected)),
+        "{problems}"
+    );
 
-    assert_eq!(get(&f.url("/")).await.echoed().name, "a", "the old config must keep serving");
+    assert_eq!(
+        get(&f.url("/")).await.echoed().name,
+        "a",
+        "the old config must keep serving"
+    );
     let status = get(&f.admin_url("/admin/config")).await.json();
     assert_eq!(status["version"], 1);
     assert_eq!(status["reloads_failed"], 1);
-    assert!(status["last_error"]["text"][0].as_str().unwrap().starts_with(&expected), "{status}");
+    assert!(
+        status["last_error"]["text"][0]
+            .as_str()
+            .unwrap()
+            .starts_with(&expected),
+        "{status}"
+    );
     let m = get(&f.admin_url("/metrics")).await.text();
-    assert_eq!(metric(&m, "ficus_config_reloads_total{result=\"failure\"}"), Some(1.0), "{m}");
+    assert_eq!(
+        metric(&m, "ficus_config_reloads_total{result=\"failure\"}"),
+        Some(1.0),
+        "{m}"
+    );
     assert_eq!(metric(&m, "ficus_config_last_reload_success"), Some(0.0), "{m}");
 
     // A syntax error is refused the same way.
     f.write_config("listeners: [\n");
-    send(&client(), post_reload(&f, Some("t0k3n"))).await.assert_problem(422, "config-invalid");
+    send(&client(), post_reload(&f, Some("t0k3n")))
+        .await
+        .assert_problem(422, "config-invalid");
     assert_eq!(get(&f.url("/")).await.status, 200);
     f.shutdown().await;
 }
@@ -96,17 +136,28 @@ async fn admin_reload_needs_the_bearer_token() {
     let c = client();
     let no = send(&c, post_reload(&f, None)).await;
     no.assert_problem(401, "unauthorized");
-    assert!(no.headers["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
-    send(&c, post_reload(&f, Some("wrong"))).await.assert_problem(401, "unauthorized");
+    assert!(no.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    send(&c, post_reload(&f, Some("wrong")))
+        .await
+        .assert_problem(401, "unauthorized");
     assert_eq!(send(&c, post_reload(&f, Some("right"))).await.status, 200);
     // Reading needs no token; changing state is POST only.
-    let get_reload = send(&c, Request::get(f.admin_url("/admin/reload")).body(empty()).unwrap()).await;
+    let get_reload = send(
+        &c,
+        Request::get(f.admin_url("/admin/reload")).body(empty()).unwrap(),
+    )
+    .await;
     get_reload.assert_problem(405, "method-not-allowed");
     f.shutdown().await;
 
     // With no token configured, state-changing calls are disabled outright.
     let f = Ficus::start(&config(&a.url(), "FICUS_TEST_TOKEN_UNSET_NOWHERE", false)).await;
-    send(&c, post_reload(&f, Some("anything"))).await.assert_problem(403, "admin-token-not-configured");
+    send(&c, post_reload(&f, Some("anything")))
+        .await
+        .assert_problem(403, "admin-token-not-configured");
     f.shutdown().await;
 }
 
@@ -127,7 +178,10 @@ async fn changed_config_file_is_reloaded_by_the_watcher() {
     let f = Ficus::start(&config(&a.url(), "UNUSED_TOKEN", true)).await;
     assert_eq!(get(&f.url("/")).await.echoed().name, "a");
     f.write_config(&config(&b.url(), "UNUSED_TOKEN", true));
-    let switched = eventually(Duration::from_secs(10), || async { get(&f.url("/")).await.echoed().name == "b" }).await;
+    let switched = eventually(Duration::from_secs(10), || async {
+        get(&f.url("/")).await.echoed().name == "b"
+    })
+    .await;
     assert!(switched, "the watcher did not pick up the new file");
 
     // A broken file is refused; the running config stays.
@@ -147,7 +201,10 @@ async fn listener_changes_are_refused_on_reload() {
     let f = Ficus::start(&basic_config(&a.url())).await;
     f.write_config(&basic_config(&a.url()).replace("name: main", "name: renamed"));
     let err = f.gw().reload("test").await.unwrap_err().to_string();
-    assert!(err.contains("listeners: adding, removing, renaming or re-binding listeners needs a restart"), "{err}");
+    assert!(
+        err.contains("listeners: adding, removing, renaming or re-binding listeners needs a restart"),
+        "{err}"
+    );
     assert_eq!(get(&f.url("/")).await.status, 200);
     f.shutdown().await;
 }
@@ -232,8 +289,18 @@ async fn twenty_reloads_under_load_lose_no_request() {
     assert_eq!((applied, refused), (10, 10));
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert!(ok > 200, "too little load to mean anything: {ok}");
-    assert_eq!(failed, 0, "{failed} of {} requests failed during reloads", ok + failed);
-    assert!(a.hits() > 0 && b.hits() > 0, "both configs served: a={} b={}", a.hits(), b.hits());
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during reloads",
+        ok + failed
+    );
+    assert!(
+        a.hits() > 0 && b.hits() > 0,
+        "both configs served: a={} b={}",
+        a.hits(),
+        b.hits()
+    );
     let status = get(&f.admin_url("/admin/config")).await.json();
     assert_eq!(status["version"], 11);
     f.shutdown().await;

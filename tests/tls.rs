@@ -1,5 +1,6 @@
 //! TLS termination: certificates chosen by SNI, ALPN h2, protocol versions, and certificate
 //! reload on file change. Certificates are generated here with rcgen; none is committed.
+#![allow(clippy::unwrap_used)] // a test that cannot go on should stop right there
 
 mod support;
 
@@ -12,7 +13,13 @@ use support::*;
 fn tls_config(upstream: &str, certs: &[&TestCert], extra_tls: &str, watch: bool) -> String {
     let list: Vec<String> = certs
         .iter()
-        .map(|c| format!("{{ cert: '{}', key: '{}' }}", c.cert_path.display(), c.key_path.display()))
+        .map(|c| {
+            format!(
+                "{{ cert: '{}', key: '{}' }}",
+                c.cert_path.display(),
+                c.key_path.display()
+            )
+        })
         .collect();
     format!(
         "\
@@ -37,7 +44,10 @@ routes:
 }
 
 fn get_req(host: &str) -> Request<Body> {
-    Request::get(format!("https://{host}/tls")).header("host", host).body(empty()).unwrap()
+    Request::get(format!("https://{host}/tls"))
+        .header("host", host)
+        .body(empty())
+        .unwrap()
 }
 
 #[tokio::test]
@@ -50,18 +60,31 @@ async fn certificate_is_chosen_by_sni() {
     let f = Ficus::start_in(dir, &yaml).await.unwrap();
 
     // Each name verifies only against its own certificate.
-    let s = tls_connect(f.addr, "a.test", &[&a.der], &[b"http/1.1"]).await.expect("a.test with cert a");
+    let s = tls_connect(f.addr, "a.test", &[&a.der], &[b"http/1.1"])
+        .await
+        .expect("a.test with cert a");
     let ans = tls_request(s, get_req("a.test")).await.unwrap();
     assert_eq!(ans.status, 200);
     assert_eq!(ans.echoed().header("x-forwarded-proto"), Some("https"));
-    assert!(tls_connect(f.addr, "a.test", &[&b.der], &[]).await.is_err(), "a.test must not get cert b");
+    assert!(
+        tls_connect(f.addr, "a.test", &[&b.der], &[]).await.is_err(),
+        "a.test must not get cert b"
+    );
 
-    let s = tls_connect(f.addr, "api.b.test", &[&b.der], &[]).await.expect("api.b.test with wildcard cert b");
+    let s = tls_connect(f.addr, "api.b.test", &[&b.der], &[])
+        .await
+        .expect("api.b.test with wildcard cert b");
     assert_eq!(tls_request(s, get_req("api.b.test")).await.unwrap().status, 200);
 
     // An unknown name gets the first certificate.
-    let err = tls_connect(f.addr, "unknown.test", &[&a.der], &[]).await.unwrap_err().to_string();
-    assert!(err.contains("NotValidForName") || err.contains("not valid for"), "{err}");
+    let err = tls_connect(f.addr, "unknown.test", &[&a.der], &[])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("NotValidForName") || err.contains("not valid for"),
+        "{err}"
+    );
     f.shutdown().await;
 }
 
@@ -70,15 +93,21 @@ async fn alpn_negotiates_h2_and_http1() {
     let up = Upstream::echo().await;
     let dir = tempfile::tempdir().unwrap();
     let a = make_cert(dir.path(), "a", &["a.test"]);
-    let f = Ficus::start_in(dir, &tls_config(&up.url(), &[&a], "", false)).await.unwrap();
+    let f = Ficus::start_in(dir, &tls_config(&up.url(), &[&a], "", false))
+        .await
+        .unwrap();
 
-    let s = tls_connect(f.addr, "a.test", &[&a.der], &[b"h2", b"http/1.1"]).await.unwrap();
+    let s = tls_connect(f.addr, "a.test", &[&a.der], &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let ans = tls_request(s, get_req("a.test")).await.unwrap();
     assert_eq!(ans.status, 200);
     assert_eq!(ans.echoed().header("host"), Some("a.test"));
 
-    let s = tls_connect(f.addr, "a.test", &[&a.der], &[b"http/1.1"]).await.unwrap();
+    let s = tls_connect(f.addr, "a.test", &[&a.der], &[b"http/1.1"])
+        .await
+        .unwrap();
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     assert_eq!(tls_request(s, get_req("a.test")).await.unwrap().status, 200);
     f.shutdown().await;
@@ -99,7 +128,9 @@ async fn connect_with_only(
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
-    let s = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await?;
+    let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await?;
     Ok(s.get_ref().1.protocol_version().unwrap())
 }
 
@@ -108,16 +139,37 @@ async fn tls_12_and_13_are_offered_and_min_version_is_enforced() {
     let up = Upstream::echo().await;
     let dir = tempfile::tempdir().unwrap();
     let a = make_cert(dir.path(), "a", &["a.test"]);
-    let f = Ficus::start_in(dir, &tls_config(&up.url(), &[&a], "", false)).await.unwrap();
-    assert_eq!(connect_with_only(f.addr, &a.der, &rustls::version::TLS12).await.unwrap(), rustls::ProtocolVersion::TLSv1_2);
-    assert_eq!(connect_with_only(f.addr, &a.der, &rustls::version::TLS13).await.unwrap(), rustls::ProtocolVersion::TLSv1_3);
+    let f = Ficus::start_in(dir, &tls_config(&up.url(), &[&a], "", false))
+        .await
+        .unwrap();
+    assert_eq!(
+        connect_with_only(f.addr, &a.der, &rustls::version::TLS12)
+            .await
+            .unwrap(),
+        rustls::ProtocolVersion::TLSv1_2
+    );
+    assert_eq!(
+        connect_with_only(f.addr, &a.der, &rustls::version::TLS13)
+            .await
+            .unwrap(),
+        rustls::ProtocolVersion::TLSv1_3
+    );
     f.shutdown().await;
 
     let dir = tempfile::tempdir().unwrap();
     let a = make_cert(dir.path(), "a", &["a.test"]);
-    let f = Ficus::start_in(dir, &tls_config(&up.url(), &[&a], "min_version: '1.3'", false)).await.unwrap();
-    assert!(connect_with_only(f.addr, &a.der, &rustls::version::TLS12).await.is_err());
-    assert_eq!(connect_with_only(f.addr, &a.der, &rustls::version::TLS13).await.unwrap(), rustls::ProtocolVersion::TLSv1_3);
+    let f = Ficus::start_in(dir, &tls_config(&up.url(), &[&a], "min_version: '1.3'", false))
+        .await
+        .unwrap();
+    assert!(connect_with_only(f.addr, &a.der, &rustls::version::TLS12)
+        .await
+        .is_err());
+    assert_eq!(
+        connect_with_only(f.addr, &a.der, &rustls::version::TLS13)
+            .await
+            .unwrap(),
+        rustls::ProtocolVersion::TLSv1_3
+    );
     f.shutdown().await;
 }
 
@@ -126,7 +178,9 @@ async fn plain_http_on_a_tls_listener_is_not_served() {
     let up = Upstream::echo().await;
     let dir = tempfile::tempdir().unwrap();
     let a = make_cert(dir.path(), "a", &["a.test"]);
-    let f = Ficus::start_in(dir, &tls_config(&up.url(), &[&a], "", false)).await.unwrap();
+    let f = Ficus::start_in(dir, &tls_config(&up.url(), &[&a], "", false))
+        .await
+        .unwrap();
     let answer = raw(f.addr, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
     assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
     assert_eq!(up.hits(), 0);
@@ -138,7 +192,9 @@ async fn replaced_certificate_files_are_served_without_restart() {
     let up = Upstream::echo().await;
     let dir = tempfile::tempdir().unwrap();
     let old = make_cert(dir.path(), "a", &["a.test"]);
-    let f = Ficus::start_in(dir, &tls_config(&up.url(), &[&old], "", true)).await.unwrap();
+    let f = Ficus::start_in(dir, &tls_config(&up.url(), &[&old], "", true))
+        .await
+        .unwrap();
     assert!(tls_connect(f.addr, "a.test", &[&old.der], &[]).await.is_ok());
 
     // Write the new pair next to the old one, then rename over it, as cert-manager and certbot do.
@@ -163,13 +219,18 @@ async fn certificate_expiry_is_exported() {
     let up = Upstream::echo().await;
     let dir = tempfile::tempdir().unwrap();
     let a = make_cert(dir.path(), "a", &["a.test"]);
-    let f = Ficus::start_in(dir, &tls_config(&up.url(), &[&a], "", false)).await.unwrap();
+    let f = Ficus::start_in(dir, &tls_config(&up.url(), &[&a], "", false))
+        .await
+        .unwrap();
     let found = eventually(Duration::from_secs(5), || async {
         let m = get(&f.admin_url("/metrics")).await.text();
         m.lines().any(|l| {
             l.starts_with("ficus_tls_cert_expiry_seconds{")
                 && l.contains("listener=\"main\"")
-                && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 86400.0)
+                && l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|v| v > 86400.0)
         })
     })
     .await;
@@ -183,7 +244,13 @@ async fn missing_certificate_is_a_config_error_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let a = make_cert(dir.path(), "a", &["a.test"]);
     std::fs::remove_file(&a.cert_path).unwrap();
-    let err = Ficus::start_in(dir, &tls_config(&up.url(), &[&a], "", false)).await.err().expect("refused");
+    let err = Ficus::start_in(dir, &tls_config(&up.url(), &[&a], "", false))
+        .await
+        .err()
+        .expect("refused");
     let msg = err.to_string();
-    assert!(msg.contains("ficus.yaml:6: listeners[0].tls.certs[0]: cannot read certificate"), "{msg}");
+    assert!(
+        msg.contains("ficus.yaml:6: listeners[0].tls.certs[0]: cannot read certificate"),
+        "{msg}"
+    );
 }

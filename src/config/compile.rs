@@ -52,6 +52,9 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
     let mut problems: Vec<ConfigProblem> = Vec::new();
     let mut bad = |path: String, reason: String| problems.push(src.problem(&path, reason));
 
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&cfg.log.level) {
+        bad("log.level".into(), format!("not a valid log filter: {e}"));
+    }
     if cfg.listeners.is_empty() {
         bad("listeners".into(), "configure at least one listener".into());
     }
@@ -387,5 +390,28 @@ mod tests {
         if let Err(e) = compile_text(include_str!("../../config/demo.yaml")) {
             panic!("config/demo.yaml is invalid:\n{e}");
         }
+    }
+
+    #[test]
+    fn zero_listener_timeouts_and_bad_log_filters_are_refused() {
+        let err = compile_text(
+            "log: { level: 'ficus=loud' }\nlisteners:\n  - name: main\n    bind: 127.0.0.1:0\n    limits: { idle_timeout: 0s }\n",
+        )
+        .err()
+        .unwrap();
+        let lines: Vec<String> = err.0.iter().map(ToString::to_string).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("test.yaml:1: log.level: not a valid log filter")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l
+                    .starts_with("test.yaml:5: listeners[0].limits.idle_timeout: must be greater than zero")),
+            "{lines:?}"
+        );
     }
 }

@@ -134,6 +134,26 @@ fn build(shared: &Shared, version: u64) -> Result<Snapshot, ConfigErrors> {
             ),
         ));
     }
+    let old = shared.snapshot.load();
+    for (key, changed) in [
+        ("log", snap.config.log != old.config.log),
+        ("runtime", snap.config.runtime != old.config.runtime),
+        (
+            "reload.watch",
+            snap.config.reload.watch != old.config.reload.watch,
+        ),
+        (
+            "admin.token_env",
+            snap.config.admin.token_env != old.config.admin.token_env,
+        ),
+    ] {
+        if changed {
+            tracing::warn!(
+                key,
+                "this setting is read at start only; the change takes effect after a restart"
+            );
+        }
+    }
     if snap.config.admin.bind != shared.admin_bind {
         problems.push(src.problem("admin.bind", "changing the admin address needs a restart"));
     }

@@ -68,6 +68,15 @@ impl ListenerRuntime {
         if limits.max_connections == 0 {
             problems.push(("limits.max_connections".into(), "must be at least 1".into()));
         }
+        for (key, value) in [
+            ("limits.header_read_timeout", limits.header_read_timeout),
+            ("limits.body_read_timeout", limits.body_read_timeout),
+            ("limits.idle_timeout", limits.idle_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push((key.into(), "must be greater than zero".into()));
+            }
+        }
         if limits.max_concurrent_streams == 0 {
             problems.push((
                 "limits.max_concurrent_streams".into(),

@@ -30,7 +30,9 @@ use ficus::gateway::Gateway;
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 
 pub fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|e: Infallible| match e {}).boxed_unsync()
+    Full::new(b.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed_unsync()
 }
 
 pub fn empty() -> Body {
@@ -58,7 +60,9 @@ impl Upstream {
         let counter = hits.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let handler = handler.clone();
                 let counter = counter.clone();
                 tokio::spawn(async move {
@@ -122,7 +126,10 @@ pub async fn echo_response(req: Request<Incoming>, name: &str) -> Response<Body>
     let (parts, body) = req.into_parts();
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in &parts.headers {
-        headers.entry(k.as_str().to_string()).or_default().push(String::from_utf8_lossy(v.as_bytes()).into());
+        headers
+            .entry(k.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into());
     }
     // Count the body without holding it, so large uploads stay cheap for the test too.
     let mut body = body;
@@ -136,13 +143,18 @@ pub async fn echo_response(req: Request<Incoming>, name: &str) -> Response<Body>
     let echoed = Echoed {
         name: name.to_string(),
         method: parts.method.to_string(),
-        path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         version: format!("{:?}", parts.version),
         headers,
         body_len,
     };
     let mut resp = Response::new(full(serde_json::to_vec(&echoed).expect("echo json")));
-    resp.headers_mut().insert("content-type", "application/json".parse().expect("ct"));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("ct"));
     resp
 }
 
@@ -182,7 +194,9 @@ pub struct Ficus {
 
 impl Ficus {
     pub async fn start(yaml: &str) -> Self {
-        Self::try_start(yaml).await.unwrap_or_else(|e| panic!("ficus did not start: {e}"))
+        Self::try_start(yaml)
+            .await
+            .unwrap_or_else(|e| panic!("ficus did not start: {e}"))
     }
 
     pub async fn try_start(yaml: &str) -> Result<Self, ficus::gateway::StartError> {
@@ -197,7 +211,13 @@ impl Ficus {
         let gateway = Gateway::start(ConfigSource::File(config_path.clone())).await?;
         let addr = gateway.addr("main").expect("a listener named `main`");
         let admin = gateway.admin_addr();
-        Ok(Self { gateway: Some(gateway), dir, config_path, addr, admin })
+        Ok(Self {
+            gateway: Some(gateway),
+            dir,
+            config_path,
+            addr,
+            admin,
+        })
     }
 
     pub fn gw(&self) -> &Gateway {
@@ -235,7 +255,9 @@ pub fn client() -> H1Client {
 }
 
 pub fn h2c_client() -> H1Client {
-    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 pub struct Answer {
@@ -279,7 +301,11 @@ pub async fn send(client: &H1Client, req: Request<Body>) -> Answer {
         .expect("request sent");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("response body").to_bytes();
-    Answer { status: parts.status, headers: parts.headers, body }
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 pub async fn get(url: &str) -> Answer {
@@ -301,7 +327,11 @@ pub async fn read_all(tcp: &mut TcpStream, within: Duration) -> String {
 
 /// The status code of the first response in a raw HTTP/1.1 answer.
 pub fn raw_status(answer: &str) -> u16 {
-    answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {answer:?}"))
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
 }
 
 // ---------------------------------------------------------------- TLS
@@ -320,7 +350,11 @@ pub fn make_cert(dir: &Path, stem: &str, names: &[&str]) -> TestCert {
     let key_path = dir.join(format!("{stem}.key"));
     std::fs::write(&cert_path, ck.cert.pem()).expect("write cert");
     std::fs::write(&key_path, ck.signing_key.serialize_pem()).expect("write key");
-    TestCert { cert_path, key_path, der: ck.cert.der().clone() }
+    TestCert {
+        cert_path,
+        key_path,
+        der: ck.cert.der().clone(),
+    }
 }
 
 /// A TLS connection to `addr` with SNI `sni`, trusting `roots`, offering `alpn`.
@@ -365,7 +399,11 @@ pub async fn tls_request(
     };
     let (parts, body) = resp.into_parts();
     let body = body.collect().await?.to_bytes();
-    Ok(Answer { status: parts.status, headers: parts.headers, body })
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// Polls `f` until it returns true or `within` passes.
