@@ -229,6 +229,10 @@ impl Gateway {
         for b in self.background {
             b.abort();
         }
+        if let Some(log) = &self.shared.access_log {
+            let log = log.clone();
+            let _ = tokio::task::spawn_blocking(move || log.close()).await;
+        }
         tracing::info!("ficus stopped");
     }
 }

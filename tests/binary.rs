@@ -28,11 +28,15 @@ struct Process {
 impl Process {
     /// Starts `ficus run` and waits for its "listening" log lines to learn the bound ports.
     fn run(config: &Path, env: &[(&str, &str)]) -> Self {
+        Self::run_with_stdout(config, env, Stdio::null())
+    }
+
+    fn run_with_stdout(config: &Path, env: &[(&str, &str)], stdout: Stdio) -> Self {
         let mut cmd = Command::new(BIN);
         cmd.args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
@@ -408,4 +412,42 @@ async fn demo_serves_legacy_and_modern_backends() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(exited, "the demo did not stop on SIGINT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_one_json_line_per_request_and_none_is_lost_at_shutdown() {
+    let up = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = basic_config(&up.url()).replace("access_log: false", "access_log: true");
+    let log_path = dir.path().join("access.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut p = Process::run_with_stdout(&write_config(dir.path(), &yaml), &[], Stdio::from(log_file));
+    let c = client();
+    for i in 0..50 {
+        let req =
+            Request::get(format!("http://{}/item/{i}", p.addr)).header("x-request-id", format!("req-{i}"));
+        assert_eq!(send(&c, req.body(empty()).unwrap()).await.status, 200);
+    }
+    let missing = format!("http://{}/..", p.addr);
+    assert_eq!(get(&missing).await.status, 400);
+    p.signal("TERM");
+    let exit = tokio::task::spawn_blocking(move || p.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(exit.is_some_and(|s| s.success()));
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 51, "{text}");
+    for (i, l) in lines.iter().take(50).enumerate() {
+        assert_eq!(l["kind"], "access");
+        assert_eq!(l["request_id"], format!("req-{i}"));
+        assert_eq!(l["path"], format!("/item/{i}"));
+        assert_eq!(l["route"], "all");
+        assert_eq!(l["upstream"], "app");
+        assert_eq!(l["status"], 200);
+        assert_eq!(l["client"], "127.0.0.1");
+    }
+    assert_eq!(lines[50]["status"], 400);
+    assert_eq!(lines[50]["error"], "invalid-path");
 }

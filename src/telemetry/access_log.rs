@@ -1,17 +1,20 @@
-//! One JSON line per request, written by a background task so the request path never blocks on
+//! One JSON line per request, written by a background thread so the request path never blocks on
 //! stdout. When the writer falls behind, lines are dropped and counted rather than queued forever.
 
 use std::io::Write;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::SystemTime;
 
 use http::{HeaderValue, Method, StatusCode};
 use metrics::Counter;
+use parking_lot::Mutex;
 use serde::Serialize;
-use tokio::sync::mpsc;
 
-const QUEUE: usize = 8192;
+/// Lines held between two flushes at most; beyond this they are dropped and counted.
+const QUEUE: usize = 65_536;
 
 pub struct AccessRecord {
     pub time: SystemTime,
@@ -42,35 +45,75 @@ struct Line<'a> {
     error: Option<&'static str>,
 }
 
+/// The hot path only pushes onto a mutex-guarded vector: no channel, no cross-thread wakeup per
+/// request (waking the writer for every line cost about 4 µs of CPU per request in the load
+/// test). A dedicated thread swaps the vector out every [`FLUSH_EVERY`] and writes the batch.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: mpsc::Sender<AccessRecord>,
+    inner: Arc<Inner>,
     dropped: Counter,
 }
 
+struct Inner {
+    queue: Mutex<Vec<AccessRecord>>,
+    closing: AtomicBool,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
 impl AccessLog {
-    /// Starts the writer task; it ends when every `AccessLog` clone is gone.
     pub fn spawn(dropped: Counter) -> Self {
-        let (tx, mut rx) = mpsc::channel::<AccessRecord>(QUEUE);
-        tokio::task::spawn_blocking(move || {
-            // Not `stdout().lock()`: holding the lock for the task's lifetime would block every
-            // other writer to stdout (the demo's banner, for one).
-            let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
-            while let Some(first) = rx.blocking_recv() {
-                write_line(&mut out, &first);
-                // Batch whatever else is queued before paying for a flush.
-                while let Ok(rec) = rx.try_recv() {
-                    write_line(&mut out, &rec);
-                }
-                let _ = out.flush();
-            }
+        let inner = Arc::new(Inner {
+            queue: Mutex::new(Vec::with_capacity(1024)),
+            closing: AtomicBool::new(false),
+            writer: Mutex::new(None),
         });
-        Self { tx, dropped }
+        let shared = inner.clone();
+        let handle = std::thread::Builder::new()
+            .name("ficus-access-log".into())
+            .spawn(move || {
+                // Not `stdout().lock()`: holding the lock for the thread's lifetime would block every
+                // other writer to stdout (the demo's banner, for one).
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+                let mut batch = Vec::with_capacity(1024);
+                loop {
+                    let closing = shared.closing.load(Ordering::Acquire);
+                    std::mem::swap(&mut *shared.queue.lock(), &mut batch);
+                    for rec in batch.drain(..) {
+                        write_line(&mut out, &rec);
+                    }
+                    let _ = out.flush();
+                    if closing {
+                        break;
+                    }
+                    std::thread::sleep(FLUSH_EVERY);
+                }
+            });
+        match handle {
+            Ok(h) => *inner.writer.lock() = Some(h),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the access-log writer; access lines will be dropped")
+            }
+        }
+        Self { inner, dropped }
     }
 
     pub fn log(&self, rec: AccessRecord) {
-        if self.tx.try_send(rec).is_err() {
+        let mut q = self.inner.queue.lock();
+        if q.len() >= QUEUE || self.inner.closing.load(Ordering::Relaxed) {
+            drop(q);
             self.dropped.increment(1);
+        } else {
+            q.push(rec);
+        }
+    }
+
+    /// Writes what is queued and stops the writer; used at shutdown so no line is lost.
+    pub fn close(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        if let Some(h) = self.inner.writer.lock().take() {
+            let _ = h.join();
         }
     }
 }
