@@ -508,3 +508,34 @@ async fn large_bodies_stream_both_ways() {
     assert_eq!(a.echoed().body_len, GIB);
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn request_metrics_are_counted_per_route_backend_method_and_status_class() {
+    let up = Upstream::echo().await;
+    let yaml = basic_config(&up.url()).replace("path_prefix: /", "path_prefix: /api");
+    let f = Ficus::start(&yaml).await;
+    let c = client();
+    for _ in 0..3 {
+        send(&c, Request::get(f.url("/api/x")).body(empty()).unwrap()).await;
+    }
+    send(&c, Request::post(f.url("/api/x")).body(full("b")).unwrap()).await;
+    send(&c, Request::get(f.url("/elsewhere")).body(empty()).unwrap()).await;
+    let m = get(&f.admin_url("/metrics")).await.text();
+    let value = |prefix: &str| -> Option<f64> {
+        m.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    };
+    let series = |method: &str, class: &str, route: &str, backend: &str| {
+        format!(
+            "ficus_requests_total{{route=\"{route}\",backend=\"{backend}\",method=\"{method}\",status_class=\"{class}\"}}"
+        )
+    };
+    assert_eq!(value(&series("GET", "2xx", "all", "app")), Some(3.0), "{m}");
+    assert_eq!(value(&series("POST", "2xx", "all", "app")), Some(1.0), "{m}");
+    assert_eq!(value(&series("GET", "4xx", "unmatched", "")), Some(1.0), "{m}");
+    // Pre-registered: series exist (at zero) before any such request.
+    assert_eq!(value(&series("DELETE", "5xx", "all", "app")), Some(0.0), "{m}");
+    assert_eq!(value("ficus_request_duration_seconds_count{route=\"all\"}"), Some(4.0), "{m}");
+    assert_eq!(value("ficus_upstream_request_duration_seconds_count{upstream=\"app\"}"), Some(4.0), "{m}");
+    assert!(value("ficus_open_connections{listener=\"main\"}").is_some_and(|v| v >= 1.0), "{m}");
+    f.shutdown().await;
+}
