@@ -522,7 +522,10 @@ async fn request_metrics_are_counted_per_route_backend_method_and_status_class()
     send(&c, Request::get(f.url("/elsewhere")).body(empty()).unwrap()).await;
     let m = get(&f.admin_url("/metrics")).await.text();
     let value = |prefix: &str| -> Option<f64> {
-        m.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+        m.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
     };
     let series = |method: &str, class: &str, route: &str, backend: &str| {
         format!(
@@ -534,8 +537,19 @@ async fn request_metrics_are_counted_per_route_backend_method_and_status_class()
     assert_eq!(value(&series("GET", "4xx", "unmatched", "")), Some(1.0), "{m}");
     // Pre-registered: series exist (at zero) before any such request.
     assert_eq!(value(&series("DELETE", "5xx", "all", "app")), Some(0.0), "{m}");
-    assert_eq!(value("ficus_request_duration_seconds_count{route=\"all\"}"), Some(4.0), "{m}");
-    assert_eq!(value("ficus_upstream_request_duration_seconds_count{upstream=\"app\"}"), Some(4.0), "{m}");
-    assert!(value("ficus_open_connections{listener=\"main\"}").is_some_and(|v| v >= 1.0), "{m}");
+    assert_eq!(
+        value("ficus_request_duration_seconds_count{route=\"all\"}"),
+        Some(4.0),
+        "{m}"
+    );
+    assert_eq!(
+        value("ficus_upstream_request_duration_seconds_count{upstream=\"app\"}"),
+        Some(4.0),
+        "{m}"
+    );
+    assert!(
+        value("ficus_open_connections{listener=\"main\"}").is_some_and(|v| v >= 1.0),
+        "{m}"
+    );
     f.shutdown().await;
 }
