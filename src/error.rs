@@ -43,6 +43,8 @@ pub enum ProxyError {
     UpstreamFailed { upstream: String, reason: String },
     #[error("the protocol upgrade failed: {0}")]
     UpgradeFailed(String),
+    #[error("the circuit breaker for upstream `{upstream}` is open; retry in {retry_after_secs} s")]
+    CircuitOpen { upstream: String, retry_after_secs: u64 },
 }
 
 impl ProxyError {
@@ -59,6 +61,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -77,6 +80,7 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } => "upstream-timeout",
             Self::UpstreamFailed { .. } => "upstream-failed",
             Self::UpgradeFailed(_) => "upgrade-failed",
+            Self::CircuitOpen { .. } => "circuit-open",
         }
     }
 
@@ -85,13 +89,19 @@ impl ProxyError {
             Self::UpstreamUnreachable { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. }
-            | Self::UpgradeFailed(_) => Source::Upstream,
+            | Self::UpgradeFailed(_)
+            | Self::CircuitOpen { .. } => Source::Upstream,
             _ => Source::Downstream,
         }
     }
 
     pub fn to_response(&self, request_id: Option<&HeaderValue>) -> Response<ResponseBody> {
-        problem(self.status(), self.kind(), &self.to_string(), request_id)
+        let mut resp = problem(self.status(), self.kind(), &self.to_string(), request_id);
+        if let Self::CircuitOpen { retry_after_secs, .. } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        resp
     }
 }
 

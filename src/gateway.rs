@@ -19,6 +19,7 @@ use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::{
     Metrics, ACCESS_LOG_DROPPED, CONFIG_LAST_RELOAD_SUCCESS, CONFIG_RELOADS_TOTAL,
 };
+use crate::upstream::breaker::BreakerRegistry;
 use crate::upstream::ClientCache;
 
 /// State shared by every connection, the admin API and the reload machinery.
@@ -26,6 +27,7 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Metrics,
     pub clients: ClientCache,
+    pub breakers: BreakerRegistry,
     pub access_log: Option<AccessLog>,
     pub source: ConfigSource,
     pub status: parking_lot::Mutex<ReloadStatus>,
@@ -75,6 +77,7 @@ impl Gateway {
     pub async fn start(source: ConfigSource) -> Result<Self, StartError> {
         let metrics = Metrics::new();
         let clients = ClientCache::default();
+        let breakers = BreakerRegistry::default();
         let text = source.read()?;
         let snap = compile(
             &text,
@@ -82,6 +85,7 @@ impl Gateway {
             &Deps {
                 metrics: &metrics,
                 clients: &clients,
+                breakers: &breakers,
             },
         )?;
 
@@ -134,6 +138,7 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(snap),
             metrics,
             clients,
+            breakers,
             access_log,
             source,
             status: parking_lot::Mutex::new(status),

@@ -78,6 +78,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
             let status = shared.status.lock().clone();
             json(StatusCode::OK, &status)
         }
+        (&Method::GET, "/admin/upstreams") => json(StatusCode::OK, &upstreams(shared)),
         (&Method::POST, "/admin/reload") => {
             if let Err(resp) = authorize(shared, &req) {
                 return resp;
@@ -104,14 +105,34 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
                 }
             }
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/reload") => problem(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            "this method is not allowed here",
-            None,
-        ),
+        (_, "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/upstreams" | "/admin/reload") => {
+            problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "this method is not allowed here",
+                None,
+            )
+        }
         _ => problem(StatusCode::NOT_FOUND, "not-found", "no admin endpoint here", None),
     }
+}
+
+/// Each upstream of the active snapshot: endpoints and circuit-breaker state.
+fn upstreams(shared: &Shared) -> serde_json::Value {
+    let snap = shared.snapshot.load();
+    let list: Vec<serde_json::Value> = snap
+        .upstreams
+        .values()
+        .map(|u| {
+            serde_json::json!({
+                "name": &*u.name,
+                "endpoints": u.balancer.endpoints().iter()
+                    .map(|e| format!("{}://{}", e.scheme, e.authority)).collect::<Vec<_>>(),
+                "circuit_breaker": u.breaker.as_ref().map(|b| b.status()),
+            })
+        })
+        .collect();
+    serde_json::json!({ "version": snap.version, "upstreams": list })
 }
 
 /// Constant-time comparison of digests, so response timing says nothing about the token.

@@ -17,6 +17,7 @@ use crate::pipeline::route::{HostMatch, PathMatch, Route, Router};
 use crate::server::listener::ListenerRuntime;
 use crate::telemetry::metrics::{Metrics, RouteMetrics, UPSTREAM_REQUEST_DURATION};
 use crate::upstream::balance::Endpoint;
+use crate::upstream::breaker::BreakerRegistry;
 use crate::upstream::client::PoolKey;
 use crate::upstream::{ClientCache, Upstream};
 
@@ -40,11 +41,19 @@ impl Snapshot {
     pub fn pool_keys(&self) -> Vec<PoolKey> {
         self.upstreams.values().map(|u| u.pool_key.clone()).collect()
     }
+
+    pub fn breakers(&self) -> Vec<Arc<crate::upstream::breaker::Breaker>> {
+        self.upstreams
+            .values()
+            .filter_map(|u| u.breaker.clone())
+            .collect()
+    }
 }
 
 pub struct Deps<'a> {
     pub metrics: &'a Metrics,
     pub clients: &'a ClientCache,
+    pub breakers: &'a BreakerRegistry,
 }
 
 pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapshot, ConfigErrors> {
@@ -120,6 +129,40 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 "must be greater than zero".into(),
             );
         }
+        if let Some(b) = &u.circuit_breaker {
+            let cb = format!("{at}.circuit_breaker");
+            for (key, rate) in [
+                ("failure_rate", b.failure_rate),
+                ("slow_call_rate", b.slow_call_rate),
+            ] {
+                if !(rate > 0.0 && rate <= 1.0) {
+                    bad(format!("{cb}.{key}"), "must be above 0 and at most 1".into());
+                }
+            }
+            if b.window < std::time::Duration::from_secs(1) {
+                bad(format!("{cb}.window"), "must be at least 1s".into());
+            }
+            if b.min_requests == 0 {
+                bad(format!("{cb}.min_requests"), "must be at least 1".into());
+            }
+            if b.half_open_probes == 0 {
+                bad(format!("{cb}.half_open_probes"), "must be at least 1".into());
+            }
+            if b.open_for.is_zero() {
+                bad(format!("{cb}.open_for"), "must be greater than zero".into());
+            }
+            if b.max_open_for < b.open_for {
+                bad(format!("{cb}.max_open_for"), "must be at least open_for".into());
+            }
+            for (j, st) in b.failure_statuses.iter().enumerate() {
+                if !(100..=599).contains(st) {
+                    bad(
+                        format!("{cb}.failure_statuses[{j}]"),
+                        format!("{st} is not an HTTP status"),
+                    );
+                }
+            }
+        }
         let pool_key = PoolKey {
             connect_timeout: u.timeouts.connect,
             pool: u.pool.clone(),
@@ -130,14 +173,10 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             .histogram(UPSTREAM_REQUEST_DURATION, &[("upstream", name)]);
         upstreams.insert(
             name.clone(),
-            Arc::new(Upstream::new(
-                name,
-                endpoints,
-                u.timeouts.request,
-                pool_key,
-                client,
-                duration,
-            )),
+            Arc::new(
+                Upstream::new(name, endpoints, u.timeouts.request, pool_key, client, duration)
+                    .with_breaker(deps.breakers.get(name, u, deps.metrics)),
+            ),
         );
     }
 
@@ -313,6 +352,7 @@ mod tests {
             &Deps {
                 metrics: &metrics,
                 clients: &clients,
+                breakers: &Default::default(),
             },
         )
     }

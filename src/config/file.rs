@@ -194,6 +194,45 @@ pub struct UpstreamConfig {
     pub timeouts: UpstreamTimeouts,
     #[serde(default)]
     pub pool: PoolConfig,
+    /// Off unless present.
+    #[serde(default)]
+    pub circuit_breaker: Option<BreakerConfig>,
+}
+
+/// A circuit breaker for one upstream. While open, requests get 503 with `Retry-After`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// The sliding window the rates are computed over (whole seconds).
+    #[serde(default = "default_breaker_window", with = "humantime_serde_compat")]
+    pub window: Duration,
+    /// No decision is taken on fewer calls than this in the window.
+    #[serde(default = "default_breaker_min_requests")]
+    pub min_requests: u32,
+    /// Trip when failures / calls in the window reach this (0 < rate <= 1).
+    #[serde(default = "default_breaker_failure_rate")]
+    pub failure_rate: f64,
+    /// A call slower than this counts as slow; unset means slowness is not judged.
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub slow_call_duration: Option<Duration>,
+    /// Trip when slow calls / calls in the window reach this (0 < rate <= 1).
+    #[serde(default = "default_breaker_slow_rate")]
+    pub slow_call_rate: f64,
+    /// How long the first trip stays open; each further trip without recovery doubles it.
+    #[serde(default = "default_breaker_open_for", with = "humantime_serde_compat")]
+    pub open_for: Duration,
+    #[serde(default = "default_breaker_max_open_for", with = "humantime_serde_compat")]
+    pub max_open_for: Duration,
+    /// Calls let through when half-open; all must succeed to close.
+    #[serde(default = "default_breaker_probes")]
+    pub half_open_probes: u32,
+    /// Upstream response statuses that count as failures.
+    #[serde(default = "default_breaker_statuses")]
+    pub failure_statuses: Vec<u16>,
+    #[serde(default = "default_true")]
+    pub on_connect_error: bool,
+    #[serde(default = "default_true")]
+    pub on_timeout: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -330,8 +369,56 @@ pub mod humantime_serde_compat {
     pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*v).to_string())
     }
+
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            match Option::<String>::deserialize(d)? {
+                None => Ok(None),
+                Some(s) => humantime::parse_duration(&s).map(Some).map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "`{s}` is not a duration ({e}); write e.g. 250ms, 30s, 5m"
+                    ))
+                }),
+            }
+        }
+
+        pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
 }
 
+fn default_breaker_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_breaker_min_requests() -> u32 {
+    20
+}
+fn default_breaker_failure_rate() -> f64 {
+    0.5
+}
+fn default_breaker_slow_rate() -> f64 {
+    1.0
+}
+fn default_breaker_open_for() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_breaker_max_open_for() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_breaker_probes() -> u32 {
+    3
+}
+fn default_breaker_statuses() -> Vec<u16> {
+    vec![502, 503, 504]
+}
 fn default_true() -> bool {
     true
 }

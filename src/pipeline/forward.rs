@@ -13,6 +13,7 @@ use super::context::{self, ForwardedInfo};
 use super::route::Route;
 use super::{ConnInfo, RequestCtx, TRACEPARENT, X_REQUEST_ID};
 use crate::error::ProxyError;
+use crate::upstream::breaker::Outcome;
 use crate::upstream::UpstreamCallError;
 
 /// `host` is the validated request host; `new_path` is set only when normalisation changed the path.
@@ -90,8 +91,18 @@ pub async fn forward(
         })?;
     parts.version = Version::HTTP_11;
 
+    let permit = match &upstream.breaker {
+        None => None,
+        Some(b) => Some(b.acquire().map_err(|wait| ProxyError::CircuitOpen {
+            upstream: upstream.name.to_string(),
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        })?),
+    };
     let (body, verdict) = RequestBody::guard(body, limits.max_body_bytes.0, limits.body_read_timeout);
     let result = upstream.call(Request::from_parts(parts, body)).await;
+    if let (Some(permit), Some(b)) = (permit, &upstream.breaker) {
+        permit.record(breaker_outcome(&result, b.config()));
+    }
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
@@ -148,4 +159,21 @@ pub async fn forward(
 
 fn content_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// What the breaker learns from one call. A client that broke its own request body says nothing
+/// about the upstream.
+fn breaker_outcome(
+    result: &Result<Response<Incoming>, UpstreamCallError>,
+    cfg: &crate::config::file::BreakerConfig,
+) -> Outcome {
+    match result {
+        Ok(resp) if cfg.failure_statuses.contains(&resp.status().as_u16()) => Outcome::Failure,
+        Ok(_) => Outcome::Success,
+        Err(UpstreamCallError::Connect(_)) if cfg.on_connect_error => Outcome::Failure,
+        Err(UpstreamCallError::Timeout(_)) if cfg.on_timeout => Outcome::Failure,
+        Err(UpstreamCallError::Connect(_) | UpstreamCallError::Timeout(_)) => Outcome::Success,
+        Err(UpstreamCallError::Request(_)) => Outcome::Failure,
+        Err(UpstreamCallError::Body(_)) => Outcome::Cancelled,
+    }
 }

@@ -19,6 +19,8 @@ pub const CONFIG_RELOADS_TOTAL: &str = "ficus_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "ficus_config_last_reload_success";
 pub const TLS_CERT_EXPIRY: &str = "ficus_tls_cert_expiry_seconds";
 pub const ACCESS_LOG_DROPPED: &str = "ficus_access_log_dropped_total";
+pub const CIRCUIT_STATE: &str = "ficus_circuit_state";
+pub const CIRCUIT_TRANSITIONS: &str = "ficus_circuit_transitions_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

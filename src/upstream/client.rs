@@ -80,6 +80,7 @@ pub struct Upstream {
     pub pool_key: PoolKey,
     client: HttpClient,
     duration: Histogram,
+    pub breaker: Option<Arc<super::breaker::Breaker>>,
 }
 
 impl Upstream {
@@ -98,7 +99,13 @@ impl Upstream {
             pool_key,
             client,
             duration,
+            breaker: None,
         }
+    }
+
+    pub fn with_breaker(mut self, breaker: Option<Arc<super::breaker::Breaker>>) -> Self {
+        self.breaker = breaker;
+        self
     }
 
     /// Sends a request whose URI already names the endpoint; waits for the response head only.

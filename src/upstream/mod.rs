@@ -1,6 +1,7 @@
 //! Everything on the far side of the proxy: the pooled client and the endpoint choice.
 
 pub mod balance;
+pub mod breaker;
 pub mod client;
 
 pub use client::{ClientCache, Upstream, UpstreamCallError};
