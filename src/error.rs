@@ -33,6 +33,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("the client stopped sending the request body")]
     BodyTimeout,
+    #[error("reading the request body failed: {0}")]
+    ClientBody(String),
     #[error("no route matches this request")]
     NoRoute,
     #[error("upstream `{upstream}` could not be reached: {reason}")]
@@ -56,6 +58,7 @@ impl ProxyError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::UpstreamUnreachable { .. } | Self::UpstreamFailed { .. } | Self::UpgradeFailed(_) => {
                 StatusCode::BAD_GATEWAY
@@ -75,6 +78,7 @@ impl ProxyError {
             Self::HeadersTooLarge { .. } => "headers-too-large",
             Self::BodyTooLarge { .. } => "body-too-large",
             Self::BodyTimeout => "body-timeout",
+            Self::ClientBody(_) => "invalid-body",
             Self::NoRoute => "no-route",
             Self::UpstreamUnreachable { .. } => "upstream-unreachable",
             Self::UpstreamTimeout { .. } => "upstream-timeout",

@@ -179,3 +179,232 @@ async fn invalid_breaker_settings_are_config_errors() {
         "{err}"
     );
 }
+
+fn with_retry(upstream_line: &str, endpoints: &str, retry: &str) -> String {
+    basic_config(upstream_line).replace(
+        &format!("    endpoints: [\"{upstream_line}\"]"),
+        &format!("    endpoints: [{endpoints}]\n    retry: {{ {retry} }}"),
+    )
+}
+
+/// An upstream whose first `fail_first` calls answer 503 (then 200), echoing what it got.
+async fn fails_first(fail_first: usize) -> Upstream {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Upstream::start(move |req: Request<Incoming>| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut r = echo_response(req, "").await;
+            if n < fail_first {
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            r
+        }
+    })
+    .await
+}
+
+const FAST: &str = "attempts: 2, backoff: 1ms, max_backoff: 5ms";
+
+#[tokio::test]
+async fn idempotent_request_is_retried_until_it_succeeds() {
+    let up = fails_first(2).await;
+    let f = Ficus::start(&with_retry(&up.url(), &format!("'{}'", up.url()), FAST)).await;
+    let a = get(&f.url("/r")).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(up.hits(), 3);
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(&m, "ficus_upstream_retries_total{upstream=\"app\"}"),
+        Some(2.0),
+        "{m}"
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn retries_stop_after_the_configured_attempts() {
+    let up = fails_first(100).await;
+    let f = Ficus::start(&with_retry(&up.url(), &format!("'{}'", up.url()), FAST)).await;
+    assert_eq!(
+        get(&f.url("/r")).await.status,
+        503,
+        "the last upstream answer reaches the client"
+    );
+    assert_eq!(up.hits(), 3);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn post_is_retried_only_with_an_idempotency_key_and_with_the_same_body() {
+    let up = fails_first(1).await;
+    let f = Ficus::start(&with_retry(&up.url(), &format!("'{}'", up.url()), FAST)).await;
+    let c = client();
+    let plain = send(&c, Request::post(f.url("/p")).body(full("0123456789")).unwrap()).await;
+    assert_eq!(plain.status, 503, "a POST without a key is never retried");
+    assert_eq!(up.hits(), 1);
+
+    let up = fails_first(1).await;
+    let f2 = Ficus::start(&with_retry(&up.url(), &format!("'{}'", up.url()), FAST)).await;
+    let keyed = Request::post(f2.url("/p"))
+        .header("idempotency-key", "k-1")
+        .body(full("0123456789"))
+        .unwrap();
+    let a = send(&c, keyed).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.echoed().body_len, 10, "the retry carries the whole body again");
+    assert_eq!(up.hits(), 2);
+    f.shutdown().await;
+    f2.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodies_above_the_retry_bound_are_not_retried() {
+    let up = fails_first(1).await;
+    let yaml = with_retry(
+        &up.url(),
+        &format!("'{}'", up.url()),
+        &format!("{FAST}, max_body_bytes: 1KiB"),
+    );
+    let f = Ficus::start(&yaml).await;
+    let big = send(
+        &client(),
+        Request::put(f.url("/big")).body(full(vec![b'x'; 4096])).unwrap(),
+    )
+    .await;
+    assert_eq!(big.status, 503);
+    assert_eq!(up.hits(), 1);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_errors_are_retried_on_the_next_endpoint() {
+    let up = Upstream::echo().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoints = format!("'http://127.0.0.1:{dead}', '{}'", up.url());
+    let f = Ficus::start(&with_retry(&up.url(), &endpoints, FAST)).await;
+    for _ in 0..6 {
+        assert_eq!(get(&f.url("/")).await.status, 200);
+    }
+    assert_eq!(up.hits(), 6);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_try_that_times_out_is_retried_within_the_request_timeout() {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let up = Upstream::start(move |req: Request<Incoming>| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            echo_response(req, "").await
+        }
+    })
+    .await;
+    let retry = format!("{FAST}, per_try_timeout: 200ms, on: [timeout, 503]");
+    let f = Ficus::start(&with_retry(&up.url(), &format!("'{}'", up.url()), &retry)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(get(&f.url("/slow-once")).await.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(up.hits(), 2);
+    f.shutdown().await;
+}
+
+/// Against an upstream that always fails, retries stay within the budget: 20% of requests plus
+/// the floor (here 1/s over a 10 s window), however many attempts each request may make.
+#[tokio::test]
+async fn retry_budget_caps_amplification_against_a_dead_upstream() {
+    let up = fails_first(usize::MAX).await;
+    let retry =
+        "attempts: 3, backoff: 1ms, max_backoff: 2ms, budget: 0.2, budget_min_per_sec: 1, budget_window: 10s";
+    let f = Ficus::start(&with_retry(&up.url(), &format!("'{}'", up.url()), retry)).await;
+    let c = client();
+    for _ in 0..200 {
+        send(&c, Request::get(f.url("/")).body(empty()).unwrap()).await;
+    }
+    let hits = up.hits();
+    // Without a budget: 200 × 4 = 800 calls. With it: 200 + 0.2 × 200 + 1 × 10 = 250 at most.
+    assert!(hits <= 250, "the upstream saw {hits} calls for 200 requests");
+    assert!(hits >= 240, "retries did happen within the budget: {hits}");
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert!(
+        metric(&m, "ficus_retry_budget_exhausted_total{upstream=\"app\"}").is_some_and(|v| v > 0.0),
+        "{m}"
+    );
+    f.shutdown().await;
+}
+
+/// An upstream that sends a response head and part of the body, then resets: the client must see
+/// a broken response, never a truncated one passed off as complete, and no retry happens.
+#[tokio::test]
+async fn reset_mid_body_reaches_the_client_as_an_aborted_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = tcp.read(&mut buf).await;
+            let _ = tcp
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
+                .await;
+            // A hard reset (RST), not a polite close. The deprecation is about blocking on drop,
+            // which a zero linger does not do.
+            #[allow(deprecated)]
+            let _ = tcp.set_linger(Some(Duration::ZERO));
+            drop(tcp);
+        }
+    });
+    let url = format!("http://{addr}");
+    let f = Ficus::start(&with_retry(&url, &format!("'{url}'"), FAST)).await;
+    let resp = client()
+        .request(Request::get(f.url("/")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the head had already been sent");
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+    assert!(
+        body.is_err(),
+        "a truncated body must surface as an error, not as success"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "no retry once the response has started"
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_retry_settings_are_config_errors() {
+    let yaml = with_retry(
+        "http://127.0.0.1:9",
+        "'http://127.0.0.1:9'",
+        "on: [sometimes, 700], budget: 2",
+    );
+    let err = Ficus::try_start(&yaml).await.err().expect("refused").to_string();
+    assert!(
+        err.contains("upstreams.app.retry.on[0]: `sometimes` is not a retry condition"),
+        "{err}"
+    );
+    assert!(
+        err.contains("upstreams.app.retry.on[1]: 700 is not an HTTP status"),
+        "{err}"
+    );
+    assert!(
+        err.contains("upstreams.app.retry.budget: must be between 0 and 1"),
+        "{err}"
+    );
+}

@@ -19,6 +19,7 @@ use crate::telemetry::metrics::{Metrics, RouteMetrics, UPSTREAM_REQUEST_DURATION
 use crate::upstream::balance::Endpoint;
 use crate::upstream::breaker::BreakerRegistry;
 use crate::upstream::client::PoolKey;
+use crate::upstream::retry::RetryPolicy;
 use crate::upstream::{ClientCache, Upstream};
 
 pub struct Snapshot {
@@ -163,6 +164,43 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 }
             }
         }
+        if let Some(r) = &u.retry {
+            let rt = format!("{at}.retry");
+            if r.attempts > 10 {
+                bad(format!("{rt}.attempts"), "at most 10".into());
+            }
+            if !(0.0..=1.0).contains(&r.budget) {
+                bad(format!("{rt}.budget"), "must be between 0 and 1".into());
+            }
+            if r.per_try_timeout.is_some_and(|t| t.is_zero()) {
+                bad(
+                    format!("{rt}.per_try_timeout"),
+                    "must be greater than zero".into(),
+                );
+            }
+            if r.max_backoff < r.backoff {
+                bad(format!("{rt}.max_backoff"), "must be at least backoff".into());
+            }
+            if r.budget_window < std::time::Duration::from_secs(1) {
+                bad(format!("{rt}.budget_window"), "must be at least 1s".into());
+            }
+            for (j, c) in r.on.iter().enumerate() {
+                match c {
+                    crate::config::file::RetryCondition::Status(st) if !(100..=599).contains(st) => {
+                        bad(format!("{rt}.on[{j}]"), format!("{st} is not an HTTP status"));
+                    }
+                    crate::config::file::RetryCondition::Named(n)
+                        if !matches!(n.as_str(), "connect-error" | "reset" | "timeout") =>
+                    {
+                        bad(
+                            format!("{rt}.on[{j}]"),
+                            format!("`{n}` is not a retry condition: use connect-error, reset, timeout or a status"),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
         let pool_key = PoolKey {
             connect_timeout: u.timeouts.connect,
             pool: u.pool.clone(),
@@ -175,7 +213,8 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             name.clone(),
             Arc::new(
                 Upstream::new(name, endpoints, u.timeouts.request, pool_key, client, duration)
-                    .with_breaker(deps.breakers.get(name, u, deps.metrics)),
+                    .with_breaker(deps.breakers.get(name, u, deps.metrics))
+                    .with_retry(u.retry.as_ref().map(|r| RetryPolicy::new(r, name, deps.metrics))),
             ),
         );
     }

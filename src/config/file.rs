@@ -197,6 +197,63 @@ pub struct UpstreamConfig {
     /// Off unless present.
     #[serde(default)]
     pub circuit_breaker: Option<BreakerConfig>,
+    /// Off unless present.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+}
+
+/// Retries of idempotent requests (or requests with an `Idempotency-Key`), before any response
+/// byte has reached the client.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Retries after the first try.
+    #[serde(default = "default_retry_attempts")]
+    pub attempts: u32,
+    /// Bound on each try; the whole exchange stays bounded by `timeouts.request`.
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(default = "default_retry_backoff", with = "humantime_serde_compat")]
+    pub backoff: Duration,
+    #[serde(default = "default_retry_max_backoff", with = "humantime_serde_compat")]
+    pub max_backoff: Duration,
+    /// `connect-error`, `reset` (closed before any response byte), `timeout`, or a status.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<RetryCondition>,
+    /// Retries may be at most this fraction of requests over `budget_window`...
+    #[serde(default = "default_retry_budget")]
+    pub budget: f64,
+    /// ...plus this many per second of the window.
+    #[serde(default = "default_retry_budget_min")]
+    pub budget_min_per_sec: u32,
+    #[serde(default = "default_retry_budget_window", with = "humantime_serde_compat")]
+    pub budget_window: Duration,
+    /// Request bodies up to this size are kept for a retry; larger ones are not retried.
+    #[serde(default = "default_retry_max_body")]
+    pub max_body_bytes: ByteSize,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: default_retry_attempts(),
+            per_try_timeout: None,
+            backoff: default_retry_backoff(),
+            max_backoff: default_retry_max_backoff(),
+            on: default_retry_on(),
+            budget: default_retry_budget(),
+            budget_min_per_sec: default_retry_budget_min(),
+            budget_window: default_retry_budget_window(),
+            max_body_bytes: default_retry_max_body(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum RetryCondition {
+    Status(u16),
+    Named(String),
 }
 
 /// A circuit breaker for one upstream. While open, requests get 503 with `Retry-After`.
@@ -395,6 +452,36 @@ pub mod humantime_serde_compat {
     }
 }
 
+fn default_retry_attempts() -> u32 {
+    2
+}
+fn default_retry_backoff() -> Duration {
+    Duration::from_millis(25)
+}
+fn default_retry_max_backoff() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_retry_on() -> Vec<RetryCondition> {
+    vec![
+        RetryCondition::Named("connect-error".into()),
+        RetryCondition::Named("reset".into()),
+        RetryCondition::Status(502),
+        RetryCondition::Status(503),
+        RetryCondition::Status(504),
+    ]
+}
+fn default_retry_budget() -> f64 {
+    0.2
+}
+fn default_retry_budget_min() -> u32 {
+    3
+}
+fn default_retry_budget_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_retry_max_body() -> ByteSize {
+    ByteSize(64 * 1024)
+}
 fn default_breaker_window() -> Duration {
     Duration::from_secs(10)
 }

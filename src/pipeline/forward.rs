@@ -2,18 +2,23 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::body::{RequestBody, ResponseBody};
+use super::body::{BodyError, RequestBody, ResponseBody};
 use super::context::{self, ForwardedInfo};
 use super::route::Route;
 use super::{ConnInfo, RequestCtx, TRACEPARENT, X_REQUEST_ID};
 use crate::error::ProxyError;
 use crate::upstream::breaker::Outcome;
+use crate::upstream::retry::RetryPolicy;
+use crate::upstream::Upstream;
 use crate::upstream::UpstreamCallError;
 
 /// `host` is the validated request host; `new_path` is set only when normalisation changed the path.
@@ -58,13 +63,6 @@ pub async fn forward(
         parts.headers.entry(HOST).or_insert(h);
     }
 
-    let endpoint = upstream
-        .balancer
-        .pick()
-        .ok_or_else(|| ProxyError::UpstreamUnreachable {
-            upstream: upstream.name.to_string(),
-            reason: "no endpoints".into(),
-        })?;
     let path_and_query = match new_path {
         None => parts
             .uri
@@ -80,32 +78,13 @@ pub async fn forward(
                 .map_err(|_| ProxyError::BadPath(super::normalize::PathError::BadEscape))?
         }
     };
-    parts.uri = Uri::builder()
-        .scheme(endpoint.scheme.clone())
-        .authority(endpoint.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| ProxyError::UpstreamFailed {
-            upstream: upstream.name.to_string(),
-            reason: e.to_string(),
-        })?;
     parts.version = Version::HTTP_11;
-
-    let permit = match &upstream.breaker {
-        None => None,
-        Some(b) => Some(b.acquire().map_err(|wait| ProxyError::CircuitOpen {
-            upstream: upstream.name.to_string(),
-            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-        })?),
-    };
     let (body, verdict) = RequestBody::guard(body, limits.max_body_bytes.0, limits.body_read_timeout);
-    let result = upstream.call(Request::from_parts(parts, body)).await;
-    if let (Some(permit), Some(b)) = (permit, &upstream.breaker) {
-        permit.record(breaker_outcome(&result, b.config()));
-    }
+    let result = send(upstream, parts, body, path_and_query).await;
     let mut resp = match result {
         Ok(resp) => resp,
-        Err(e) => {
+        Err(SendError::Proxy(e)) => return Err(e),
+        Err(SendError::Call(e)) => {
             if let Some(v) = &verdict {
                 if v.too_large() {
                     return Err(ProxyError::BodyTooLarge {
@@ -175,5 +154,143 @@ fn breaker_outcome(
         Err(UpstreamCallError::Connect(_) | UpstreamCallError::Timeout(_)) => Outcome::Success,
         Err(UpstreamCallError::Request(_)) => Outcome::Failure,
         Err(UpstreamCallError::Body(_)) => Outcome::Cancelled,
+    }
+}
+
+enum SendError {
+    /// ficus refused before or between tries (breaker open, body too large while buffering).
+    Proxy(ProxyError),
+    /// The last try's failure.
+    Call(UpstreamCallError),
+}
+
+/// Sends the request, retrying per the upstream's policy. A retry happens only before anything
+/// has been sent to the client: the decision is taken on the upstream's response head.
+async fn send(
+    upstream: &Upstream,
+    parts: http::request::Parts,
+    mut body: RequestBody,
+    path_and_query: PathAndQuery,
+) -> Result<Response<Incoming>, SendError> {
+    let started = tokio::time::Instant::now();
+    // A retry needs the request again: the headers, and the body if it is small enough to keep.
+    let mut replay: Option<(http::Method, http::HeaderMap, Option<Bytes>)> = None;
+    if let Some(policy) = &upstream.retry {
+        if RetryPolicy::eligible(&parts.method, &parts.headers) {
+            policy.record_request();
+            let keep = match &body {
+                RequestBody::Empty => Some(None),
+                RequestBody::Full(b) => Some(b.clone()),
+                RequestBody::Streaming(s) => match s.size_hint().exact() {
+                    Some(n) if n <= policy.max_body_bytes => {
+                        let collected = std::mem::replace(&mut body, RequestBody::Empty)
+                            .collect()
+                            .await
+                            .map_err(|e| SendError::Proxy(body_error(e)))?
+                            .to_bytes();
+                        body = RequestBody::Full(Some(collected.clone()));
+                        Some(Some(collected))
+                    }
+                    // Too large, or of unknown length: streamed once, never retried.
+                    _ => None,
+                },
+            };
+            if let Some(b) = keep {
+                replay = Some((parts.method.clone(), parts.headers.clone(), b));
+            }
+        }
+    }
+
+    let mut first = Some((parts, body));
+    let mut last: Option<Result<Response<Incoming>, UpstreamCallError>> = None;
+    let mut retry = 0u32;
+    loop {
+        let endpoint = upstream.balancer.pick().ok_or_else(|| {
+            SendError::Call(UpstreamCallError::Connect("the upstream has no endpoints".into()))
+        })?;
+        let uri = Uri::builder()
+            .scheme(endpoint.scheme.clone())
+            .authority(endpoint.authority.clone())
+            .path_and_query(path_and_query.clone())
+            .build()
+            .map_err(|e| SendError::Call(UpstreamCallError::Request(e.to_string())))?;
+        let req = match first.take() {
+            Some((mut p, b)) => {
+                p.uri = uri;
+                Request::from_parts(p, b)
+            }
+            None => {
+                // The loop only comes back for a retry when the request was kept.
+                let Some((method, headers, b)) = &replay else {
+                    return Err(SendError::Call(UpstreamCallError::Request(
+                        "internal: retry without a kept request".into(),
+                    )));
+                };
+                let mut r = Request::new(
+                    b.clone()
+                        .map_or(RequestBody::Empty, |b| RequestBody::Full(Some(b))),
+                );
+                *r.method_mut() = method.clone();
+                *r.uri_mut() = uri;
+                *r.version_mut() = Version::HTTP_11;
+                *r.headers_mut() = headers.clone();
+                r
+            }
+        };
+
+        let permit = match &upstream.breaker {
+            None => None,
+            Some(b) => match b.acquire() {
+                Ok(p) => Some(p),
+                Err(wait) => {
+                    // The breaker opened between tries: the client gets the last real answer.
+                    if let Some(prev) = last.take() {
+                        return prev.map_err(SendError::Call);
+                    }
+                    return Err(SendError::Proxy(ProxyError::CircuitOpen {
+                        upstream: upstream.name.to_string(),
+                        retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                    }));
+                }
+            },
+        };
+        let remaining = upstream.request_timeout.saturating_sub(started.elapsed());
+        let per_try = match upstream.retry.as_ref().and_then(|p| p.per_try_timeout) {
+            Some(t) if replay.is_some() => t.min(remaining),
+            _ => remaining,
+        };
+        let result = upstream
+            .call_within(req, per_try.max(std::time::Duration::from_millis(1)))
+            .await;
+        if let (Some(permit), Some(b)) = (permit, &upstream.breaker) {
+            permit.record(breaker_outcome(&result, b.config()));
+        }
+
+        let again = match (&upstream.retry, &replay) {
+            (Some(policy), Some(_)) => {
+                retry < policy.attempts && policy.should_retry(&result) && {
+                    let wait = policy.backoff(retry);
+                    started.elapsed() + wait < upstream.request_timeout && policy.withdraw() && {
+                        tokio::time::sleep(wait).await;
+                        true
+                    }
+                }
+            }
+            _ => false,
+        };
+        if !again {
+            return result.map_err(SendError::Call);
+        }
+        tracing::debug!(upstream = %upstream.name, retry = retry + 1, "retrying");
+        last = Some(result);
+        retry += 1;
+    }
+}
+
+fn body_error(e: BodyError) -> ProxyError {
+    match e {
+        BodyError::TooLarge(limit) => ProxyError::BodyTooLarge { limit },
+        BodyError::Timeout => ProxyError::BodyTimeout,
+        BodyError::Read(e) => ProxyError::ClientBody(e.to_string()),
     }
 }

@@ -81,6 +81,7 @@ pub struct Upstream {
     client: HttpClient,
     duration: Histogram,
     pub breaker: Option<Arc<super::breaker::Breaker>>,
+    pub retry: Option<super::retry::RetryPolicy>,
 }
 
 impl Upstream {
@@ -100,7 +101,13 @@ impl Upstream {
             client,
             duration,
             breaker: None,
+            retry: None,
         }
+    }
+
+    pub fn with_retry(mut self, retry: Option<super::retry::RetryPolicy>) -> Self {
+        self.retry = retry;
+        self
     }
 
     pub fn with_breaker(mut self, breaker: Option<Arc<super::breaker::Breaker>>) -> Self {
@@ -110,11 +117,20 @@ impl Upstream {
 
     /// Sends a request whose URI already names the endpoint; waits for the response head only.
     pub async fn call(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, UpstreamCallError> {
+        self.call_within(req, self.request_timeout).await
+    }
+
+    /// One try, bounded by `timeout` (a retry's share of the request timeout).
+    pub async fn call_within(
+        &self,
+        req: Request<RequestBody>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamCallError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.request_timeout, self.client.request(req)).await;
+        let result = tokio::time::timeout(timeout, self.client.request(req)).await;
         self.duration.record(started.elapsed().as_secs_f64());
         match result {
-            Err(_) => Err(UpstreamCallError::Timeout(self.request_timeout)),
+            Err(_) => Err(UpstreamCallError::Timeout(timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamCallError::Connect(error_chain(&e))),
             Ok(Err(e)) => {

@@ -3,5 +3,6 @@
 pub mod balance;
 pub mod breaker;
 pub mod client;
+pub mod retry;
 
 pub use client::{ClientCache, Upstream, UpstreamCallError};
