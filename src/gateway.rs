@@ -19,15 +19,15 @@ use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::{
     Metrics, ACCESS_LOG_DROPPED, CONFIG_LAST_RELOAD_SUCCESS, CONFIG_RELOADS_TOTAL,
 };
-use crate::upstream::breaker::BreakerRegistry;
 use crate::upstream::ClientCache;
+use crate::upstream::UpstreamStates;
 
 /// State shared by every connection, the admin API and the reload machinery.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Metrics,
     pub clients: ClientCache,
-    pub breakers: BreakerRegistry,
+    pub states: UpstreamStates,
     pub access_log: Option<AccessLog>,
     pub source: ConfigSource,
     pub status: parking_lot::Mutex<ReloadStatus>,
@@ -77,7 +77,7 @@ impl Gateway {
     pub async fn start(source: ConfigSource) -> Result<Self, StartError> {
         let metrics = Metrics::new();
         let clients = ClientCache::default();
-        let breakers = BreakerRegistry::default();
+        let states = UpstreamStates::default();
         let text = source.read()?;
         let snap = compile(
             &text,
@@ -85,7 +85,7 @@ impl Gateway {
             &Deps {
                 metrics: &metrics,
                 clients: &clients,
-                breakers: &breakers,
+                states: &states,
             },
         )?;
 
@@ -138,7 +138,7 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(snap),
             metrics,
             clients,
-            breakers,
+            states,
             access_log,
             source,
             status: parking_lot::Mutex::new(status),
@@ -181,6 +181,7 @@ impl Gateway {
         } else {
             None
         };
+        crate::upstream::health::start(&shared.snapshot.load());
         shared.ready.store(true, Ordering::Release);
 
         Ok(Self {

@@ -57,7 +57,7 @@ fn check(source: ConfigSource) -> ExitCode {
             &Deps {
                 metrics: &metrics,
                 clients: &clients,
-                breakers: &Default::default(),
+                states: &Default::default(),
             },
         )
         .map(|_| ())

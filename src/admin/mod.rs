@@ -64,7 +64,25 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
             if shared.ready.load(Ordering::Acquire) {
-                json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+                // Upstream health is shown, not judged: failing readiness because a backend is
+                // down would take every ficus instance out of its load balancer at once.
+                let snap = shared.snapshot.load();
+                let upstreams: serde_json::Map<String, serde_json::Value> = snap
+                    .upstreams
+                    .values()
+                    .map(|u| {
+                        let st = u.endpoints.status();
+                        let up = st.iter().filter(|e| e.healthy && !e.ejected).count();
+                        (
+                            u.name.to_string(),
+                            serde_json::json!({ "available": up, "endpoints": st }),
+                        )
+                    })
+                    .collect();
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": "ready", "upstreams": upstreams}),
+                )
             } else {
                 problem(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -126,8 +144,8 @@ fn upstreams(shared: &Shared) -> serde_json::Value {
         .map(|u| {
             serde_json::json!({
                 "name": &*u.name,
-                "endpoints": u.balancer.endpoints().iter()
-                    .map(|e| format!("{}://{}", e.scheme, e.authority)).collect::<Vec<_>>(),
+                "balance": u.endpoints.policy(),
+                "endpoints": u.endpoints.status(),
                 "circuit_breaker": u.breaker.as_ref().map(|b| b.status()),
             })
         })

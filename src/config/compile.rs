@@ -17,9 +17,11 @@ use crate::pipeline::route::{HostMatch, PathMatch, Route, Router};
 use crate::server::listener::ListenerRuntime;
 use crate::telemetry::metrics::{Metrics, RouteMetrics, UPSTREAM_REQUEST_DURATION};
 use crate::upstream::balance::Endpoint;
-use crate::upstream::breaker::BreakerRegistry;
+use crate::upstream::balance::{EndpointSet, HashOn};
+use crate::upstream::breaker::Breaker;
 use crate::upstream::client::PoolKey;
 use crate::upstream::retry::RetryPolicy;
+use crate::upstream::UpstreamStates;
 use crate::upstream::{ClientCache, Upstream};
 
 pub struct Snapshot {
@@ -43,18 +45,22 @@ impl Snapshot {
         self.upstreams.values().map(|u| u.pool_key.clone()).collect()
     }
 
-    pub fn breakers(&self) -> Vec<Arc<crate::upstream::breaker::Breaker>> {
+    pub fn breakers(&self) -> Vec<Arc<Breaker>> {
         self.upstreams
             .values()
             .filter_map(|u| u.breaker.clone())
             .collect()
+    }
+
+    pub fn endpoint_sets(&self) -> Vec<Arc<EndpointSet>> {
+        self.upstreams.values().map(|u| u.endpoints.clone()).collect()
     }
 }
 
 pub struct Deps<'a> {
     pub metrics: &'a Metrics,
     pub clients: &'a ClientCache,
-    pub breakers: &'a BreakerRegistry,
+    pub states: &'a UpstreamStates,
 }
 
 pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapshot, ConfigErrors> {
@@ -201,6 +207,65 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 }
             }
         }
+        let hash_on = match &u.balance {
+            crate::config::file::BalancePolicy::ConsistentHash { hash_on } => match HashOn::parse(hash_on) {
+                Ok(h) => Some(h),
+                Err(reason) => {
+                    bad(format!("{at}.balance.consistent-hash.hash_on"), reason);
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some(o) = &u.outlier {
+            if o.consecutive_failures == 0 {
+                bad(
+                    format!("{at}.outlier.consecutive_failures"),
+                    "must be at least 1".into(),
+                );
+            }
+            if o.base_ejection.is_zero() || o.max_ejection < o.base_ejection {
+                bad(
+                    format!("{at}.outlier.max_ejection"),
+                    "must be at least base_ejection (> 0)".into(),
+                );
+            }
+            if o.max_ejected_percent > 100 {
+                bad(format!("{at}.outlier.max_ejected_percent"), "at most 100".into());
+            }
+        }
+        if let Some(h) = &u.health_check {
+            if !h.path.starts_with('/') {
+                bad(format!("{at}.health_check.path"), "must start with '/'".into());
+            }
+            if h.interval.is_zero() || h.timeout.is_zero() {
+                bad(
+                    format!("{at}.health_check.interval"),
+                    "interval and timeout must be greater than zero".into(),
+                );
+            }
+            if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
+                bad(
+                    format!("{at}.health_check.healthy_threshold"),
+                    "thresholds must be at least 1".into(),
+                );
+            }
+            if h.expected_statuses.is_empty() {
+                bad(
+                    format!("{at}.health_check.expected_statuses"),
+                    "list at least one status".into(),
+                );
+            }
+        }
+        let set = deps.states.endpoints.get_or_make(name, u, || {
+            EndpointSet::new(
+                name,
+                endpoints,
+                u.balance.clone(),
+                u.outlier.clone(),
+                deps.metrics,
+            )
+        });
         let pool_key = PoolKey {
             connect_timeout: u.timeouts.connect,
             pool: u.pool.clone(),
@@ -212,8 +277,14 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         upstreams.insert(
             name.clone(),
             Arc::new(
-                Upstream::new(name, endpoints, u.timeouts.request, pool_key, client, duration)
-                    .with_breaker(deps.breakers.get(name, u, deps.metrics))
+                Upstream::new(name, set, u.timeouts.request, pool_key, client, duration)
+                    .with_hash_on(hash_on)
+                    .with_breaker(u.circuit_breaker.as_ref().map(|b| {
+                        deps.states
+                            .breakers
+                            .get_or_make(name, u, || Breaker::new(b.clone(), name, deps.metrics))
+                    }))
+                    .with_health_check(u.health_check.clone())
                     .with_retry(u.retry.as_ref().map(|r| RetryPolicy::new(r, name, deps.metrics))),
             ),
         );
@@ -391,7 +462,7 @@ mod tests {
             &Deps {
                 metrics: &metrics,
                 clients: &clients,
-                breakers: &Default::default(),
+                states: &Default::default(),
             },
         )
     }

@@ -200,6 +200,57 @@ pub struct UpstreamConfig {
     /// Off unless present.
     #[serde(default)]
     pub retry: Option<RetryConfig>,
+    #[serde(default)]
+    pub balance: BalancePolicy,
+    /// Passive outlier ejection; off unless present.
+    #[serde(default)]
+    pub outlier: Option<OutlierConfig>,
+    /// Active health checks; off unless present.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum BalancePolicy {
+    #[default]
+    RoundRobin,
+    /// Power of two choices on requests in flight.
+    LeastRequest,
+    /// `hash_on`: `client-ip`, `path`, or `header:<name>`.
+    ConsistentHash { hash_on: String },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Connect errors, resets, timeouts or 5xx answers in a row that eject an endpoint.
+    #[serde(default = "default_outlier_failures")]
+    pub consecutive_failures: u32,
+    /// First ejection; each further one doubles, up to `max_ejection`.
+    #[serde(default = "default_outlier_base", with = "humantime_serde_compat")]
+    pub base_ejection: Duration,
+    #[serde(default = "default_outlier_max", with = "humantime_serde_compat")]
+    pub max_ejection: Duration,
+    /// At most this share of the endpoints is ejected at once (and never all of them).
+    #[serde(default = "default_outlier_percent")]
+    pub max_ejected_percent: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    #[serde(default = "default_hc_interval", with = "humantime_serde_compat")]
+    pub interval: Duration,
+    #[serde(default = "default_hc_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    #[serde(default = "default_hc_statuses")]
+    pub expected_statuses: Vec<u16>,
+    #[serde(default = "default_hc_healthy")]
+    pub healthy_threshold: u32,
+    #[serde(default = "default_hc_unhealthy")]
+    pub unhealthy_threshold: u32,
 }
 
 /// Retries of idempotent requests (or requests with an `Idempotency-Key`), before any response
@@ -452,6 +503,33 @@ pub mod humantime_serde_compat {
     }
 }
 
+fn default_outlier_failures() -> u32 {
+    5
+}
+fn default_outlier_base() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_outlier_max() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_outlier_percent() -> u32 {
+    50
+}
+fn default_hc_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_hc_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_hc_statuses() -> Vec<u16> {
+    vec![200]
+}
+fn default_hc_healthy() -> u32 {
+    2
+}
+fn default_hc_unhealthy() -> u32 {
+    3
+}
 fn default_retry_attempts() -> u32 {
     2
 }

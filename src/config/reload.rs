@@ -69,7 +69,9 @@ pub async fn reload(shared: &Shared, trigger: &str) -> Result<u64, ConfigErrors>
             let snap = Arc::new(snap);
             let old = shared.snapshot.swap(snap.clone());
             shared.clients.retain(&snap.pool_keys());
-            shared.breakers.retain(&snap.breakers());
+            shared.states.breakers.retain(&snap.breakers());
+            shared.states.endpoints.retain(&snap.endpoint_sets());
+            crate::upstream::health::start(&snap);
             {
                 let mut st = shared.status.lock();
                 st.version = snap.version;
@@ -111,7 +113,7 @@ fn build(shared: &Shared, version: u64) -> Result<Snapshot, ConfigErrors> {
         &Deps {
             metrics: &shared.metrics,
             clients: &shared.clients,
-            breakers: &shared.breakers,
+            states: &shared.states,
         },
     )?;
     // Sockets are bound once at start; a reload that moves them would silently not take effect.

@@ -80,7 +80,11 @@ pub async fn forward(
     };
     parts.version = Version::HTTP_11;
     let (body, verdict) = RequestBody::guard(body, limits.max_body_bytes.0, limits.body_read_timeout);
-    let result = send(upstream, parts, body, path_and_query).await;
+    let hash = upstream
+        .hash_on
+        .as_ref()
+        .and_then(|h| h.key(ctx.client, path_and_query.path(), &parts.headers));
+    let result = send(upstream, parts, body, path_and_query, hash).await;
     let mut resp = match result {
         Ok(resp) => resp,
         Err(SendError::Proxy(e)) => return Err(e),
@@ -171,6 +175,7 @@ async fn send(
     parts: http::request::Parts,
     mut body: RequestBody,
     path_and_query: PathAndQuery,
+    hash: Option<u64>,
 ) -> Result<Response<Incoming>, SendError> {
     let started = tokio::time::Instant::now();
     // A retry needs the request again: the headers, and the body if it is small enough to keep.
@@ -205,9 +210,14 @@ async fn send(
     let mut last: Option<Result<Response<Incoming>, UpstreamCallError>> = None;
     let mut retry = 0u32;
     loop {
-        let endpoint = upstream.balancer.pick().ok_or_else(|| {
-            SendError::Call(UpstreamCallError::Connect("the upstream has no endpoints".into()))
-        })?;
+        // A retry with a hash key moves along the ring rather than back to the same endpoint.
+        let picked = upstream
+            .endpoints
+            .pick(hash.map(|h| h.wrapping_add(u64::from(retry))))
+            .ok_or_else(|| {
+                SendError::Call(UpstreamCallError::Connect("the upstream has no endpoints".into()))
+            })?;
+        let endpoint = picked.endpoint();
         let uri = Uri::builder()
             .scheme(endpoint.scheme.clone())
             .authority(endpoint.authority.clone())
@@ -265,6 +275,13 @@ async fn send(
         if let (Some(permit), Some(b)) = (permit, &upstream.breaker) {
             permit.record(breaker_outcome(&result, b.config()));
         }
+        match &result {
+            Ok(resp) => picked.report(resp.status().is_server_error()),
+            // The client's own body failed: nothing learned about the endpoint.
+            Err(UpstreamCallError::Body(_)) => {}
+            Err(_) => picked.report(true),
+        }
+        drop(picked);
 
         let again = match (&upstream.retry, &replay) {
             (Some(policy), Some(_)) => {

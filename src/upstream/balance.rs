@@ -1,8 +1,20 @@
-//! Endpoint selection.
+//! Endpoint selection and endpoint health.
+//!
+//! An [`EndpointSet`] holds an upstream's endpoints with their live state: requests in flight,
+//! active health (from health checks) and passive outlier ejection (from real traffic). It is
+//! kept across reloads that leave the upstream unchanged, so health survives a reload.
+//! Policies: round robin, least request (power of two choices) and consistent hash.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, Scheme};
+use metrics::{Counter, Gauge};
+use serde::Serialize;
+
+use crate::config::file::{BalancePolicy, OutlierConfig};
+use crate::telemetry::metrics::{Metrics, ENDPOINT_HEALTHY, OUTLIER_EJECTIONS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -10,34 +22,317 @@ pub struct Endpoint {
     pub authority: Authority,
 }
 
-/// Plain round robin; the counter is the only shared state, so picking is one atomic add.
-#[derive(Debug)]
-pub struct RoundRobin {
-    endpoints: Vec<Endpoint>,
-    next: AtomicUsize,
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
 }
 
-impl RoundRobin {
-    pub fn new(endpoints: Vec<Endpoint>) -> Self {
+/// One endpoint and what is known about it right now.
+pub struct EndpointState {
+    pub endpoint: Endpoint,
+    in_flight: AtomicUsize,
+    /// From active health checks; true until a check says otherwise.
+    healthy: AtomicBool,
+    /// Milliseconds since the set's epoch until which the endpoint is ejected (0: not ejected).
+    ejected_until_ms: AtomicU64,
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    pub(crate) check_successes: AtomicU32,
+    pub(crate) check_failures: AtomicU32,
+    healthy_gauge: Gauge,
+    ejected_counter: Counter,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointStatus {
+    pub endpoint: String,
+    pub healthy: bool,
+    pub ejected: bool,
+    pub in_flight: usize,
+    pub ejections: u32,
+}
+
+pub struct EndpointSet {
+    upstream: String,
+    endpoints: Vec<EndpointState>,
+    policy: BalancePolicy,
+    /// Consistent-hash ring: (point, endpoint index), sorted by point.
+    ring: Vec<(u64, usize)>,
+    outlier: Option<OutlierConfig>,
+    next: AtomicUsize,
+    epoch: Instant,
+    pub(crate) health_started: AtomicBool,
+}
+
+/// An endpoint chosen for one try; it counts as in flight until dropped.
+pub struct Picked<'a> {
+    set: &'a EndpointSet,
+    index: usize,
+}
+
+impl Picked<'_> {
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.set.endpoints[self.index].endpoint
+    }
+
+    /// Feeds passive outlier detection with the try's outcome.
+    pub fn report(&self, failed: bool) {
+        self.set.report(self.index, failed);
+    }
+}
+
+impl Drop for Picked<'_> {
+    fn drop(&mut self) {
+        self.set.endpoints[self.index]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+const RING_POINTS_PER_ENDPOINT: usize = 100;
+
+impl EndpointSet {
+    pub fn new(
+        upstream: &str,
+        endpoints: Vec<Endpoint>,
+        policy: BalancePolicy,
+        outlier: Option<OutlierConfig>,
+        metrics: &Metrics,
+    ) -> Self {
+        let mut ring = Vec::new();
+        if matches!(policy, BalancePolicy::ConsistentHash { .. }) {
+            for (i, e) in endpoints.iter().enumerate() {
+                for v in 0..RING_POINTS_PER_ENDPOINT {
+                    ring.push((fnv1a(format!("{e}#{v}").as_bytes()), i));
+                }
+            }
+            ring.sort_unstable();
+        }
+        let endpoints = endpoints
+            .into_iter()
+            .map(|endpoint| {
+                let label = endpoint.to_string();
+                let labels = [("upstream", upstream), ("endpoint", label.as_str())];
+                let healthy_gauge = metrics.gauge(ENDPOINT_HEALTHY, &labels);
+                healthy_gauge.set(1.0);
+                EndpointState {
+                    endpoint,
+                    in_flight: AtomicUsize::new(0),
+                    healthy: AtomicBool::new(true),
+                    ejected_until_ms: AtomicU64::new(0),
+                    consecutive_failures: AtomicU32::new(0),
+                    ejections: AtomicU32::new(0),
+                    check_successes: AtomicU32::new(0),
+                    check_failures: AtomicU32::new(0),
+                    healthy_gauge,
+                    ejected_counter: metrics.counter(OUTLIER_EJECTIONS, &labels),
+                }
+            })
+            .collect();
         Self {
+            upstream: upstream.to_string(),
             endpoints,
+            policy,
+            ring,
+            outlier,
             next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            health_started: AtomicBool::new(false),
         }
     }
 
-    /// `None` only for an upstream with no endpoints, which config validation refuses.
-    pub fn pick(&self) -> Option<&Endpoint> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        self.endpoints.get(i)
-    }
-
-    pub fn endpoints(&self) -> &[Endpoint] {
+    pub fn states(&self) -> &[EndpointState] {
         &self.endpoints
     }
+
+    pub fn policy(&self) -> &BalancePolicy {
+        &self.policy
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn available(&self, i: usize, now_ms: u64) -> bool {
+        let e = &self.endpoints[i];
+        e.healthy.load(Ordering::Relaxed) && e.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// Chooses an endpoint among the available ones (healthy and not ejected). When none is
+    /// available, all are candidates: sending to a maybe-dead endpoint beats refusing everyone
+    /// (Envoy's panic routing). `hash` is the consistent-hash key, when the policy uses one.
+    pub fn pick(&self, hash: Option<u64>) -> Option<Picked<'_>> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let now = self.now_ms();
+        let any_available = (0..n).any(|i| self.available(i, now));
+        let ok = |i: usize| !any_available || self.available(i, now);
+        let index = match (&self.policy, hash) {
+            (BalancePolicy::ConsistentHash { .. }, Some(h)) if !self.ring.is_empty() => {
+                let start = self.ring.partition_point(|(p, _)| *p < h);
+                (0..self.ring.len())
+                    .map(|k| self.ring[(start + k) % self.ring.len()].1)
+                    .find(|&i| ok(i))
+                    .unwrap_or(0)
+            }
+            (BalancePolicy::LeastRequest, _) if n > 1 => {
+                let candidates: Vec<usize> = (0..n).filter(|&i| ok(i)).collect();
+                let a = candidates[fastrand::usize(..candidates.len())];
+                let b = candidates[fastrand::usize(..candidates.len())];
+                let load = |i: usize| self.endpoints[i].in_flight.load(Ordering::Relaxed);
+                if load(b) < load(a) {
+                    b
+                } else {
+                    a
+                }
+            }
+            _ => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .find(|&i| ok(i))
+                    .unwrap_or(start % n)
+            }
+        };
+        self.endpoints[index].in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Picked { set: self, index })
+    }
+
+    fn report(&self, i: usize, failed: bool) {
+        let Some(cfg) = &self.outlier else { return };
+        let e = &self.endpoints[i];
+        if !failed {
+            e.consecutive_failures.store(0, Ordering::Relaxed);
+            if e.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms() {
+                e.ejections.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        let streak = e.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if streak < cfg.consecutive_failures {
+            return;
+        }
+        let now = self.now_ms();
+        if e.ejected_until_ms.load(Ordering::Relaxed) > now {
+            return;
+        }
+        let ejected_now = (0..self.endpoints.len())
+            .filter(|&j| self.endpoints[j].ejected_until_ms.load(Ordering::Relaxed) > now)
+            .count();
+        // Never eject past the cap: at least one endpoint, and the configured share, stay in.
+        let cap =
+            (self.endpoints.len() * cfg.max_ejected_percent as usize / 100).min(self.endpoints.len() - 1);
+        if ejected_now >= cap {
+            return;
+        }
+        let times = e.ejections.fetch_add(1, Ordering::Relaxed);
+        let span = cfg
+            .base_ejection
+            .saturating_mul(2u32.saturating_pow(times.min(16)))
+            .min(cfg.max_ejection);
+        e.ejected_until_ms
+            .store(now + span.as_millis() as u64, Ordering::Relaxed);
+        e.consecutive_failures.store(0, Ordering::Relaxed);
+        e.ejected_counter.increment(1);
+        tracing::warn!(upstream = %self.upstream, endpoint = %e.endpoint, ejected_for_ms = span.as_millis() as u64,
+            "endpoint ejected after consecutive failures");
+    }
+
+    /// Applies one active health-check result with the thresholds.
+    pub(crate) fn check_result(&self, i: usize, passed: bool, healthy_after: u32, unhealthy_after: u32) {
+        let e = &self.endpoints[i];
+        if passed {
+            e.check_failures.store(0, Ordering::Relaxed);
+            let ok = e.check_successes.fetch_add(1, Ordering::Relaxed) + 1;
+            if ok >= healthy_after && !e.healthy.swap(true, Ordering::Relaxed) {
+                e.healthy_gauge.set(1.0);
+                tracing::info!(upstream = %self.upstream, endpoint = %e.endpoint, "endpoint healthy");
+            }
+        } else {
+            e.check_successes.store(0, Ordering::Relaxed);
+            let bad = e.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if bad >= unhealthy_after && e.healthy.swap(false, Ordering::Relaxed) {
+                e.healthy_gauge.set(0.0);
+                tracing::warn!(upstream = %self.upstream, endpoint = %e.endpoint, "endpoint unhealthy");
+            }
+        }
+    }
+
+    pub fn status(&self) -> Vec<EndpointStatus> {
+        let now = self.now_ms();
+        self.endpoints
+            .iter()
+            .map(|e| EndpointStatus {
+                endpoint: e.endpoint.to_string(),
+                healthy: e.healthy.load(Ordering::Relaxed),
+                ejected: e.ejected_until_ms.load(Ordering::Relaxed) > now,
+                in_flight: e.in_flight.load(Ordering::Relaxed),
+                ejections: e.ejections.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    pub fn base_ejection(&self) -> Option<Duration> {
+        self.outlier.as_ref().map(|o| o.base_ejection)
+    }
 }
+
+/// What a consistent-hash upstream hashes on, compiled from `hash_on`.
+#[derive(Debug, Clone)]
+pub enum HashOn {
+    ClientIp,
+    Path,
+    Header(http::header::HeaderName),
+}
+
+impl HashOn {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "client-ip" => Ok(Self::ClientIp),
+            "path" => Ok(Self::Path),
+            _ => match s.strip_prefix("header:") {
+                Some(h) => http::header::HeaderName::from_bytes(h.as_bytes())
+                    .map(Self::Header)
+                    .map_err(|_| format!("`{h}` is not a header name")),
+                None => Err(format!("`{s}`: use client-ip, path, or header:<name>")),
+            },
+        }
+    }
+
+    /// `None` when the header is absent: the request is balanced round robin instead.
+    pub fn key(&self, client: std::net::IpAddr, path: &str, headers: &http::HeaderMap) -> Option<u64> {
+        match self {
+            Self::ClientIp => Some(match client {
+                std::net::IpAddr::V4(v4) => fnv1a(&v4.octets()),
+                std::net::IpAddr::V6(v6) => fnv1a(&v6.octets()),
+            }),
+            Self::Path => Some(fnv1a(path.as_bytes())),
+            Self::Header(h) => headers.get(h).map(|v| fnv1a(v.as_bytes())),
+        }
+    }
+}
+
+/// FNV-1a with a murmur3 finaliser: stable across processes and versions, so every ficus
+/// instance maps a key to the same endpoint. (Plain FNV leaves similar short keys clustered in
+/// the high bits, which is where a ring position is decided.)
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Shared by the snapshot's upstreams and the health checker.
+pub type SharedEndpoints = Arc<EndpointSet>;
 
 #[cfg(test)]
 mod tests {
@@ -50,11 +345,95 @@ mod tests {
         }
     }
 
+    fn set(policy: BalancePolicy, outlier: Option<OutlierConfig>) -> EndpointSet {
+        EndpointSet::new(
+            "t",
+            vec![ep("a:1"), ep("b:2"), ep("c:3")],
+            policy,
+            outlier,
+            &Metrics::new(),
+        )
+    }
+
+    fn pick_name(s: &EndpointSet, hash: Option<u64>) -> String {
+        s.pick(hash).unwrap().endpoint().authority.to_string()
+    }
+
     #[test]
     fn round_robin_visits_every_endpoint_in_turn() {
-        let rr = RoundRobin::new(vec![ep("a:1"), ep("b:2"), ep("c:3")]);
-        let picks: Vec<_> = (0..6).map(|_| rr.pick().unwrap().authority.to_string()).collect();
+        let s = set(BalancePolicy::RoundRobin, None);
+        let picks: Vec<_> = (0..6).map(|_| pick_name(&s, None)).collect();
         assert_eq!(picks, ["a:1", "b:2", "c:3", "a:1", "b:2", "c:3"]);
-        assert!(RoundRobin::new(vec![]).pick().is_none());
+    }
+
+    #[test]
+    fn least_request_avoids_the_busy_endpoint() {
+        let s = set(BalancePolicy::LeastRequest, None);
+        // Hold many requests on whatever is picked first; later picks should mostly go elsewhere.
+        let busy = s.pick(None).unwrap();
+        let busy_name = busy.endpoint().authority.to_string();
+        let held: Vec<_> = (0..20)
+            .map(|_| s.pick(None).unwrap())
+            .filter(|p| p.endpoint().authority.as_str() == busy_name)
+            .collect();
+        let others = (0..100).filter(|_| pick_name(&s, None) != busy_name).count();
+        assert!(others > 60, "{others} of 100 avoided the busy endpoint");
+        drop(held);
+    }
+
+    #[test]
+    fn consistent_hash_is_sticky_and_moves_only_when_its_endpoint_goes() {
+        let s = set(
+            BalancePolicy::ConsistentHash {
+                hash_on: "client-ip".into(),
+            },
+            None,
+        );
+        let keys: Vec<u64> = (0..50).map(|k| fnv1a(format!("user-{k}").as_bytes())).collect();
+        let first: Vec<String> = keys.iter().map(|&k| pick_name(&s, Some(k))).collect();
+        let again: Vec<String> = keys.iter().map(|&k| pick_name(&s, Some(k))).collect();
+        assert_eq!(first, again);
+        let distinct: std::collections::HashSet<_> = first.iter().collect();
+        assert_eq!(distinct.len(), 3, "keys spread over all endpoints");
+        // Mark b unhealthy: only b's keys move.
+        s.endpoints[1].healthy.store(false, Ordering::Relaxed);
+        for (k, before) in keys.iter().zip(&first) {
+            let now = pick_name(&s, Some(*k));
+            if before != "b:2" {
+                assert_eq!(&now, before);
+            } else {
+                assert_ne!(now, "b:2");
+            }
+        }
+    }
+
+    #[test]
+    fn consecutive_failures_eject_up_to_the_cap() {
+        let o = OutlierConfig {
+            consecutive_failures: 2,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        };
+        let s = set(BalancePolicy::RoundRobin, Some(o));
+        s.report(0, true);
+        s.report(0, true);
+        assert!(s.status()[0].ejected);
+        for _ in 0..6 {
+            assert_ne!(pick_name(&s, None), "a:1");
+        }
+        // 50% of 3 rounds down to 1: a second endpoint is not ejected.
+        s.report(1, true);
+        s.report(1, true);
+        assert!(!s.status()[1].ejected);
+    }
+
+    #[test]
+    fn with_nothing_available_every_endpoint_is_a_candidate() {
+        let s = set(BalancePolicy::RoundRobin, None);
+        for e in &s.endpoints {
+            e.healthy.store(false, Ordering::Relaxed);
+        }
+        assert!(s.pick(None).is_some());
     }
 }

@@ -388,39 +388,3 @@ mod tests {
         assert_eq!(b.status().state, State::Open);
     }
 }
-
-/// Breakers outlive snapshots: a reload that leaves an upstream's config unchanged keeps its
-/// breaker, state and all.
-#[derive(Default)]
-pub struct BreakerRegistry {
-    live: Mutex<
-        std::collections::HashMap<String, (crate::config::file::UpstreamConfig, std::sync::Arc<Breaker>)>,
-    >,
-}
-
-impl BreakerRegistry {
-    pub fn get(
-        &self,
-        name: &str,
-        upstream: &crate::config::file::UpstreamConfig,
-        metrics: &Metrics,
-    ) -> Option<std::sync::Arc<Breaker>> {
-        let cfg = upstream.circuit_breaker.as_ref()?;
-        let mut live = self.live.lock();
-        if let Some((old, b)) = live.get(name) {
-            if old == upstream {
-                return Some(b.clone());
-            }
-        }
-        let b = std::sync::Arc::new(Breaker::new(cfg.clone(), name, metrics));
-        live.insert(name.to_string(), (upstream.clone(), b.clone()));
-        Some(b)
-    }
-
-    /// Forgets breakers of upstreams the new snapshot no longer has (or has changed).
-    pub fn retain(&self, snapshot_breakers: &[std::sync::Arc<Breaker>]) {
-        self.live
-            .lock()
-            .retain(|_, (_, b)| snapshot_breakers.iter().any(|s| std::sync::Arc::ptr_eq(s, b)));
-    }
-}

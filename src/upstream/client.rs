@@ -12,8 +12,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use metrics::Histogram;
 use parking_lot::Mutex;
 
-use super::balance::{Endpoint, RoundRobin};
-use crate::config::file::PoolConfig;
+use super::balance::{EndpointSet, HashOn};
+use crate::config::file::{HealthCheckConfig, PoolConfig};
 use crate::pipeline::body::RequestBody;
 
 pub type HttpClient = Client<HttpConnector, RequestBody>;
@@ -75,7 +75,9 @@ pub enum UpstreamCallError {
 
 pub struct Upstream {
     pub name: Arc<str>,
-    pub balancer: RoundRobin,
+    pub endpoints: Arc<EndpointSet>,
+    pub hash_on: Option<HashOn>,
+    pub health_check: Option<HealthCheckConfig>,
     pub request_timeout: Duration,
     pub pool_key: PoolKey,
     client: HttpClient,
@@ -87,7 +89,7 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(
         name: &str,
-        endpoints: Vec<Endpoint>,
+        endpoints: Arc<EndpointSet>,
         request_timeout: Duration,
         pool_key: PoolKey,
         client: HttpClient,
@@ -95,7 +97,9 @@ impl Upstream {
     ) -> Self {
         Self {
             name: Arc::from(name),
-            balancer: RoundRobin::new(endpoints),
+            endpoints,
+            hash_on: None,
+            health_check: None,
             request_timeout,
             pool_key,
             client,
@@ -107,6 +111,16 @@ impl Upstream {
 
     pub fn with_retry(mut self, retry: Option<super::retry::RetryPolicy>) -> Self {
         self.retry = retry;
+        self
+    }
+
+    pub fn with_health_check(mut self, hc: Option<HealthCheckConfig>) -> Self {
+        self.health_check = hc;
+        self
+    }
+
+    pub fn with_hash_on(mut self, h: Option<HashOn>) -> Self {
+        self.hash_on = h;
         self
     }
 

@@ -3,6 +3,56 @@
 pub mod balance;
 pub mod breaker;
 pub mod client;
+pub mod health;
 pub mod retry;
 
 pub use client::{ClientCache, Upstream, UpstreamCallError};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::config::file::UpstreamConfig;
+
+/// State that outlives snapshots: a reload that leaves an upstream's config unchanged keeps it
+/// (breaker state, endpoint health); any change to the upstream starts afresh.
+pub struct KeptAcrossReloads<T> {
+    live: Mutex<HashMap<String, (UpstreamConfig, Arc<T>)>>,
+}
+
+impl<T> Default for KeptAcrossReloads<T> {
+    fn default() -> Self {
+        Self {
+            live: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T> KeptAcrossReloads<T> {
+    pub fn get_or_make(&self, name: &str, cfg: &UpstreamConfig, make: impl FnOnce() -> T) -> Arc<T> {
+        let mut live = self.live.lock();
+        if let Some((old, v)) = live.get(name) {
+            if old == cfg {
+                return v.clone();
+            }
+        }
+        let v = Arc::new(make());
+        live.insert(name.to_string(), (cfg.clone(), v.clone()));
+        v
+    }
+
+    /// Forgets what the new snapshot no longer uses.
+    pub fn retain(&self, in_use: &[Arc<T>]) {
+        self.live
+            .lock()
+            .retain(|_, (_, v)| in_use.iter().any(|u| Arc::ptr_eq(u, v)));
+    }
+}
+
+/// Everything kept across reloads, per upstream.
+#[derive(Default)]
+pub struct UpstreamStates {
+    pub breakers: KeptAcrossReloads<breaker::Breaker>,
+    pub endpoints: KeptAcrossReloads<balance::EndpointSet>,
+}
