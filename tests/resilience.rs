@@ -408,3 +408,170 @@ async fn invalid_retry_settings_are_config_errors() {
         "{err}"
     );
 }
+
+fn multi(endpoints: &[&Upstream], extra: &str) -> String {
+    let list: Vec<String> = endpoints.iter().map(|u| format!("'{}'", u.url())).collect();
+    let first = endpoints[0].url();
+    basic_config(&first).replace(
+        &format!("    endpoints: [\"{first}\"]"),
+        &format!("    endpoints: [{}]\n{extra}", list.join(", ")),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_prefers_the_endpoint_with_fewer_requests_in_flight() {
+    let slow = Upstream::start(|req: Request<Incoming>| async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        echo_response(req, "slow").await
+    })
+    .await;
+    let fast = Upstream::echo_named("fast").await;
+    let f = Ficus::start(&multi(&[&slow, &fast], "    balance: least-request")).await;
+    let mut tasks = Vec::new();
+    for _ in 0..80 {
+        let url = f.url("/");
+        tasks.push(tokio::spawn(async move { get(&url).await.status }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    // Round robin would send 40 to each; two random choices keep the slow one near a quarter.
+    assert!(slow.hits() < 32, "slow endpoint got {} of 80", slow.hits());
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn consistent_hash_pins_each_key_to_one_endpoint() {
+    let a = Upstream::echo_named("a").await;
+    let b = Upstream::echo_named("b").await;
+    let c = Upstream::echo_named("c").await;
+    let f = Ficus::start(&multi(
+        &[&a, &b, &c],
+        "    balance: consistent-hash\n    hash_on: 'header:x-user'",
+    ))
+    .await;
+    let cl = client();
+    let mut seen = std::collections::HashSet::new();
+    for user in 0..12 {
+        let mut names = std::collections::HashSet::new();
+        for _ in 0..4 {
+            let req = Request::get(f.url("/"))
+                .header("x-user", format!("user-{user}"))
+                .body(empty())
+                .unwrap();
+            names.insert(send(&cl, req).await.echoed().name);
+        }
+        assert_eq!(names.len(), 1, "user-{user} was spread over {names:?}");
+        seen.extend(names);
+    }
+    assert!(seen.len() >= 2, "keys spread over endpoints: {seen:?}");
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn failing_endpoint_is_ejected_by_outlier_detection() {
+    let bad = Upstream::start(|_req: Request<Incoming>| async move {
+        let mut r = Response::new(full("boom"));
+        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
+    .await;
+    let good = Upstream::echo_named("good").await;
+    let extra = "    outlier: { consecutive_failures: 3, base_ejection: 30s, max_ejected_percent: 50 }";
+    let f = Ficus::start(&multi(&[&bad, &good], extra)).await;
+    for _ in 0..20 {
+        get(&f.url("/")).await;
+    }
+    assert_eq!(bad.hits(), 3, "ejected after three 500s in a row");
+    assert_eq!(good.hits(), 17);
+    let st = get(&f.admin_url("/admin/upstreams")).await.json();
+    assert_eq!(st["upstreams"][0]["endpoints"][0]["ejected"], true, "{st}");
+    let m = get(&f.admin_url("/metrics")).await.text();
+    let series = format!(
+        "ficus_outlier_ejections_total{{upstream=\"app\",endpoint=\"{}\"}}",
+        bad.url()
+    );
+    assert_eq!(metric(&m, &series), Some(1.0), "{m}");
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn active_health_checks_take_an_endpoint_out_and_back() {
+    let sick = Arc::new(AtomicBool::new(false));
+    let flag = sick.clone();
+    let a = Upstream::start(move |req: Request<Incoming>| {
+        let sick = flag.load(Ordering::SeqCst);
+        async move {
+            if req.uri().path() == "/health" && sick {
+                let mut r = Response::new(full("sick"));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return r;
+            }
+            echo_response(req, "a").await
+        }
+    })
+    .await;
+    let b = Upstream::echo_named("b").await;
+    let extra = "    health_check: { path: /health, interval: 50ms, timeout: 200ms, healthy_threshold: 1, unhealthy_threshold: 2 }";
+    let f = Ficus::start(&multi(&[&a, &b], extra)).await;
+    sick.store(true, Ordering::SeqCst);
+    let out = eventually(Duration::from_secs(5), || async {
+        get(&f.admin_url("/admin/upstreams")).await.json()["upstreams"][0]["endpoints"][0]["healthy"] == false
+    })
+    .await;
+    assert!(out, "the sick endpoint was not marked unhealthy");
+    for _ in 0..10 {
+        assert_eq!(get(&f.url("/")).await.echoed().name, "b");
+    }
+    let ready = get(&f.admin_url("/readyz")).await.json();
+    assert_eq!(ready["upstreams"]["app"]["available"], 1, "{ready}");
+    let m = get(&f.admin_url("/metrics")).await.text();
+    let series = format!(
+        "ficus_upstream_endpoint_healthy{{upstream=\"app\",endpoint=\"{}\"}}",
+        a.url()
+    );
+    assert_eq!(metric(&m, &series), Some(0.0), "{m}");
+
+    sick.store(false, Ordering::SeqCst);
+    let back = eventually(Duration::from_secs(5), || async {
+        let mut names = std::collections::HashSet::new();
+        for _ in 0..4 {
+            names.insert(get(&f.url("/")).await.echoed().name);
+        }
+        names.contains("a")
+    })
+    .await;
+    assert!(back, "the healed endpoint got no traffic again");
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_that_accepts_and_never_answers_gives_504() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            keep.lock().push(tcp);
+        }
+    });
+    let url = format!("http://{addr}");
+    let yaml = basic_config(&url).replace("endpoints:", "timeouts: { request: 300ms }\n    endpoints:");
+    let f = Ficus::start(&yaml).await;
+    get(&f.url("/")).await.assert_problem(504, "upstream-timeout");
+    assert_eq!(held.lock().len(), 1);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_burst_of_503s_is_absorbed_by_retries_on_another_endpoint() {
+    let burst = fails_first(5).await;
+    let good = Upstream::echo_named("good").await;
+    let f = Ficus::start(&multi(&[&burst, &good], &format!("    retry: {{ {FAST} }}"))).await;
+    for _ in 0..10 {
+        assert_eq!(get(&f.url("/")).await.status, 200);
+    }
+    f.shutdown().await;
+}

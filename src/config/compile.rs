@@ -207,15 +207,30 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 }
             }
         }
-        let hash_on = match &u.balance {
-            crate::config::file::BalancePolicy::ConsistentHash { hash_on } => match HashOn::parse(hash_on) {
+        let hashing = u.balance == crate::config::file::BalancePolicy::ConsistentHash;
+        let hash_on = match (&u.hash_on, hashing) {
+            (Some(h), true) => match HashOn::parse(h) {
                 Ok(h) => Some(h),
                 Err(reason) => {
-                    bad(format!("{at}.balance.consistent-hash.hash_on"), reason);
+                    bad(format!("{at}.hash_on"), reason);
                     None
                 }
             },
-            _ => None,
+            (None, true) => {
+                bad(
+                    format!("{at}.hash_on"),
+                    "consistent-hash needs hash_on (client-ip, path or header:<name>)".into(),
+                );
+                None
+            }
+            (Some(_), false) => {
+                bad(
+                    format!("{at}.hash_on"),
+                    "only used with balance: consistent-hash".into(),
+                );
+                None
+            }
+            (None, false) => None,
         };
         if let Some(o) = &u.outlier {
             if o.consecutive_failures == 0 {

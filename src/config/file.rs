@@ -202,6 +202,9 @@ pub struct UpstreamConfig {
     pub retry: Option<RetryConfig>,
     #[serde(default)]
     pub balance: BalancePolicy,
+    /// For `balance: consistent-hash`: `client-ip`, `path`, or `header:<name>`.
+    #[serde(default)]
+    pub hash_on: Option<String>,
     /// Passive outlier ejection; off unless present.
     #[serde(default)]
     pub outlier: Option<OutlierConfig>,
@@ -211,14 +214,14 @@ pub struct UpstreamConfig {
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(rename_all = "kebab-case")]
 pub enum BalancePolicy {
     #[default]
     RoundRobin,
     /// Power of two choices on requests in flight.
     LeastRequest,
-    /// `hash_on`: `client-ip`, `path`, or `header:<name>`.
-    ConsistentHash { hash_on: String },
+    /// On the upstream's `hash_on`.
+    ConsistentHash,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -101,7 +101,7 @@ impl EndpointSet {
         metrics: &Metrics,
     ) -> Self {
         let mut ring = Vec::new();
-        if matches!(policy, BalancePolicy::ConsistentHash { .. }) {
+        if policy == BalancePolicy::ConsistentHash {
             for (i, e) in endpoints.iter().enumerate() {
                 for v in 0..RING_POINTS_PER_ENDPOINT {
                     ring.push((fnv1a(format!("{e}#{v}").as_bytes()), i));
@@ -171,7 +171,7 @@ impl EndpointSet {
         let any_available = (0..n).any(|i| self.available(i, now));
         let ok = |i: usize| !any_available || self.available(i, now);
         let index = match (&self.policy, hash) {
-            (BalancePolicy::ConsistentHash { .. }, Some(h)) if !self.ring.is_empty() => {
+            (BalancePolicy::ConsistentHash, Some(h)) if !self.ring.is_empty() => {
                 let start = self.ring.partition_point(|(p, _)| *p < h);
                 (0..self.ring.len())
                     .map(|k| self.ring[(start + k) % self.ring.len()].1)
@@ -383,12 +383,7 @@ mod tests {
 
     #[test]
     fn consistent_hash_is_sticky_and_moves_only_when_its_endpoint_goes() {
-        let s = set(
-            BalancePolicy::ConsistentHash {
-                hash_on: "client-ip".into(),
-            },
-            None,
-        );
+        let s = set(BalancePolicy::ConsistentHash, None);
         let keys: Vec<u64> = (0..50).map(|k| fnv1a(format!("user-{k}").as_bytes())).collect();
         let first: Vec<String> = keys.iter().map(|&k| pick_name(&s, Some(k))).collect();
         let again: Vec<String> = keys.iter().map(|&k| pick_name(&s, Some(k))).collect();
