@@ -45,6 +45,16 @@ pub enum ProxyError {
     UpstreamFailed { upstream: String, reason: String },
     #[error("the protocol upgrade failed: {0}")]
     UpgradeFailed(String),
+    #[error("this route requires an Idempotency-Key header")]
+    IdempotencyKeyMissing,
+    #[error("the Idempotency-Key must be 1 to 255 visible ASCII characters")]
+    IdempotencyKeyInvalid,
+    #[error("a request with this Idempotency-Key is still being processed")]
+    IdempotencyKeyInFlight,
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
+    #[error("the idempotency store is unavailable: {0}")]
+    IdempotencyStore(String),
     #[error("the circuit breaker for upstream `{upstream}` is open; retry in {retry_after_secs} s")]
     CircuitOpen { upstream: String, retry_after_secs: u64 },
 }
@@ -64,7 +74,10 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::CircuitOpen { .. } | Self::IdempotencyStore(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::IdempotencyKeyMissing | Self::IdempotencyKeyInvalid => StatusCode::BAD_REQUEST,
+            Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -85,6 +98,11 @@ impl ProxyError {
             Self::UpstreamFailed { .. } => "upstream-failed",
             Self::UpgradeFailed(_) => "upgrade-failed",
             Self::CircuitOpen { .. } => "circuit-open",
+            Self::IdempotencyKeyMissing => "idempotency-key-missing",
+            Self::IdempotencyKeyInvalid => "idempotency-key-invalid",
+            Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
+            Self::IdempotencyKeyReused => "idempotency-key-reused",
+            Self::IdempotencyStore(_) => "idempotency-store-unavailable",
         }
     }
 
@@ -101,9 +119,16 @@ impl ProxyError {
 
     pub fn to_response(&self, request_id: Option<&HeaderValue>) -> Response<ResponseBody> {
         let mut resp = problem(self.status(), self.kind(), &self.to_string(), request_id);
-        if let Self::CircuitOpen { retry_after_secs, .. } = self {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        match self {
+            Self::CircuitOpen { retry_after_secs, .. } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::IdempotencyKeyInFlight => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+            }
+            _ => {}
         }
         resp
     }

@@ -20,14 +20,14 @@ use crate::telemetry::metrics::{
     Metrics, ACCESS_LOG_DROPPED, CONFIG_LAST_RELOAD_SUCCESS, CONFIG_RELOADS_TOTAL,
 };
 use crate::upstream::ClientCache;
-use crate::upstream::UpstreamStates;
+use crate::upstream::KeptState;
 
 /// State shared by every connection, the admin API and the reload machinery.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Metrics,
     pub clients: ClientCache,
-    pub states: UpstreamStates,
+    pub states: KeptState,
     pub access_log: Option<AccessLog>,
     pub source: ConfigSource,
     pub status: parking_lot::Mutex<ReloadStatus>,
@@ -77,7 +77,7 @@ impl Gateway {
     pub async fn start(source: ConfigSource) -> Result<Self, StartError> {
         let metrics = Metrics::new();
         let clients = ClientCache::default();
-        let states = UpstreamStates::default();
+        let states = KeptState::default();
         let text = source.read()?;
         let snap = compile(
             &text,

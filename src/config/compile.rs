@@ -12,6 +12,7 @@ use http::Method;
 
 use super::file::{FileConfig, ShutdownConfig};
 use super::{ConfigErrors, ConfigProblem, SourceText};
+use crate::pipeline::idempotency::{IdempotencyStore, RouteIdempotency};
 use crate::pipeline::normalize::normalize_path;
 use crate::pipeline::route::{HostMatch, PathMatch, Route, Router};
 use crate::server::listener::ListenerRuntime;
@@ -21,7 +22,7 @@ use crate::upstream::balance::{EndpointSet, HashOn};
 use crate::upstream::breaker::Breaker;
 use crate::upstream::client::PoolKey;
 use crate::upstream::retry::RetryPolicy;
-use crate::upstream::UpstreamStates;
+use crate::upstream::KeptState;
 use crate::upstream::{ClientCache, Upstream};
 
 pub struct Snapshot {
@@ -38,6 +39,8 @@ pub struct Snapshot {
     pub shutdown: ShutdownConfig,
     /// Files whose change should trigger a reload: the config itself and every certificate and key.
     pub watch_files: Vec<PathBuf>,
+    /// Kept across reloads (in-flight locks must survive one) while its config is unchanged.
+    pub idempotency_store: Arc<IdempotencyStore>,
 }
 
 impl Snapshot {
@@ -60,7 +63,7 @@ impl Snapshot {
 pub struct Deps<'a> {
     pub metrics: &'a Metrics,
     pub clients: &'a ClientCache,
-    pub states: &'a UpstreamStates,
+    pub states: &'a KeptState,
 }
 
 pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapshot, ConfigErrors> {
@@ -372,8 +375,25 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             );
             continue;
         };
+        if let Some(idem) = &r.idempotency {
+            if idem.ttl.is_zero() || idem.lock_timeout.is_zero() {
+                bad(
+                    format!("{at}.idempotency.ttl"),
+                    "ttl and lock_timeout must be greater than zero".into(),
+                );
+            }
+            for (j, p) in idem.store_statuses.iter().enumerate() {
+                if !p.valid() {
+                    bad(
+                        format!("{at}.idempotency.store_statuses[{j}]"),
+                        "write a status (201) or a class (\"2xx\")".into(),
+                    );
+                }
+            }
+        }
         let metrics = RouteMetrics::new(deps.metrics, &r.name, &r.upstream);
         routes.push(Route {
+            idempotency: r.idempotency.as_ref().map(RouteIdempotency::new),
             name: Arc::from(r.name.as_str()),
             hosts,
             path,
@@ -383,10 +403,31 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         });
     }
 
+    let idempotency_store = {
+        let mut kept = deps.states.idempotency.lock();
+        match &*kept {
+            Some((c, store)) if *c == cfg.idempotency_store => Some(store.clone()),
+            _ => match IdempotencyStore::new(&cfg.idempotency_store) {
+                Ok(store) => {
+                    let store = Arc::new(store);
+                    *kept = Some((cfg.idempotency_store.clone(), store.clone()));
+                    Some(store)
+                }
+                Err(reason) => {
+                    problems.push(src.problem("idempotency_store.redis_url", reason));
+                    None
+                }
+            },
+        }
+    };
     if !problems.is_empty() {
         return Err(ConfigErrors(problems));
     }
+    let Some(idempotency_store) = idempotency_store else {
+        return Err(ConfigErrors(problems));
+    };
     Ok(Snapshot {
+        idempotency_store,
         version,
         hash: src.hash.clone(),
         loaded_at: SystemTime::now(),

@@ -32,6 +32,83 @@ pub struct FileConfig {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub idempotency_store: IdempotencyStoreConfig,
+}
+
+/// Where idempotency records live: in-process (default) or Redis, shared by every instance.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyStoreConfig {
+    /// `redis://host:port/db`; unset means the in-process store.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    #[serde(default = "default_idem_prefix")]
+    pub key_prefix: String,
+    /// Records held by the in-process store at most.
+    #[serde(default = "default_idem_entries")]
+    pub max_entries: u64,
+}
+
+impl Default for IdempotencyStoreConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            key_prefix: default_idem_prefix(),
+            max_entries: default_idem_entries(),
+        }
+    }
+}
+
+/// Idempotency keys on one route.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// Requests without an `Idempotency-Key` get 400.
+    #[serde(default)]
+    pub required: bool,
+    /// How long a kept outcome is replayed.
+    #[serde(default = "default_idem_ttl", with = "humantime_serde_compat")]
+    pub ttl: Duration,
+    /// How long the first request holds the key; past it the key is free again.
+    #[serde(default = "default_idem_lock", with = "humantime_serde_compat")]
+    pub lock_timeout: Duration,
+    #[serde(default = "default_idem_req_bytes")]
+    pub max_request_bytes: ByteSize,
+    /// Larger responses (or of unknown length) are passed on but not kept.
+    #[serde(default = "default_idem_resp_bytes")]
+    pub max_response_bytes: ByteSize,
+    /// Outcomes kept for replay: statuses (`201`) or classes (`"2xx"`).
+    #[serde(default = "default_idem_statuses")]
+    pub store_statuses: Vec<StatusPattern>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum StatusPattern {
+    Code(u16),
+    Class(String),
+}
+
+impl StatusPattern {
+    pub fn matches(&self, status: u16) -> bool {
+        match self {
+            Self::Code(c) => *c == status,
+            Self::Class(c) => {
+                c.len() == 3
+                    && c.ends_with("xx")
+                    && c.as_bytes()[0].is_ascii_digit()
+                    && u16::from(c.as_bytes()[0] - b'0') == status / 100
+            }
+        }
+    }
+
+    pub fn valid(&self) -> bool {
+        match self {
+            Self::Code(c) => (100..=599).contains(c),
+            Self::Class(c) => matches!(c.as_str(), "1xx" | "2xx" | "3xx" | "4xx" | "5xx"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -391,6 +468,9 @@ pub struct RouteConfig {
     #[serde(rename = "match", default)]
     pub matcher: MatchConfig,
     pub upstream: String,
+    /// Idempotency keys on this route; off unless present.
+    #[serde(default)]
+    pub idempotency: Option<IdempotencyConfig>,
 }
 
 /// All given conditions must hold. Routes are tried in file order; the first match wins.
@@ -506,6 +586,27 @@ pub mod humantime_serde_compat {
     }
 }
 
+fn default_idem_prefix() -> String {
+    "ficus:idem:".into()
+}
+fn default_idem_entries() -> u64 {
+    100_000
+}
+fn default_idem_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_idem_lock() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_idem_req_bytes() -> ByteSize {
+    ByteSize(1024 * 1024)
+}
+fn default_idem_resp_bytes() -> ByteSize {
+    ByteSize(1024 * 1024)
+}
+fn default_idem_statuses() -> Vec<StatusPattern> {
+    vec![StatusPattern::Class("2xx".into())]
+}
 fn default_outlier_failures() -> u32 {
     5
 }

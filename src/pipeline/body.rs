@@ -56,7 +56,23 @@ pub enum RequestBody {
     Streaming(Box<GuardedIncoming>),
 }
 
+/// The client's body as the stages hand it on: still streaming, or already read by a stage that
+/// needed it whole (idempotency fingerprints, later validation and translation).
+pub enum InBody {
+    Stream(Incoming),
+    Buffered(Bytes),
+}
+
 impl RequestBody {
+    /// Guards a streaming client body; a buffered one was bounded when it was read.
+    pub fn from_client(inner: InBody, limit: u64, stall: Duration) -> (Self, Option<BodyVerdict>) {
+        match inner {
+            InBody::Stream(s) => Self::guard(s, limit, stall),
+            InBody::Buffered(b) if b.is_empty() => (Self::Empty, None),
+            InBody::Buffered(b) => (Self::Full(Some(b)), None),
+        }
+    }
+
     /// Wraps a client body in the size and stall guards. Bodies known to be empty skip the wrapper
     /// (and its allocation): that is every GET on the plain route.
     pub fn guard(inner: Incoming, limit: u64, stall: Duration) -> (Self, Option<BodyVerdict>) {

@@ -11,7 +11,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::body::{BodyError, RequestBody, ResponseBody};
+use super::body::{BodyError, InBody, RequestBody, ResponseBody};
 use super::context::{self, ForwardedInfo};
 use super::route::Route;
 use super::{ConnInfo, RequestCtx, TRACEPARENT, X_REQUEST_ID};
@@ -23,7 +23,7 @@ use crate::upstream::UpstreamCallError;
 
 /// `host` is the validated request host; `new_path` is set only when normalisation changed the path.
 pub async fn forward(
-    mut req: Request<Incoming>,
+    mut req: Request<InBody>,
     route: &Arc<Route>,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
@@ -79,7 +79,7 @@ pub async fn forward(
         }
     };
     parts.version = Version::HTTP_11;
-    let (body, verdict) = RequestBody::guard(body, limits.max_body_bytes.0, limits.body_read_timeout);
+    let (body, verdict) = RequestBody::from_client(body, limits.max_body_bytes.0, limits.body_read_timeout);
     let hash = upstream
         .hash_on
         .as_ref()

@@ -5,6 +5,7 @@
 pub mod body;
 pub mod context;
 pub mod forward;
+pub mod idempotency;
 pub mod normalize;
 pub mod route;
 
@@ -23,7 +24,7 @@ use crate::error::ProxyError;
 use crate::gateway::Shared;
 use crate::server::listener::ListenerRuntime;
 use crate::telemetry::access_log::AccessRecord;
-use body::ResponseBody;
+use body::{InBody, ResponseBody};
 use route::Route;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -131,14 +132,25 @@ async fn run(
         .clone();
     ctx.route = Some(route.clone());
 
-    // Stages 4-9 (identity, rate limit, validation, idempotency, migration, translation) plug in here.
+    // Stages 4-6 (identity, rate limit, validation) plug in here.
 
-    // Stage 10: the upstream call.
     let path = match path {
         Cow::Borrowed(_) => None,
         Cow::Owned(p) => Some(p),
     };
-    forward::forward(req, &route, conn, ctx, host, path).await
+    let req = req.map(InBody::Stream);
+    match &route.idempotency {
+        // Stage 7: idempotency keys, around the rest of the pipeline.
+        Some(idem) => {
+            let store = &snap.idempotency_store;
+            idempotency::handle(idem, store, &route.name, req, |req| {
+                forward::forward(req, &route, conn, ctx, host, path)
+            })
+            .await
+        }
+        // Stages 8-9 (migration, translation) plug in here; stage 10 is the upstream call.
+        None => forward::forward(req, &route, conn, ctx, host, path).await,
+    }
 }
 
 fn check_header_size<B>(req: &Request<B>, limit: u64) -> Result<(), ProxyError> {

@@ -67,6 +67,7 @@ pub struct Route {
     pub methods: Vec<Method>,
     pub upstream: Arc<Upstream>,
     pub metrics: RouteMetrics,
+    pub idempotency: Option<super::idempotency::RouteIdempotency>,
 }
 
 impl Route {

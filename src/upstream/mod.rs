@@ -50,9 +50,17 @@ impl<T> KeptAcrossReloads<T> {
     }
 }
 
-/// Everything kept across reloads, per upstream.
+/// Everything kept across reloads: per upstream, and the idempotency store (whose in-flight
+/// locks must outlive a reload).
 #[derive(Default)]
-pub struct UpstreamStates {
+pub struct KeptState {
     pub breakers: KeptAcrossReloads<breaker::Breaker>,
     pub endpoints: KeptAcrossReloads<balance::EndpointSet>,
+    #[allow(clippy::type_complexity)]
+    pub idempotency: Mutex<
+        Option<(
+            crate::config::file::IdempotencyStoreConfig,
+            Arc<crate::pipeline::idempotency::IdempotencyStore>,
+        )>,
+    >,
 }

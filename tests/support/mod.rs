@@ -423,3 +423,62 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---------------------------------------------------------------- Redis
+
+/// A real `redis-server` on a free loopback port, stopped on drop. `.ci/run` installs it.
+pub struct Redis {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl Redis {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server; .ci/run does it)");
+        let up = eventually(Duration::from_secs(10), || async move {
+            let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", port)).await else {
+                return false;
+            };
+            if tcp.write_all(b"PING\r\n").await.is_err() {
+                return false;
+            }
+            let mut buf = [0u8; 7];
+            tokio::time::timeout(Duration::from_secs(1), tcp.read_exact(&mut buf))
+                .await
+                .is_ok_and(|r| r.is_ok())
+                && &buf == b"+PONG\r\n"
+        })
+        .await;
+        assert!(up, "redis-server did not answer PING on port {port}");
+        Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
