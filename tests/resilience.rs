@@ -575,3 +575,38 @@ async fn a_burst_of_503s_is_absorbed_by_retries_on_another_endpoint() {
     }
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn per_endpoint_breaker_takes_out_only_the_failing_endpoint() {
+    let failing = Arc::new(AtomicBool::new(true));
+    let bad = flapping(failing).await;
+    let good = Upstream::echo_named("good").await;
+    let extra = "    circuit_breaker: { per_endpoint: true, window: 10s, min_requests: 3, failure_rate: 0.5, open_for: 30s }";
+    let f = Ficus::start(&multi(&[&bad, &good], extra)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let a = get(&f.url("/")).await;
+        assert_ne!(
+            a.headers.get("content-type").map(|v| v.to_str().unwrap()),
+            Some("application/problem+json")
+        );
+        statuses.push(a.status.as_u16());
+    }
+    assert_eq!(
+        bad.hits(),
+        3,
+        "the failing endpoint's breaker opened after min_requests: {statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 3);
+    let st = get(&f.admin_url("/admin/upstreams")).await.json();
+    let per = &st["upstreams"][0]["circuit_breaker"]["per_endpoint"];
+    assert_eq!(per[bad.url()]["state"], "open", "{st}");
+    assert_eq!(per[good.url()]["state"], "closed", "{st}");
+    let m = get(&f.admin_url("/metrics")).await.text();
+    let series = format!(
+        "ficus_circuit_state{{upstream=\"app\",endpoint=\"{}\"}}",
+        bad.url()
+    );
+    assert_eq!(metric(&m, &series), Some(1.0), "{m}");
+    f.shutdown().await;
+}

@@ -19,7 +19,7 @@ use crate::server::listener::ListenerRuntime;
 use crate::telemetry::metrics::{Metrics, RouteMetrics, UPSTREAM_REQUEST_DURATION};
 use crate::upstream::balance::Endpoint;
 use crate::upstream::balance::{EndpointSet, HashOn};
-use crate::upstream::breaker::Breaker;
+use crate::upstream::breaker::Breakers;
 use crate::upstream::client::PoolKey;
 use crate::upstream::retry::RetryPolicy;
 use crate::upstream::KeptState;
@@ -48,7 +48,7 @@ impl Snapshot {
         self.upstreams.values().map(|u| u.pool_key.clone()).collect()
     }
 
-    pub fn breakers(&self) -> Vec<Arc<Breaker>> {
+    pub fn breakers(&self) -> Vec<Arc<Breakers>> {
         self.upstreams
             .values()
             .filter_map(|u| u.breaker.clone())
@@ -300,7 +300,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                     .with_breaker(u.circuit_breaker.as_ref().map(|b| {
                         deps.states
                             .breakers
-                            .get_or_make(name, u, || Breaker::new(b.clone(), name, deps.metrics))
+                            .get_or_make(name, u, || Breakers::new(b, name, &u.endpoints, deps.metrics))
                     }))
                     .with_health_check(u.health_check.clone())
                     .with_retry(u.retry.as_ref().map(|r| RetryPolicy::new(r, name, deps.metrics))),

@@ -421,6 +421,10 @@ pub struct BreakerConfig {
     pub on_connect_error: bool,
     #[serde(default = "default_true")]
     pub on_timeout: bool,
+    /// One breaker per endpoint instead of one for the whole upstream: an endpoint whose breaker
+    /// is open is passed over while the others serve.
+    #[serde(default)]
+    pub per_endpoint: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

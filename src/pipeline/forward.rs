@@ -16,7 +16,8 @@ use super::context::{self, ForwardedInfo};
 use super::route::Route;
 use super::{ConnInfo, RequestCtx, TRACEPARENT, X_REQUEST_ID};
 use crate::error::ProxyError;
-use crate::upstream::breaker::Outcome;
+use crate::upstream::balance::Picked;
+use crate::upstream::breaker::{Outcome, Permit};
 use crate::upstream::retry::RetryPolicy;
 use crate::upstream::Upstream;
 use crate::upstream::UpstreamCallError;
@@ -161,6 +162,34 @@ fn breaker_outcome(
     }
 }
 
+/// An endpoint and, with a breaker, the breaker's admission. With per-endpoint breakers an
+/// endpoint whose breaker is open is passed over for the next one. `Err(Some(wait))`: every
+/// candidate's breaker is open; `Err(None)`: the upstream has no endpoints.
+fn pick_admitted(
+    upstream: &Upstream,
+    hash: Option<u64>,
+) -> Result<(Picked<'_>, Option<Permit<'_>>), Option<std::time::Duration>> {
+    let tries = match &upstream.breaker {
+        Some(b) if b.per_endpoint() => upstream.endpoints.states().len().max(1),
+        _ => 1,
+    };
+    let mut wait: Option<std::time::Duration> = None;
+    for k in 0..tries {
+        let picked = upstream
+            .endpoints
+            .pick(hash.map(|h| h.wrapping_add(k as u64)))
+            .ok_or(wait)?;
+        let Some(breakers) = &upstream.breaker else {
+            return Ok((picked, None));
+        };
+        match breakers.for_endpoint(picked.index()).acquire() {
+            Ok(permit) => return Ok((picked, Some(permit))),
+            Err(w) => wait = Some(wait.map_or(w, |x| x.min(w))),
+        }
+    }
+    Err(wait)
+}
+
 enum SendError {
     /// ficus refused before or between tries (breaker open, body too large while buffering).
     Proxy(ProxyError),
@@ -211,12 +240,24 @@ async fn send(
     let mut retry = 0u32;
     loop {
         // A retry with a hash key moves along the ring rather than back to the same endpoint.
-        let picked = upstream
-            .endpoints
-            .pick(hash.map(|h| h.wrapping_add(u64::from(retry))))
-            .ok_or_else(|| {
-                SendError::Call(UpstreamCallError::Connect("the upstream has no endpoints".into()))
-            })?;
+        let (picked, permit) = match pick_admitted(upstream, hash.map(|h| h.wrapping_add(u64::from(retry)))) {
+            Ok(p) => p,
+            Err(None) => {
+                return Err(SendError::Call(UpstreamCallError::Connect(
+                    "the upstream has no endpoints".into(),
+                )))
+            }
+            Err(Some(wait)) => {
+                // The breaker opened between tries: the client gets the last real answer.
+                if let Some(prev) = last.take() {
+                    return prev.map_err(SendError::Call);
+                }
+                return Err(SendError::Proxy(ProxyError::CircuitOpen {
+                    upstream: upstream.name.to_string(),
+                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                }));
+            }
+        };
         let endpoint = picked.endpoint();
         let uri = Uri::builder()
             .scheme(endpoint.scheme.clone())
@@ -248,22 +289,6 @@ async fn send(
             }
         };
 
-        let permit = match &upstream.breaker {
-            None => None,
-            Some(b) => match b.acquire() {
-                Ok(p) => Some(p),
-                Err(wait) => {
-                    // The breaker opened between tries: the client gets the last real answer.
-                    if let Some(prev) = last.take() {
-                        return prev.map_err(SendError::Call);
-                    }
-                    return Err(SendError::Proxy(ProxyError::CircuitOpen {
-                        upstream: upstream.name.to_string(),
-                        retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-                    }));
-                }
-            },
-        };
         let remaining = upstream.request_timeout.saturating_sub(started.elapsed());
         let per_try = match upstream.retry.as_ref().and_then(|p| p.per_try_timeout) {
             Some(t) if replay.is_some() => t.min(remaining),

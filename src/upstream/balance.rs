@@ -72,6 +72,10 @@ pub struct Picked<'a> {
 }
 
 impl Picked<'_> {
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     pub fn endpoint(&self) -> &Endpoint {
         &self.set.endpoints[self.index].endpoint
     }

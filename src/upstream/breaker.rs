@@ -99,11 +99,18 @@ pub struct BreakerStatus {
 
 impl Breaker {
     pub fn new(cfg: BreakerConfig, upstream: &str, metrics: &Metrics) -> Self {
+        Self::labelled(cfg, &[("upstream", upstream)], metrics)
+    }
+
+    fn labelled(cfg: BreakerConfig, labels: &[(&'static str, &str)], metrics: &Metrics) -> Self {
         let buckets = vec![Bucket::default(); cfg.window.as_secs().max(1) as usize];
-        let gauge = metrics.gauge(CIRCUIT_STATE, &[("upstream", upstream)]);
+        let gauge = metrics.gauge(CIRCUIT_STATE, labels);
         gauge.set(0.0);
-        let transition =
-            |to: &str| metrics.counter(CIRCUIT_TRANSITIONS, &[("upstream", upstream), ("to", to)]);
+        let transition = |to: &str| {
+            let mut l = labels.to_vec();
+            l.push(("to", to));
+            metrics.counter(CIRCUIT_TRANSITIONS, &l)
+        };
         let now = Instant::now();
         Self {
             to_open: transition("open"),
@@ -252,6 +259,66 @@ impl Breaker {
             trips: g.trips,
             retry_after_secs: (g.state == State::Open)
                 .then(|| g.open_until.saturating_duration_since(now).as_secs_f64().ceil() as u64),
+        }
+    }
+}
+
+/// An upstream's breakers: one for the whole upstream, or one per endpoint.
+pub struct Breakers {
+    per_endpoint: bool,
+    list: Vec<Breaker>,
+    endpoints: Vec<String>,
+}
+
+impl Breakers {
+    pub fn new(cfg: &BreakerConfig, upstream: &str, endpoints: &[String], metrics: &Metrics) -> Self {
+        if cfg.per_endpoint {
+            let list = endpoints
+                .iter()
+                .map(|e| Breaker::labelled(cfg.clone(), &[("upstream", upstream), ("endpoint", e)], metrics))
+                .collect();
+            Self {
+                per_endpoint: true,
+                list,
+                endpoints: endpoints.to_vec(),
+            }
+        } else {
+            Self {
+                per_endpoint: false,
+                list: vec![Breaker::new(cfg.clone(), upstream, metrics)],
+                endpoints: Vec::new(),
+            }
+        }
+    }
+
+    pub fn per_endpoint(&self) -> bool {
+        self.per_endpoint
+    }
+
+    pub fn config(&self) -> &BreakerConfig {
+        &self.list[0].cfg
+    }
+
+    pub fn for_endpoint(&self, index: usize) -> &Breaker {
+        if self.per_endpoint {
+            self.list.get(index).unwrap_or(&self.list[0])
+        } else {
+            &self.list[0]
+        }
+    }
+
+    /// For the admin API: the upstream's breaker, or each endpoint's.
+    pub fn status(&self) -> serde_json::Value {
+        if self.per_endpoint {
+            let per: serde_json::Map<String, serde_json::Value> = self
+                .endpoints
+                .iter()
+                .zip(&self.list)
+                .map(|(e, b)| (e.clone(), serde_json::to_value(b.status()).unwrap_or_default()))
+                .collect();
+            serde_json::json!({ "per_endpoint": per })
+        } else {
+            serde_json::to_value(self.list[0].status()).unwrap_or_default()
         }
     }
 }

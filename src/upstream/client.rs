@@ -82,7 +82,7 @@ pub struct Upstream {
     pub pool_key: PoolKey,
     client: HttpClient,
     duration: Histogram,
-    pub breaker: Option<Arc<super::breaker::Breaker>>,
+    pub breaker: Option<Arc<super::breaker::Breakers>>,
     pub retry: Option<super::retry::RetryPolicy>,
 }
 
@@ -124,7 +124,7 @@ impl Upstream {
         self
     }
 
-    pub fn with_breaker(mut self, breaker: Option<Arc<super::breaker::Breaker>>) -> Self {
+    pub fn with_breaker(mut self, breaker: Option<Arc<super::breaker::Breakers>>) -> Self {
         self.breaker = breaker;
         self
     }

@@ -54,7 +54,7 @@ impl<T> KeptAcrossReloads<T> {
 /// locks must outlive a reload).
 #[derive(Default)]
 pub struct KeptState {
-    pub breakers: KeptAcrossReloads<breaker::Breaker>,
+    pub breakers: KeptAcrossReloads<breaker::Breakers>,
     pub endpoints: KeptAcrossReloads<balance::EndpointSet>,
     #[allow(clippy::type_complexity)]
     pub idempotency: Mutex<
