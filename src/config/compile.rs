@@ -13,6 +13,7 @@ use http::Method;
 use super::file::{FileConfig, ShutdownConfig};
 use super::{ConfigErrors, ConfigProblem, SourceText};
 use crate::pipeline::idempotency::{IdempotencyStore, RouteIdempotency};
+use crate::pipeline::migration::{Migration, StickyKey};
 use crate::pipeline::normalize::normalize_path;
 use crate::pipeline::route::{HostMatch, PathMatch, Route, Router};
 use crate::server::listener::ListenerRuntime;
@@ -363,17 +364,76 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 ),
             }
         }
-        let Some(upstream) = upstreams.get(&r.upstream).cloned() else {
-            let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-            bad(
-                format!("{at}.upstream"),
-                format!(
-                    "no upstream named `{}` (defined: {})",
-                    r.upstream,
-                    known.join(", ")
-                ),
-            );
-            continue;
+        let lookup = |key: String, name: &str, bad: &mut dyn FnMut(String, String)| {
+            let found = upstreams.get(name).cloned();
+            if found.is_none() {
+                let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                bad(
+                    key,
+                    format!("no upstream named `{name}` (defined: {})", known.join(", ")),
+                );
+            }
+            found
+        };
+        // The legacy side (or the only one) is the route's `upstream`.
+        let (upstream, migration) = match (&r.upstream, &r.migration) {
+            (Some(_), Some(_)) => {
+                bad(
+                    format!("{at}.upstream"),
+                    "set `upstream` or `migration`, not both".into(),
+                );
+                continue;
+            }
+            (None, None) => {
+                bad(
+                    format!("{at}.upstream"),
+                    "set `upstream` (or a `migration`)".into(),
+                );
+                continue;
+            }
+            (Some(u), None) => match lookup(format!("{at}.upstream"), u, &mut bad) {
+                Some(up) => (up, None),
+                None => continue,
+            },
+            (None, Some(m)) => {
+                let legacy = lookup(
+                    format!("{at}.migration.legacy.upstream"),
+                    &m.legacy.upstream,
+                    &mut bad,
+                );
+                let modern = lookup(
+                    format!("{at}.migration.modern.upstream"),
+                    &m.modern.upstream,
+                    &mut bad,
+                );
+                if !(0.0..=100.0).contains(&m.modern_percent) {
+                    bad(
+                        format!("{at}.migration.modern_percent"),
+                        "must be between 0 and 100".into(),
+                    );
+                }
+                let sticky = match m.sticky.as_deref().map(StickyKey::parse) {
+                    Some(Err(reason)) => {
+                        bad(format!("{at}.migration.sticky"), reason);
+                        None
+                    }
+                    Some(Ok(k)) => Some(k),
+                    None => None,
+                };
+                if !m.cohorts.is_empty() && m.sticky.is_none() {
+                    bad(
+                        format!("{at}.migration.cohorts"),
+                        "cohorts are sticky-key values: set `sticky`".into(),
+                    );
+                }
+                let (Some(legacy), Some(modern)) = (legacy, modern) else {
+                    continue;
+                };
+                (
+                    legacy,
+                    Some(Migration::new(&r.name, m, modern, sticky, deps.metrics)),
+                )
+            }
         };
         if let Some(idem) = &r.idempotency {
             if idem.ttl.is_zero() || idem.lock_timeout.is_zero() {
@@ -391,8 +451,9 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 }
             }
         }
-        let metrics = RouteMetrics::new(deps.metrics, &r.name, &r.upstream);
+        let metrics = RouteMetrics::new(deps.metrics, &r.name, &upstream.name);
         routes.push(Route {
+            migration,
             idempotency: r.idempotency.as_ref().map(RouteIdempotency::new),
             name: Arc::from(r.name.as_str()),
             hosts,

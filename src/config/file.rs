@@ -60,6 +60,35 @@ impl Default for IdempotencyStoreConfig {
     }
 }
 
+/// A route mid-migration.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationConfig {
+    pub legacy: MigrationSide,
+    pub modern: MigrationSide,
+    /// Share of keys (or of keyless requests) served by modern, 0 to 100.
+    #[serde(default)]
+    pub modern_percent: f64,
+    /// `header:<name>`, `cookie:<name>`, `query:<name>` or `client-ip`; unset: random per request.
+    #[serde(default)]
+    pub sticky: Option<String>,
+    /// Sticky-key values always served by modern (users, tenants).
+    #[serde(default)]
+    pub cohorts: Vec<String>,
+    /// Serve a retryable request from legacy when modern fails.
+    #[serde(default)]
+    pub fallback_to_legacy: bool,
+    /// Request bodies up to this size are kept so that the fallback can resend them.
+    #[serde(default = "default_retry_max_body")]
+    pub fallback_max_body_bytes: ByteSize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationSide {
+    pub upstream: String,
+}
+
 /// Idempotency keys on one route.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -471,7 +500,12 @@ pub struct RouteConfig {
     pub name: String,
     #[serde(rename = "match", default)]
     pub matcher: MatchConfig,
-    pub upstream: String,
+    /// Where requests go; a route sets this or `migration`, not both.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// A legacy and a modern side with a split between them.
+    #[serde(default)]
+    pub migration: Option<MigrationConfig>,
     /// Idempotency keys on this route; off unless present.
     #[serde(default)]
     pub idempotency: Option<IdempotencyConfig>,

@@ -63,6 +63,35 @@ pub enum InBody {
     Buffered(Bytes),
 }
 
+pub enum NotRead {
+    /// Too large, or of unknown length: handed back untouched, to be streamed.
+    Unbounded(InBody),
+    /// The client's body broke while it was read.
+    Failed(String),
+}
+
+/// Reads a client body whole if its declared length is at most `limit`.
+pub async fn read_bounded(body: InBody, limit: u64) -> Result<Bytes, NotRead> {
+    match body {
+        InBody::Buffered(b) => Ok(b),
+        InBody::Stream(s) => {
+            if s.is_end_stream() {
+                return Ok(Bytes::new());
+            }
+            match s.size_hint().exact() {
+                Some(n) if n <= limit => {
+                    use http_body_util::BodyExt as _;
+                    match http_body_util::Limited::new(s, limit as usize).collect().await {
+                        Ok(c) => Ok(c.to_bytes()),
+                        Err(e) => Err(NotRead::Failed(e.to_string())),
+                    }
+                }
+                _ => Err(NotRead::Unbounded(InBody::Stream(s))),
+            }
+        }
+    }
+}
+
 impl RequestBody {
     /// Guards a streaming client body; a buffered one was bounded when it was read.
     pub fn from_client(inner: InBody, limit: u64, stall: Duration) -> (Self, Option<BodyVerdict>) {

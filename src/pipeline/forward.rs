@@ -13,7 +13,6 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{BodyError, InBody, RequestBody, ResponseBody};
 use super::context::{self, ForwardedInfo};
-use super::route::Route;
 use super::{ConnInfo, RequestCtx, TRACEPARENT, X_REQUEST_ID};
 use crate::error::ProxyError;
 use crate::upstream::balance::Picked;
@@ -25,14 +24,13 @@ use crate::upstream::UpstreamCallError;
 /// `host` is the validated request host; `new_path` is set only when normalisation changed the path.
 pub async fn forward(
     mut req: Request<InBody>,
-    route: &Arc<Route>,
+    upstream: &Arc<Upstream>,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
     host: Option<HeaderValue>,
     new_path: Option<String>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let limits = &conn.listener.limits;
-    let upstream = &route.upstream;
     if let Some(len) = content_length(req.headers()) {
         if len > limits.max_body_bytes.0 {
             return Err(ProxyError::BodyTooLarge {

@@ -6,6 +6,7 @@ pub mod body;
 pub mod context;
 pub mod forward;
 pub mod idempotency;
+pub mod migration;
 pub mod normalize;
 pub mod route;
 
@@ -44,6 +45,8 @@ pub struct RequestCtx {
     pub request_id: HeaderValue,
     pub client: IpAddr,
     pub route: Option<Arc<Route>>,
+    /// The side of a migration route that served (legacy for routes without one).
+    pub side: migration::Side,
 }
 
 struct InFlight<'a>(&'a AtomicUsize);
@@ -69,6 +72,7 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         request_id,
         client: conn.peer.ip(),
         route: None,
+        side: migration::Side::Legacy,
     };
     let method = req.method().clone();
     let log_path = shared.access_log.as_ref().map(|_| req.uri().path().to_owned());
@@ -87,7 +91,9 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
 
     let elapsed = started.elapsed();
     match &ctx.route {
-        Some(r) => r.metrics.record(&method, response.status(), elapsed),
+        Some(r) => r
+            .metrics_for(ctx.side)
+            .record(&method, response.status(), elapsed),
         None => snap.unmatched.record(&method, response.status(), elapsed),
     }
     if let (Some(log), Some(path)) = (&shared.access_log, log_path) {
@@ -98,7 +104,7 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
             method,
             path,
             route: ctx.route.as_ref().map(|r| r.name.clone()),
-            upstream: ctx.route.as_ref().map(|r| r.upstream.name.clone()),
+            upstream: ctx.route.as_ref().map(|r| r.upstream_for(ctx.side).name.clone()),
             status: response.status(),
             duration_us: elapsed.as_micros() as u64,
             error,
@@ -144,13 +150,86 @@ async fn run(
         Some(idem) => {
             let store = &snap.idempotency_store;
             idempotency::handle(idem, store, &route.name, req, |req| {
-                forward::forward(req, &route, conn, ctx, host, path)
+                dispatch(req, &route, conn, ctx, host, path)
             })
             .await
         }
-        // Stages 8-9 (migration, translation) plug in here; stage 10 is the upstream call.
-        None => forward::forward(req, &route, conn, ctx, host, path).await,
+        None => dispatch(req, &route, conn, ctx, host, path).await,
     }
+}
+
+/// Stage 8: the migration split (and fallback); stage 9, translation, plugs in here; stage 10 is
+/// the upstream call.
+async fn dispatch(
+    req: Request<InBody>,
+    route: &Arc<Route>,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx,
+    host: Option<HeaderValue>,
+    path: Option<String>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let Some(m) = &route.migration else {
+        return forward::forward(req, &route.upstream, conn, ctx, host, path).await;
+    };
+    ctx.side = m.choose(ctx.client, req.uri().query(), req.headers());
+    let replayable = ctx.side == migration::Side::Modern
+        && m.fallback
+        && crate::upstream::retry::RetryPolicy::eligible(req.method(), req.headers())
+        && !context::is_upgrade_request(req.headers());
+    if !replayable {
+        let upstream = route.upstream_for(ctx.side).clone();
+        return forward::forward(req, &upstream, conn, ctx, host, path).await;
+    }
+
+    // Keep the request so that legacy can be asked if modern fails.
+    let (parts, body) = req.into_parts();
+    let bytes = match body::read_bounded(body, m.fallback_max_body).await {
+        Ok(b) => b,
+        // Too large to keep: modern only, streamed as it comes.
+        Err(body::NotRead::Unbounded(body)) => {
+            return forward::forward(Request::from_parts(parts, body), &m.modern, conn, ctx, host, path).await
+        }
+        Err(body::NotRead::Failed(e)) => return Err(ProxyError::ClientBody(e)),
+    };
+    let again = clone_parts(&parts);
+    let first = forward::forward(
+        Request::from_parts(parts, InBody::Buffered(bytes.clone())),
+        &m.modern,
+        conn,
+        ctx,
+        host.clone(),
+        path.clone(),
+    )
+    .await;
+    let reason = match &first {
+        Ok(r) if r.status().is_server_error() => "5xx",
+        Err(ProxyError::UpstreamUnreachable { .. }) => "connect-error",
+        Err(ProxyError::UpstreamTimeout { .. }) => "timeout",
+        Err(ProxyError::UpstreamFailed { .. }) => "5xx",
+        Err(ProxyError::CircuitOpen { .. }) => "circuit-open",
+        _ => return first,
+    };
+    m.count_fallback(reason);
+    tracing::info!(route = %route.name, reason, "modern failed; served by legacy");
+    ctx.side = migration::Side::Legacy;
+    forward::forward(
+        Request::from_parts(again, InBody::Buffered(bytes)),
+        &route.upstream,
+        conn,
+        ctx,
+        host,
+        path,
+    )
+    .await
+}
+
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = p.method.clone();
+    *r.uri_mut() = p.uri.clone();
+    *r.version_mut() = p.version;
+    *r.headers_mut() = p.headers.clone();
+    r.into_parts().0
 }
 
 fn check_header_size<B>(req: &Request<B>, limit: u64) -> Result<(), ProxyError> {

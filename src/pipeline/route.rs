@@ -68,6 +68,24 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     pub metrics: RouteMetrics,
     pub idempotency: Option<super::idempotency::RouteIdempotency>,
+    /// With a migration, `upstream` and `metrics` are the legacy side's.
+    pub migration: Option<super::migration::Migration>,
+}
+
+impl Route {
+    pub fn upstream_for(&self, side: super::migration::Side) -> &Arc<Upstream> {
+        match (side, &self.migration) {
+            (super::migration::Side::Modern, Some(m)) => &m.modern,
+            _ => &self.upstream,
+        }
+    }
+
+    pub fn metrics_for(&self, side: super::migration::Side) -> &RouteMetrics {
+        match (side, &self.migration) {
+            (super::migration::Side::Modern, Some(m)) => &m.modern_metrics,
+            _ => &self.metrics,
+        }
+    }
 }
 
 impl Route {

@@ -366,6 +366,7 @@ mod tests {
             failure_statuses: vec![502, 503, 504],
             on_connect_error: true,
             on_timeout: true,
+            per_endpoint: false,
         }
     }
 

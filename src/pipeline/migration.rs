@@ -1,0 +1,193 @@
+//! Stage 8: the strangler-fig split. A route with a migration has a legacy and a modern side;
+//! each request is placed on one of them by a sticky key (consistent hashing into 10 000
+//! buckets, so raising `modern_percent` only ever moves keys from legacy to modern), by an
+//! allow-list of cohorts, or at random when it carries no key. A failed modern call on a
+//! retryable request can fall back to legacy.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{HeaderName, COOKIE};
+use http::HeaderMap;
+use metrics::Counter;
+
+use crate::config::file::MigrationConfig;
+use crate::telemetry::metrics::{Metrics, RouteMetrics, FALLBACKS_TOTAL};
+use crate::upstream::balance::fnv1a;
+use crate::upstream::Upstream;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Legacy,
+    Modern,
+}
+
+impl Side {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Legacy => "legacy",
+            Self::Modern => "modern",
+        }
+    }
+}
+
+/// Where the sticky key comes from.
+#[derive(Debug, Clone)]
+pub enum StickyKey {
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+    ClientIp,
+}
+
+impl StickyKey {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "client-ip" {
+            return Ok(Self::ClientIp);
+        }
+        let (kind, name) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}`: use header:<name>, cookie:<name>, query:<name> or client-ip"))?;
+        if name.is_empty() {
+            return Err(format!("`{s}` names nothing after the colon"));
+        }
+        match kind {
+            "header" => HeaderName::from_bytes(name.as_bytes())
+                .map(Self::Header)
+                .map_err(|_| format!("`{name}` is not a header name")),
+            "cookie" => Ok(Self::Cookie(name.to_string())),
+            "query" => Ok(Self::Query(name.to_string())),
+            _ => Err(format!(
+                "`{kind}` is not a key source: use header, cookie, query or client-ip"
+            )),
+        }
+    }
+
+    fn extract(&self, client: IpAddr, query: Option<&str>, headers: &HeaderMap) -> Option<String> {
+        match self {
+            Self::ClientIp => Some(client.to_string()),
+            Self::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string),
+            Self::Cookie(name) => headers
+                .get_all(COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_string()),
+            Self::Query(name) => query?
+                .split('&')
+                .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_string()),
+        }
+    }
+}
+
+pub struct Migration {
+    pub modern: Arc<Upstream>,
+    pub modern_metrics: RouteMetrics,
+    /// Out of 10 000.
+    modern_basis_points: u32,
+    sticky: Option<StickyKey>,
+    cohorts: HashSet<String>,
+    pub fallback: bool,
+    pub fallback_max_body: u64,
+    salt: String,
+    fallbacks: [Counter; 4],
+}
+
+pub const FALLBACK_REASONS: [&str; 4] = ["connect-error", "timeout", "5xx", "circuit-open"];
+
+impl Migration {
+    pub fn new(
+        route: &str,
+        cfg: &MigrationConfig,
+        modern: Arc<Upstream>,
+        sticky: Option<StickyKey>,
+        metrics: &Metrics,
+    ) -> Self {
+        let fallbacks =
+            FALLBACK_REASONS.map(|r| metrics.counter(FALLBACKS_TOTAL, &[("route", route), ("reason", r)]));
+        Self {
+            modern_metrics: RouteMetrics::new(metrics, route, &modern.name),
+            modern,
+            modern_basis_points: (cfg.modern_percent * 100.0).round().clamp(0.0, 10_000.0) as u32,
+            sticky,
+            cohorts: cfg.cohorts.iter().cloned().collect(),
+            fallback: cfg.fallback_to_legacy,
+            fallback_max_body: cfg.fallback_max_body_bytes.0,
+            // Per route, so that the same user is not in the first 10% of every route at once.
+            salt: route.to_string(),
+            fallbacks,
+        }
+    }
+
+    pub fn modern_percent(&self) -> f64 {
+        f64::from(self.modern_basis_points) / 100.0
+    }
+
+    /// Places one request.
+    pub fn choose(&self, client: IpAddr, query: Option<&str>, headers: &HeaderMap) -> Side {
+        let key = self
+            .sticky
+            .as_ref()
+            .and_then(|s| s.extract(client, query, headers));
+        let bucket = match &key {
+            Some(k) if self.cohorts.contains(k) => return Side::Modern,
+            Some(k) => bucket_of(&self.salt, k),
+            None => fastrand::u32(0..10_000),
+        };
+        if bucket < self.modern_basis_points {
+            Side::Modern
+        } else {
+            Side::Legacy
+        }
+    }
+
+    pub fn count_fallback(&self, reason: &str) {
+        if let Some(i) = FALLBACK_REASONS.iter().position(|r| *r == reason) {
+            self.fallbacks[i].increment(1);
+        }
+    }
+}
+
+/// The key's place in 0..10 000; a key in bucket b is on modern exactly when b < percent × 100,
+/// so raising the percent moves keys one way only.
+pub fn bucket_of(salt: &str, key: &str) -> u32 {
+    let mut bytes = Vec::with_capacity(salt.len() + key.len() + 1);
+    bytes.extend_from_slice(salt.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(key.as_bytes());
+    (fnv1a(&bytes) % 10_000) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_spread_evenly() {
+        let below = (0..10_000)
+            .filter(|i| bucket_of("r", &format!("user-{i}")) < 3_000)
+            .count();
+        assert!((2_700..3_300).contains(&below), "{below} of 10000 keys under 30%");
+    }
+
+    #[test]
+    fn sticky_keys_are_read_from_headers_cookies_queries_and_the_client() {
+        let mut h = HeaderMap::new();
+        h.insert("x-user", "u1".parse().unwrap());
+        h.insert(COOKIE, "a=1; session=s9; b=2".parse().unwrap());
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let get = |s: &str, q: Option<&str>| StickyKey::parse(s).unwrap().extract(ip, q, &h);
+        assert_eq!(get("header:x-user", None).as_deref(), Some("u1"));
+        assert_eq!(get("cookie:session", None).as_deref(), Some("s9"));
+        assert_eq!(get("query:tenant", Some("x=1&tenant=t7")).as_deref(), Some("t7"));
+        assert_eq!(get("client-ip", None).as_deref(), Some("10.1.2.3"));
+        assert_eq!(get("header:x-missing", None), None);
+        assert!(StickyKey::parse("jwt").is_err());
+        assert!(StickyKey::parse("body:x").is_err());
+    }
+}

@@ -1,0 +1,262 @@
+//! The strangler-fig split: ratio, stickiness across percent raises, cohorts, and fallback from
+//! modern to legacy.
+#![allow(clippy::unwrap_used)] // a test that cannot go on should stop right there
+
+mod support;
+
+use std::collections::HashMap;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use support::*;
+
+fn migration_config(legacy: &str, modern: &str, migration: &str) -> String {
+    format!(
+        "\
+log: {{ level: warn, access_log: false }}
+listeners: [{{ name: main, bind: '127.0.0.1:0' }}]
+admin: {{ bind: '127.0.0.1:0' }}
+reload: {{ watch: false }}
+upstreams:
+  legacy: {{ endpoints: ['{legacy}'] }}
+  modern: {{ endpoints: ['{modern}'] }}
+routes:
+  - name: orders
+    match: {{ path_prefix: /orders }}
+    migration:
+      legacy: {{ upstream: legacy }}
+      modern: {{ upstream: modern }}
+      {migration}
+"
+    )
+}
+
+async fn side_of(c: &H1Client, url: String, user: Option<&str>) -> String {
+    let mut b = Request::get(url);
+    if let Some(u) = user {
+        b = b.header("x-user", u);
+    }
+    send(c, b.body(empty()).unwrap()).await.echoed().name
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_requests_split_at_the_configured_ratio() {
+    let legacy = Upstream::echo_named("legacy").await;
+    let modern = Upstream::echo_named("modern").await;
+    let f = Ficus::start(&migration_config(
+        &legacy.url(),
+        &modern.url(),
+        "modern_percent: 30",
+    ))
+    .await;
+    let c = client();
+    for _ in 0..1000 {
+        side_of(&c, f.url("/orders/1"), None).await;
+    }
+    // Binomial(1000, 0.3): standard deviation 14.5; 250..350 is beyond 3.4 of them.
+    assert!(
+        (250..350).contains(&modern.hits()),
+        "modern served {} of 1000",
+        modern.hits()
+    );
+    assert_eq!(legacy.hits() + modern.hits(), 1000);
+    let m = get(&f.admin_url("/metrics")).await.text();
+    let served = metric(
+        &m,
+        "ficus_requests_total{route=\"orders\",backend=\"modern\",method=\"GET\",status_class=\"2xx\"}",
+    );
+    assert_eq!(served, Some(modern.hits() as f64), "{m}");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_the_percent_moves_sticky_users_only_from_legacy_to_modern() {
+    let legacy = Upstream::echo_named("legacy").await;
+    let modern = Upstream::echo_named("modern").await;
+    let yaml = |p: u32| {
+        migration_config(
+            &legacy.url(),
+            &modern.url(),
+            &format!("modern_percent: {p}\n      sticky: header:x-user"),
+        )
+    };
+    let f = Ficus::start(&yaml(20)).await;
+    let c = client();
+    let users: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
+    let mut before = HashMap::new();
+    for u in &users {
+        let side = side_of(&c, f.url("/orders"), Some(u)).await;
+        // Sticky: the same user lands on the same side every time.
+        for _ in 0..2 {
+            assert_eq!(
+                side_of(&c, f.url("/orders/x"), Some(u)).await,
+                side,
+                "{u} moved without a change"
+            );
+        }
+        before.insert(u.clone(), side);
+    }
+    let modern_before = before.values().filter(|s| *s == "modern").count();
+    assert!(
+        (20..=60).contains(&modern_before),
+        "{modern_before} of 200 on modern at 20%"
+    );
+
+    f.write_config(&yaml(50));
+    f.gw().reload("test").await.unwrap();
+    let mut moved = 0;
+    for u in &users {
+        let now = side_of(&c, f.url("/orders"), Some(u)).await;
+        if before[u] == "modern" {
+            assert_eq!(now, "modern", "{u} went back to legacy when the percent rose");
+        } else if now == "modern" {
+            moved += 1;
+        }
+    }
+    let modern_after = modern_before + moved;
+    assert!(
+        moved > 0 && (70..=130).contains(&modern_after),
+        "{modern_after} of 200 on modern at 50%"
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn cohort_members_are_always_served_by_modern() {
+    let legacy = Upstream::echo_named("legacy").await;
+    let modern = Upstream::echo_named("modern").await;
+    let f = Ficus::start(&migration_config(
+        &legacy.url(),
+        &modern.url(),
+        "modern_percent: 0\n      sticky: header:x-user\n      cohorts: [beta-tester, tenant-9]",
+    ))
+    .await;
+    let c = client();
+    for _ in 0..5 {
+        assert_eq!(side_of(&c, f.url("/orders"), Some("beta-tester")).await, "modern");
+        assert_eq!(side_of(&c, f.url("/orders"), Some("tenant-9")).await, "modern");
+        assert_eq!(side_of(&c, f.url("/orders"), Some("someone")).await, "legacy");
+        assert_eq!(side_of(&c, f.url("/orders"), None).await, "legacy");
+    }
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_modern_calls_fall_back_to_legacy_for_retryable_requests() {
+    let legacy = Upstream::echo_named("legacy").await;
+    let broken = Upstream::start(|_req: Request<Incoming>| async move {
+        let mut r = Response::new(full("modern is down"));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        r
+    })
+    .await;
+    let f = Ficus::start(&migration_config(
+        &legacy.url(),
+        &broken.url(),
+        "modern_percent: 100\n      fallback_to_legacy: true",
+    ))
+    .await;
+    let c = client();
+    let a = send(&c, Request::get(f.url("/orders/7")).body(empty()).unwrap()).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.echoed().name, "legacy");
+    // A PUT with a body is resent whole to legacy.
+    let put = send(
+        &c,
+        Request::put(f.url("/orders/7"))
+            .body(full("{\"qty\":2}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((put.status.as_u16(), put.echoed().body_len), (200, 9));
+    // A POST without an Idempotency-Key is not retryable: the client sees modern's answer.
+    let post = send(&c, Request::post(f.url("/orders")).body(full("{}")).unwrap()).await;
+    assert_eq!(post.status, 503);
+    assert_eq!(broken.hits(), 3);
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(&m, "ficus_fallbacks_total{route=\"orders\",reason=\"5xx\"}"),
+        Some(2.0),
+        "{m}"
+    );
+    f.shutdown().await;
+
+    // An unreachable modern side falls back too.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let f = Ficus::start(&migration_config(
+        &legacy.url(),
+        &format!("http://127.0.0.1:{dead}"),
+        "modern_percent: 100\n      fallback_to_legacy: true",
+    ))
+    .await;
+    assert_eq!(side_of(&client(), f.url("/orders"), None).await, "legacy");
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &m,
+            "ficus_fallbacks_total{route=\"orders\",reason=\"connect-error\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_fallback_the_modern_failure_reaches_the_client() {
+    let legacy = Upstream::echo_named("legacy").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let f = Ficus::start(&migration_config(
+        &legacy.url(),
+        &format!("http://127.0.0.1:{dead}"),
+        "modern_percent: 100",
+    ))
+    .await;
+    get(&f.url("/orders"))
+        .await
+        .assert_problem(502, "upstream-unreachable");
+    assert_eq!(legacy.hits(), 0);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn migration_config_errors_are_located() {
+    let yaml = migration_config(
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9",
+        "modern_percent: 120\n      sticky: 'jwt'",
+    )
+    .replace("modern: { upstream: modern }", "modern: { upstream: nowhere }");
+    let err = Ficus::try_start(&yaml).await.err().expect("refused").to_string();
+    assert!(
+        err.contains("routes[0].migration.modern.upstream: no upstream named `nowhere`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[0].migration.modern_percent: must be between 0 and 100"),
+        "{err}"
+    );
+    assert!(err.contains("routes[0].migration.sticky: `jwt`"), "{err}");
+    let both = migration_config("http://127.0.0.1:9", "http://127.0.0.1:9", "")
+        .replace("    migration:", "    upstream: legacy\n    migration:");
+    let err = Ficus::try_start(&both).await.err().expect("refused").to_string();
+    assert!(
+        err.contains("routes[0].upstream: set `upstream` or `migration`, not both"),
+        "{err}"
+    );
+}
