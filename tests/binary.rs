@@ -393,9 +393,29 @@ async fn demo_serves_legacy_and_modern_backends() {
     let legacy = get("http://127.0.0.1:8080/api/customers/42").await;
     assert_eq!(legacy.headers["x-served-by"], "legacy");
     assert!(legacy.text().starts_with("<response>"), "{}", legacy.text());
-    let modern = get("http://127.0.0.1:8080/api/orders/7").await;
+    // The demo's orders route is mid-migration; the beta-tester cohort always gets modern.
+    let req = Request::get("http://127.0.0.1:8080/api/orders/7")
+        .header("x-user", "beta-tester")
+        .body(empty())
+        .unwrap();
+    let modern = send(&client(), req).await;
     assert_eq!(modern.headers["x-served-by"], "modern");
     assert_eq!(modern.json()["served_by"], "modern");
+    // A sticky user stays on one side.
+    let mut sides = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let req = Request::get("http://127.0.0.1:8080/api/orders/7")
+            .header("x-user", "alice")
+            .body(empty())
+            .unwrap();
+        sides.insert(
+            send(&client(), req).await.headers["x-served-by"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(sides.len(), 1, "{sides:?}");
     assert_eq!(get("http://127.0.0.1:9901/readyz").await.status, 200);
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])

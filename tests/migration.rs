@@ -260,3 +260,47 @@ async fn migration_config_errors_are_located() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn open_breaker_on_modern_falls_back_to_legacy() {
+    let legacy = Upstream::echo_named("legacy").await;
+    let broken = Upstream::start(|_req: Request<Incoming>| async move {
+        let mut r = Response::new(full("down"));
+        *r.status_mut() = StatusCode::BAD_GATEWAY;
+        r
+    })
+    .await;
+    let yaml = migration_config(&legacy.url(), &broken.url(), "modern_percent: 100\n      fallback_to_legacy: true")
+        .replace(
+            &format!("modern: {{ endpoints: ['{}'] }}", broken.url()),
+            &format!(
+                "modern: {{ endpoints: ['{}'], circuit_breaker: {{ min_requests: 3, failure_rate: 0.5, open_for: 30s }} }}",
+                broken.url()
+            ),
+        );
+    let f = Ficus::start(&yaml).await;
+    let c = client();
+    for _ in 0..10 {
+        assert_eq!(side_of(&c, f.url("/orders"), None).await, "legacy");
+    }
+    assert_eq!(
+        broken.hits(),
+        3,
+        "once open, the breaker keeps requests off modern"
+    );
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(&m, "ficus_fallbacks_total{route=\"orders\",reason=\"5xx\"}"),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "ficus_fallbacks_total{route=\"orders\",reason=\"circuit-open\"}"
+        ),
+        Some(7.0),
+        "{m}"
+    );
+    f.shutdown().await;
+}
