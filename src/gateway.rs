@@ -182,6 +182,9 @@ impl Gateway {
             None
         };
         crate::upstream::health::start(&shared.snapshot.load());
+        for w in &shared.snapshot.load().warnings {
+            tracing::warn!(warning = %w, "config warning");
+        }
         shared.ready.store(true, Ordering::Release);
 
         Ok(Self {

@@ -60,10 +60,14 @@ fn check(source: ConfigSource) -> ExitCode {
                 states: &Default::default(),
             },
         )
-        .map(|_| ())
+        .map(|snap| snap.warnings)
     });
     match result {
-        Ok(()) => {
+        Ok(warnings) => {
+            // Warnings do not fail the check: the config is valid, just probably not what was meant.
+            for w in &warnings {
+                println!("{}:{}: {}: warning: {}", w.file, w.line, w.path, w.reason);
+            }
             println!("{}: ok", source.name());
             ExitCode::SUCCESS
         }

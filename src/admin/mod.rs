@@ -97,6 +97,21 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
             json(StatusCode::OK, &status)
         }
         (&Method::GET, "/admin/upstreams") => json(StatusCode::OK, &upstreams(shared)),
+        (&Method::GET, "/admin/routes") => {
+            let snap = shared.snapshot.load();
+            let routes: Vec<serde_json::Value> = snap
+                .router
+                .routes()
+                .iter()
+                .enumerate()
+                .map(|(i, r)| r.describe(i))
+                .collect();
+            let warnings: Vec<String> = snap.warnings.iter().map(ToString::to_string).collect();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "version": snap.version, "routes": routes, "warnings": warnings }),
+            )
+        }
         (&Method::POST, "/admin/reload") => {
             if let Err(resp) = authorize(shared, &req) {
                 return resp;
@@ -123,14 +138,16 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
                 }
             }
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/upstreams" | "/admin/reload") => {
-            problem(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "this method is not allowed here",
-                None,
-            )
-        }
+        (
+            _,
+            "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/upstreams" | "/admin/routes"
+            | "/admin/reload",
+        ) => problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "this method is not allowed here",
+            None,
+        ),
         _ => problem(StatusCode::NOT_FOUND, "not-found", "no admin endpoint here", None),
     }
 }

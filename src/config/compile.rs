@@ -15,7 +15,7 @@ use super::{ConfigErrors, ConfigProblem, SourceText};
 use crate::pipeline::idempotency::{IdempotencyStore, RouteIdempotency};
 use crate::pipeline::migration::{Migration, StickyKey};
 use crate::pipeline::normalize::normalize_path;
-use crate::pipeline::route::{HostMatch, PathMatch, Route, Router};
+use crate::pipeline::route::{Condition, HostMatch, PathMatch, Route, Router, ValueMatch};
 use crate::server::listener::ListenerRuntime;
 use crate::telemetry::metrics::{Metrics, RouteMetrics, UPSTREAM_REQUEST_DURATION};
 use crate::upstream::balance::Endpoint;
@@ -42,6 +42,8 @@ pub struct Snapshot {
     pub watch_files: Vec<PathBuf>,
     /// Kept across reloads (in-flight locks must survive one) while its config is unchanged.
     pub idempotency_store: Arc<IdempotencyStore>,
+    /// Not errors: the config is valid, but probably not what was meant (unreachable routes).
+    pub warnings: Vec<ConfigProblem>,
 }
 
 impl Snapshot {
@@ -322,31 +324,91 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             );
         }
         let m = &r.matcher;
-        let path = match (&m.path, &m.path_prefix) {
-            (Some(_), Some(_)) => {
-                bad(
-                    format!("{at}.match"),
-                    "set `path` or `path_prefix`, not both".into(),
-                );
-                PathMatch::Any
+        let set = [
+            m.path.is_some(),
+            m.path_prefix.is_some(),
+            m.path_template.is_some(),
+            m.path_regex.is_some(),
+        ];
+        let path = if set.iter().filter(|s| **s).count() > 1 {
+            bad(
+                format!("{at}.match"),
+                "set one of `path`, `path_prefix`, `path_template`, `path_regex`".into(),
+            );
+            PathMatch::Any
+        } else if let Some(t) = &m.path_template {
+            match check_route_path(t).and_then(|()| PathMatch::template(t)) {
+                Ok(pm) => pm,
+                Err(reason) => {
+                    bad(format!("{at}.match.path_template"), reason);
+                    PathMatch::Any
+                }
             }
-            (Some(p), None) => match check_route_path(p) {
-                Ok(()) => PathMatch::Exact(p.clone()),
-                Err(reason) => {
-                    bad(format!("{at}.match.path"), reason);
+        } else if let Some(re) = &m.path_regex {
+            match regex::Regex::new(&format!("^(?:{re})$")) {
+                Ok(r) => PathMatch::Regex(r),
+                Err(e) => {
+                    bad(format!("{at}.match.path_regex"), e.to_string());
                     PathMatch::Any
                 }
-            },
-            (None, Some(p)) => match check_route_path(p) {
-                Ok(()) if p == "/" => PathMatch::Any,
-                Ok(()) => PathMatch::Prefix(p.clone()),
-                Err(reason) => {
-                    bad(format!("{at}.match.path_prefix"), reason);
-                    PathMatch::Any
-                }
-            },
-            (None, None) => PathMatch::Any,
+            }
+        } else {
+            match (&m.path, &m.path_prefix) {
+                (Some(p), _) => match check_route_path(p) {
+                    Ok(()) => PathMatch::Exact(p.clone()),
+                    Err(reason) => {
+                        bad(format!("{at}.match.path"), reason);
+                        PathMatch::Any
+                    }
+                },
+                (None, Some(p)) => match check_route_path(p) {
+                    Ok(()) if p == "/" => PathMatch::Any,
+                    Ok(()) => PathMatch::Prefix(p.clone()),
+                    Err(reason) => {
+                        bad(format!("{at}.match.path_prefix"), reason);
+                        PathMatch::Any
+                    }
+                },
+                (None, None) => PathMatch::Any,
+            }
         };
+        let mut conditions = |kind: &str, list: &[crate::config::file::ConditionConfig], lower: bool| {
+            let mut out = Vec::new();
+            for (j, c) in list.iter().enumerate() {
+                let key = format!("{at}.match.{kind}[{j}]");
+                let name = if lower {
+                    c.name.to_ascii_lowercase()
+                } else {
+                    c.name.clone()
+                };
+                if name.is_empty()
+                    || (lower && http::header::HeaderName::from_bytes(name.as_bytes()).is_err())
+                {
+                    bad(format!("{key}.name"), format!("`{}` is not a valid name", c.name));
+                    continue;
+                }
+                let value = match (c.present, &c.equals, &c.regex) {
+                    (Some(p), None, None) => ValueMatch::Present(p),
+                    (None, Some(e), None) => ValueMatch::Equals(e.clone()),
+                    (None, None, Some(re)) => match regex::Regex::new(re) {
+                        Ok(r) => ValueMatch::Regex(r),
+                        Err(e) => {
+                            bad(format!("{key}.regex"), e.to_string());
+                            continue;
+                        }
+                    },
+                    _ => {
+                        bad(key, "set exactly one of `present`, `equals`, `regex`".into());
+                        continue;
+                    }
+                };
+                out.push(Condition { name, value });
+            }
+            out
+        };
+        let header_conds = conditions("headers", &m.headers, true);
+        let query_conds = conditions("query", &m.query, false);
+        let cookie_conds = conditions("cookies", &m.cookies, false);
         let mut hosts = Vec::new();
         for (j, h) in m.hosts.iter().enumerate() {
             match check_host(h) {
@@ -453,6 +515,9 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         }
         let metrics = RouteMetrics::new(deps.metrics, &r.name, &upstream.name);
         routes.push(Route {
+            headers: header_conds,
+            query: query_conds,
+            cookies: cookie_conds,
             migration,
             idempotency: r.idempotency.as_ref().map(RouteIdempotency::new),
             name: Arc::from(r.name.as_str()),
@@ -487,7 +552,20 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
     let Some(idempotency_store) = idempotency_store else {
         return Err(ConfigErrors(problems));
     };
+    let mut warnings = Vec::new();
+    for (j, later) in routes.iter().enumerate() {
+        if let Some((i, earlier)) = routes[..j].iter().enumerate().find(|(_, e)| later.shadowed_by(e)) {
+            warnings.push(src.problem(
+                &format!("routes[{j}]"),
+                format!(
+                    "unreachable: every request it matches is taken by the earlier route `{}` (routes[{i}])",
+                    earlier.name
+                ),
+            ));
+        }
+    }
     Ok(Snapshot {
+        warnings,
         idempotency_store,
         version,
         hash: src.hash.clone(),

@@ -524,8 +524,35 @@ pub struct MatchConfig {
     /// The normalised path starts with this, on a segment boundary (`/api` matches `/api/x`, not `/apix`).
     #[serde(default)]
     pub path_prefix: Option<String>,
+    /// A template: `/orders/{id}` (one segment per `{name}`), `/files/{*rest}` (the rest).
+    #[serde(default)]
+    pub path_template: Option<String>,
+    /// A regular expression the whole normalised path must match (it is anchored for you).
+    #[serde(default)]
+    pub path_regex: Option<String>,
     #[serde(default)]
     pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<ConditionConfig>,
+    /// Query parameters (raw, not percent-decoded).
+    #[serde(default)]
+    pub query: Vec<ConditionConfig>,
+    #[serde(default)]
+    pub cookies: Vec<ConditionConfig>,
+}
+
+/// One header, query-parameter or cookie condition: `present`, `equals` or `regex` (one of them).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionConfig {
+    pub name: String,
+    /// `true`: must be present; `false`: must be absent.
+    #[serde(default)]
+    pub present: Option<bool>,
+    #[serde(default)]
+    pub equals: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
 }
 
 /// A byte count written as a number or with a unit: `16384`, `64KiB`, `10MiB`, `1GiB`, `10MB`.

@@ -97,6 +97,13 @@ impl SourceText {
             if path == "." {
                 path.clear();
             }
+            // serde_path_to_error writes `?` for a position it could not name (syntax errors).
+            if let Some(i) = path.find('?') {
+                path.truncate(i);
+                while path.ends_with('.') {
+                    path.pop();
+                }
+            }
             let inner = e.into_inner();
             let mut reason = inner.to_string();
             // serde_yaml appends its own position; ours is in front already.

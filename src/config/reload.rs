@@ -82,6 +82,9 @@ pub async fn reload(shared: &Shared, trigger: &str) -> Result<u64, ConfigErrors>
             shared.reload_metrics.ok.increment(1);
             shared.reload_metrics.last_success.set(1.0);
             tracing::info!(trigger, version, hash = %snap.hash, previous = old.version, "config reloaded");
+            for w in &snap.warnings {
+                tracing::warn!(warning = %w, "config warning");
+            }
             Ok(version)
         }
         Err(errors) => {

@@ -131,11 +131,14 @@ async fn run(
         .map(route::host_without_port);
 
     // Stage 3: route.
-    let route = snap
-        .router
-        .find(host_name, &path, req.method())
-        .ok_or(ProxyError::NoRoute)?
-        .clone();
+    let view = route::RequestView {
+        host: host_name,
+        path: &path,
+        method: req.method(),
+        headers: req.headers(),
+        query: req.uri().query(),
+    };
+    let route = snap.router.find(&view).ok_or(ProxyError::NoRoute)?.clone();
     ctx.route = Some(route.clone());
 
     // Stages 4-6 (identity, rate limit, validation) plug in here.

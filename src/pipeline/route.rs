@@ -39,16 +39,18 @@ impl HostMatch {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {
     Any,
     Exact(String),
     /// Matches on a segment boundary: `/api` matches `/api` and `/api/x`, not `/apix`.
     Prefix(String),
+    /// `/orders/{id}`: a one-route matchit tree, compiled once per snapshot.
+    Template(String, matchit::Router<()>),
+    Regex(regex::Regex),
 }
 
 impl PathMatch {
-    fn matches(&self, path: &str) -> bool {
+    pub fn matches(&self, path: &str) -> bool {
         match self {
             Self::Any => true,
             Self::Exact(p) => p == path,
@@ -56,8 +58,116 @@ impl PathMatch {
                 path.starts_with(p.as_str())
                     && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
             }
+            Self::Template(_, t) => t.at(path).is_ok(),
+            Self::Regex(r) => r.is_match(path),
         }
     }
+
+    /// The template's captures for `path` (for rewrites); empty for other matchers.
+    pub fn captures(&self, path: &str) -> Vec<(String, String)> {
+        match self {
+            Self::Template(_, t) => t
+                .at(path)
+                .map(|m| {
+                    m.params
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn template(t: &str) -> Result<Self, String> {
+        let mut r = matchit::Router::new();
+        r.insert(t, ()).map_err(|e| e.to_string())?;
+        Ok(Self::Template(t.to_string(), r))
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Any => "any".into(),
+            Self::Exact(p) => format!("exact {p}"),
+            Self::Prefix(p) => format!("prefix {p}"),
+            Self::Template(t, _) => format!("template {t}"),
+            Self::Regex(r) => format!("regex {}", r.as_str()),
+        }
+    }
+
+    /// True when every path `other` matches, `self` matches too (decidable cases only; `false`
+    /// when unsure). Used to warn about unreachable routes.
+    pub fn covers(&self, other: &PathMatch) -> bool {
+        match (self, other) {
+            (Self::Any, _) => true,
+            (Self::Exact(a), Self::Exact(b)) => a == b,
+            (Self::Prefix(_), Self::Exact(b)) => self.matches(b),
+            (Self::Prefix(a), Self::Prefix(b)) => {
+                self.matches(b) && (!a.ends_with('/') || b.starts_with(a.as_str()))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A value condition on a header, query parameter or cookie.
+pub enum ValueMatch {
+    Present(bool),
+    Equals(String),
+    Regex(regex::Regex),
+}
+
+pub struct Condition {
+    pub name: String,
+    pub value: ValueMatch,
+}
+
+impl Condition {
+    fn holds(&self, value: Option<&str>) -> bool {
+        match (&self.value, value) {
+            (ValueMatch::Present(want), v) => *want == v.is_some(),
+            (ValueMatch::Equals(e), Some(v)) => e == v,
+            (ValueMatch::Regex(r), Some(v)) => r.is_match(v),
+            (_, None) => false,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.value {
+            ValueMatch::Present(true) => format!("{} present", self.name),
+            ValueMatch::Present(false) => format!("{} absent", self.name),
+            ValueMatch::Equals(e) => format!("{} = {e}", self.name),
+            ValueMatch::Regex(r) => format!("{} ~ {}", self.name, r.as_str()),
+        }
+    }
+}
+
+/// What a route's conditions look at, borrowed from the request.
+pub struct RequestView<'a> {
+    pub host: Option<&'a str>,
+    pub path: &'a str,
+    pub method: &'a Method,
+    pub headers: &'a http::HeaderMap,
+    pub query: Option<&'a str>,
+}
+
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 pub struct Route {
@@ -67,6 +177,9 @@ pub struct Route {
     pub methods: Vec<Method>,
     pub upstream: Arc<Upstream>,
     pub metrics: RouteMetrics,
+    pub headers: Vec<Condition>,
+    pub query: Vec<Condition>,
+    pub cookies: Vec<Condition>,
     pub idempotency: Option<super::idempotency::RouteIdempotency>,
     /// With a migration, `upstream` and `metrics` are the legacy side's.
     pub migration: Option<super::migration::Migration>,
@@ -89,9 +202,56 @@ impl Route {
 }
 
 impl Route {
-    pub fn matches(&self, host: Option<&str>, path: &str, method: &Method) -> bool {
-        let host_ok = self.hosts.is_empty() || host.is_some_and(|h| self.hosts.iter().any(|m| m.matches(h)));
-        host_ok && self.path.matches(path) && (self.methods.is_empty() || self.methods.contains(method))
+    /// Every condition must hold; they are checked cheapest first.
+    pub fn matches(&self, r: &RequestView<'_>) -> bool {
+        (self.methods.is_empty() || self.methods.contains(r.method))
+            && (self.hosts.is_empty() || r.host.is_some_and(|h| self.hosts.iter().any(|m| m.matches(h))))
+            && self.path.matches(r.path)
+            && self
+                .headers
+                .iter()
+                .all(|c| c.holds(r.headers.get(&c.name).and_then(|v| v.to_str().ok())))
+            && self.query.iter().all(|c| c.holds(query_value(r.query, &c.name)))
+            && self
+                .cookies
+                .iter()
+                .all(|c| c.holds(cookie_value(r.headers, &c.name)))
+    }
+
+    /// True when every request this route matches is matched by `earlier` (decidable cases
+    /// only): then this route can never be chosen.
+    pub fn shadowed_by(&self, earlier: &Route) -> bool {
+        let hosts = earlier.hosts.is_empty()
+            || (!self.hosts.is_empty() && self.hosts.iter().all(|h| earlier.hosts.contains(h)));
+        let methods = earlier.methods.is_empty()
+            || (!self.methods.is_empty() && self.methods.iter().all(|m| earlier.methods.contains(m)));
+        let conditions = earlier.headers.is_empty() && earlier.query.is_empty() && earlier.cookies.is_empty();
+        hosts && methods && conditions && earlier.path.covers(&self.path)
+    }
+
+    /// The compiled route as `GET /admin/routes` shows it.
+    pub fn describe(&self, order: usize) -> serde_json::Value {
+        let conds = |v: &[Condition]| v.iter().map(Condition::describe).collect::<Vec<_>>();
+        serde_json::json!({
+            "order": order,
+            "name": &*self.name,
+            "hosts": self.hosts.iter().map(|h| match h {
+                HostMatch::Exact(e) => e.clone(),
+                HostMatch::Suffix(s) => format!("*{s}"),
+            }).collect::<Vec<_>>(),
+            "path": self.path.describe(),
+            "methods": self.methods.iter().map(Method::as_str).collect::<Vec<_>>(),
+            "headers": conds(&self.headers),
+            "query": conds(&self.query),
+            "cookies": conds(&self.cookies),
+            "upstream": &*self.upstream.name,
+            "migration": self.migration.as_ref().map(|m| serde_json::json!({
+                "legacy": &*self.upstream.name,
+                "modern": &*m.modern.name,
+                "modern_percent": m.modern_percent(),
+            })),
+            "idempotency": self.idempotency.is_some(),
+        })
     }
 }
 
@@ -107,9 +267,9 @@ impl Router {
         }
     }
 
-    /// `host` is the request's host without port.
-    pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| r.matches(host, path, method))
+    /// The first route, in config order, whose every condition holds.
+    pub fn find(&self, req: &RequestView<'_>) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.matches(req))
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {
