@@ -97,6 +97,23 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
             json(StatusCode::OK, &status)
         }
         (&Method::GET, "/admin/upstreams") => json(StatusCode::OK, &upstreams(shared)),
+        (&Method::GET, "/admin/diffs") => {
+            let wanted = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("route=")))
+                .map(str::to_string);
+            let snap = shared.snapshot.load();
+            let diffs: Vec<_> = snap
+                .router
+                .routes()
+                .iter()
+                .filter(|r| wanted.as_deref().is_none_or(|w| w == &*r.name))
+                .filter_map(|r| r.migration.as_ref()?.shadow.as_ref())
+                .flat_map(|s| s.recent())
+                .collect();
+            json(StatusCode::OK, &serde_json::json!({ "diffs": diffs }))
+        }
         (&Method::GET, "/admin/routes") => {
             let snap = shared.snapshot.load();
             let routes: Vec<serde_json::Value> = snap
@@ -141,7 +158,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
         (
             _,
             "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/upstreams" | "/admin/routes"
-            | "/admin/reload",
+            | "/admin/diffs" | "/admin/reload",
         ) => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",

@@ -16,6 +16,7 @@ use crate::pipeline::idempotency::{IdempotencyStore, RouteIdempotency};
 use crate::pipeline::migration::{Migration, StickyKey};
 use crate::pipeline::normalize::normalize_path;
 use crate::pipeline::route::{Condition, HostMatch, PathMatch, Route, Router, ValueMatch};
+use crate::pipeline::shadow::Shadow;
 use crate::server::listener::ListenerRuntime;
 use crate::telemetry::metrics::{Metrics, RouteMetrics, UPSTREAM_REQUEST_DURATION};
 use crate::upstream::balance::Endpoint;
@@ -488,12 +489,36 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                         "cohorts are sticky-key values: set `sticky`".into(),
                     );
                 }
+                let shadow = match &m.shadow {
+                    None => None,
+                    Some(sc) => {
+                        if !(0.0..=100.0).contains(&sc.percent) {
+                            bad(
+                                format!("{at}.migration.shadow.percent"),
+                                "must be between 0 and 100".into(),
+                            );
+                        }
+                        if sc.max_concurrent == 0 || sc.timeout.is_zero() {
+                            bad(
+                                format!("{at}.migration.shadow.max_concurrent"),
+                                "max_concurrent and timeout must be greater than zero".into(),
+                            );
+                        }
+                        match Shadow::new(&r.name, sc, deps.metrics) {
+                            Ok(s) => Some(s),
+                            Err(reason) => {
+                                bad(format!("{at}.migration.shadow"), reason);
+                                None
+                            }
+                        }
+                    }
+                };
                 let (Some(legacy), Some(modern)) = (legacy, modern) else {
                     continue;
                 };
                 (
                     legacy,
-                    Some(Migration::new(&r.name, m, modern, sticky, deps.metrics)),
+                    Some(Migration::new(&r.name, m, modern, sticky, shadow, deps.metrics)),
                 )
             }
         };

@@ -81,6 +81,42 @@ pub struct MigrationConfig {
     /// Request bodies up to this size are kept so that the fallback can resend them.
     #[serde(default = "default_retry_max_body")]
     pub fallback_max_body_bytes: ByteSize,
+    /// Copies of requests to the side that is not serving, with the answers compared.
+    #[serde(default)]
+    pub shadow: Option<ShadowConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// Share of requests copied, 0 to 100.
+    #[serde(default = "default_shadow_percent")]
+    pub percent: f64,
+    /// Copy unsafe methods (POST, PUT, ...) too. Only for a side that is safe to write twice to.
+    #[serde(default)]
+    pub allow_writes: bool,
+    /// Response headers compared besides status and body.
+    #[serde(default = "default_shadow_headers")]
+    pub compare_headers: Vec<String>,
+    /// JSONPath-like patterns ignored in the body comparison (`$.meta.generatedAt`, `$.items[*].id`).
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    #[serde(default)]
+    pub numeric_tolerance: f64,
+    #[serde(default)]
+    pub ignore_array_order: bool,
+    /// The shadow call's deadline; past it the comparison counts as `timeout`.
+    #[serde(default = "default_shadow_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// Shadow calls in flight at most; beyond it copies are dropped (and counted).
+    #[serde(default = "default_shadow_concurrency")]
+    pub max_concurrent: usize,
+    /// Bodies (request, and each response) larger than this are not compared.
+    #[serde(default = "default_idem_resp_bytes")]
+    pub max_body_bytes: ByteSize,
+    /// Append each mismatch as a JSON line to this file.
+    #[serde(default)]
+    pub diff_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -651,6 +687,18 @@ pub mod humantime_serde_compat {
     }
 }
 
+fn default_shadow_percent() -> f64 {
+    100.0
+}
+fn default_shadow_headers() -> Vec<String> {
+    vec!["content-type".into()]
+}
+fn default_shadow_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_shadow_concurrency() -> usize {
+    64
+}
 fn default_idem_prefix() -> String {
     "ficus:idem:".into()
 }

@@ -223,6 +223,48 @@ impl Body for RequestBody {
 pub enum ResponseBody {
     Upstream(Incoming),
     Full(Option<Bytes>),
+    /// Streams on while keeping a bounded copy for the shadow comparison.
+    Tee(Box<TeeBody>),
+}
+
+/// Passes a body through unchanged, copying up to `limit` bytes; at the end the copy goes to
+/// `done` (`None` when the body was larger than the limit). Dropped early (the client went
+/// away): nothing is sent, and the receiver sees the sender gone.
+pub struct TeeBody {
+    pub inner: ResponseBody,
+    copy: bytes::BytesMut,
+    limit: usize,
+    overflow: bool,
+    done: Option<tokio::sync::oneshot::Sender<Option<Bytes>>>,
+}
+
+impl TeeBody {
+    pub fn wrap(
+        inner: ResponseBody,
+        limit: usize,
+    ) -> (ResponseBody, tokio::sync::oneshot::Receiver<Option<Bytes>>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if inner.is_end_stream() {
+            // hyper may never poll a body that is already over.
+            let _ = tx.send(Some(Bytes::new()));
+            return (inner, rx);
+        }
+        let tee = Self {
+            inner,
+            copy: bytes::BytesMut::new(),
+            limit,
+            overflow: false,
+            done: Some(tx),
+        };
+        (ResponseBody::Tee(Box::new(tee)), rx)
+    }
+
+    fn finish(&mut self) {
+        if let Some(tx) = self.done.take() {
+            let copy = (!self.overflow).then(|| std::mem::take(&mut self.copy).freeze());
+            let _ = tx.send(copy);
+        }
+    }
 }
 
 impl ResponseBody {
@@ -245,6 +287,26 @@ impl Body for ResponseBody {
         match self.get_mut() {
             Self::Upstream(b) => Pin::new(b).poll_frame(cx),
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Tee(t) => {
+                let polled = Pin::new(&mut t.inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(d) = frame.data_ref() {
+                            if t.copy.len() + d.len() > t.limit {
+                                t.overflow = true;
+                            } else if !t.overflow {
+                                t.copy.extend_from_slice(d);
+                            }
+                        }
+                        if t.inner.is_end_stream() {
+                            t.finish();
+                        }
+                    }
+                    Poll::Ready(None) => t.finish(),
+                    _ => {}
+                }
+                polled
+            }
         }
     }
 
@@ -252,6 +314,7 @@ impl Body for ResponseBody {
         match self {
             Self::Upstream(b) => b.is_end_stream(),
             Self::Full(b) => b.is_none(),
+            Self::Tee(t) => t.inner.is_end_stream(),
         }
     }
 
@@ -260,6 +323,7 @@ impl Body for ResponseBody {
             Self::Upstream(b) => b.size_hint(),
             Self::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Self::Full(None) => SizeHint::with_exact(0),
+            Self::Tee(t) => t.inner.size_hint(),
         }
     }
 }

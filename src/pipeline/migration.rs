@@ -96,6 +96,7 @@ pub struct Migration {
     pub fallback_max_body: u64,
     salt: String,
     fallbacks: [Counter; 4],
+    pub shadow: Option<Arc<super::shadow::Shadow>>,
 }
 
 pub const FALLBACK_REASONS: [&str; 4] = ["connect-error", "timeout", "5xx", "circuit-open"];
@@ -106,6 +107,7 @@ impl Migration {
         cfg: &MigrationConfig,
         modern: Arc<Upstream>,
         sticky: Option<StickyKey>,
+        shadow: Option<super::shadow::Shadow>,
         metrics: &Metrics,
     ) -> Self {
         let fallbacks =
@@ -121,6 +123,7 @@ impl Migration {
             // Per route, so that the same user is not in the first 10% of every route at once.
             salt: route.to_string(),
             fallbacks,
+            shadow: shadow.map(Arc::new),
         }
     }
 

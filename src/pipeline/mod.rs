@@ -4,11 +4,13 @@
 
 pub mod body;
 pub mod context;
+pub mod diff;
 pub mod forward;
 pub mod idempotency;
 pub mod migration;
 pub mod normalize;
 pub mod route;
+pub mod shadow;
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -161,8 +163,8 @@ async fn run(
     }
 }
 
-/// Stage 8: the migration split (and fallback); stage 9, translation, plugs in here; stage 10 is
-/// the upstream call.
+/// Stage 8: the migration split, shadow copy and fallback; stage 9, translation, plugs in here;
+/// stage 10 is the upstream call.
 async fn dispatch(
     req: Request<InBody>,
     route: &Arc<Route>,
@@ -175,55 +177,100 @@ async fn dispatch(
         return forward::forward(req, &route.upstream, conn, ctx, host, path).await;
     };
     ctx.side = m.choose(ctx.client, req.uri().query(), req.headers());
-    let replayable = ctx.side == migration::Side::Modern
+    let upgrade = context::is_upgrade_request(req.headers());
+    let shadow = m.shadow.as_ref().filter(|s| !upgrade && s.wanted(req.method()));
+    let fallback = ctx.side == migration::Side::Modern
         && m.fallback
         && crate::upstream::retry::RetryPolicy::eligible(req.method(), req.headers())
-        && !context::is_upgrade_request(req.headers());
-    if !replayable {
+        && !upgrade;
+    if shadow.is_none() && !fallback {
         let upstream = route.upstream_for(ctx.side).clone();
         return forward::forward(req, &upstream, conn, ctx, host, path).await;
     }
 
-    // Keep the request so that legacy can be asked if modern fails.
+    // Both the shadow copy and the fallback need the request again: keep it, within bounds.
     let (parts, body) = req.into_parts();
-    let bytes = match body::read_bounded(body, m.fallback_max_body).await {
+    let limit = shadow
+        .map_or(0, |s| s.max_body)
+        .max(if fallback { m.fallback_max_body } else { 0 });
+    let bytes = match body::read_bounded(body, limit).await {
         Ok(b) => b,
-        // Too large to keep: modern only, streamed as it comes.
-        Err(body::NotRead::Unbounded(body)) => {
-            return forward::forward(Request::from_parts(parts, body), &m.modern, conn, ctx, host, path).await
-        }
         Err(body::NotRead::Failed(e)) => return Err(ProxyError::ClientBody(e)),
+        Err(body::NotRead::Unbounded(body)) => {
+            // Too large to keep: served once, by the chosen side, without shadow or fallback.
+            if let Some(s) = shadow {
+                s.count("dropped");
+            }
+            let upstream = route.upstream_for(ctx.side).clone();
+            return forward::forward(Request::from_parts(parts, body), &upstream, conn, ctx, host, path)
+                .await;
+        }
     };
+    let shadow_copy = shadow.and_then(|s| {
+        let slot = s.slot()?;
+        let mut headers = parts.headers.clone();
+        context::strip_hop_by_hop(&mut headers, false);
+        headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+        let copy = shadow::ShadowRequest {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers,
+            body: bytes.clone(),
+            request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
+        };
+        Some((s, slot, copy))
+    });
+
     let again = clone_parts(&parts);
-    let first = forward::forward(
+    let upstream = route.upstream_for(ctx.side).clone();
+    let mut result = forward::forward(
         Request::from_parts(parts, InBody::Buffered(bytes.clone())),
-        &m.modern,
+        &upstream,
         conn,
         ctx,
         host.clone(),
         path.clone(),
     )
     .await;
-    let reason = match &first {
-        Ok(r) if r.status().is_server_error() => "5xx",
-        Err(ProxyError::UpstreamUnreachable { .. }) => "connect-error",
-        Err(ProxyError::UpstreamTimeout { .. }) => "timeout",
-        Err(ProxyError::UpstreamFailed { .. }) => "5xx",
-        Err(ProxyError::CircuitOpen { .. }) => "circuit-open",
-        _ => return first,
-    };
-    m.count_fallback(reason);
-    tracing::info!(route = %route.name, reason, "modern failed; served by legacy");
-    ctx.side = migration::Side::Legacy;
-    forward::forward(
-        Request::from_parts(again, InBody::Buffered(bytes)),
-        &route.upstream,
-        conn,
-        ctx,
-        host,
-        path,
-    )
-    .await
+    if fallback {
+        let reason = match &result {
+            Ok(r) if r.status().is_server_error() => Some("5xx"),
+            Err(ProxyError::UpstreamUnreachable { .. }) => Some("connect-error"),
+            Err(ProxyError::UpstreamTimeout { .. }) => Some("timeout"),
+            Err(ProxyError::UpstreamFailed { .. }) => Some("5xx"),
+            Err(ProxyError::CircuitOpen { .. }) => Some("circuit-open"),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            m.count_fallback(reason);
+            tracing::info!(route = %route.name, reason, "modern failed; served by legacy");
+            ctx.side = migration::Side::Legacy;
+            result = forward::forward(
+                Request::from_parts(again, InBody::Buffered(bytes)),
+                &route.upstream,
+                conn,
+                ctx,
+                host,
+                path,
+            )
+            .await;
+        }
+    }
+
+    match (shadow_copy, result) {
+        (None, result) => result,
+        (Some((s, _, _)), Err(e)) => {
+            s.count("error");
+            Err(e)
+        }
+        (Some((s, slot, copy)), Ok(resp)) => {
+            let other = match ctx.side {
+                migration::Side::Legacy => m.modern.clone(),
+                migration::Side::Modern => route.upstream.clone(),
+            };
+            Ok(s.launch(slot, copy, other, ctx.side, resp))
+        }
+    }
 }
 
 fn clone_parts(p: &http::request::Parts) -> http::request::Parts {

@@ -24,6 +24,7 @@ pub const RETRY_BUDGET_EXHAUSTED: &str = "ficus_retry_budget_exhausted_total";
 pub const ENDPOINT_HEALTHY: &str = "ficus_upstream_endpoint_healthy";
 pub const OUTLIER_EJECTIONS: &str = "ficus_outlier_ejections_total";
 pub const FALLBACKS_TOTAL: &str = "ficus_fallbacks_total";
+pub const SHADOW_COMPARISONS: &str = "ficus_shadow_comparisons_total";
 pub const CIRCUIT_STATE: &str = "ficus_circuit_state";
 pub const CIRCUIT_TRANSITIONS: &str = "ficus_circuit_transitions_total";
 

@@ -1,0 +1,296 @@
+//! Comparing a legacy and a modern response in one shape: status, chosen headers, and the body
+//! flattened into `path = value` leaves (JSON semantically, XML normalised), so that a mismatch
+//! reads field by field: `$.total: 10 != 10.5`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// How bodies are compared.
+#[derive(Debug, Clone, Default)]
+pub struct DiffRules {
+    /// JSONPath-like patterns (`$.meta.generatedAt`, `$.items[*].id`) whose values are ignored.
+    pub ignore: Vec<String>,
+    pub numeric_tolerance: f64,
+    pub ignore_array_order: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldDiff {
+    pub path: String,
+    pub primary: Option<String>,
+    pub shadow: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Leaf {
+    Null,
+    Bool(bool),
+    Number(f64),
+    Text(String),
+}
+
+impl Leaf {
+    fn show(&self) -> String {
+        match self {
+            Self::Null => "null".into(),
+            Self::Bool(b) => b.to_string(),
+            Self::Number(n) => n.to_string(),
+            Self::Text(t) => format!("{t:?}"),
+        }
+    }
+}
+
+/// Compares two bodies; `content_type` decides JSON, XML or bytes.
+pub fn diff_bodies(content_type: &str, primary: &[u8], shadow: &[u8], rules: &DiffRules) -> Vec<FieldDiff> {
+    let ct = content_type.to_ascii_lowercase();
+    let flat = |b: &[u8]| -> Option<BTreeMap<String, Leaf>> {
+        if ct.contains("json") {
+            let v: serde_json::Value = serde_json::from_slice(b).ok()?;
+            let mut out = BTreeMap::new();
+            flatten_json("$", &v, rules, &mut out);
+            Some(out)
+        } else if ct.contains("xml") {
+            flatten_xml(b)
+        } else {
+            None
+        }
+    };
+    match (flat(primary), flat(shadow)) {
+        (Some(a), Some(b)) => compare(&a, &b, rules),
+        _ if primary == shadow => Vec::new(),
+        _ => vec![FieldDiff {
+            path: "body".into(),
+            primary: Some(preview(primary)),
+            shadow: Some(preview(shadow)),
+        }],
+    }
+}
+
+fn preview(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    if s.len() > 200 {
+        let mut end = 200;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}… ({} bytes)", &s[..end], b.len())
+    } else {
+        s.into_owned()
+    }
+}
+
+fn flatten_json(path: &str, v: &serde_json::Value, rules: &DiffRules, out: &mut BTreeMap<String, Leaf>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if m.is_empty() {
+                out.insert(path.to_string(), Leaf::Text("{}".into()));
+            }
+            for (k, v) in m {
+                flatten_json(&format!("{path}.{k}"), v, rules, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            if items.is_empty() {
+                out.insert(path.to_string(), Leaf::Text("[]".into()));
+            }
+            let mut items: Vec<&serde_json::Value> = items.iter().collect();
+            if rules.ignore_array_order {
+                items.sort_by_cached_key(|v| v.to_string());
+            }
+            for (i, v) in items.into_iter().enumerate() {
+                flatten_json(&format!("{path}[{i}]"), v, rules, out);
+            }
+        }
+        serde_json::Value::Null => {
+            out.insert(path.to_string(), Leaf::Null);
+        }
+        serde_json::Value::Bool(b) => {
+            out.insert(path.to_string(), Leaf::Bool(*b));
+        }
+        serde_json::Value::Number(n) => {
+            out.insert(path.to_string(), Leaf::Number(n.as_f64().unwrap_or(f64::NAN)));
+        }
+        serde_json::Value::String(s) => {
+            out.insert(path.to_string(), Leaf::Text(s.clone()));
+        }
+    }
+}
+
+/// XML as leaves: `/Order/@id`, `/Order/Item[1]/#text`. Whitespace between elements, comments
+/// and attribute order do not count.
+fn flatten_xml(b: &[u8]) -> Option<BTreeMap<String, Leaf>> {
+    use quick_xml::events::Event;
+    let text = std::str::from_utf8(b).ok()?;
+    let mut reader = quick_xml::Reader::from_str(text);
+    reader.config_mut().trim_text(true);
+    let mut out = BTreeMap::new();
+    // (path of the element, per-child-name counters)
+    let mut stack: Vec<(String, BTreeMap<String, usize>)> = vec![(String::new(), BTreeMap::new())];
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(e) => {
+                let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+                let path = child_path(&mut stack, &name);
+                for a in e.attributes().flatten() {
+                    let k = String::from_utf8_lossy(a.key.as_ref()).into_owned();
+                    let v = a.unescape_value().ok()?.into_owned();
+                    out.insert(format!("{path}/@{k}"), Leaf::Text(v));
+                }
+                stack.push((path, BTreeMap::new()));
+            }
+            Event::Empty(e) => {
+                let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+                let path = child_path(&mut stack, &name);
+                let mut any = false;
+                for a in e.attributes().flatten() {
+                    any = true;
+                    let k = String::from_utf8_lossy(a.key.as_ref()).into_owned();
+                    let v = a.unescape_value().ok()?.into_owned();
+                    out.insert(format!("{path}/@{k}"), Leaf::Text(v));
+                }
+                if !any {
+                    out.insert(path, Leaf::Null);
+                }
+            }
+            Event::Text(t) => {
+                let raw = t.decode().ok()?;
+                let v = quick_xml::escape::unescape(&raw).ok()?.trim().to_string();
+                if !v.is_empty() {
+                    let path = stack.last().map(|(p, _)| p.clone()).unwrap_or_default();
+                    out.insert(format!("{path}/#text"), Leaf::Text(v));
+                }
+            }
+            Event::CData(c) => {
+                let v = String::from_utf8_lossy(&c).trim().to_string();
+                let path = stack.last().map(|(p, _)| p.clone()).unwrap_or_default();
+                out.insert(format!("{path}/#text"), Leaf::Text(v));
+            }
+            Event::End(_) => {
+                stack.pop();
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+fn child_path(stack: &mut [(String, BTreeMap<String, usize>)], name: &str) -> String {
+    let Some((parent, counts)) = stack.last_mut() else {
+        return format!("/{name}");
+    };
+    let n = counts.entry(name.to_string()).or_insert(0);
+    let path = if *n == 0 {
+        format!("{parent}/{name}")
+    } else {
+        format!("{parent}/{name}[{n}]")
+    };
+    *n += 1;
+    path
+}
+
+fn ignored(path: &str, rules: &DiffRules) -> bool {
+    rules.ignore.iter().any(|pattern| pattern_covers(pattern, path))
+}
+
+/// `$.a[*].b` covers `$.a[3].b` and everything below it.
+fn pattern_covers(pattern: &str, path: &str) -> bool {
+    let (p, s) = (pattern.as_bytes(), path.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < p.len() {
+        if p[i..].starts_with(b"[*]") {
+            if j >= s.len() || s[j] != b'[' {
+                return false;
+            }
+            while j < s.len() && s[j] != b']' {
+                j += 1;
+            }
+            j += 1;
+            i += 3;
+        } else {
+            if j >= s.len() || p[i] != s[j] {
+                return false;
+            }
+            i += 1;
+            j += 1;
+        }
+    }
+    j == s.len() || s[j] == b'.' || s[j] == b'[' || s[j] == b'/'
+}
+
+fn compare(a: &BTreeMap<String, Leaf>, b: &BTreeMap<String, Leaf>, rules: &DiffRules) -> Vec<FieldDiff> {
+    let mut out = Vec::new();
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        if ignored(k, rules) {
+            continue;
+        }
+        let same = match (a.get(k), b.get(k)) {
+            (Some(Leaf::Number(x)), Some(Leaf::Number(y))) => (x - y).abs() <= rules.numeric_tolerance,
+            (x, y) => x == y,
+        };
+        if !same {
+            out.push(FieldDiff {
+                path: k.clone(),
+                primary: a.get(k).map(Leaf::show),
+                shadow: b.get(k).map(Leaf::show),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(ignore: &[&str]) -> DiffRules {
+        DiffRules {
+            ignore: ignore.iter().map(|s| s.to_string()).collect(),
+            ..DiffRules::default()
+        }
+    }
+
+    #[test]
+    fn json_is_compared_semantically_field_by_field() {
+        let a = br#"{"id": 7, "total": 10, "meta": {"at": "x"}, "tags": ["a","b"]}"#;
+        let b = br#"{"tags": ["a","b"], "total": 10.5, "id": 7, "meta": {"at": "y"}}"#;
+        let d = diff_bodies("application/json", a, b, &rules(&[]));
+        let paths: Vec<&str> = d.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["$.meta.at", "$.total"]);
+        assert_eq!(d[1].primary.as_deref(), Some("10"));
+        assert_eq!(d[1].shadow.as_deref(), Some("10.5"));
+        assert!(diff_bodies("application/json", a, b, &rules(&["$.meta", "$.total"])).is_empty());
+    }
+
+    #[test]
+    fn tolerance_wildcards_and_array_order() {
+        let a = br#"{"items":[{"id":1,"p":1.0},{"id":2,"p":2.0}]}"#;
+        let b = br#"{"items":[{"id":2,"p":2.001},{"id":1,"p":1.0}]}"#;
+        let mut r = rules(&[]);
+        assert!(!diff_bodies("application/json", a, b, &r).is_empty());
+        r.ignore_array_order = true;
+        r.numeric_tolerance = 0.01;
+        assert!(diff_bodies("application/json", a, b, &r).is_empty());
+        let r = rules(&["$.items[*].p"]);
+        let c = br#"{"items":[{"id":1,"p":9},{"id":2,"p":8}]}"#;
+        assert!(diff_bodies("application/json", a, c, &r).is_empty());
+    }
+
+    #[test]
+    fn xml_is_normalised() {
+        let a =
+            b"<Order id=\"7\" cur=\"EUR\">\n  <Total>10</Total>\n  <Item>a</Item><Item>b</Item>\n</Order>";
+        let b = b"<Order cur=\"EUR\" id=\"7\"><Total>10</Total><Item>a</Item><Item>c</Item></Order>";
+        let d = diff_bodies("application/xml", a, b, &rules(&[]));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "/Order/Item[1]/#text");
+    }
+
+    #[test]
+    fn other_bodies_compare_as_bytes() {
+        assert!(diff_bodies("text/plain", b"x", b"x", &rules(&[])).is_empty());
+        assert_eq!(diff_bodies("text/plain", b"x", b"y", &rules(&[]))[0].path, "body");
+    }
+}

@@ -1,0 +1,281 @@
+//! Shadow traffic: a copy of the request goes to the side that is not serving, the client waits
+//! only for the primary, and the two answers are compared in one shape (status, chosen headers,
+//! body). Concurrency and memory are bounded: when the shadow is saturated, the copy is dropped
+//! and counted, never queued.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderName, CONTENT_TYPE};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt as _;
+use metrics::Counter;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use super::body::{RequestBody, ResponseBody, TeeBody};
+use super::diff::{diff_bodies, DiffRules, FieldDiff};
+use super::migration::Side;
+use crate::config::file::ShadowConfig;
+use crate::telemetry::metrics::{Metrics, SHADOW_COMPARISONS};
+use crate::upstream::Upstream;
+
+pub const SHADOW_HEADER: HeaderName = HeaderName::from_static("x-ficus-shadow");
+const RESULTS: [&str; 5] = ["match", "mismatch", "error", "timeout", "dropped"];
+const RECENT: usize = 50;
+
+pub struct Shadow {
+    route: String,
+    percent_bp: u32,
+    allow_writes: bool,
+    compare_headers: Vec<HeaderName>,
+    rules: DiffRules,
+    pub timeout: Duration,
+    pub max_body: u64,
+    slots: Arc<Semaphore>,
+    results: Arc<[Counter; 5]>,
+    recent: Arc<Mutex<VecDeque<DiffRecord>>>,
+    log: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiffRecord {
+    pub at: String,
+    pub route: String,
+    pub request_id: String,
+    pub method: String,
+    pub path: String,
+    /// The side that served the client.
+    pub primary: &'static str,
+    pub primary_status: u16,
+    pub shadow_status: u16,
+    pub diffs: Vec<FieldDiff>,
+}
+
+/// The copy of a request the shadow side gets.
+pub struct ShadowRequest {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub request_id: String,
+}
+
+impl Shadow {
+    pub fn new(route: &str, cfg: &ShadowConfig, metrics: &Metrics) -> Result<Self, String> {
+        let compare_headers = cfg
+            .compare_headers
+            .iter()
+            .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("`{h}` is not a header name")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let log = match &cfg.diff_log {
+            None => None,
+            Some(p) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| format!("cannot open {}: {e}", p.display()))?;
+                Some(Arc::new(Mutex::new(std::io::BufWriter::new(f))))
+            }
+        };
+        Ok(Self {
+            route: route.to_string(),
+            percent_bp: (cfg.percent * 100.0).round().clamp(0.0, 10_000.0) as u32,
+            allow_writes: cfg.allow_writes,
+            compare_headers,
+            rules: DiffRules {
+                ignore: cfg.ignore.clone(),
+                numeric_tolerance: cfg.numeric_tolerance,
+                ignore_array_order: cfg.ignore_array_order,
+            },
+            timeout: cfg.timeout,
+            max_body: cfg.max_body_bytes.0,
+            slots: Arc::new(Semaphore::new(cfg.max_concurrent)),
+            results: Arc::new(
+                RESULTS.map(|r| metrics.counter(SHADOW_COMPARISONS, &[("route", route), ("result", r)])),
+            ),
+            recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT))),
+            log,
+        })
+    }
+
+    /// Whether this request gets a shadow copy: the sampled share, safe methods only unless
+    /// writes are allowed.
+    pub fn wanted(&self, method: &Method) -> bool {
+        (self.allow_writes || method.is_safe()) && fastrand::u32(0..10_000) < self.percent_bp
+    }
+
+    /// A slot for one shadow call, or `None` (counted as dropped) when saturated.
+    pub fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.count("dropped");
+        }
+        permit
+    }
+
+    pub fn count(&self, result: &str) {
+        if let Some(i) = RESULTS.iter().position(|r| *r == result) {
+            self.results[i].increment(1);
+        }
+    }
+
+    pub fn recent(&self) -> Vec<DiffRecord> {
+        self.recent.lock().iter().cloned().collect()
+    }
+
+    /// Wraps the primary response so its body is copied for the comparison, and starts the
+    /// shadow call in the background. The primary is never delayed by it.
+    pub fn launch(
+        self: &Arc<Self>,
+        slot: OwnedSemaphorePermit,
+        req: ShadowRequest,
+        upstream: Arc<Upstream>,
+        primary_side: Side,
+        primary: Response<ResponseBody>,
+    ) -> Response<ResponseBody> {
+        let (parts, body) = primary.into_parts();
+        let (body, copy) = TeeBody::wrap(body, usize::try_from(self.max_body).unwrap_or(usize::MAX));
+        let status = parts.status;
+        let headers = parts.headers.clone();
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            me.compare(req, upstream, primary_side, status, headers, copy)
+                .await;
+        });
+        Response::from_parts(parts, body)
+    }
+
+    async fn compare(
+        &self,
+        req: ShadowRequest,
+        upstream: Arc<Upstream>,
+        primary_side: Side,
+        primary_status: StatusCode,
+        primary_headers: HeaderMap,
+        primary_body: oneshot::Receiver<Option<Bytes>>,
+    ) {
+        let (method, path, request_id) = (
+            req.method.to_string(),
+            req.uri.path().to_string(),
+            req.request_id.clone(),
+        );
+        let shadow = tokio::time::timeout(self.timeout, call(&upstream, req, self.max_body)).await;
+        let (shadow_status, shadow_headers, shadow_body) = match shadow {
+            Err(_) => return self.count("timeout"),
+            Ok(Err(_)) => return self.count("error"),
+            Ok(Ok(Some(s))) => s,
+            Ok(Ok(None)) => return self.count("dropped"),
+        };
+        // The primary body is being streamed to the client; wait for its copy (bounded).
+        let primary_body = match tokio::time::timeout(Duration::from_secs(60), primary_body).await {
+            Ok(Ok(Some(b))) => b,
+            _ => return self.count("dropped"),
+        };
+        let mut diffs = Vec::new();
+        if primary_status != shadow_status {
+            diffs.push(FieldDiff {
+                path: "status".into(),
+                primary: Some(primary_status.as_u16().to_string()),
+                shadow: Some(shadow_status.as_u16().to_string()),
+            });
+        }
+        for h in &self.compare_headers {
+            let (a, b) = (primary_headers.get(h), shadow_headers.get(h));
+            if a != b {
+                let show = |v: Option<&http::HeaderValue>| {
+                    v.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                };
+                diffs.push(FieldDiff {
+                    path: format!("header {h}"),
+                    primary: show(a),
+                    shadow: show(b),
+                });
+            }
+        }
+        let ct = primary_headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        diffs.extend(diff_bodies(ct, &primary_body, &shadow_body, &self.rules));
+        if diffs.is_empty() {
+            return self.count("match");
+        }
+        let record = DiffRecord {
+            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            route: self.route.clone(),
+            request_id,
+            method,
+            path,
+            primary: primary_side.label(),
+            primary_status: primary_status.as_u16(),
+            shadow_status: shadow_status.as_u16(),
+            diffs,
+        };
+        let line = self
+            .log
+            .as_ref()
+            .and_then(|_| serde_json::to_string(&record).ok());
+        {
+            let mut recent = self.recent.lock();
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(record);
+        }
+        self.count("mismatch");
+        if let (Some(log), Some(line)) = (&self.log, line) {
+            let log = log.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                use std::io::Write as _;
+                let mut w = log.lock();
+                let _ = writeln!(w, "{line}");
+                let _ = w.flush();
+            })
+            .await;
+        }
+    }
+}
+
+/// The shadow call: `Ok(None)` when its body is larger than the bound.
+async fn call(
+    upstream: &Upstream,
+    req: ShadowRequest,
+    max_body: u64,
+) -> Result<Option<(StatusCode, HeaderMap, Bytes)>, String> {
+    let picked = upstream.endpoints.pick(None).ok_or("no endpoints")?;
+    let e = picked.endpoint();
+    let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let uri: Uri = format!("{}{pq}", e)
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    let mut r = Request::new(if req.body.is_empty() {
+        RequestBody::Empty
+    } else {
+        RequestBody::Full(Some(req.body))
+    });
+    *r.method_mut() = req.method;
+    *r.uri_mut() = uri;
+    *r.version_mut() = Version::HTTP_11;
+    *r.headers_mut() = req.headers;
+    r.headers_mut()
+        .insert(SHADOW_HEADER, http::HeaderValue::from_static("1"));
+    let resp = upstream
+        .call_within(r, Duration::from_secs(3600))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    match http_body_util::Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX))
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(Some((parts.status, parts.headers, b.to_bytes()))),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}

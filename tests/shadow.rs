@@ -1,0 +1,208 @@
+//! Shadow traffic: copies go to the side that is not serving, answers are compared (ignore rules
+//! honoured), mismatches are recorded field by field, and a hanging shadow never slows or fails
+//! the primary.
+#![allow(clippy::unwrap_used)] // a test that cannot go on should stop right there
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use support::*;
+
+fn config(legacy: &str, modern: &str, shadow: &str) -> String {
+    format!(
+        "\
+log: {{ level: warn, access_log: false }}
+listeners: [{{ name: main, bind: '127.0.0.1:0' }}]
+admin: {{ bind: '127.0.0.1:0' }}
+reload: {{ watch: false }}
+upstreams:
+  legacy: {{ endpoints: ['{legacy}'] }}
+  modern: {{ endpoints: ['{modern}'] }}
+routes:
+  - name: orders
+    match: {{ path_prefix: /orders }}
+    migration:
+      legacy: {{ upstream: legacy }}
+      modern: {{ upstream: modern }}
+      modern_percent: 0
+      shadow: {{ {shadow} }}
+"
+    )
+}
+
+/// Answers every request with this JSON.
+async fn json_upstream(body: &'static str) -> Upstream {
+    Upstream::start(move |_req: Request<Incoming>| async move {
+        let mut r = Response::new(full(body));
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        r
+    })
+    .await
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn comparisons(f: &Ficus, result: &str) -> f64 {
+    let m = get(&f.admin_url("/metrics")).await.text();
+    metric(
+        &m,
+        &format!("ficus_shadow_comparisons_total{{route=\"orders\",result=\"{result}\"}}"),
+    )
+}
+
+#[tokio::test]
+async fn equal_answers_count_as_matches() {
+    let legacy = json_upstream(r#"{"id":7,"total":10}"#).await;
+    let modern = json_upstream(r#"{"total":10.0,"id":7}"#).await;
+    let f = Ficus::start(&config(&legacy.url(), &modern.url(), "percent: 100")).await;
+    for _ in 0..5 {
+        assert_eq!(get(&f.url("/orders/7")).await.text(), r#"{"id":7,"total":10}"#);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            comparisons(&f, "match").await == 5.0
+        })
+        .await
+    );
+    assert_eq!(modern.hits(), 5, "the shadow side got a copy of each request");
+    assert_eq!(comparisons(&f, "mismatch").await, 0.0);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn mismatches_are_recorded_field_by_field_and_ignore_rules_hold() {
+    let legacy = json_upstream(r#"{"id":7,"total":10,"generatedAt":"2026-01-01"}"#).await;
+    let modern = json_upstream(r#"{"id":7,"total":11,"generatedAt":"2026-11-25"}"#).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("diffs.jsonl");
+    let shadow = format!(
+        "percent: 100, ignore: ['$.generatedAt'], diff_log: '{}'",
+        log.display()
+    );
+    let f = Ficus::start(&config(&legacy.url(), &modern.url(), &shadow)).await;
+    let req = Request::get(f.url("/orders/7"))
+        .header("x-request-id", "diff-1")
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&client(), req).await.status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            comparisons(&f, "mismatch").await == 1.0
+        })
+        .await
+    );
+
+    let diffs = get(&f.admin_url("/admin/diffs?route=orders")).await.json();
+    let d = &diffs["diffs"][0];
+    assert_eq!(d["request_id"], "diff-1", "{diffs}");
+    assert_eq!(d["primary"], "legacy");
+    assert_eq!(d["path"], "/orders/7");
+    assert_eq!(
+        d["diffs"].as_array().unwrap().len(),
+        1,
+        "generatedAt is ignored: {diffs}"
+    );
+    assert_eq!(d["diffs"][0]["path"], "$.total");
+    assert_eq!(d["diffs"][0]["primary"], "10");
+    assert_eq!(d["diffs"][0]["shadow"], "11");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            std::fs::read_to_string(&log).is_ok_and(|t| !t.is_empty())
+        })
+        .await
+    );
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(first["diffs"][0]["path"], "$.total");
+    // Another route's name filters it out.
+    assert_eq!(
+        get(&f.admin_url("/admin/diffs?route=other")).await.json()["diffs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn writes_are_not_shadowed_unless_allowed() {
+    let legacy = json_upstream("{}").await;
+    let modern = json_upstream("{}").await;
+    let f = Ficus::start(&config(&legacy.url(), &modern.url(), "percent: 100")).await;
+    send(
+        &client(),
+        Request::post(f.url("/orders")).body(full("{}")).unwrap(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(modern.hits(), 0);
+    f.shutdown().await;
+
+    let f = Ficus::start(&config(
+        &legacy.url(),
+        &modern.url(),
+        "percent: 100, allow_writes: true",
+    ))
+    .await;
+    send(
+        &client(),
+        Request::post(f.url("/orders")).body(full("{}")).unwrap(),
+    )
+    .await;
+    assert!(eventually(Duration::from_secs(5), || async { modern.hits() == 1 }).await);
+    f.shutdown().await;
+}
+
+/// The shadow side accepts and never answers. The primary must stay fast and successful; the
+/// shadow times out, and once its slots are taken, copies are dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_shadow_never_slows_or_fails_the_primary() {
+    let legacy = json_upstream(r#"{"ok":true}"#).await;
+    let hang = Upstream::start(|_req: Request<Incoming>| async move {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Response::new(empty())
+    })
+    .await;
+    let f = Ficus::start(&config(
+        &legacy.url(),
+        &hang.url(),
+        "percent: 100, timeout: 2s, max_concurrent: 2",
+    ))
+    .await;
+    let c = client();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let a = send(&c, Request::get(f.url("/orders/1")).body(empty()).unwrap()).await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(a.status, 200);
+        assert_eq!(a.text(), r#"{"ok":true}"#);
+    }
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "a primary request took {slowest:?}"
+    );
+    assert_eq!(
+        comparisons(&f, "dropped").await,
+        18.0,
+        "two slots, twenty requests"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            comparisons(&f, "timeout").await == 2.0
+        })
+        .await
+    );
+    f.shutdown().await;
+}
