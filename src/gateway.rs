@@ -75,9 +75,17 @@ impl Gateway {
     /// Loads and compiles the config, binds every listener and the admin listener, and starts
     /// serving. Fails without serving anything if the config is invalid or a bind fails.
     pub async fn start(source: ConfigSource) -> Result<Self, StartError> {
+        Self::start_with_clock(source, Arc::new(crate::pipeline::rollout::SystemClock::default())).await
+    }
+
+    /// As [`start`](Self::start), with rollout decisions reading `clock` (tests use a manual one).
+    pub async fn start_with_clock(
+        source: ConfigSource,
+        clock: Arc<dyn crate::pipeline::rollout::Clock>,
+    ) -> Result<Self, StartError> {
         let metrics = Metrics::new();
         let clients = ClientCache::default();
-        let states = KeptState::default();
+        let states = KeptState::with_clock(clock);
         let text = source.read()?;
         let snap = compile(
             &text,
@@ -182,6 +190,7 @@ impl Gateway {
             None
         };
         crate::upstream::health::start(&shared.snapshot.load());
+        crate::pipeline::rollout::start(&shared.snapshot.load());
         for w in &shared.snapshot.load().warnings {
             tracing::warn!(warning = %w, "config warning");
         }

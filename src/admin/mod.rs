@@ -129,6 +129,14 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
                 &serde_json::json!({ "version": snap.version, "routes": routes, "warnings": warnings }),
             )
         }
+        (&Method::GET, "/admin/migration") => json(StatusCode::OK, &migration(shared)),
+        (&Method::POST, p) if p.starts_with("/admin/routes/") && p.ends_with("/rollout") => {
+            if let Err(resp) = authorize(shared, &req) {
+                return resp;
+            }
+            let name = p["/admin/routes/".len()..p.len() - "/rollout".len()].to_string();
+            rollout_action(shared, &name, req).await
+        }
         (&Method::POST, "/admin/reload") => {
             if let Err(resp) = authorize(shared, &req) {
                 return resp;
@@ -158,7 +166,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
         (
             _,
             "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/upstreams" | "/admin/routes"
-            | "/admin/diffs" | "/admin/reload",
+            | "/admin/diffs" | "/admin/migration" | "/admin/reload",
         ) => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
@@ -167,6 +175,74 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
         ),
         _ => problem(StatusCode::NOT_FOUND, "not-found", "no admin endpoint here", None),
     }
+}
+
+/// Per migration route: the split, the rollout stage and its guards' measures, recent diffs.
+fn migration(shared: &Shared) -> serde_json::Value {
+    let snap = shared.snapshot.load();
+    let routes: Vec<serde_json::Value> = snap
+        .router
+        .routes()
+        .iter()
+        .filter_map(|r| {
+            let m = r.migration.as_ref()?;
+            Some(serde_json::json!({
+                "route": &*r.name,
+                "legacy": &*r.upstream.name,
+                "modern": &*m.modern.name,
+                "modern_percent": m.modern_percent(),
+                "rollout": m.rollout.as_ref().map(|ro| ro.status()),
+                "recent_diffs": m.shadow.as_ref().map_or(0, |s| s.recent().len()),
+            }))
+        })
+        .collect();
+    serde_json::json!({ "routes": routes })
+}
+
+#[derive(serde::Deserialize)]
+struct RolloutAction {
+    action: String,
+    #[serde(default)]
+    percent: Option<f64>,
+}
+
+async fn rollout_action(shared: &Shared, name: &str, req: Request<Incoming>) -> Response<ResponseBody> {
+    use http_body_util::BodyExt as _;
+    let bad = |detail: &str| problem(StatusCode::BAD_REQUEST, "invalid-rollout-action", detail, None);
+    let body = match http_body_util::Limited::new(req.into_body(), 4096)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return bad("the body must be a small JSON object"),
+    };
+    let Ok(action) = serde_json::from_slice::<RolloutAction>(&body) else {
+        return bad(r#"send {"action": "pause" | "resume" | "set", "percent": 0-100}"#);
+    };
+    let snap = shared.snapshot.load();
+    let Some(route) = snap.router.routes().iter().find(|r| &*r.name == name) else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "no route with that name",
+            None,
+        );
+    };
+    let Some(ro) = route.migration.as_ref().and_then(|m| m.rollout.as_ref()) else {
+        return problem(
+            StatusCode::CONFLICT,
+            "no-rollout",
+            "this route has no rollout configured",
+            None,
+        );
+    };
+    match (action.action.as_str(), action.percent) {
+        ("pause", _) => ro.pause(),
+        ("resume", _) => ro.resume(),
+        ("set", Some(p)) if (0.0..=100.0).contains(&p) => ro.set_percent(p),
+        _ => return bad(r#"action is "pause", "resume" or "set" (with "percent" from 0 to 100)"#),
+    }
+    json(StatusCode::OK, &ro.status())
 }
 
 /// Each upstream of the active snapshot: endpoints and circuit-breaker state.

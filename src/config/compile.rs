@@ -15,6 +15,7 @@ use super::{ConfigErrors, ConfigProblem, SourceText};
 use crate::pipeline::idempotency::{IdempotencyStore, RouteIdempotency};
 use crate::pipeline::migration::{Migration, StickyKey};
 use crate::pipeline::normalize::normalize_path;
+use crate::pipeline::rollout::Rollout;
 use crate::pipeline::route::{Condition, HostMatch, PathMatch, Route, Router, ValueMatch};
 use crate::pipeline::shadow::Shadow;
 use crate::server::listener::ListenerRuntime;
@@ -56,6 +57,14 @@ impl Snapshot {
         self.upstreams
             .values()
             .filter_map(|u| u.breaker.clone())
+            .collect()
+    }
+
+    pub fn rollouts(&self) -> Vec<Arc<Rollout>> {
+        self.router
+            .routes()
+            .iter()
+            .filter_map(|r| r.migration.as_ref()?.rollout.clone())
             .collect()
     }
 
@@ -516,9 +525,36 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 let (Some(legacy), Some(modern)) = (legacy, modern) else {
                     continue;
                 };
+                let rollout = m.rollout.as_ref().map(|rc| {
+                    deps.states.rollouts.get_or_make(&r.name, m, || {
+                        Rollout::new(&r.name, rc.clone(), m.modern_percent, deps.states.clock.clone())
+                    })
+                });
+                if let Some(rc) = &m.rollout {
+                    if !(rc.step > 0.0 && rc.step <= 100.0) {
+                        bad(
+                            format!("{at}.migration.rollout.step"),
+                            "must be above 0 and at most 100".into(),
+                        );
+                    }
+                    if rc.every.is_zero() {
+                        bad(
+                            format!("{at}.migration.rollout.every"),
+                            "must be greater than zero".into(),
+                        );
+                    }
+                }
                 (
                     legacy,
-                    Some(Migration::new(&r.name, m, modern, sticky, shadow, deps.metrics)),
+                    Some(Migration::new(
+                        &r.name,
+                        m,
+                        modern,
+                        sticky,
+                        shadow,
+                        rollout,
+                        deps.metrics,
+                    )),
                 )
             }
         };

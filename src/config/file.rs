@@ -84,6 +84,34 @@ pub struct MigrationConfig {
     /// Copies of requests to the side that is not serving, with the answers compared.
     #[serde(default)]
     pub shadow: Option<ShadowConfig>,
+    /// Raise `modern_percent` step by step while the modern side stays healthy.
+    #[serde(default)]
+    pub rollout: Option<RolloutConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Percentage points added at each stage.
+    #[serde(default = "default_rollout_step")]
+    pub step: f64,
+    /// How long a stage lasts (with the guards holding) before the next.
+    #[serde(default = "default_rollout_every", with = "humantime_serde_compat")]
+    pub every: Duration,
+    /// Modern-side requests a stage needs before any decision.
+    #[serde(default = "default_rollout_min_requests")]
+    pub min_requests: u64,
+    /// Share of modern answers that are 5xx.
+    #[serde(default = "default_rollout_error_rate")]
+    pub max_error_rate: f64,
+    #[serde(default = "default_rollout_p99", with = "humantime_serde_compat")]
+    pub max_p99: Duration,
+    /// Share of shadow comparisons that mismatch.
+    #[serde(default = "default_rollout_diff_rate")]
+    pub max_diff_rate: f64,
+    /// On a broken guard go back to 0% instead of the last good stage.
+    #[serde(default)]
+    pub rollback_to_zero: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -687,6 +715,24 @@ pub mod humantime_serde_compat {
     }
 }
 
+fn default_rollout_step() -> f64 {
+    10.0
+}
+fn default_rollout_every() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_rollout_min_requests() -> u64 {
+    100
+}
+fn default_rollout_error_rate() -> f64 {
+    0.01
+}
+fn default_rollout_p99() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_rollout_diff_rate() -> f64 {
+    0.01
+}
 fn default_shadow_percent() -> f64 {
     100.0
 }

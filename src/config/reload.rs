@@ -71,6 +71,8 @@ pub async fn reload(shared: &Shared, trigger: &str) -> Result<u64, ConfigErrors>
             shared.clients.retain(&snap.pool_keys());
             shared.states.breakers.retain(&snap.breakers());
             shared.states.endpoints.retain(&snap.endpoint_sets());
+            shared.states.rollouts.retain(&snap.rollouts());
+            crate::pipeline::rollout::start(&snap);
             crate::upstream::health::start(&snap);
             {
                 let mut st = shared.status.lock();

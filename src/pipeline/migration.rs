@@ -97,6 +97,7 @@ pub struct Migration {
     salt: String,
     fallbacks: [Counter; 4],
     pub shadow: Option<Arc<super::shadow::Shadow>>,
+    pub rollout: Option<Arc<super::rollout::Rollout>>,
 }
 
 pub const FALLBACK_REASONS: [&str; 4] = ["connect-error", "timeout", "5xx", "circuit-open"];
@@ -108,6 +109,7 @@ impl Migration {
         modern: Arc<Upstream>,
         sticky: Option<StickyKey>,
         shadow: Option<super::shadow::Shadow>,
+        rollout: Option<Arc<super::rollout::Rollout>>,
         metrics: &Metrics,
     ) -> Self {
         let fallbacks =
@@ -123,12 +125,20 @@ impl Migration {
             // Per route, so that the same user is not in the first 10% of every route at once.
             salt: route.to_string(),
             fallbacks,
-            shadow: shadow.map(Arc::new),
+            shadow: shadow.map(|s| Arc::new(s.with_rollout(rollout.clone()))),
+            rollout,
         }
     }
 
     pub fn modern_percent(&self) -> f64 {
-        f64::from(self.modern_basis_points) / 100.0
+        f64::from(self.basis_points()) / 100.0
+    }
+
+    /// The rollout's current stage when there is one, else the configured percent.
+    fn basis_points(&self) -> u32 {
+        self.rollout
+            .as_ref()
+            .map_or(self.modern_basis_points, |r| r.percent_bp())
     }
 
     /// Places one request.
@@ -142,7 +152,7 @@ impl Migration {
             Some(k) => bucket_of(&self.salt, k),
             None => fastrand::u32(0..10_000),
         };
-        if bucket < self.modern_basis_points {
+        if bucket < self.basis_points() {
             Side::Modern
         } else {
             Side::Legacy

@@ -9,6 +9,7 @@ pub mod forward;
 pub mod idempotency;
 pub mod migration;
 pub mod normalize;
+pub mod rollout;
 pub mod route;
 pub mod shadow;
 
@@ -93,9 +94,15 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
 
     let elapsed = started.elapsed();
     match &ctx.route {
-        Some(r) => r
-            .metrics_for(ctx.side)
-            .record(&method, response.status(), elapsed),
+        Some(r) => {
+            r.metrics_for(ctx.side)
+                .record(&method, response.status(), elapsed);
+            if let (migration::Side::Modern, Some(ro)) =
+                (ctx.side, r.migration.as_ref().and_then(|m| m.rollout.as_ref()))
+            {
+                ro.record(response.status().is_server_error(), elapsed);
+            }
+        }
         None => snap.unmatched.record(&method, response.status(), elapsed),
     }
     if let (Some(log), Some(path)) = (&shared.access_log, log_path) {

@@ -39,6 +39,7 @@ pub struct Shadow {
     results: Arc<[Counter; 5]>,
     recent: Arc<Mutex<VecDeque<DiffRecord>>>,
     log: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>>,
+    rollout: Option<Arc<super::rollout::Rollout>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,7 +101,14 @@ impl Shadow {
             ),
             recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT))),
             log,
+            rollout: None,
         })
+    }
+
+    /// Comparisons feed the rollout's diff-rate guard.
+    pub fn with_rollout(mut self, rollout: Option<Arc<super::rollout::Rollout>>) -> Self {
+        self.rollout = rollout;
+        self
     }
 
     /// Whether this request gets a shadow copy: the sampled share, safe methods only unless
@@ -203,6 +211,9 @@ impl Shadow {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         diffs.extend(diff_bodies(ct, &primary_body, &shadow_body, &self.rules));
+        if let Some(r) = &self.rollout {
+            r.record_comparison(!diffs.is_empty());
+        }
         if diffs.is_empty() {
             return self.count("match");
         }

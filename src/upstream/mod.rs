@@ -17,11 +17,11 @@ use crate::config::file::UpstreamConfig;
 
 /// State that outlives snapshots: a reload that leaves an upstream's config unchanged keeps it
 /// (breaker state, endpoint health); any change to the upstream starts afresh.
-pub struct KeptAcrossReloads<T> {
-    live: Mutex<HashMap<String, (UpstreamConfig, Arc<T>)>>,
+pub struct KeptAcrossReloads<T, C = UpstreamConfig> {
+    live: Mutex<HashMap<String, (C, Arc<T>)>>,
 }
 
-impl<T> Default for KeptAcrossReloads<T> {
+impl<T, C> Default for KeptAcrossReloads<T, C> {
     fn default() -> Self {
         Self {
             live: Mutex::new(HashMap::new()),
@@ -29,8 +29,8 @@ impl<T> Default for KeptAcrossReloads<T> {
     }
 }
 
-impl<T> KeptAcrossReloads<T> {
-    pub fn get_or_make(&self, name: &str, cfg: &UpstreamConfig, make: impl FnOnce() -> T) -> Arc<T> {
+impl<T, C: PartialEq + Clone> KeptAcrossReloads<T, C> {
+    pub fn get_or_make(&self, name: &str, cfg: &C, make: impl FnOnce() -> T) -> Arc<T> {
         let mut live = self.live.lock();
         if let Some((old, v)) = live.get(name) {
             if old == cfg {
@@ -50,10 +50,12 @@ impl<T> KeptAcrossReloads<T> {
     }
 }
 
-/// Everything kept across reloads: per upstream, and the idempotency store (whose in-flight
-/// locks must outlive a reload).
-#[derive(Default)]
+/// Everything kept across reloads: per upstream, per migration route (rollout stage), and the
+/// idempotency store (whose in-flight locks must outlive a reload).
 pub struct KeptState {
+    pub rollouts: KeptAcrossReloads<crate::pipeline::rollout::Rollout, crate::config::file::MigrationConfig>,
+    /// The rollout clock: the system's, or a manual one in tests.
+    pub clock: Arc<dyn crate::pipeline::rollout::Clock>,
     pub breakers: KeptAcrossReloads<breaker::Breakers>,
     pub endpoints: KeptAcrossReloads<balance::EndpointSet>,
     #[allow(clippy::type_complexity)]
@@ -63,4 +65,22 @@ pub struct KeptState {
             Arc<crate::pipeline::idempotency::IdempotencyStore>,
         )>,
     >,
+}
+
+impl Default for KeptState {
+    fn default() -> Self {
+        Self::with_clock(Arc::new(crate::pipeline::rollout::SystemClock::default()))
+    }
+}
+
+impl KeptState {
+    pub fn with_clock(clock: Arc<dyn crate::pipeline::rollout::Clock>) -> Self {
+        Self {
+            rollouts: KeptAcrossReloads::default(),
+            clock,
+            breakers: KeptAcrossReloads::default(),
+            endpoints: KeptAcrossReloads::default(),
+            idempotency: Mutex::new(None),
+        }
+    }
 }

@@ -204,11 +204,31 @@ impl Ficus {
         Self::start_in(dir, yaml).await
     }
 
+    /// Starts with rollout decisions on a clock the test moves.
+    pub async fn start_with_clock(yaml: &str, clock: Arc<ficus::pipeline::rollout::ManualClock>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in_with(dir, yaml, Some(clock))
+            .await
+            .unwrap_or_else(|e| panic!("ficus did not start: {e}"))
+    }
+
     /// Starts with the config written into `dir` (where a test may have put certificates).
     pub async fn start_in(dir: tempfile::TempDir, yaml: &str) -> Result<Self, ficus::gateway::StartError> {
+        Self::start_in_with(dir, yaml, None).await
+    }
+
+    async fn start_in_with(
+        dir: tempfile::TempDir,
+        yaml: &str,
+        clock: Option<Arc<ficus::pipeline::rollout::ManualClock>>,
+    ) -> Result<Self, ficus::gateway::StartError> {
         let config_path = dir.path().join("ficus.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
-        let gateway = Gateway::start(ConfigSource::File(config_path.clone())).await?;
+        let source = ConfigSource::File(config_path.clone());
+        let gateway = match clock {
+            Some(c) => Gateway::start_with_clock(source, c).await?,
+            None => Gateway::start(source).await?,
+        };
         let addr = gateway.addr("main").expect("a listener named `main`");
         let admin = gateway.admin_addr();
         Ok(Self {

@@ -1,0 +1,354 @@
+//! Guarded rollout: while the guards hold over a stage (error rate, p99 latency and shadow diff
+//! rate of the modern side, over at least `min_requests`), `modern_percent` rises by `step`
+//! every `every`; when a guard breaks, it goes back to the last good stage (or to 0) and the
+//! rollout pauses, with the broken guard and its measured value logged.
+//!
+//! Decisions read time from a [`Clock`], so tests drive rollouts with a manual clock.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::config::file::RolloutConfig;
+
+/// Where rollout decisions get the time.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Duration;
+}
+
+pub struct SystemClock(Instant);
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self(Instant::now())
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// A clock that moves only when told to (tests).
+#[derive(Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::SeqCst))
+    }
+}
+
+#[derive(Default)]
+struct Stage {
+    started: Duration,
+    requests: u64,
+    errors: u64,
+    /// Latencies in microseconds; a bounded sample (the first `SAMPLES` of the stage).
+    latencies: Vec<u32>,
+    compared: u64,
+    mismatched: u64,
+}
+
+const SAMPLES: usize = 20_000;
+
+/// A rollout's live state; kept across reloads that leave the route's migration unchanged.
+pub struct Rollout {
+    cfg: RolloutConfig,
+    clock: Arc<dyn Clock>,
+    /// Out of 10 000: what the split reads on every request.
+    percent_bp: AtomicU32,
+    last_good_bp: AtomicU32,
+    paused: AtomicBool,
+    stage: Mutex<Stage>,
+    last_event: Mutex<Option<String>>,
+    pub(crate) ticker_started: AtomicBool,
+    route: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutStatus {
+    pub percent: f64,
+    pub last_good: f64,
+    pub paused: bool,
+    pub stage_requests: u64,
+    pub stage_error_rate: f64,
+    pub stage_p99_ms: f64,
+    pub stage_diff_rate: f64,
+    pub last_event: Option<String>,
+}
+
+impl Rollout {
+    pub fn new(route: &str, cfg: RolloutConfig, start_percent: f64, clock: Arc<dyn Clock>) -> Self {
+        let bp = (start_percent * 100.0).round().clamp(0.0, 10_000.0) as u32;
+        let now = clock.now();
+        Self {
+            cfg,
+            percent_bp: AtomicU32::new(bp),
+            last_good_bp: AtomicU32::new(bp),
+            paused: AtomicBool::new(false),
+            stage: Mutex::new(Stage {
+                started: now,
+                ..Stage::default()
+            }),
+            last_event: Mutex::new(None),
+            ticker_started: AtomicBool::new(false),
+            route: route.to_string(),
+            clock,
+        }
+    }
+
+    pub fn percent_bp(&self) -> u32 {
+        self.percent_bp.load(Ordering::Relaxed)
+    }
+
+    /// One request served by modern.
+    pub fn record(&self, server_error: bool, latency: Duration) {
+        let mut s = self.stage.lock();
+        s.requests += 1;
+        s.errors += u64::from(server_error);
+        if s.latencies.len() < SAMPLES {
+            s.latencies
+                .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// One shadow comparison.
+    pub fn record_comparison(&self, mismatch: bool) {
+        let mut s = self.stage.lock();
+        s.compared += 1;
+        s.mismatched += u64::from(mismatch);
+    }
+
+    fn measures(s: &Stage) -> (f64, f64, f64) {
+        let error_rate = if s.requests == 0 {
+            0.0
+        } else {
+            s.errors as f64 / s.requests as f64
+        };
+        let diff_rate = if s.compared == 0 {
+            0.0
+        } else {
+            s.mismatched as f64 / s.compared as f64
+        };
+        let p99 = if s.latencies.is_empty() {
+            0.0
+        } else {
+            let mut l = s.latencies.clone();
+            l.sort_unstable();
+            let i = ((l.len() as f64 * 0.99).ceil() as usize).clamp(1, l.len()) - 1;
+            f64::from(l[i]) / 1000.0
+        };
+        (error_rate, p99, diff_rate)
+    }
+
+    /// Takes the decision due now, if any: roll back as soon as a guard is broken over at least
+    /// `min_requests`; advance once a stage has lasted `every` with the guards holding.
+    pub fn tick(&self) {
+        if self.paused.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = self.clock.now();
+        let mut s = self.stage.lock();
+        if s.requests < self.cfg.min_requests {
+            return;
+        }
+        let (error_rate, p99_ms, diff_rate) = Self::measures(&s);
+        let max_p99_ms = self.cfg.max_p99.as_secs_f64() * 1000.0;
+        let broken = if error_rate > self.cfg.max_error_rate {
+            Some(format!(
+                "error rate {error_rate:.4} > {}",
+                self.cfg.max_error_rate
+            ))
+        } else if p99_ms > max_p99_ms {
+            Some(format!("p99 {p99_ms:.1} ms > {max_p99_ms:.1} ms"))
+        } else if diff_rate > self.cfg.max_diff_rate {
+            Some(format!("diff rate {diff_rate:.4} > {}", self.cfg.max_diff_rate))
+        } else {
+            None
+        };
+        let current = self.percent_bp.load(Ordering::Relaxed);
+        if let Some(guard) = broken {
+            let back = if self.cfg.rollback_to_zero {
+                0
+            } else {
+                self.last_good_bp.load(Ordering::Relaxed)
+            };
+            self.percent_bp.store(back, Ordering::Relaxed);
+            self.paused.store(true, Ordering::Relaxed);
+            *s = Stage {
+                started: now,
+                ..Stage::default()
+            };
+            let msg = format!(
+                "rolled back from {}% to {}% and paused: {guard}",
+                f64::from(current) / 100.0,
+                f64::from(back) / 100.0
+            );
+            tracing::warn!(route = %self.route, "{msg}");
+            *self.last_event.lock() = Some(msg);
+            return;
+        }
+        if now.saturating_sub(s.started) >= self.cfg.every && current < 10_000 {
+            let next = (current + (self.cfg.step * 100.0).round() as u32).min(10_000);
+            self.last_good_bp.store(current, Ordering::Relaxed);
+            self.percent_bp.store(next, Ordering::Relaxed);
+            *s = Stage {
+                started: now,
+                ..Stage::default()
+            };
+            let msg = format!(
+                "advanced from {}% to {}% (error rate {error_rate:.4}, p99 {p99_ms:.1} ms, diff rate {diff_rate:.4})",
+                f64::from(current) / 100.0,
+                f64::from(next) / 100.0
+            );
+            tracing::info!(route = %self.route, "{msg}");
+            *self.last_event.lock() = Some(msg);
+        }
+    }
+
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Relaxed);
+    }
+
+    pub fn resume(&self) {
+        let mut s = self.stage.lock();
+        *s = Stage {
+            started: self.clock.now(),
+            ..Stage::default()
+        };
+        self.paused.store(false, Ordering::Relaxed);
+    }
+
+    /// Sets the stage by hand; it becomes the last good one too.
+    pub fn set_percent(&self, percent: f64) {
+        let bp = (percent * 100.0).round().clamp(0.0, 10_000.0) as u32;
+        self.percent_bp.store(bp, Ordering::Relaxed);
+        self.last_good_bp.store(bp, Ordering::Relaxed);
+        let mut s = self.stage.lock();
+        *s = Stage {
+            started: self.clock.now(),
+            ..Stage::default()
+        };
+        *self.last_event.lock() = Some(format!("set to {percent}% by the admin API"));
+    }
+
+    pub fn status(&self) -> RolloutStatus {
+        let s = self.stage.lock();
+        let (error_rate, p99, diff_rate) = Self::measures(&s);
+        RolloutStatus {
+            percent: f64::from(self.percent_bp.load(Ordering::Relaxed)) / 100.0,
+            last_good: f64::from(self.last_good_bp.load(Ordering::Relaxed)) / 100.0,
+            paused: self.paused.load(Ordering::Relaxed),
+            stage_requests: s.requests,
+            stage_error_rate: error_rate,
+            stage_p99_ms: p99,
+            stage_diff_rate: diff_rate,
+            last_event: self.last_event.lock().clone(),
+        }
+    }
+}
+
+/// Ticks every rollout of the snapshot that has no ticker yet, until its state is dropped.
+pub fn start(snap: &crate::config::compile::Snapshot) {
+    for r in snap.router.routes() {
+        let Some(ro) = r.migration.as_ref().and_then(|m| m.rollout.clone()) else {
+            continue;
+        };
+        if ro.ticker_started.swap(true, Ordering::AcqRel) {
+            continue;
+        }
+        let weak = Arc::downgrade(&ro);
+        drop(ro);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tick.tick().await;
+                let Some(ro) = weak.upgrade() else { return };
+                ro.tick();
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> RolloutConfig {
+        RolloutConfig {
+            step: 10.0,
+            every: Duration::from_secs(60),
+            min_requests: 10,
+            max_error_rate: 0.05,
+            max_p99: Duration::from_millis(200),
+            max_diff_rate: 0.1,
+            rollback_to_zero: false,
+        }
+    }
+
+    #[test]
+    fn advances_on_healthy_stages_and_rolls_back_on_errors() {
+        let clock = Arc::new(ManualClock::default());
+        let r = Rollout::new("t", cfg(), 10.0, clock.clone());
+        for _ in 0..20 {
+            r.record(false, Duration::from_millis(5));
+        }
+        r.tick();
+        assert_eq!(r.percent_bp(), 1000, "not before `every`");
+        clock.advance(Duration::from_secs(60));
+        r.tick();
+        assert_eq!(r.percent_bp(), 2000);
+        // Next stage: errors break the guard, back to the last good stage and paused.
+        for i in 0..20 {
+            r.record(i % 2 == 0, Duration::from_millis(5));
+        }
+        r.tick();
+        assert_eq!(r.percent_bp(), 1000);
+        assert!(r.status().paused);
+        assert!(r
+            .status()
+            .last_event
+            .unwrap()
+            .contains("error rate 0.5000 > 0.05"));
+    }
+
+    #[test]
+    fn latency_and_diff_guards() {
+        let clock = Arc::new(ManualClock::default());
+        let r = Rollout::new("t", cfg(), 30.0, clock.clone());
+        for _ in 0..20 {
+            r.record(false, Duration::from_millis(500));
+        }
+        r.tick();
+        assert_eq!(r.percent_bp(), 3000, "stays: last good is the start");
+        assert!(r.status().last_event.unwrap().contains("p99 500.0 ms > 200.0 ms"));
+
+        let r = Rollout::new(
+            "t",
+            RolloutConfig {
+                rollback_to_zero: true,
+                ..cfg()
+            },
+            30.0,
+            clock,
+        );
+        for _ in 0..20 {
+            r.record(false, Duration::from_millis(1));
+            r.record_comparison(true);
+        }
+        r.tick();
+        assert_eq!(r.percent_bp(), 0);
+        assert!(r.status().last_event.unwrap().contains("diff rate"));
+    }
+}
