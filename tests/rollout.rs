@@ -236,3 +236,43 @@ async fn admin_api_pauses_resumes_and_sets_the_stage_which_survives_a_reload() {
     send(&c, no_token).await.assert_problem(401, "unauthorized");
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_sharing_redis_agree_on_the_stage() {
+    std::env::set_var(TOKEN_ENV, "roll");
+    let redis = Redis::start().await;
+    let mode = Arc::new(AtomicU32::new(0));
+    let (l, m) = (legacy().await, modern(mode).await);
+    let yaml = format!(
+        "{}state_store: {{ redis_url: '{}', key_prefix: 'test:' }}\n",
+        config(&l.url(), &m.url(), 10, GUARDS, ""),
+        redis.url
+    );
+    let (clock_a, clock_b) = (Arc::new(ManualClock::default()), Arc::new(ManualClock::default()));
+    let a = Ficus::start_with_clock(&yaml, clock_a.clone()).await;
+    let b = Ficus::start_with_clock(&yaml, clock_b).await;
+    let set = Request::post(a.admin_url("/admin/routes/orders/rollout"))
+        .header("authorization", "Bearer roll")
+        .body(full(r#"{"action":"set","percent":45}"#))
+        .unwrap();
+    assert_eq!(send(&client(), set).await.status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status(&b).await["modern_percent"] == 45.0
+        })
+        .await
+    );
+
+    // A decision taken by one instance (an advance on A's healthy traffic) reaches the other.
+    drive_modern(&a, &m, 25).await;
+    clock_a.advance(Duration::from_secs(60));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status(&b).await["modern_percent"] == 65.0
+        })
+        .await
+    );
+    assert_eq!(status(&a).await["modern_percent"], 65.0);
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -237,9 +237,9 @@ async fn rollout_action(shared: &Shared, name: &str, req: Request<Incoming>) -> 
         );
     };
     match (action.action.as_str(), action.percent) {
-        ("pause", _) => ro.pause(),
-        ("resume", _) => ro.resume(),
-        ("set", Some(p)) if (0.0..=100.0).contains(&p) => ro.set_percent(p),
+        ("pause", _) => ro.act(|r| r.pause()).await,
+        ("resume", _) => ro.act(|r| r.resume()).await,
+        ("set", Some(p)) if (0.0..=100.0).contains(&p) => ro.act(|r| r.set_percent(p)).await,
         _ => return bad(r#"action is "pause", "resume" or "set" (with "percent" from 0 to 100)"#),
     }
     json(StatusCode::OK, &ro.status())

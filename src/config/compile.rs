@@ -15,7 +15,7 @@ use super::{ConfigErrors, ConfigProblem, SourceText};
 use crate::pipeline::idempotency::{IdempotencyStore, RouteIdempotency};
 use crate::pipeline::migration::{Migration, StickyKey};
 use crate::pipeline::normalize::normalize_path;
-use crate::pipeline::rollout::Rollout;
+use crate::pipeline::rollout::{Rollout, SharedStage};
 use crate::pipeline::route::{Condition, HostMatch, PathMatch, Route, Router, ValueMatch};
 use crate::pipeline::shadow::Shadow;
 use crate::server::listener::ListenerRuntime;
@@ -525,9 +525,28 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 let (Some(legacy), Some(modern)) = (legacy, modern) else {
                     continue;
                 };
+                let shared = match (&m.rollout, &cfg.state_store.redis_url) {
+                    (Some(_), Some(url)) => {
+                        let prefix = cfg.state_store.key_prefix.as_deref().unwrap_or("ficus:");
+                        match SharedStage::new(url, format!("{prefix}rollout:{}", r.name)) {
+                            Ok(s) => Some(s),
+                            Err(reason) => {
+                                bad("state_store.redis_url".into(), reason);
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                };
                 let rollout = m.rollout.as_ref().map(|rc| {
                     deps.states.rollouts.get_or_make(&r.name, m, || {
-                        Rollout::new(&r.name, rc.clone(), m.modern_percent, deps.states.clock.clone())
+                        Rollout::new(
+                            &r.name,
+                            rc.clone(),
+                            m.modern_percent,
+                            deps.states.clock.clone(),
+                            shared,
+                        )
                     })
                 });
                 if let Some(rc) = &m.rollout {

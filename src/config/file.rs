@@ -34,6 +34,19 @@ pub struct FileConfig {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub idempotency_store: IdempotencyStoreConfig,
+    #[serde(default)]
+    pub state_store: StateStoreConfig,
+}
+
+/// Where state that several instances must agree on lives (the rollout stage). Unset: each
+/// instance keeps its own.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StateStoreConfig {
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    #[serde(default)]
+    pub key_prefix: Option<String>,
 }
 
 /// Where idempotency records live: in-process (default) or Redis, shared by every instance.

@@ -74,6 +74,80 @@ pub struct Rollout {
     last_event: Mutex<Option<String>>,
     pub(crate) ticker_started: AtomicBool,
     route: String,
+    /// Shared with the other instances through Redis, when configured.
+    shared: Option<SharedStage>,
+    /// The shared stage's version this instance last saw or wrote.
+    version: AtomicU64,
+}
+
+/// The stage in a Redis hash (`percent`, `last_good`, `paused`, `version`); every write is a
+/// compare-and-set on `version`, so concurrent decisions by several instances apply once.
+pub struct SharedStage {
+    client: redis::Client,
+    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    key: String,
+}
+
+const CAS: &str = r#"
+local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if v ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'percent', ARGV[2], 'last_good', ARGV[3], 'paused', ARGV[4], 'version', v + 1)
+return 1
+"#;
+
+type Remote = (u32, u32, bool, u64);
+
+impl SharedStage {
+    pub fn new(url: &str, key: String) -> Result<Self, String> {
+        Ok(Self {
+            client: redis::Client::open(url).map_err(|e| e.to_string())?,
+            conn: Default::default(),
+            key,
+        })
+    }
+
+    async fn conn(&self) -> Result<redis::aio::ConnectionManager, String> {
+        self.conn
+            .get_or_try_init(|| async {
+                tokio::time::timeout(Duration::from_secs(2), self.client.get_connection_manager())
+                    .await
+                    .map_err(|_| "connecting to Redis timed out".to_string())?
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .cloned()
+    }
+
+    async fn read(&self) -> Result<Option<Remote>, String> {
+        let mut c = self.conn().await?;
+        let v: (Option<u32>, Option<u32>, Option<u8>, Option<u64>) = redis::cmd("HMGET")
+            .arg(&self.key)
+            .arg("percent")
+            .arg("last_good")
+            .arg("paused")
+            .arg("version")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(match v {
+            (Some(p), Some(l), Some(z), Some(ver)) => Some((p, l, z == 1, ver)),
+            _ => None,
+        })
+    }
+
+    async fn write(&self, expected: u64, percent: u32, last_good: u32, paused: bool) -> Result<bool, String> {
+        let mut c = self.conn().await?;
+        let ok: i64 = redis::Script::new(CAS)
+            .key(&self.key)
+            .arg(expected)
+            .arg(percent)
+            .arg(last_good)
+            .arg(u8::from(paused))
+            .invoke_async(&mut c)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ok == 1)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,7 +163,13 @@ pub struct RolloutStatus {
 }
 
 impl Rollout {
-    pub fn new(route: &str, cfg: RolloutConfig, start_percent: f64, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        route: &str,
+        cfg: RolloutConfig,
+        start_percent: f64,
+        clock: Arc<dyn Clock>,
+        shared: Option<SharedStage>,
+    ) -> Self {
         let bp = (start_percent * 100.0).round().clamp(0.0, 10_000.0) as u32;
         let now = clock.now();
         Self {
@@ -105,7 +185,69 @@ impl Rollout {
             ticker_started: AtomicBool::new(false),
             route: route.to_string(),
             clock,
+            shared,
+            version: AtomicU64::new(0),
         }
+    }
+
+    fn local(&self) -> (u32, u32, bool) {
+        (
+            self.percent_bp.load(Ordering::Relaxed),
+            self.last_good_bp.load(Ordering::Relaxed),
+            self.paused.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Adopts the shared stage if another instance moved it; publishes ours if there is none.
+    async fn sync(&self) {
+        let Some(shared) = &self.shared else { return };
+        match shared.read().await {
+            Ok(Some((p, l, z, ver))) if ver != self.version.load(Ordering::Relaxed) => {
+                self.percent_bp.store(p, Ordering::Relaxed);
+                self.last_good_bp.store(l, Ordering::Relaxed);
+                self.paused.store(z, Ordering::Relaxed);
+                self.version.store(ver, Ordering::Relaxed);
+                *self.stage.lock() = Stage {
+                    started: self.clock.now(),
+                    ..Stage::default()
+                };
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => self.publish((u32::MAX, 0, false)).await,
+            Err(e) => tracing::debug!(route = %self.route, error = %e, "rollout stage not synced"),
+        }
+    }
+
+    /// Writes the local stage to Redis if it differs from `before`.
+    async fn publish(&self, before: (u32, u32, bool)) {
+        let Some(shared) = &self.shared else { return };
+        let (p, l, z) = self.local();
+        if (p, l, z) == before {
+            return;
+        }
+        let expected = self.version.load(Ordering::Relaxed);
+        match shared.write(expected, p, l, z).await {
+            Ok(true) => self.version.store(expected + 1, Ordering::Relaxed),
+            // Another instance decided first; the next sync adopts its stage.
+            Ok(false) => {}
+            Err(e) => tracing::warn!(route = %self.route, error = %e, "rollout stage not shared"),
+        }
+    }
+
+    /// One ticker round: sync with the other instances, decide, publish the decision.
+    pub async fn round(&self) {
+        self.sync().await;
+        let before = self.local();
+        self.tick();
+        self.publish(before).await;
+    }
+
+    /// Applies an admin action and shares it.
+    pub async fn act(&self, f: impl FnOnce(&Self)) {
+        self.sync().await;
+        let before = self.local();
+        f(self);
+        self.publish(before).await;
     }
 
     pub fn percent_bp(&self) -> u32 {
@@ -275,7 +417,7 @@ pub fn start(snap: &crate::config::compile::Snapshot) {
             loop {
                 tick.tick().await;
                 let Some(ro) = weak.upgrade() else { return };
-                ro.tick();
+                ro.round().await;
             }
         });
     }
@@ -300,7 +442,7 @@ mod tests {
     #[test]
     fn advances_on_healthy_stages_and_rolls_back_on_errors() {
         let clock = Arc::new(ManualClock::default());
-        let r = Rollout::new("t", cfg(), 10.0, clock.clone());
+        let r = Rollout::new("t", cfg(), 10.0, clock.clone(), None);
         for _ in 0..20 {
             r.record(false, Duration::from_millis(5));
         }
@@ -326,7 +468,7 @@ mod tests {
     #[test]
     fn latency_and_diff_guards() {
         let clock = Arc::new(ManualClock::default());
-        let r = Rollout::new("t", cfg(), 30.0, clock.clone());
+        let r = Rollout::new("t", cfg(), 30.0, clock.clone(), None);
         for _ in 0..20 {
             r.record(false, Duration::from_millis(500));
         }
@@ -342,6 +484,7 @@ mod tests {
             },
             30.0,
             clock,
+            None,
         );
         for _ in 0..20 {
             r.record(false, Duration::from_millis(1));
