@@ -305,3 +305,28 @@ async fn twenty_reloads_under_load_lose_no_request() {
     assert_eq!(status["version"], 11);
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn status_page_is_served_self_contained() {
+    let a = Upstream::echo().await;
+    let f = Ficus::start(&basic_config(&a.url())).await;
+    let page = get(&f.admin_url("/admin/ui")).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    let html = page.text();
+    assert!(
+        html.contains("/admin/migration")
+            && html.contains("/admin/upstreams")
+            && html.contains("/admin/diffs")
+    );
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no CDN, nothing external"
+    );
+    f.shutdown().await;
+}

@@ -130,6 +130,17 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
             )
         }
         (&Method::GET, "/admin/migration") => json(StatusCode::OK, &migration(shared)),
+        (&Method::GET, "/admin/ui") => {
+            let mut r = text(StatusCode::OK, "text/html; charset=utf-8", UI.to_string());
+            // Everything is inline and same-origin: nothing else may load.
+            r.headers_mut().insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+                ),
+            );
+            r
+        }
         (&Method::POST, p) if p.starts_with("/admin/routes/") && p.ends_with("/rollout") => {
             if let Err(resp) = authorize(shared, &req) {
                 return resp;
@@ -166,7 +177,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
         (
             _,
             "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/upstreams" | "/admin/routes"
-            | "/admin/diffs" | "/admin/migration" | "/admin/reload",
+            | "/admin/diffs" | "/admin/migration" | "/admin/ui" | "/admin/reload",
         ) => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
@@ -176,6 +187,9 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
         _ => problem(StatusCode::NOT_FOUND, "not-found", "no admin endpoint here", None),
     }
 }
+
+/// The status page: static HTML and JS in the binary, reading the JSON endpoints above.
+const UI: &str = include_str!("ui.html");
 
 /// Per migration route: the split, the rollout stage and its guards' measures, recent diffs.
 fn migration(shared: &Shared) -> serde_json::Value {
