@@ -128,6 +128,36 @@ async fn raising_the_percent_moves_sticky_users_only_from_legacy_to_modern() {
     f.shutdown().await;
 }
 
+/// Deterministic: the same 1000 sticky keys land in the same buckets on every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_split_ratio_is_within_tolerance_and_reported_per_backend() {
+    let legacy = Upstream::echo_named("legacy").await;
+    let modern = Upstream::echo_named("modern").await;
+    let f = Ficus::start(&migration_config(
+        &legacy.url(),
+        &modern.url(),
+        "modern_percent: 30\n      sticky: header:x-user",
+    ))
+    .await;
+    let c = client();
+    for i in 0..1000 {
+        side_of(&c, f.url("/orders"), Some(&format!("seeded-user-{i}"))).await;
+    }
+    // Within five points of 30% (a binomial spread of 1000 keys has a 1.45-point deviation).
+    assert!(
+        (250..=350).contains(&modern.hits()),
+        "modern served {} of 1000 keys at 30%",
+        modern.hits()
+    );
+    let st = get(&f.admin_url("/admin/migration")).await.json();
+    let minute = &st["routes"][0]["last_minute"];
+    assert_eq!(minute["modern"]["requests"], modern.hits() as u64, "{st}");
+    assert_eq!(minute["legacy"]["requests"], legacy.hits() as u64, "{st}");
+    assert_eq!(minute["modern"]["error_rate"], 0.0);
+    assert!(minute["legacy"]["p99_ms"].as_f64().unwrap() > 0.0);
+    f.shutdown().await;
+}
+
 #[tokio::test]
 async fn cohort_members_are_always_served_by_modern() {
     let legacy = Upstream::echo_named("legacy").await;

@@ -206,6 +206,16 @@ fn migration(shared: &Shared) -> serde_json::Value {
                 "modern": &*m.modern.name,
                 "modern_percent": m.modern_percent(),
                 "rollout": m.rollout.as_ref().map(|ro| ro.status()),
+                "last_minute": { "legacy": m.legacy_stats.summary(), "modern": m.modern_stats.summary() },
+                "shadow": m.shadow.as_ref().map(|s| {
+                    let (matched, mismatched) = s.totals();
+                    let compared = matched + mismatched;
+                    serde_json::json!({
+                        "compared": compared,
+                        "mismatched": mismatched,
+                        "diff_rate": if compared == 0 { 0.0 } else { mismatched as f64 / compared as f64 },
+                    })
+                }),
                 "recent_diffs": m.shadow.as_ref().map_or(0, |s| s.recent().len()),
             }))
         })

@@ -98,6 +98,97 @@ pub struct Migration {
     fallbacks: [Counter; 4],
     pub shadow: Option<Arc<super::shadow::Shadow>>,
     pub rollout: Option<Arc<super::rollout::Rollout>>,
+    /// The last minute of traffic per side, for `GET /admin/migration`.
+    pub legacy_stats: WindowStats,
+    pub modern_stats: WindowStats,
+}
+
+/// Requests, 5xx answers and latencies over the last `WINDOW_SECS` seconds, in one-second
+/// buckets (latency samples capped per bucket, so memory stays bounded under load).
+pub struct WindowStats {
+    epoch: std::time::Instant,
+    buckets: parking_lot::Mutex<Vec<StatBucket>>,
+}
+
+#[derive(Default, Clone)]
+struct StatBucket {
+    second: u64,
+    requests: u64,
+    errors: u64,
+    latencies_us: Vec<u32>,
+}
+
+const WINDOW_SECS: u64 = 60;
+const SAMPLES_PER_SECOND: usize = 200;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SideSummary {
+    pub requests: u64,
+    pub error_rate: f64,
+    pub p99_ms: f64,
+}
+
+impl Default for WindowStats {
+    fn default() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            buckets: parking_lot::Mutex::new(vec![
+                StatBucket {
+                    second: u64::MAX,
+                    ..Default::default()
+                };
+                WINDOW_SECS as usize
+            ]),
+        }
+    }
+}
+
+impl WindowStats {
+    pub fn record(&self, server_error: bool, latency: std::time::Duration) {
+        let second = self.epoch.elapsed().as_secs();
+        let mut g = self.buckets.lock();
+        let b = &mut g[(second % WINDOW_SECS) as usize];
+        if b.second != second {
+            *b = StatBucket {
+                second,
+                ..Default::default()
+            };
+        }
+        b.requests += 1;
+        b.errors += u64::from(server_error);
+        if b.latencies_us.len() < SAMPLES_PER_SECOND {
+            b.latencies_us
+                .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
+        }
+    }
+
+    pub fn summary(&self) -> SideSummary {
+        let now = self.epoch.elapsed().as_secs();
+        let g = self.buckets.lock();
+        let live = g
+            .iter()
+            .filter(|b| b.second != u64::MAX && now.saturating_sub(b.second) < WINDOW_SECS);
+        let (mut requests, mut errors, mut lat) = (0, 0, Vec::new());
+        for b in live {
+            requests += b.requests;
+            errors += b.errors;
+            lat.extend_from_slice(&b.latencies_us);
+        }
+        lat.sort_unstable();
+        let p99_ms = match lat.len() {
+            0 => 0.0,
+            n => f64::from(lat[((n as f64 * 0.99).ceil() as usize).clamp(1, n) - 1]) / 1000.0,
+        };
+        SideSummary {
+            requests,
+            error_rate: if requests == 0 {
+                0.0
+            } else {
+                errors as f64 / requests as f64
+            },
+            p99_ms,
+        }
+    }
 }
 
 pub const FALLBACK_REASONS: [&str; 4] = ["connect-error", "timeout", "5xx", "circuit-open"];
@@ -127,6 +218,8 @@ impl Migration {
             fallbacks,
             shadow: shadow.map(|s| Arc::new(s.with_rollout(rollout.clone()))),
             rollout,
+            legacy_stats: WindowStats::default(),
+            modern_stats: WindowStats::default(),
         }
     }
 

@@ -97,10 +97,17 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         Some(r) => {
             r.metrics_for(ctx.side)
                 .record(&method, response.status(), elapsed);
-            if let (migration::Side::Modern, Some(ro)) =
-                (ctx.side, r.migration.as_ref().and_then(|m| m.rollout.as_ref()))
-            {
-                ro.record(response.status().is_server_error(), elapsed);
+            if let Some(m) = &r.migration {
+                let failed = response.status().is_server_error();
+                match ctx.side {
+                    migration::Side::Legacy => m.legacy_stats.record(failed, elapsed),
+                    migration::Side::Modern => {
+                        m.modern_stats.record(failed, elapsed);
+                        if let Some(ro) = &m.rollout {
+                            ro.record(failed, elapsed);
+                        }
+                    }
+                }
             }
         }
         None => snap.unmatched.record(&method, response.status(), elapsed),

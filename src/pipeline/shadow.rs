@@ -40,6 +40,8 @@ pub struct Shadow {
     recent: Arc<Mutex<VecDeque<DiffRecord>>>,
     log: Option<Arc<Mutex<std::io::BufWriter<std::fs::File>>>>,
     rollout: Option<Arc<super::rollout::Rollout>>,
+    matched: std::sync::atomic::AtomicU64,
+    mismatched: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +104,8 @@ impl Shadow {
             recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT))),
             log,
             rollout: None,
+            matched: Default::default(),
+            mismatched: Default::default(),
         })
     }
 
@@ -130,6 +134,14 @@ impl Shadow {
         if let Some(i) = RESULTS.iter().position(|r| *r == result) {
             self.results[i].increment(1);
         }
+    }
+
+    /// Comparisons (matched, mismatched) since this shadow started.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.matched.load(std::sync::atomic::Ordering::Relaxed),
+            self.mismatched.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     pub fn recent(&self) -> Vec<DiffRecord> {
@@ -215,8 +227,10 @@ impl Shadow {
             r.record_comparison(!diffs.is_empty());
         }
         if diffs.is_empty() {
+            self.matched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return self.count("match");
         }
+        self.mismatched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let record = DiffRecord {
             at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             route: self.route.clone(),
