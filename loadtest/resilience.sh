@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What the resilience features cost on top of the plain route, and what an idempotent POST
-# costs with the in-process and the Redis store. ficus pinned to CPU0 (one worker), wrk and the
+# What the resilience and migration features cost on top of the plain route: breaker + retry,
+# an idempotent POST (in-process and Redis store), a split route, and a split route with 100%
+# shadowing. ficus pinned to CPU0 (one worker), wrk and the
 # bundled upstream on CPU1; prints ficus's CPU microseconds per request for each variant.
 # Usage: loadtest/resilience.sh [duration_s=8] [connections=64]
 # Loopback only; stops by itself. Needs wrk and redis-server (Debian packages).
@@ -16,6 +17,8 @@ $pin1 target/release/examples/bench_upstream 127.0.0.1:18090 2>/dev/null &
 $pin1 redis-server --port 18379 --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
 cat > "$W/post.lua" <<'LUA'
 local n = 0
+-- A different key space per run (and per warm-up), so no key is ever replayed.
+math.randomseed(os.time() + os.clock() * 1000000)
 local seed = tostring(math.random(1, 1000000000))
 request = function()
   n = n + 1
@@ -34,10 +37,12 @@ upstreams:
   up:
     endpoints: ["http://127.0.0.1:18090"]
 $up
+  up2:
+    endpoints: ["http://127.0.0.1:18090"]
 routes:
   - name: plain
     match: { path_prefix: / }
-    upstream: up
+${ROUTE_TARGET:-    upstream: up}
 $route
 $top
 YAML
@@ -51,7 +56,7 @@ YAML
   reqs=$(echo "$out" | awk '/requests in/{print $1}')
   printf '%-32s rps=%-10s cpu_us_per_req=%s non2xx=%s\n' "$name" "$(echo "$out" | awk '/Requests\/sec/{print $2}')" \
     "$(awk -v a="$t0" -v b="$t1" -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", (b-a)*1e6/hz/r}')" \
-    "$(echo "$out" | awk '/Non-2xx/{print $4}')"
+    "$(echo "$out" | awk '/Non-2xx/{print $5}')"
   kill $P; wait $P 2>/dev/null || true
 }
 BR='    circuit_breaker: { window: 10s, min_requests: 20, failure_rate: 0.5 }'
@@ -63,3 +68,11 @@ $RT" "" ""
 run "POST (no idempotency)" "" "" "" -s "$W/post.lua"
 run "POST + idempotency (local)" "" "$IDEM" "" -s "$W/post.lua"
 run "POST + idempotency (redis)" "" "$IDEM" "idempotency_store: { redis_url: 'redis://127.0.0.1:18379' }" -s "$W/post.lua"
+SPLIT='    migration:
+      legacy: { upstream: up }
+      modern: { upstream: up2 }
+      modern_percent: 50
+      sticky: client-ip'
+ROUTE_TARGET="$SPLIT" run "GET, split route (50%, sticky)" "" "" ""
+ROUTE_TARGET="$SPLIT
+      shadow: { percent: 100, max_concurrent: 256 }" run "GET, split + 100% shadow" "" "" ""
