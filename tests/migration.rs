@@ -39,13 +39,6 @@ async fn side_of(c: &H1Client, url: String, user: Option<&str>) -> String {
     send(c, b.body(empty()).unwrap()).await.echoed().name
 }
 
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyless_requests_split_at_the_configured_ratio() {
     let legacy = Upstream::echo_named("legacy").await;

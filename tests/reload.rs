@@ -33,13 +33,6 @@ fn post_reload(f: &Ficus, token: Option<&str>) -> Request<Body> {
     b.body(empty()).unwrap()
 }
 
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn admin_reload_applies_a_valid_config() {
     std::env::set_var("FICUS_TEST_TOKEN_VALID", "t0k3n");

@@ -36,13 +36,6 @@ async fn flapping(failing: Arc<AtomicBool>) -> Upstream {
     .await
 }
 
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn breaker_trips_on_503s_and_recovers_through_half_open() {
     let failing = Arc::new(AtomicBool::new(true));

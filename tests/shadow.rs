@@ -44,20 +44,13 @@ async fn json_upstream(body: &'static str) -> Upstream {
     .await
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn comparisons(f: &Ficus, result: &str) -> f64 {
     let m = get(&f.admin_url("/metrics")).await.text();
     metric(
         &m,
         &format!("ficus_shadow_comparisons_total{{route=\"orders\",result=\"{result}\"}}"),
     )
+    .unwrap_or(0.0)
 }
 
 #[tokio::test]
