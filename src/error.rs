@@ -45,6 +45,14 @@ pub enum ProxyError {
     UpstreamFailed { upstream: String, reason: String },
     #[error("the protocol upgrade failed: {0}")]
     UpgradeFailed(String),
+    #[error("authentication failed: {reason}")]
+    Unauthenticated { reason: String, invalid: bool },
+    #[error("the token lacks a required scope ({scope})")]
+    InsufficientScope { scope: String },
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("the identity provider is unavailable: {0}")]
+    IdentityUnavailable(String),
     #[error("this route requires an Idempotency-Key header")]
     IdempotencyKeyMissing,
     #[error("the Idempotency-Key must be 1 to 255 visible ASCII characters")]
@@ -74,7 +82,11 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::CircuitOpen { .. } | Self::IdempotencyStore(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::CircuitOpen { .. } | Self::IdempotencyStore(_) | Self::IdentityUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope { .. } | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::IdempotencyKeyMissing | Self::IdempotencyKeyInvalid => StatusCode::BAD_REQUEST,
             Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -98,6 +110,11 @@ impl ProxyError {
             Self::UpstreamFailed { .. } => "upstream-failed",
             Self::UpgradeFailed(_) => "upgrade-failed",
             Self::CircuitOpen { .. } => "circuit-open",
+            Self::Unauthenticated { invalid: true, .. } => "invalid-token",
+            Self::Unauthenticated { invalid: false, .. } => "missing-token",
+            Self::InsufficientScope { .. } => "insufficient-scope",
+            Self::Forbidden(_) => "forbidden",
+            Self::IdentityUnavailable(_) => "identity-unavailable",
             Self::IdempotencyKeyMissing => "idempotency-key-missing",
             Self::IdempotencyKeyInvalid => "idempotency-key-invalid",
             Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
@@ -118,11 +135,37 @@ impl ProxyError {
     }
 
     pub fn to_response(&self, request_id: Option<&HeaderValue>) -> Response<ResponseBody> {
-        let mut resp = problem(self.status(), self.kind(), &self.to_string(), request_id);
+        // Why a token failed goes to the log, not to the caller.
+        let detail = match self {
+            Self::Unauthenticated { invalid: true, .. } => {
+                "the bearer token is invalid or expired".to_string()
+            }
+            Self::Unauthenticated { invalid: false, .. } => "a bearer token is required".to_string(),
+            other => other.to_string(),
+        };
+        let mut resp = problem(self.status(), self.kind(), &detail, request_id);
         match self {
             Self::CircuitOpen { retry_after_secs, .. } => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            Self::Unauthenticated { invalid, .. } => {
+                let challenge = if *invalid {
+                    r#"Bearer error="invalid_token""#
+                } else {
+                    "Bearer"
+                };
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            }
+            Self::InsufficientScope { scope } => {
+                let v = format!(
+                    r#"Bearer error="insufficient_scope", scope="{}""#,
+                    scope.replace('"', "")
+                );
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
             }
             Self::IdempotencyKeyInFlight => {
                 resp.headers_mut()

@@ -191,6 +191,7 @@ impl Gateway {
         };
         crate::upstream::health::start(&shared.snapshot.load());
         crate::pipeline::rollout::start(&shared.snapshot.load());
+        crate::identity::jwt::start_refreshers(&shared.snapshot.load().jwt_providers);
         for w in &shared.snapshot.load().warnings {
             tracing::warn!(warning = %w, "config warning");
         }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod gateway;
+pub mod identity;
 pub mod pipeline;
 pub mod server;
 pub mod telemetry;

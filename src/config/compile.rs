@@ -12,6 +12,7 @@ use http::Method;
 
 use super::file::{FileConfig, ShutdownConfig};
 use super::{ConfigErrors, ConfigProblem, SourceText};
+use crate::identity::jwt::JwtProvider;
 use crate::pipeline::idempotency::{IdempotencyStore, RouteIdempotency};
 use crate::pipeline::migration::{Migration, StickyKey};
 use crate::pipeline::normalize::normalize_path;
@@ -46,6 +47,7 @@ pub struct Snapshot {
     pub idempotency_store: Arc<IdempotencyStore>,
     /// Not errors: the config is valid, but probably not what was meant (unreachable routes).
     pub warnings: Vec<ConfigProblem>,
+    pub jwt_providers: Vec<Arc<JwtProvider>>,
 }
 
 impl Snapshot {
@@ -321,6 +323,23 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         );
     }
 
+    let mut providers: BTreeMap<String, Arc<JwtProvider>> = BTreeMap::new();
+    for (name, p) in &cfg.identity.jwt {
+        if p.issuer.is_empty() || p.audiences.is_empty() {
+            bad(
+                format!("identity.jwt.{name}"),
+                "set `issuer` and at least one audience".into(),
+            );
+        }
+        // Built fresh to validate; the kept one (same config) carries the keys and cache over.
+        match JwtProvider::new(name, p, &src.base_dir) {
+            Ok(fresh) => {
+                let kept = deps.states.jwt.get_or_make(name, p, || fresh);
+                providers.insert(name.clone(), kept);
+            }
+            Err(reason) => bad(format!("identity.jwt.{name}"), reason),
+        }
+    }
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
@@ -594,7 +613,27 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             }
         }
         let metrics = RouteMetrics::new(deps.metrics, &r.name, &upstream.name);
+        let identity = match &r.identity {
+            None => None,
+            Some(ic) => match providers.get(&ic.jwt) {
+                None => {
+                    bad(
+                        format!("{at}.identity.jwt"),
+                        format!("no JWT provider named `{}`", ic.jwt),
+                    );
+                    None
+                }
+                Some(p) => match crate::identity::RouteIdentity::new(ic, p.clone()) {
+                    Ok(i) => Some(i),
+                    Err(reason) => {
+                        bad(format!("{at}.identity"), reason);
+                        None
+                    }
+                },
+            },
+        };
         routes.push(Route {
+            identity,
             headers: header_conds,
             query: query_conds,
             cookies: cookie_conds,
@@ -645,6 +684,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         }
     }
     Ok(Snapshot {
+        jwt_providers: providers.into_values().collect(),
         warnings,
         idempotency_store,
         version,

@@ -36,6 +36,84 @@ pub struct FileConfig {
     pub idempotency_store: IdempotencyStoreConfig,
     #[serde(default)]
     pub state_store: StateStoreConfig,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// JWT providers by name; routes refer to them.
+    #[serde(default)]
+    pub jwt: BTreeMap<String, JwtProviderConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtProviderConfig {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    /// The only algorithms accepted, whatever a token says (one family per provider).
+    pub algorithms: Vec<String>,
+    #[serde(default = "default_jwt_leeway", with = "humantime_serde_compat")]
+    pub leeway: Duration,
+    /// Refuse tokens without `exp`.
+    #[serde(default = "default_true")]
+    pub require_exp: bool,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// A public key in PEM (RSA, EC or Ed25519, per `algorithms`), relative to the config file.
+    #[serde(default)]
+    pub pem_file: Option<PathBuf>,
+    /// The environment variable holding an HMAC secret (at least 32 bytes).
+    #[serde(default)]
+    pub hmac_secret_env: Option<String>,
+    #[serde(default = "default_jwks_refresh", with = "humantime_serde_compat")]
+    pub jwks_refresh: Duration,
+    /// A token with an unknown `kid` triggers at most one JWKS refetch per this interval.
+    #[serde(default = "default_unknown_kid", with = "humantime_serde_compat")]
+    pub unknown_kid_refetch: Duration,
+    #[serde(default = "default_max_token")]
+    pub max_token_bytes: ByteSize,
+    /// Verified tokens are cached (by hash) for at most this long, and never past `exp`.
+    #[serde(default = "default_jwt_cache_ttl", with = "humantime_serde_compat")]
+    pub cache_ttl: Duration,
+    #[serde(default = "default_idem_entries")]
+    pub cache_entries: u64,
+}
+
+/// What a route requires of its caller.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteIdentityConfig {
+    /// The JWT provider (under `identity.jwt`).
+    pub jwt: String,
+    /// Let anonymous callers through (claims are still checked and forwarded when a token is sent).
+    #[serde(default)]
+    pub optional: bool,
+    /// Every one of these must be in the token's `scope` string or `scp` array.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub claims: BTreeMap<String, ClaimRule>,
+    /// Claim name -> header sent upstream (the caller's own copies are always removed).
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// Also read the token from this cookie.
+    #[serde(default)]
+    pub token_cookie: Option<String>,
+    /// Also read the token from this query parameter (off by default: URLs get logged).
+    #[serde(default)]
+    pub token_query: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRule {
+    #[serde(default)]
+    pub equals: Option<String>,
+    #[serde(default)]
+    pub one_of: Vec<String>,
 }
 
 /// Where state that several instances must agree on lives (the rollout stage). Unset: each
@@ -583,6 +661,9 @@ pub struct RouteConfig {
     /// A legacy and a modern side with a split between them.
     #[serde(default)]
     pub migration: Option<MigrationConfig>,
+    /// Who may call this route; anyone unless present.
+    #[serde(default)]
+    pub identity: Option<RouteIdentityConfig>,
     /// Idempotency keys on this route; off unless present.
     #[serde(default)]
     pub idempotency: Option<IdempotencyConfig>,
@@ -728,6 +809,21 @@ pub mod humantime_serde_compat {
     }
 }
 
+fn default_jwt_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_unknown_kid() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_token() -> ByteSize {
+    ByteSize(8 * 1024)
+}
+fn default_jwt_cache_ttl() -> Duration {
+    Duration::from_secs(300)
+}
 fn default_rollout_step() -> f64 {
     10.0
 }

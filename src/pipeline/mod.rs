@@ -50,6 +50,8 @@ pub struct RequestCtx {
     pub route: Option<Arc<Route>>,
     /// The side of a migration route that served (legacy for routes without one).
     pub side: migration::Side,
+    /// The caller's verified claims, when the route checks identity and a token was sent.
+    pub claims: Option<Arc<crate::identity::jwt::Claims>>,
 }
 
 struct InFlight<'a>(&'a AtomicUsize);
@@ -76,6 +78,7 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         client: conn.peer.ip(),
         route: None,
         side: migration::Side::Legacy,
+        claims: None,
     };
     let method = req.method().clone();
     let log_path = shared.access_log.as_ref().map(|_| req.uri().path().to_owned());
@@ -163,6 +166,12 @@ async fn run(
         Cow::Borrowed(_) => None,
         Cow::Owned(p) => Some(p),
     };
+    // Stage 4: identity.
+    let mut req = req;
+    if let Some(idn) = &route.identity {
+        let query = req.uri().query().map(str::to_string);
+        ctx.claims = idn.check(req.headers_mut(), query.as_deref()).await?;
+    }
     let req = req.map(InBody::Stream);
     match &route.idempotency {
         // Stage 7: idempotency keys, around the rest of the pipeline.

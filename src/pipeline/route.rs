@@ -181,6 +181,7 @@ pub struct Route {
     pub query: Vec<Condition>,
     pub cookies: Vec<Condition>,
     pub idempotency: Option<super::idempotency::RouteIdempotency>,
+    pub identity: Option<crate::identity::RouteIdentity>,
     /// With a migration, `upstream` and `metrics` are the legacy side's.
     pub migration: Option<super::migration::Migration>,
 }

@@ -54,6 +54,8 @@ impl<T, C: PartialEq + Clone> KeptAcrossReloads<T, C> {
 /// idempotency store (whose in-flight locks must outlive a reload).
 pub struct KeptState {
     pub rollouts: KeptAcrossReloads<crate::pipeline::rollout::Rollout, crate::config::file::MigrationConfig>,
+    /// JWT providers keep their keys and verified-token cache while their config is unchanged.
+    pub jwt: KeptAcrossReloads<crate::identity::jwt::JwtProvider, crate::config::file::JwtProviderConfig>,
     /// The rollout clock: the system's, or a manual one in tests.
     pub clock: Arc<dyn crate::pipeline::rollout::Clock>,
     pub breakers: KeptAcrossReloads<breaker::Breakers>,
@@ -77,6 +79,7 @@ impl KeptState {
     pub fn with_clock(clock: Arc<dyn crate::pipeline::rollout::Clock>) -> Self {
         Self {
             rollouts: KeptAcrossReloads::default(),
+            jwt: KeptAcrossReloads::default(),
             clock,
             breakers: KeptAcrossReloads::default(),
             endpoints: KeptAcrossReloads::default(),

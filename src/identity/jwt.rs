@@ -1,0 +1,381 @@
+//! JWT providers: keys (static PEM, an HMAC secret from the environment, or a JWKS URL kept
+//! fresh), and verification hardened as SECURITY.md asks: the algorithm comes from config and
+//! must match the key's family, `kid` is an exact lookup in the cached set, nothing a token
+//! names is ever fetched, the size is capped before decoding, `iss`/`aud`/`exp`/`nbf` are always
+//! checked with the configured leeway, and duplicate claims are refused.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::file::JwtProviderConfig;
+
+/// Verified claims. Deserialising refuses a duplicated key anywhere at the top level
+/// (`{"role":"user","role":"admin"}` is an attack, not a token).
+#[derive(Debug, Clone, Default)]
+pub struct Claims(pub BTreeMap<String, serde_json::Value>);
+
+impl<'de> Deserialize<'de> for Claims {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Claims;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Claims, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = m.next_entry::<String, serde_json::Value>()? {
+                    if out.insert(k.clone(), v).is_some() {
+                        return Err(serde::de::Error::custom(format!("duplicate claim `{k}`")));
+                    }
+                }
+                Ok(Claims(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl Claims {
+    pub fn get_str(&self, name: &str) -> Option<String> {
+        match self.0.get(name)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Scopes from a space-separated `scope` string or an `scp` array.
+    pub fn scopes(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        if let Some(serde_json::Value::String(s)) = self.0.get("scope") {
+            out.extend(s.split_whitespace().map(str::to_string));
+        }
+        match self.0.get("scp") {
+            Some(serde_json::Value::Array(a)) => {
+                out.extend(a.iter().filter_map(|v| v.as_str().map(str::to_string)))
+            }
+            Some(serde_json::Value::String(s)) => out.extend(s.split_whitespace().map(str::to_string)),
+            _ => {}
+        }
+        out
+    }
+}
+
+/// Why a token was refused (for the log; the client only learns `invalid_token`).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("algorithm {0:?} is not allowed for this provider")]
+    Algorithm(Algorithm),
+    #[error("no key for this token (kid {0:?})")]
+    UnknownKey(Option<String>),
+    #[error("the key is not of the token's algorithm family")]
+    KeyFamily,
+    #[error("rejected: {0}")]
+    Invalid(String),
+    #[error("the identity provider's keys are unavailable: {0}")]
+    KeysUnavailable(String),
+}
+
+struct KeySet {
+    by_kid: HashMap<String, DecodingKey>,
+    /// Keys without a `kid` (static keys): tried only for tokens without one.
+    anonymous: Vec<DecodingKey>,
+}
+
+pub struct JwtProvider {
+    pub name: String,
+    cfg: JwtProviderConfig,
+    algorithms: Vec<Algorithm>,
+    keys: ArcSwap<KeySet>,
+    /// When keys were last fetched (ms since `epoch`), for the unknown-`kid` refetch limit.
+    last_fetch_ms: AtomicU64,
+    fetch_lock: tokio::sync::Mutex<()>,
+    epoch: Instant,
+    cache: moka::sync::Cache<[u8; 32], Cached>,
+    pub(crate) refresher_started: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Clone)]
+struct Cached {
+    claims: Arc<Claims>,
+    kid: Option<String>,
+    ttl: Duration,
+}
+
+struct CacheTtl;
+
+impl moka::Expiry<[u8; 32], Cached> for CacheTtl {
+    fn expire_after_create(&self, _k: &[u8; 32], v: &Cached, _now: std::time::Instant) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
+
+pub fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+    s.parse::<Algorithm>()
+        .map_err(|_| format!("`{s}` is not a JWT algorithm (RS256, ES256, HS256, ...)"))
+}
+
+impl JwtProvider {
+    /// Builds the provider and loads static keys. A JWKS is fetched later, by [`refresh`].
+    pub fn new(name: &str, cfg: &JwtProviderConfig, base_dir: &std::path::Path) -> Result<Self, String> {
+        let algorithms = cfg
+            .algorithms
+            .iter()
+            .map(|a| parse_algorithm(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        if algorithms.is_empty() {
+            return Err("list at least one algorithm".into());
+        }
+        let families: Vec<_> = algorithms.iter().map(|a| a.family()).collect();
+        let hmac = families.contains(&jsonwebtoken::AlgorithmFamily::Hmac);
+        if hmac && families.iter().any(|f| *f != jsonwebtoken::AlgorithmFamily::Hmac) {
+            // The classic confusion: a public key used as an HMAC secret.
+            return Err("HMAC algorithms cannot share a provider with public-key algorithms".into());
+        }
+        let mut anonymous = Vec::new();
+        if let Some(pem) = &cfg.pem_file {
+            let path = base_dir.join(pem);
+            let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let key = families
+                .iter()
+                .find_map(|f| match f {
+                    jsonwebtoken::AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&bytes).ok(),
+                    jsonwebtoken::AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&bytes).ok(),
+                    jsonwebtoken::AlgorithmFamily::Ed => DecodingKey::from_ed_pem(&bytes).ok(),
+                    jsonwebtoken::AlgorithmFamily::Hmac => None,
+                })
+                .ok_or_else(|| format!("{}: not a public key for {:?}", path.display(), cfg.algorithms))?;
+            anonymous.push(key);
+        }
+        if let Some(env) = &cfg.hmac_secret_env {
+            let secret = std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))?;
+            if secret.len() < 32 {
+                return Err(format!("the HMAC secret in {env} must be at least 32 bytes"));
+            }
+            anonymous.push(DecodingKey::from_secret(secret.as_bytes()));
+        }
+        if anonymous.is_empty() && cfg.jwks_url.is_none() {
+            return Err("set jwks_url, pem_file or hmac_secret_env".into());
+        }
+        Ok(Self {
+            name: name.to_string(),
+            cfg: cfg.clone(),
+            algorithms,
+            keys: ArcSwap::from_pointee(KeySet {
+                by_kid: HashMap::new(),
+                anonymous,
+            }),
+            last_fetch_ms: AtomicU64::new(0),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            epoch: Instant::now(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(cfg.cache_entries)
+                .expire_after(CacheTtl)
+                .build(),
+            refresher_started: Default::default(),
+        })
+    }
+
+    pub fn config(&self) -> &JwtProviderConfig {
+        &self.cfg
+    }
+
+    /// Fetches the JWKS now (the refresher calls this on schedule). On failure the last good
+    /// keys stay. Returns how long the IdP asks the keys to be cached, if it says.
+    pub async fn refresh(&self) -> Result<Option<Duration>, String> {
+        // One fetch at a time: a request that misses a `kid` waits for a fetch in flight
+        // (the start-up one, say) instead of starting another.
+        let _one = self.fetch_lock.lock().await;
+        self.fetch().await
+    }
+
+    async fn fetch(&self) -> Result<Option<Duration>, String> {
+        let Some(url) = &self.cfg.jwks_url else {
+            return Ok(None);
+        };
+        self.last_fetch_ms
+            .store(self.epoch.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
+        let req = http::Request::get(url.as_str())
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+            .await
+            .map_err(|_| "JWKS fetch timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("JWKS answered {}", resp.status()));
+        }
+        let max_age = resp
+            .headers()
+            .get(http::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.split(',')
+                    .find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<u64>().ok())
+            })
+            .map(Duration::from_secs);
+        let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("bad JWKS: {e}"))?;
+        let mut by_kid = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = &jwk.common.key_id else { continue };
+            // A key whose type does not fit the provider's algorithms is skipped: a JWKS `oct`
+            // entry must never turn an RS256 provider into HS256.
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                continue;
+            };
+            if self.algorithms.iter().any(|a| a.family() == key.family()) {
+                by_kid.insert(kid.clone(), key);
+            }
+        }
+        let anonymous = self.keys.load().anonymous.clone();
+        self.keys.store(Arc::new(KeySet { by_kid, anonymous }));
+        Ok(max_age)
+    }
+
+    /// An unknown `kid` may mean the IdP rotated: refetch, but at most once per
+    /// `unknown_kid_refetch`, however many such tokens arrive.
+    async fn refetch_for_unknown_kid(&self) {
+        let _one = self.fetch_lock.lock().await;
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_fetch_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < self.cfg.unknown_kid_refetch.as_millis() as u64 {
+            return;
+        }
+        if let Err(e) = self.fetch().await {
+            tracing::warn!(provider = %self.name, error = %e, "JWKS refetch failed; keeping the last good keys");
+        }
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
+        let max = usize::try_from(self.cfg.max_token_bytes.0).unwrap_or(usize::MAX);
+        if token.len() > max {
+            return Err(TokenError::TooLarge(max));
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.cache.get(&digest) {
+            // An entry must not outlive its key's removal from the JWKS.
+            let live = match &hit.kid {
+                Some(k) => self.keys.load().by_kid.contains_key(k),
+                None => true,
+            };
+            if live {
+                return Ok(hit.claims);
+            }
+            self.cache.invalidate(&digest);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(TokenError::Algorithm(header.alg));
+        }
+        let mut found = self.lookup(header.kid.as_deref());
+        if found.is_none() && header.kid.is_some() && self.cfg.jwks_url.is_some() {
+            self.refetch_for_unknown_kid().await;
+            found = self.lookup(header.kid.as_deref());
+        }
+        let key = found.ok_or_else(|| TokenError::UnknownKey(header.kid.clone()))?;
+        if key.family() != header.alg.family() {
+            return Err(TokenError::KeyFamily);
+        }
+        let mut v = Validation::new(header.alg);
+        v.algorithms = vec![header.alg];
+        v.leeway = self.cfg.leeway.as_secs();
+        v.validate_nbf = true;
+        v.validate_exp = self.cfg.require_exp;
+        v.set_issuer(&[&self.cfg.issuer]);
+        v.set_audience(&self.cfg.audiences);
+        let mut required = vec!["iss", "aud"];
+        if self.cfg.require_exp {
+            required.push("exp");
+        }
+        v.set_required_spec_claims(&required);
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &v)
+            .map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let claims = Arc::new(data.claims);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let until_exp = claims
+            .0
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .map_or(self.cfg.cache_ttl, |exp| {
+                Duration::from_secs(exp.saturating_sub(now))
+            });
+        let ttl = until_exp.min(self.cfg.cache_ttl);
+        if !ttl.is_zero() {
+            self.cache.insert(
+                digest,
+                Cached {
+                    claims: claims.clone(),
+                    kid: header.kid,
+                    ttl,
+                },
+            );
+        }
+        Ok(claims)
+    }
+
+    fn lookup(&self, kid: Option<&str>) -> Option<DecodingKey> {
+        let keys = self.keys.load();
+        match kid {
+            // Exact match only: a `kid` is a name, never a path, query or URL.
+            Some(k) => keys.by_kid.get(k).or_else(|| keys.anonymous.first()).cloned(),
+            None => keys.anonymous.first().cloned(),
+        }
+    }
+}
+
+/// Keeps every provider's JWKS fresh: at start, then every `jwks_refresh` (or sooner when the
+/// IdP's `Cache-Control: max-age` says so). The task ends when the provider is dropped.
+pub fn start_refreshers(providers: &[Arc<JwtProvider>]) {
+    for p in providers {
+        if p.cfg.jwks_url.is_none() || p.refresher_started.swap(true, Ordering::AcqRel) {
+            continue;
+        }
+        let weak = Arc::downgrade(p);
+        tokio::spawn(async move {
+            loop {
+                let Some(p) = weak.upgrade() else { return };
+                let wait = match p.refresh().await {
+                    Ok(max_age) => max_age.map_or(p.cfg.jwks_refresh, |m| {
+                        m.clamp(Duration::from_secs(10), p.cfg.jwks_refresh)
+                    }),
+                    Err(e) => {
+                        tracing::warn!(provider = %p.name, error = %e, "JWKS fetch failed; keeping the last good keys");
+                        Duration::from_secs(5).min(p.cfg.jwks_refresh)
+                    }
+                };
+                drop(p);
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,145 @@
+//! Stage 4: identity. Who is calling, decided before anything reaches a backend, and told to
+//! the backend in the form it understands (claims forwarded as headers).
+//!
+//! Failures follow RFC 6750: 401 with `WWW-Authenticate: Bearer error="invalid_token"` (or a
+//! bare `Bearer` challenge when no token was sent), 403 with `insufficient_scope`.
+
+pub mod jwt;
+
+use std::sync::Arc;
+
+use http::header::{HeaderName, AUTHORIZATION, COOKIE};
+use http::{HeaderMap, HeaderValue};
+
+use crate::config::file::RouteIdentityConfig;
+use crate::error::ProxyError;
+use jwt::{Claims, JwtProvider};
+
+/// A route's identity requirements, compiled.
+pub struct RouteIdentity {
+    pub provider: Arc<JwtProvider>,
+    optional: bool,
+    scopes: Vec<String>,
+    claims: Vec<(String, Vec<String>)>,
+    forward: Vec<(String, HeaderName)>,
+    cookie: Option<String>,
+    query: Option<String>,
+}
+
+impl RouteIdentity {
+    pub fn new(cfg: &RouteIdentityConfig, provider: Arc<JwtProvider>) -> Result<Self, String> {
+        let forward = cfg
+            .forward_claims
+            .iter()
+            .map(|(claim, header)| {
+                HeaderName::from_bytes(header.as_bytes())
+                    .map(|h| (claim.clone(), h))
+                    .map_err(|_| format!("`{header}` is not a header name"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let claims = cfg
+            .claims
+            .iter()
+            .map(|(name, rule)| {
+                let mut allowed = rule.one_of.clone();
+                allowed.extend(rule.equals.clone());
+                if allowed.is_empty() {
+                    return Err(format!("claim `{name}`: set `equals` or `one_of`"));
+                }
+                Ok((name.clone(), allowed))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self {
+            provider,
+            optional: cfg.optional,
+            scopes: cfg.scopes.clone(),
+            claims,
+            forward,
+            cookie: cfg.token_cookie.clone(),
+            query: cfg.token_query.clone(),
+        })
+    }
+
+    fn token<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+        for v in headers
+            .get_all(AUTHORIZATION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
+            // The scheme is case-insensitive (RFC 7235).
+            if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+                return Some(v[7..].trim());
+            }
+        }
+        if let Some(name) = &self.cookie {
+            let found = headers
+                .get_all(COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v);
+            if found.is_some() {
+                return found;
+            }
+        }
+        // Only when configured: a token in a URL ends up in logs and caches.
+        let name = self.query.as_ref()?;
+        query?
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// Checks the request; on success strips the caller's own copies of the forwarded headers
+    /// and sets them from the verified claims. Returns the claims (none for an anonymous caller
+    /// on an optional route).
+    pub async fn check(
+        &self,
+        headers: &mut HeaderMap,
+        query: Option<&str>,
+    ) -> Result<Option<Arc<Claims>>, ProxyError> {
+        // Strip first, always: a caller must never be able to send `X-User-Id` itself.
+        for (_, h) in &self.forward {
+            headers.remove(h);
+        }
+        let Some(token) = self.token(headers, query).map(str::to_string) else {
+            if self.optional {
+                return Ok(None);
+            }
+            return Err(ProxyError::Unauthenticated {
+                reason: "no bearer token".into(),
+                invalid: false,
+            });
+        };
+        let claims = self.provider.verify(&token).await.map_err(|e| match e {
+            jwt::TokenError::KeysUnavailable(r) => ProxyError::IdentityUnavailable(r),
+            other => ProxyError::Unauthenticated {
+                reason: other.to_string(),
+                invalid: true,
+            },
+        })?;
+        let have = claims.scopes();
+        let missing: Vec<&String> = self.scopes.iter().filter(|s| !have.contains(s)).collect();
+        if !missing.is_empty() {
+            return Err(ProxyError::InsufficientScope {
+                scope: self.scopes.join(" "),
+            });
+        }
+        for (name, allowed) in &self.claims {
+            if !claims.get_str(name).is_some_and(|v| allowed.contains(&v)) {
+                return Err(ProxyError::Forbidden(format!(
+                    "claim `{name}` does not have an allowed value"
+                )));
+            }
+        }
+        for (claim, h) in &self.forward {
+            if let Some(v) = claims.get_str(claim).and_then(|v| HeaderValue::from_str(&v).ok()) {
+                headers.insert(h.clone(), v);
+            }
+        }
+        Ok(Some(claims))
+    }
+}

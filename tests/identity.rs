@@ -1,0 +1,484 @@
+//! Identity end to end: JWT providers with a real JWKS server, route requirements, claim
+//! forwarding, and the security battery. Every refused case gets 401 (or 431 for size) and never
+//! reaches the upstream. Keys are generated here; none is committed.
+#![allow(clippy::unwrap_used)] // a test that cannot go on should stop right there
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use support::*;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+struct Signer {
+    kid: String,
+    alg: Algorithm,
+    enc: EncodingKey,
+    public_pem: String,
+}
+
+fn rsa(kid: &str) -> Signer {
+    let kp = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap();
+    Signer {
+        kid: kid.into(),
+        alg: Algorithm::RS256,
+        enc: EncodingKey::from_rsa_pem(kp.serialize_pem().as_bytes()).unwrap(),
+        public_pem: kp.public_key_pem(),
+    }
+}
+
+fn ec(kid: &str) -> Signer {
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    Signer {
+        kid: kid.into(),
+        alg: Algorithm::ES256,
+        enc: EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap(),
+        public_pem: kp.public_key_pem(),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn good_claims() -> serde_json::Value {
+    serde_json::json!({ "iss": "https://idp.test/", "aud": "orders", "sub": "alice", "exp": now() + 600, "scope": "orders:read orders:write" })
+}
+
+fn sign(s: &Signer, claims: &serde_json::Value) -> String {
+    let mut h = Header::new(s.alg);
+    h.kid = Some(s.kid.clone());
+    jsonwebtoken::encode(&h, claims, &s.enc).unwrap()
+}
+
+/// A token assembled by hand (for the malformed and malicious cases).
+fn raw_token(header: &serde_json::Value, payload: &str, signature: &str) -> String {
+    format!(
+        "{}.{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(payload),
+        signature
+    )
+}
+
+/// A JWKS server whose key set can be swapped; counts its fetches.
+struct Idp {
+    upstream: Upstream,
+    set: Arc<parking_lot::Mutex<JwkSet>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl Idp {
+    async fn start(signers: &[&Signer]) -> Self {
+        let set = Arc::new(parking_lot::Mutex::new(jwks(signers)));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (s, n) = (set.clone(), fetches.clone());
+        let upstream = Upstream::start(move |_req: Request<Incoming>| {
+            n.fetch_add(1, Ordering::SeqCst);
+            let body = serde_json::to_string(&*s.lock()).unwrap();
+            async move { Response::new(full(body)) }
+        })
+        .await;
+        Self {
+            upstream,
+            set,
+            fetches,
+        }
+    }
+
+    fn serve(&self, signers: &[&Signer]) {
+        *self.set.lock() = jwks(signers);
+    }
+}
+
+fn jwks(signers: &[&Signer]) -> JwkSet {
+    JwkSet {
+        keys: signers
+            .iter()
+            .map(|s| {
+                let mut j = Jwk::from_encoding_key(&s.enc, s.alg).unwrap();
+                j.common.key_id = Some(s.kid.clone());
+                j
+            })
+            .collect(),
+    }
+}
+
+fn config(upstream: &str, provider: &str, route_identity: &str) -> String {
+    basic_config(upstream).replace(
+        "    upstream: app\n",
+        &format!("    upstream: app\n    identity: {{ {route_identity} }}\n"),
+    ) + &format!(
+        "identity:\n  jwt:\n    corp: {{ issuer: 'https://idp.test/', audiences: [orders], {provider} }}\n"
+    )
+}
+
+fn with_token(f: &Ficus, token: &str) -> Request<Body> {
+    Request::get(f.url("/orders"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(empty())
+        .unwrap()
+}
+
+const ROUTE: &str = "jwt: corp, scopes: ['orders:read'], forward_claims: { sub: X-User-Id }";
+
+#[tokio::test]
+async fn valid_tokens_pass_and_claims_are_forwarded_with_caller_copies_stripped() {
+    let (r, e) = (rsa("r1"), ec("e1"));
+    let idp = Idp::start(&[&r, &e]).await;
+    let up = Upstream::echo().await;
+    let provider = format!(
+        "algorithms: [RS256, ES256], jwks_url: '{}/jwks'",
+        idp.upstream.url()
+    );
+    let f = Ficus::start(&config(&up.url(), &provider, ROUTE)).await;
+    let c = client();
+    for s in [&r, &e] {
+        let mut req = with_token(&f, &sign(s, &good_claims()));
+        req.headers_mut().insert("x-user-id", "mallory".parse().unwrap());
+        let a = send(&c, req).await;
+        assert_eq!(a.status, 200, "{:?}: {}", s.alg, a.text());
+        assert_eq!(a.echoed().headers["x-user-id"], vec!["alice".to_string()]);
+    }
+    // The scheme is case-insensitive.
+    let t = sign(&r, &good_claims());
+    let lower = Request::get(f.url("/orders"))
+        .header("authorization", format!("bearer {t}"))
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&c, lower).await.status, 200);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_token_gets_401_and_missing_scope_gets_403() {
+    let r = rsa("r1");
+    let idp = Idp::start(&[&r]).await;
+    let up = Upstream::echo().await;
+    let provider = format!("algorithms: [RS256], jwks_url: '{}/jwks'", idp.upstream.url());
+    let f = Ficus::start(&config(
+        &up.url(),
+        &provider,
+        "jwt: corp, scopes: ['orders:admin']",
+    ))
+    .await;
+    let c = client();
+    let none = send(&c, Request::get(f.url("/orders")).body(empty()).unwrap()).await;
+    none.assert_problem(401, "missing-token");
+    assert_eq!(none.headers["www-authenticate"], "Bearer");
+    let scoped = send(&c, with_token(&f, &sign(&r, &good_claims()))).await;
+    scoped.assert_problem(403, "insufficient-scope");
+    assert_eq!(
+        scoped.headers["www-authenticate"],
+        r#"Bearer error="insufficient_scope", scope="orders:admin""#
+    );
+    assert_eq!(up.hits(), 0);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn optional_identity_lets_anonymous_callers_through() {
+    let r = rsa("r1");
+    let idp = Idp::start(&[&r]).await;
+    let up = Upstream::echo().await;
+    let provider = format!("algorithms: [RS256], jwks_url: '{}/jwks'", idp.upstream.url());
+    let f = Ficus::start(&config(
+        &up.url(),
+        &provider,
+        "jwt: corp, optional: true, forward_claims: { sub: X-User-Id }",
+    ))
+    .await;
+    let req = Request::get(f.url("/orders"))
+        .header("x-user-id", "mallory")
+        .body(empty())
+        .unwrap();
+    let a = send(&client(), req).await;
+    assert_eq!(a.status, 200);
+    assert!(
+        !a.echoed().headers.contains_key("x-user-id"),
+        "a caller's own copy never passes"
+    );
+    assert_eq!(
+        send(&client(), with_token(&f, &sign(&r, &good_claims())))
+            .await
+            .echoed()
+            .header("x-user-id"),
+        Some("alice")
+    );
+    // A bad token is still refused on an optional route.
+    send(&client(), with_token(&f, "not.a.token"))
+        .await
+        .assert_problem(401, "invalid-token");
+    f.shutdown().await;
+}
+
+/// The security battery: each token is refused with 401 (431 for the huge one) and nothing
+/// reaches the upstream.
+#[tokio::test]
+async fn attack_tokens_are_refused_and_never_reach_the_upstream() {
+    let (r, e) = (rsa("r1"), ec("e1"));
+    let attacker = rsa("evil");
+    let idp = Idp::start(&[&r, &e]).await;
+    let up = Upstream::echo().await;
+    let provider = format!(
+        "algorithms: [RS256, ES256], jwks_url: '{}/jwks'",
+        idp.upstream.url()
+    );
+    let f = Ficus::start(&config(&up.url(), &provider, ROUTE)).await;
+    let c = client();
+    let good = good_claims();
+    let payload = good.to_string();
+    let signed = sign(&r, &good);
+    let sig_of = |t: &str| t.rsplit('.').next().unwrap().to_string();
+
+    let mut cases: Vec<(&str, String)> = Vec::new();
+    for alg in ["none", "None", "NONE"] {
+        cases.push((
+            "alg none, empty signature",
+            raw_token(&serde_json::json!({"alg": alg, "typ": "JWT"}), &payload, ""),
+        ));
+        cases.push((
+            "alg none, signature kept",
+            raw_token(&serde_json::json!({"alg": alg}), &payload, &sig_of(&signed)),
+        ));
+    }
+    // Algorithm confusion: HS256 "signed" with the RSA public key as the secret.
+    let hs_header = serde_json::json!({"alg": "HS256", "kid": "r1"});
+    let msg = format!("{}.{}", B64.encode(hs_header.to_string()), B64.encode(&payload));
+    let hs_sig = jsonwebtoken::crypto::sign(
+        msg.as_bytes(),
+        &EncodingKey::from_secret(r.public_pem.as_bytes()),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    cases.push(("HS256 with the RSA public key", format!("{msg}.{hs_sig}")));
+    for kid in ["../../../../etc/passwd", "1' OR '1'='1", "r1\u{0}"] {
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some(kid.into());
+        cases.push((
+            "kid injection",
+            jsonwebtoken::encode(&h, &good, &attacker.enc).unwrap(),
+        ));
+    }
+    // The attacker points at their own key: ficus never fetches what a token names.
+    let jku = serde_json::json!({"alg": "RS256", "kid": "evil", "jku": format!("{}/evil", idp.upstream.url()), "x5u": "http://127.0.0.1:1/x"});
+    let msg = format!("{}.{}", B64.encode(jku.to_string()), B64.encode(&payload));
+    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &attacker.enc, Algorithm::RS256).unwrap();
+    cases.push(("jku/x5u to the attacker's key", format!("{msg}.{sig}")));
+    let embedded = Jwk::from_encoding_key(&attacker.enc, Algorithm::RS256).unwrap();
+    let mut h = Header::new(Algorithm::RS256);
+    h.jwk = Some(embedded);
+    cases.push((
+        "embedded jwk",
+        jsonwebtoken::encode(&h, &good, &attacker.enc).unwrap(),
+    ));
+    let mut claims = good.clone();
+    claims["exp"] = serde_json::json!(now() - 3600);
+    cases.push(("expired", sign(&r, &claims)));
+    let mut claims = good.clone();
+    claims["nbf"] = serde_json::json!(now() + 3600);
+    cases.push(("nbf in the future", sign(&r, &claims)));
+    let mut claims = good.clone();
+    claims.as_object_mut().unwrap().remove("exp");
+    cases.push(("exp missing", sign(&r, &claims)));
+    let mut claims = good.clone();
+    claims["iss"] = serde_json::json!("https://evil.test/");
+    cases.push(("wrong iss", sign(&r, &claims)));
+    let mut claims = good.clone();
+    claims["aud"] = serde_json::json!("billing");
+    cases.push(("wrong aud", sign(&r, &claims)));
+    let mut parts: Vec<String> = signed.split('.').map(str::to_string).collect();
+    let mut tampered = good.clone();
+    tampered["sub"] = serde_json::json!("admin");
+    parts[1] = B64.encode(tampered.to_string());
+    cases.push(("tampered payload", parts.join(".")));
+    // ES256 with r = s = 0: the "psychic signature".
+    let es_header = serde_json::json!({"alg": "ES256", "kid": "e1"});
+    cases.push((
+        "psychic signature",
+        raw_token(&es_header, &payload, &B64.encode([0u8; 64])),
+    ));
+    // Duplicate claims, validly signed: the last `sub` would win in a naive map.
+    let dup = format!(
+        r#"{{"iss":"https://idp.test/","aud":"orders","sub":"alice","sub":"admin","exp":{},"scope":"orders:read"}}"#,
+        now() + 600
+    );
+    let h = serde_json::json!({"alg": "RS256", "kid": "r1"});
+    let msg = format!("{}.{}", B64.encode(h.to_string()), B64.encode(&dup));
+    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &r.enc, Algorithm::RS256).unwrap();
+    cases.push(("duplicate claims", format!("{msg}.{sig}")));
+    // Just over the provider's 8 KiB cap, but under the header limit: refused before decoding.
+    let mut claims = good.clone();
+    claims["pad"] = serde_json::json!("x".repeat(9000));
+    cases.push(("oversized token", sign(&r, &claims)));
+
+    for (what, token) in &cases {
+        let a = send(&c, with_token(&f, token)).await;
+        assert_eq!(a.status, 401, "{what} was not refused: {}", a.text());
+        assert_eq!(
+            a.headers["www-authenticate"], r#"Bearer error="invalid_token""#,
+            "{what}"
+        );
+    }
+
+    // A 100 KB token is refused by the header limit, with nothing allocated for it.
+    let huge = format!("{}.{}.{}", "a".repeat(50_000), "b".repeat(50_000), "c");
+    let a = send(&c, with_token(&f, &huge)).await;
+    assert_eq!(a.status, 431);
+    // A token only in the query string is not read.
+    let q = send(
+        &c,
+        Request::get(f.url(&format!("/orders?access_token={signed}")))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    q.assert_problem(401, "missing-token");
+
+    assert_eq!(up.hits(), 0, "an attack reached the upstream");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_kids_fetches_the_jwks_at_most_once_per_interval() {
+    let r = rsa("r1");
+    let idp = Idp::start(&[&r]).await;
+    let up = Upstream::echo().await;
+    let provider = format!(
+        "algorithms: [RS256], jwks_url: '{}/jwks', unknown_kid_refetch: 1h",
+        idp.upstream.url()
+    );
+    let f = Ficus::start(&config(&up.url(), &provider, ROUTE)).await;
+    // The start-up fetch.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            idp.fetches.load(Ordering::SeqCst) >= 1
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = idp.fetches.load(Ordering::SeqCst);
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some(format!("unknown-{i}"));
+        let token = jsonwebtoken::encode(&h, &good_claims(), &r.enc).unwrap();
+        let url = f.url("/orders");
+        tasks.push(tokio::spawn(async move {
+            let req = Request::get(url)
+                .header("authorization", format!("Bearer {token}"))
+                .body(empty())
+                .unwrap();
+            send(&client(), req).await.status.as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 401);
+    }
+    let extra = idp.fetches.load(Ordering::SeqCst) - before;
+    assert!(extra <= 1, "{extra} JWKS fetches for 1000 unknown kids");
+    assert_eq!(up.hits(), 0);
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_accepts_the_new_kid_and_rejects_the_removed_one() {
+    let (old, new) = (rsa("2026-01"), rsa("2026-02"));
+    let idp = Idp::start(&[&old]).await;
+    let up = Upstream::echo().await;
+    let provider = format!(
+        "algorithms: [RS256], jwks_url: '{}/jwks', unknown_kid_refetch: 100ms",
+        idp.upstream.url()
+    );
+    let f = Ficus::start(&config(&up.url(), &provider, ROUTE)).await;
+    let c = client();
+    let old_token = sign(&old, &good_claims());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            send(&client(), with_token(&f, &old_token)).await.status == 200
+        })
+        .await
+    );
+
+    // The IdP rotates: the new key in, the old one out.
+    idp.serve(&[&new]);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let new_token = sign(&new, &good_claims());
+    assert_eq!(
+        send(&c, with_token(&f, &new_token)).await.status,
+        200,
+        "the new kid triggers a refetch"
+    );
+    // The old token was cached as verified; its key is gone, so the entry is too.
+    assert_eq!(send(&c, with_token(&f, &old_token)).await.status, 401);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn static_pem_and_hmac_keys_and_invalid_providers() {
+    let r = rsa("ignored");
+    let up = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("idp.pem"), &r.public_pem).unwrap();
+    let yaml = config(&up.url(), "algorithms: [RS256], pem_file: idp.pem", ROUTE);
+    let f = Ficus::start_in(dir, &yaml).await.unwrap();
+    let mut claims = good_claims();
+    claims["sub"] = serde_json::json!("bob");
+    let token = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &r.enc).unwrap();
+    assert_eq!(
+        send(&client(), with_token(&f, &token))
+            .await
+            .echoed()
+            .header("x-user-id"),
+        Some("bob")
+    );
+    f.shutdown().await;
+
+    std::env::set_var("FICUS_TEST_HMAC", "0123456789abcdef0123456789abcdef-secret");
+    let f = Ficus::start(&config(
+        &up.url(),
+        "algorithms: [HS256], hmac_secret_env: FICUS_TEST_HMAC",
+        ROUTE,
+    ))
+    .await;
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &good_claims(),
+        &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef-secret"),
+    )
+    .unwrap();
+    assert_eq!(send(&client(), with_token(&f, &token)).await.status, 200);
+    f.shutdown().await;
+
+    let err = Ficus::try_start(&config(
+        &up.url(),
+        "algorithms: [RS256, HS256], jwks_url: 'http://127.0.0.1:9/'",
+        ROUTE,
+    ))
+    .await
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        err.contains("identity.jwt.corp: HMAC algorithms cannot share a provider"),
+        "{err}"
+    );
+    let err = Ficus::try_start(&config(
+        &up.url(),
+        "algorithms: [none], jwks_url: 'http://127.0.0.1:9/'",
+        ROUTE,
+    ))
+    .await
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(err.contains("`none` is not a JWT algorithm"), "{err}");
+}
