@@ -482,3 +482,94 @@ async fn static_pem_and_hmac_keys_and_invalid_providers() {
     .to_string();
     assert!(err.contains("`none` is not a JWT algorithm"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_sticks_on_jwt_sub_and_honours_the_override_only_with_the_scope() {
+    let r = rsa("r1");
+    let idp = Idp::start(&[&r]).await;
+    let legacy = Upstream::echo_named("legacy").await;
+    let modern = Upstream::echo_named("modern").await;
+    let yaml = format!(
+        "\
+log: {{ level: warn, access_log: false }}
+listeners: [{{ name: main, bind: '127.0.0.1:0' }}]
+admin: {{ bind: '127.0.0.1:0' }}
+reload: {{ watch: false }}
+upstreams:
+  legacy: {{ endpoints: ['{}'] }}
+  modern: {{ endpoints: ['{}'] }}
+routes:
+  - name: orders
+    match: {{ path_prefix: /orders }}
+    identity: {{ jwt: corp }}
+    migration:
+      legacy: {{ upstream: legacy }}
+      modern: {{ upstream: modern }}
+      modern_percent: 50
+      sticky: jwt.sub
+      override: {{ header: X-Ficus-Backend, require_scope: 'ficus:qa' }}
+identity:
+  jwt:
+    corp: {{ issuer: 'https://idp.test/', audiences: [orders], algorithms: [RS256], jwks_url: '{}/jwks' }}
+",
+        legacy.url(),
+        modern.url(),
+        idp.upstream.url()
+    );
+    let f = Ficus::start(&yaml).await;
+    let c = client();
+    let token_for = |sub: &str, scope: &str| {
+        let mut claims = good_claims();
+        claims["sub"] = serde_json::json!(sub);
+        claims["scope"] = serde_json::json!(scope);
+        sign(&r, &claims)
+    };
+    let who = |token: String, overriding: Option<&'static str>| {
+        let mut b = Request::get(f.url("/orders")).header("authorization", format!("Bearer {token}"));
+        if let Some(o) = overriding {
+            b = b.header("x-ficus-backend", o);
+        }
+        b.body(empty()).unwrap()
+    };
+    let mut sides = std::collections::HashMap::new();
+    for i in 0..40 {
+        let sub = format!("user-{i}");
+        let first = send(&c, who(token_for(&sub, "orders:read"), None))
+            .await
+            .echoed()
+            .name;
+        for _ in 0..2 {
+            assert_eq!(
+                send(&c, who(token_for(&sub, "orders:read"), None))
+                    .await
+                    .echoed()
+                    .name,
+                first,
+                "{sub} is sticky"
+            );
+        }
+        sides.insert(sub, first);
+    }
+    let on_modern = sides.values().filter(|s| *s == "modern").count();
+    assert!(
+        (8..=32).contains(&on_modern),
+        "{on_modern} of 40 subs on modern at 50%"
+    );
+
+    let (legacy_user, _) = sides.iter().find(|(_, s)| *s == "legacy").unwrap();
+    // Without the scope the override is ignored.
+    let a = send(&c, who(token_for(legacy_user, "orders:read"), Some("modern")))
+        .await
+        .echoed();
+    assert_eq!(a.name, "legacy");
+    // With it, it is honoured, and the backend never sees the header.
+    let a = send(
+        &c,
+        who(token_for(legacy_user, "orders:read ficus:qa"), Some("modern")),
+    )
+    .await
+    .echoed();
+    assert_eq!(a.name, "modern");
+    assert!(!a.headers.contains_key("x-ficus-backend"));
+    f.shutdown().await;
+}

@@ -511,6 +511,22 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                     Some(Ok(k)) => Some(k),
                     None => None,
                 };
+                let needs_identity =
+                    m.sticky.as_deref().is_some_and(|s| s.starts_with("jwt.")) || m.override_header.is_some();
+                if needs_identity && r.identity.is_none() {
+                    bad(
+                        format!("{at}.migration"),
+                        "a `jwt.` sticky key or an `override` needs the route's `identity`".into(),
+                    );
+                }
+                if let Some(o) = &m.override_header {
+                    if o.require_scope.is_none() && o.require_claim.is_none() {
+                        bad(
+                            format!("{at}.migration.override"),
+                            "set `require_scope` or `require_claim`: an override open to everyone is a bypass".into(),
+                        );
+                    }
+                }
                 if !m.cohorts.is_empty() && m.sticky.is_none() {
                     bad(
                         format!("{at}.migration.cohorts"),

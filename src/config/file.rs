@@ -178,6 +178,30 @@ pub struct MigrationConfig {
     /// Raise `modern_percent` step by step while the modern side stays healthy.
     #[serde(default)]
     pub rollout: Option<RolloutConfig>,
+    /// A request header that picks the side (`legacy` or `modern`), for callers the route's
+    /// identity shows to have the configured scope or claim. Off unless present.
+    #[serde(default, rename = "override")]
+    pub override_header: Option<OverrideConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideConfig {
+    #[serde(default = "default_override_header")]
+    pub header: String,
+    /// The caller's token must carry this scope...
+    #[serde(default)]
+    pub require_scope: Option<String>,
+    /// ...or this claim with this value (`{ name: role, equals: qa }`).
+    #[serde(default)]
+    pub require_claim: Option<OverrideClaim>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideClaim {
+    pub name: String,
+    pub equals: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -809,6 +833,9 @@ pub mod humantime_serde_compat {
     }
 }
 
+fn default_override_header() -> String {
+    "x-ficus-backend".into()
+}
 fn default_jwt_leeway() -> Duration {
     Duration::from_secs(30)
 }

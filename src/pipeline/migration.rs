@@ -39,12 +39,20 @@ pub enum StickyKey {
     Cookie(String),
     Query(String),
     ClientIp,
+    /// `jwt.<claim>`: a claim of the verified token (the route needs `identity`).
+    Claim(String),
 }
 
 impl StickyKey {
     pub fn parse(s: &str) -> Result<Self, String> {
         if s == "client-ip" {
             return Ok(Self::ClientIp);
+        }
+        if let Some(claim) = s.strip_prefix("jwt.") {
+            if claim.is_empty() {
+                return Err("`jwt.` names no claim".into());
+            }
+            return Ok(Self::Claim(claim.to_string()));
         }
         let (kind, name) = s
             .split_once(':')
@@ -64,8 +72,15 @@ impl StickyKey {
         }
     }
 
-    fn extract(&self, client: IpAddr, query: Option<&str>, headers: &HeaderMap) -> Option<String> {
+    fn extract(
+        &self,
+        client: IpAddr,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        claims: Option<&crate::identity::jwt::Claims>,
+    ) -> Option<String> {
         match self {
+            Self::Claim(name) => claims?.get_str(name),
             Self::ClientIp => Some(client.to_string()),
             Self::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string),
             Self::Cookie(name) => headers
@@ -98,6 +113,7 @@ pub struct Migration {
     fallbacks: [Counter; 4],
     pub shadow: Option<Arc<super::shadow::Shadow>>,
     pub rollout: Option<Arc<super::rollout::Rollout>>,
+    pub override_header: Option<Override>,
     /// The last minute of traffic per side, for `GET /admin/migration`.
     pub legacy_stats: WindowStats,
     pub modern_stats: WindowStats,
@@ -218,6 +234,16 @@ impl Migration {
             fallbacks,
             shadow: shadow.map(|s| Arc::new(s.with_rollout(rollout.clone()))),
             rollout,
+            override_header: cfg.override_header.as_ref().and_then(|o| {
+                Some(Override {
+                    header: HeaderName::from_bytes(o.header.as_bytes()).ok()?,
+                    scope: o.require_scope.clone(),
+                    claim: o
+                        .require_claim
+                        .as_ref()
+                        .map(|c| (c.name.clone(), c.equals.clone())),
+                })
+            }),
             legacy_stats: WindowStats::default(),
             modern_stats: WindowStats::default(),
         }
@@ -235,11 +261,22 @@ impl Migration {
     }
 
     /// Places one request.
-    pub fn choose(&self, client: IpAddr, query: Option<&str>, headers: &HeaderMap) -> Side {
+    pub fn choose(
+        &self,
+        client: IpAddr,
+        query: Option<&str>,
+        headers: &HeaderMap,
+        claims: Option<&crate::identity::jwt::Claims>,
+    ) -> Side {
+        if let (Some(o), Some(c)) = (&self.override_header, claims) {
+            if let Some(side) = o.pick(headers, c) {
+                return side;
+            }
+        }
         let key = self
             .sticky
             .as_ref()
-            .and_then(|s| s.extract(client, query, headers));
+            .and_then(|s| s.extract(client, query, headers, claims));
         let bucket = match &key {
             Some(k) if self.cohorts.contains(k) => return Side::Modern,
             Some(k) => bucket_of(&self.salt, k),
@@ -256,6 +293,29 @@ impl Migration {
         if let Some(i) = FALLBACK_REASONS.iter().position(|r| *r == reason) {
             self.fallbacks[i].increment(1);
         }
+    }
+}
+
+/// `X-Ficus-Backend: modern` (or `legacy`), honoured only for callers with the scope or claim.
+pub struct Override {
+    pub header: HeaderName,
+    scope: Option<String>,
+    claim: Option<(String, String)>,
+}
+
+impl Override {
+    fn pick(&self, headers: &HeaderMap, claims: &crate::identity::jwt::Claims) -> Option<Side> {
+        let side = match headers.get(&self.header)?.to_str().ok()?.trim() {
+            v if v.eq_ignore_ascii_case("modern") => Side::Modern,
+            v if v.eq_ignore_ascii_case("legacy") => Side::Legacy,
+            _ => return None,
+        };
+        let by_scope = self.scope.as_ref().is_some_and(|s| claims.scopes().contains(s));
+        let by_claim = self
+            .claim
+            .as_ref()
+            .is_some_and(|(n, v)| claims.get_str(n).as_deref() == Some(v.as_str()));
+        (by_scope || by_claim).then_some(side)
     }
 }
 
@@ -287,7 +347,7 @@ mod tests {
         h.insert("x-user", "u1".parse().unwrap());
         h.insert(COOKIE, "a=1; session=s9; b=2".parse().unwrap());
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        let get = |s: &str, q: Option<&str>| StickyKey::parse(s).unwrap().extract(ip, q, &h);
+        let get = |s: &str, q: Option<&str>| StickyKey::parse(s).unwrap().extract(ip, q, &h, None);
         assert_eq!(get("header:x-user", None).as_deref(), Some("u1"));
         assert_eq!(get("cookie:session", None).as_deref(), Some("s9"));
         assert_eq!(get("query:tenant", Some("x=1&tenant=t7")).as_deref(), Some("t7"));

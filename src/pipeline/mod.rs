@@ -199,7 +199,17 @@ async fn dispatch(
     let Some(m) = &route.migration else {
         return forward::forward(req, &route.upstream, conn, ctx, host, path).await;
     };
-    ctx.side = m.choose(ctx.client, req.uri().query(), req.headers());
+    ctx.side = m.choose(
+        ctx.client,
+        req.uri().query(),
+        req.headers(),
+        ctx.claims.as_deref(),
+    );
+    let mut req = req;
+    if let Some(o) = &m.override_header {
+        // Internal to ficus: the backend never sees it.
+        req.headers_mut().remove(&o.header);
+    }
     let upgrade = context::is_upgrade_request(req.headers());
     let shadow = m.shadow.as_ref().filter(|s| !upgrade && s.wanted(req.method()));
     let fallback = ctx.side == migration::Side::Modern
