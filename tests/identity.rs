@@ -287,6 +287,9 @@ async fn attack_tokens_are_refused_and_never_reach_the_upstream() {
     claims["nbf"] = serde_json::json!(now() + 3600);
     cases.push(("nbf in the future", sign(&r, &claims)));
     let mut claims = good.clone();
+    claims["iat"] = serde_json::json!(now() + 3600);
+    cases.push(("iat in the future", sign(&r, &claims)));
+    let mut claims = good.clone();
     claims.as_object_mut().unwrap().remove("exp");
     cases.push(("exp missing", sign(&r, &claims)));
     let mut claims = good.clone();

@@ -322,6 +322,18 @@ impl JwtProvider {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        // jsonwebtoken does not look at `iat`: a token issued in the future is refused here.
+        match claims.0.get("iat") {
+            None => {}
+            Some(v) => match v.as_u64() {
+                Some(iat) if iat <= now + self.cfg.leeway.as_secs() => {}
+                _ => {
+                    return Err(TokenError::Invalid(
+                        "`iat` is in the future or not a number".into(),
+                    ))
+                }
+            },
+        }
         let until_exp = claims
             .0
             .get("exp")
