@@ -170,7 +170,7 @@ async fn a_hanging_shadow_never_slows_or_fails_the_primary() {
     let f = Ficus::start(&config(
         &legacy.url(),
         &hang.url(),
-        "percent: 100, timeout: 2s, max_concurrent: 2",
+        "percent: 100, timeout: 3s, max_concurrent: 2",
     ))
     .await;
     let c = client();

@@ -78,6 +78,9 @@ pub struct Rollout {
     shared: Option<SharedStage>,
     /// The shared stage's version this instance last saw or wrote.
     version: AtomicU64,
+    /// One sync-decide-publish at a time per instance (the ticker and the admin API race
+    /// otherwise, and a decision could be lost).
+    sync_lock: tokio::sync::Mutex<()>,
 }
 
 /// The stage in a Redis hash (`percent`, `last_good`, `paused`, `version`); every write is a
@@ -187,6 +190,7 @@ impl Rollout {
             clock,
             shared,
             version: AtomicU64::new(0),
+            sync_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -213,41 +217,59 @@ impl Rollout {
                 };
             }
             Ok(Some(_)) => {}
-            Ok(None) => self.publish((u32::MAX, 0, false)).await,
+            Ok(None) => {
+                // Losing this race is fine: the next sync adopts the winner's stage.
+                let _ = self.publish((u32::MAX, 0, false)).await;
+            }
             Err(e) => tracing::debug!(route = %self.route, error = %e, "rollout stage not synced"),
         }
     }
 
-    /// Writes the local stage to Redis if it differs from `before`.
-    async fn publish(&self, before: (u32, u32, bool)) {
-        let Some(shared) = &self.shared else { return };
+    /// Writes the local stage to Redis if it differs from `before`. `false` when another
+    /// instance wrote first (the caller syncs and decides again).
+    async fn publish(&self, before: (u32, u32, bool)) -> bool {
+        let Some(shared) = &self.shared else { return true };
         let (p, l, z) = self.local();
         if (p, l, z) == before {
-            return;
+            return true;
         }
         let expected = self.version.load(Ordering::Relaxed);
         match shared.write(expected, p, l, z).await {
-            Ok(true) => self.version.store(expected + 1, Ordering::Relaxed),
-            // Another instance decided first; the next sync adopts its stage.
-            Ok(false) => {}
-            Err(e) => tracing::warn!(route = %self.route, error = %e, "rollout stage not shared"),
+            Ok(true) => {
+                self.version.store(expected + 1, Ordering::Relaxed);
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(route = %self.route, error = %e, "rollout stage not shared");
+                true
+            }
         }
     }
 
-    /// One ticker round: sync with the other instances, decide, publish the decision.
+    /// One ticker round: sync with the other instances, decide, publish the decision. A
+    /// decision that loses the race is dropped: the next round adopts the winner's stage.
     pub async fn round(&self) {
+        let _one = self.sync_lock.lock().await;
         self.sync().await;
         let before = self.local();
         self.tick();
         self.publish(before).await;
     }
 
-    /// Applies an admin action and shares it.
-    pub async fn act(&self, f: impl FnOnce(&Self)) {
-        self.sync().await;
-        let before = self.local();
-        f(self);
-        self.publish(before).await;
+    /// Applies an admin action and shares it; if another instance wrote first, adopts its
+    /// stage and applies the action again on top.
+    pub async fn act(&self, f: impl Fn(&Self)) {
+        let _one = self.sync_lock.lock().await;
+        for _ in 0..3 {
+            self.sync().await;
+            let before = self.local();
+            f(self);
+            if self.publish(before).await {
+                return;
+            }
+        }
+        tracing::warn!(route = %self.route, "rollout action not shared after three tries");
     }
 
     pub fn percent_bp(&self) -> u32 {
