@@ -576,3 +576,35 @@ identity:
     assert!(!a.headers.contains_key("x-ficus-backend"));
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_by_the_verified_subject() {
+    let r = rsa("r1");
+    let idp = Idp::start(&[&r]).await;
+    let up = Upstream::echo().await;
+    let provider = format!("algorithms: [RS256], jwks_url: '{}/jwks'", idp.upstream.url());
+    let yaml = config(&up.url(), &provider, "jwt: corp")
+        .replace("    identity:", "    idempotency: { ttl: 1h }\n    identity:");
+    let f = Ficus::start(&yaml).await;
+    let c = client();
+    let post = |sub: &str| {
+        let mut claims = good_claims();
+        claims["sub"] = serde_json::json!(sub);
+        Request::post(f.url("/orders"))
+            .header("authorization", format!("Bearer {}", sign(&r, &claims)))
+            .header("idempotency-key", "same-key")
+            .body(full("{}"))
+            .unwrap()
+    };
+    assert_eq!(send(&c, post("alice")).await.status, 200);
+    assert_eq!(
+        send(&c, post("bob")).await.status,
+        200,
+        "bob's key is not alice's"
+    );
+    assert_eq!(up.hits(), 2);
+    let again = send(&c, post("alice")).await;
+    assert_eq!(again.headers["idempotency-replayed"], "true");
+    assert_eq!(up.hits(), 2);
+    f.shutdown().await;
+}

@@ -267,8 +267,8 @@ fn valid_key(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 255 && b.iter().all(|c| c.is_ascii_graphic())
 }
 
-/// Who the key belongs to. Until identity lands, the principal is a digest of the
-/// `Authorization` header (anonymous callers share one scope).
+/// Who the key belongs to when the route has no verified identity: a digest of the
+/// `Authorization` header (anonymous callers share one scope). With identity, it is `sub`.
 fn principal(headers: &HeaderMap) -> String {
     match headers.get(AUTHORIZATION) {
         Some(a) => hex(&Sha256::digest(a.as_bytes())[..12]),
@@ -285,6 +285,7 @@ pub async fn handle<F, Fut>(
     cfg: &RouteIdempotency,
     store: &IdempotencyStore,
     route: &str,
+    caller: Option<&str>,
     req: Request<InBody>,
     next: F,
 ) -> Result<Response<ResponseBody>, ProxyError>
@@ -345,7 +346,10 @@ where
         let mut s = Sha256::new();
         s.update(route.as_bytes());
         s.update(b"\0");
-        s.update(principal(&parts.headers).as_bytes());
+        match caller {
+            Some(sub) => s.update(format!("sub:{sub}").as_bytes()),
+            None => s.update(principal(&parts.headers).as_bytes()),
+        }
         s.update(b"\0");
         s.update(key.as_bytes());
         hex(&s.finalize())

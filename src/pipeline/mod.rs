@@ -177,7 +177,8 @@ async fn run(
         // Stage 7: idempotency keys, around the rest of the pipeline.
         Some(idem) => {
             let store = &snap.idempotency_store;
-            idempotency::handle(idem, store, &route.name, req, |req| {
+            let sub = ctx.claims.as_ref().and_then(|c| c.get_str("sub"));
+            idempotency::handle(idem, store, &route.name, sub.as_deref(), req, |req| {
                 dispatch(req, &route, conn, ctx, host, path)
             })
             .await
