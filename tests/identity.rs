@@ -608,3 +608,71 @@ async fn idempotency_keys_are_scoped_by_the_verified_subject() {
     assert_eq!(up.hits(), 2);
     f.shutdown().await;
 }
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn api_keys_are_checked_by_hash_with_rotation_expiry_and_scopes() {
+    let up = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = format!(
+        "keys:\n\
+         \x20 - {{ id: acme-2026a, owner: acme, sha256: '{}', scopes: ['orders:read'] }}\n\
+         \x20 - {{ id: acme-2026b, owner: acme, sha256: '{}', scopes: ['orders:read'] }}\n\
+         \x20 - {{ id: acme-old, owner: acme, sha256: '{}', scopes: ['orders:read'], expires: '2020-01-01T00:00:00Z' }}\n\
+         \x20 - {{ id: reader-less, owner: globex, sha256: '{}', scopes: [] }}\n",
+        sha256_hex("key-a"),
+        sha256_hex("key-b"),
+        sha256_hex("key-old"),
+        sha256_hex("key-noscope")
+    );
+    std::fs::write(dir.path().join("keys.yaml"), keys).unwrap();
+    let yaml = basic_config(&up.url()).replace(
+        "    upstream: app\n",
+        "    upstream: app\n    identity: { api_keys: partners, scopes: ['orders:read'], forward_claims: { sub: X-Key-Id, owner: X-Client } }\n",
+    ) + "identity:\n  api_keys:\n    partners: { keys_file: keys.yaml }\n";
+    let f = Ficus::start_in(dir, &yaml).await.unwrap();
+    let c = client();
+    let with_key = |k: &str| {
+        Request::get(f.url("/orders"))
+            .header("x-api-key", k)
+            .body(empty())
+            .unwrap()
+    };
+    for (key, id) in [("key-a", "acme-2026a"), ("key-b", "acme-2026b")] {
+        let a = send(&c, with_key(key)).await;
+        assert_eq!(a.status, 200, "{key}");
+        let e = a.echoed();
+        assert_eq!(e.header("x-key-id"), Some(id));
+        assert_eq!(e.header("x-client"), Some("acme"));
+        assert!(!e.headers.contains_key("x-api-key"), "the key is not forwarded");
+    }
+    send(&c, with_key("key-old"))
+        .await
+        .assert_problem(401, "invalid-token");
+    send(&c, with_key("guess"))
+        .await
+        .assert_problem(401, "invalid-token");
+    send(&c, with_key("key-noscope"))
+        .await
+        .assert_problem(403, "insufficient-scope");
+    send(&c, Request::get(f.url("/orders")).body(empty()).unwrap())
+        .await
+        .assert_problem(401, "missing-token");
+    let in_query = send(
+        &c,
+        Request::get(f.url("/orders?api_key=key-a"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    in_query.assert_problem(401, "missing-token");
+    assert_eq!(up.hits(), 2);
+    f.shutdown().await;
+}

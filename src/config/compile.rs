@@ -340,6 +340,16 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             Err(reason) => bad(format!("identity.jwt.{name}"), reason),
         }
     }
+    let mut key_sets: BTreeMap<String, Arc<crate::identity::api_keys::ApiKeySet>> = BTreeMap::new();
+    for (name, k) in &cfg.identity.api_keys {
+        watch_files.push(src.base_dir.join(&k.keys_file));
+        match crate::identity::api_keys::ApiKeySet::load(name, k, &src.base_dir) {
+            Ok(set) => {
+                key_sets.insert(name.clone(), Arc::new(set));
+            }
+            Err(reason) => bad(format!("identity.api_keys.{name}"), reason),
+        }
+    }
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
@@ -631,22 +641,44 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         let metrics = RouteMetrics::new(deps.metrics, &r.name, &upstream.name);
         let identity = match &r.identity {
             None => None,
-            Some(ic) => match providers.get(&ic.jwt) {
-                None => {
-                    bad(
-                        format!("{at}.identity.jwt"),
-                        format!("no JWT provider named `{}`", ic.jwt),
-                    );
-                    None
-                }
-                Some(p) => match crate::identity::RouteIdentity::new(ic, p.clone()) {
+            Some(ic) => {
+                let verifier = match (&ic.jwt, &ic.api_keys) {
+                    (Some(name), None) => match providers.get(name) {
+                        Some(p) => Some(crate::identity::Verifier::Jwt(p.clone())),
+                        None => {
+                            bad(
+                                format!("{at}.identity.jwt"),
+                                format!("no JWT provider named `{name}`"),
+                            );
+                            None
+                        }
+                    },
+                    (None, Some(name)) => match key_sets.get(name) {
+                        Some(k) => Some(crate::identity::Verifier::ApiKeys(k.clone())),
+                        None => {
+                            bad(
+                                format!("{at}.identity.api_keys"),
+                                format!("no API-key set named `{name}`"),
+                            );
+                            None
+                        }
+                    },
+                    _ => {
+                        bad(
+                            format!("{at}.identity"),
+                            "set `jwt` or `api_keys` (one of them)".into(),
+                        );
+                        None
+                    }
+                };
+                verifier.and_then(|v| match crate::identity::RouteIdentity::new(ic, v) {
                     Ok(i) => Some(i),
                     Err(reason) => {
                         bad(format!("{at}.identity"), reason);
                         None
                     }
-                },
-            },
+                })
+            }
         };
         routes.push(Route {
             identity,

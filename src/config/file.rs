@@ -46,6 +46,21 @@ pub struct IdentityConfig {
     /// JWT providers by name; routes refer to them.
     #[serde(default)]
     pub jwt: BTreeMap<String, JwtProviderConfig>,
+    /// API-key sets by name; routes refer to them.
+    #[serde(default)]
+    pub api_keys: BTreeMap<String, ApiKeysConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysConfig {
+    /// YAML with `keys: [{id, owner, sha256, scopes, expires}]`, relative to the config file.
+    pub keys_file: PathBuf,
+    #[serde(default = "default_api_key_header")]
+    pub header: String,
+    /// Also read the key from this query parameter (off by default).
+    #[serde(default)]
+    pub query: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -86,8 +101,12 @@ pub struct JwtProviderConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteIdentityConfig {
-    /// The JWT provider (under `identity.jwt`).
-    pub jwt: String,
+    /// The JWT provider (under `identity.jwt`); set this or `api_keys`.
+    #[serde(default)]
+    pub jwt: Option<String>,
+    /// The API-key set (under `identity.api_keys`).
+    #[serde(default)]
+    pub api_keys: Option<String>,
     /// Let anonymous callers through (claims are still checked and forwarded when a token is sent).
     #[serde(default)]
     pub optional: bool,
@@ -833,6 +852,9 @@ pub mod humantime_serde_compat {
     }
 }
 
+fn default_api_key_header() -> String {
+    "x-api-key".into()
+}
 fn default_override_header() -> String {
     "x-ficus-backend".into()
 }

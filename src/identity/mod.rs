@@ -4,6 +4,7 @@
 //! Failures follow RFC 6750: 401 with `WWW-Authenticate: Bearer error="invalid_token"` (or a
 //! bare `Bearer` challenge when no token was sent), 403 with `insufficient_scope`.
 
+pub mod api_keys;
 pub mod jwt;
 
 use std::sync::Arc;
@@ -15,9 +16,15 @@ use crate::config::file::RouteIdentityConfig;
 use crate::error::ProxyError;
 use jwt::{Claims, JwtProvider};
 
+/// How a route verifies its callers.
+pub enum Verifier {
+    Jwt(Arc<JwtProvider>),
+    ApiKeys(Arc<api_keys::ApiKeySet>),
+}
+
 /// A route's identity requirements, compiled.
 pub struct RouteIdentity {
-    pub provider: Arc<JwtProvider>,
+    pub verifier: Verifier,
     optional: bool,
     scopes: Vec<String>,
     claims: Vec<(String, Vec<String>)>,
@@ -27,7 +34,7 @@ pub struct RouteIdentity {
 }
 
 impl RouteIdentity {
-    pub fn new(cfg: &RouteIdentityConfig, provider: Arc<JwtProvider>) -> Result<Self, String> {
+    pub fn new(cfg: &RouteIdentityConfig, verifier: Verifier) -> Result<Self, String> {
         let forward = cfg
             .forward_claims
             .iter()
@@ -50,7 +57,7 @@ impl RouteIdentity {
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Self {
-            provider,
+            verifier,
             optional: cfg.optional,
             scopes: cfg.scopes.clone(),
             claims,
@@ -105,22 +112,57 @@ impl RouteIdentity {
         for (_, h) in &self.forward {
             headers.remove(h);
         }
-        let Some(token) = self.token(headers, query).map(str::to_string) else {
-            if self.optional {
-                return Ok(None);
+        let claims = match &self.verifier {
+            Verifier::Jwt(provider) => {
+                let Some(token) = self.token(headers, query).map(str::to_string) else {
+                    if self.optional {
+                        return Ok(None);
+                    }
+                    return Err(ProxyError::Unauthenticated {
+                        reason: "no bearer token".into(),
+                        invalid: false,
+                    });
+                };
+                provider.verify(&token).await.map_err(|e| match e {
+                    jwt::TokenError::KeysUnavailable(r) => ProxyError::IdentityUnavailable(r),
+                    other => ProxyError::Unauthenticated {
+                        reason: other.to_string(),
+                        invalid: true,
+                    },
+                })?
             }
-            return Err(ProxyError::Unauthenticated {
-                reason: "no bearer token".into(),
-                invalid: false,
-            });
+            Verifier::ApiKeys(set) => {
+                let from_query = || {
+                    let name = set.query.as_ref()?;
+                    query?
+                        .split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.to_string())
+                };
+                let presented = headers
+                    .get(&set.header)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+                    .or_else(from_query);
+                let Some(key) = presented else {
+                    if self.optional {
+                        return Ok(None);
+                    }
+                    return Err(ProxyError::Unauthenticated {
+                        reason: "no API key".into(),
+                        invalid: false,
+                    });
+                };
+                // The key itself is never forwarded upstream.
+                headers.remove(&set.header);
+                let claims = set.verify(&key).ok_or_else(|| ProxyError::Unauthenticated {
+                    reason: format!("unknown or expired API key for `{}`", set.name),
+                    invalid: true,
+                })?;
+                Arc::new(claims)
+            }
         };
-        let claims = self.provider.verify(&token).await.map_err(|e| match e {
-            jwt::TokenError::KeysUnavailable(r) => ProxyError::IdentityUnavailable(r),
-            other => ProxyError::Unauthenticated {
-                reason: other.to_string(),
-                invalid: true,
-            },
-        })?;
         let have = claims.scopes();
         let missing: Vec<&String> = self.scopes.iter().filter(|s| !have.contains(s)).collect();
         if !missing.is_empty() {
