@@ -676,3 +676,55 @@ async fn api_keys_are_checked_by_hash_with_rotation_expiry_and_scopes() {
     assert_eq!(up.hits(), 2);
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn legacy_gets_its_own_credentials_instead_of_the_callers_token() {
+    std::env::set_var("FICUS_TEST_LEGACY_BASIC", "svc-orders:s3cret");
+    std::env::set_var("FICUS_TEST_LEGACY_KEY", "legacy-key-1");
+    let r = rsa("r1");
+    let idp = Idp::start(&[&r]).await;
+    let up = Upstream::echo().await;
+    let provider = format!("algorithms: [RS256], jwks_url: '{}/jwks'", idp.upstream.url());
+    let route = "jwt: corp, upstream_auth: { basic_env: FICUS_TEST_LEGACY_BASIC, header: { name: X-Legacy-Key, value_env: FICUS_TEST_LEGACY_KEY } }";
+    let f = Ficus::start(&config(&up.url(), &provider, route)).await;
+    let e = send(&client(), with_token(&f, &sign(&r, &good_claims())))
+        .await
+        .echoed();
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("svc-orders:s3cret")
+    );
+    assert_eq!(
+        e.header("authorization"),
+        Some(basic.as_str()),
+        "the bearer token never reaches legacy"
+    );
+    assert_eq!(e.header("x-legacy-key"), Some("legacy-key-1"));
+    f.shutdown().await;
+
+    let f = Ficus::start(&config(
+        &up.url(),
+        &provider,
+        "jwt: corp, upstream_auth: { drop_token: true }",
+    ))
+    .await;
+    let e = send(&client(), with_token(&f, &sign(&r, &good_claims())))
+        .await
+        .echoed();
+    assert!(!e.headers.contains_key("authorization"));
+    f.shutdown().await;
+
+    let err = Ficus::try_start(&config(
+        &up.url(),
+        &provider,
+        "jwt: corp, upstream_auth: { basic_env: FICUS_TEST_UNSET_NOWHERE }",
+    ))
+    .await
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        err.contains("routes[0].identity: environment variable FICUS_TEST_UNSET_NOWHERE is not set"),
+        "{err}"
+    );
+}

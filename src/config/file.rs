@@ -124,6 +124,30 @@ pub struct RouteIdentityConfig {
     /// Also read the token from this query parameter (off by default: URLs get logged).
     #[serde(default)]
     pub token_query: Option<String>,
+    /// What the upstream (a legacy system) gets instead of the caller's credentials.
+    #[serde(default)]
+    pub upstream_auth: Option<UpstreamAuthConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAuthConfig {
+    /// Remove the caller's `Authorization` before the request goes upstream.
+    #[serde(default)]
+    pub drop_token: bool,
+    /// Send `Authorization: Basic` with the `user:password` held in this environment variable.
+    #[serde(default)]
+    pub basic_env: Option<String>,
+    /// Send a static API-key header; its value is held in an environment variable.
+    #[serde(default)]
+    pub header: Option<StaticHeaderConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticHeaderConfig {
+    pub name: String,
+    pub value_env: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

@@ -31,6 +31,9 @@ pub struct RouteIdentity {
     forward: Vec<(String, HeaderName)>,
     cookie: Option<String>,
     query: Option<String>,
+    /// Headers that replace the caller's credentials towards the upstream.
+    upstream_auth: Vec<(HeaderName, HeaderValue)>,
+    drop_token: bool,
 }
 
 impl RouteIdentity {
@@ -56,7 +59,40 @@ impl RouteIdentity {
                 Ok((name.clone(), allowed))
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let mut upstream_auth = Vec::new();
+        let mut drop_token = false;
+        if let Some(ua) = &cfg.upstream_auth {
+            drop_token = ua.drop_token || ua.basic_env.is_some();
+            if let Some(env) = &ua.basic_env {
+                let creds =
+                    std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))?;
+                if !creds.contains(':') {
+                    return Err(format!("{env} must hold `user:password`"));
+                }
+                use base64::Engine as _;
+                let v = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(creds)
+                );
+                let mut v =
+                    HeaderValue::from_str(&v).map_err(|_| format!("{env} is not a valid header value"))?;
+                v.set_sensitive(true);
+                upstream_auth.push((AUTHORIZATION, v));
+            }
+            if let Some(h) = &ua.header {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| format!("`{}` is not a header name", h.name))?;
+                let value = std::env::var(&h.value_env)
+                    .map_err(|_| format!("environment variable {} is not set", h.value_env))?;
+                let mut v = HeaderValue::from_str(&value)
+                    .map_err(|_| format!("{} is not a valid header value", h.value_env))?;
+                v.set_sensitive(true);
+                upstream_auth.push((name, v));
+            }
+        }
         Ok(Self {
+            upstream_auth,
+            drop_token,
             verifier,
             optional: cfg.optional,
             scopes: cfg.scopes.clone(),
@@ -176,6 +212,13 @@ impl RouteIdentity {
                     "claim `{name}` does not have an allowed value"
                 )));
             }
+        }
+        // Towards a legacy system: its own credentials, not the caller's.
+        if self.drop_token {
+            headers.remove(AUTHORIZATION);
+        }
+        for (name, value) in &self.upstream_auth {
+            headers.insert(name.clone(), value.clone());
         }
         for (claim, h) in &self.forward {
             if let Some(v) = claims.get_str(claim).and_then(|v| HeaderValue::from_str(&v).ok()) {
