@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# What identity costs on the plain route: RS256 and ES256 tokens on a verified-token cache hit,
+# and on a miss (the cache disabled, so every request verifies the signature). ficus pinned to
+# CPU0 (one worker), wrk and the bundled upstream and a tiny JWKS server on CPU1.
+# Usage: loadtest/identity.sh [duration_s=8] [connections=64]. Loopback only; stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=${1:-8}; C=${2:-64}
+command -v wrk >/dev/null || { echo "wrk is needed" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
+cargo build --release --locked --bin ficus --example bench_upstream --example mint_token >&2
+W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
+pin0=""; pin1=""
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then pin0="taskset -c 0"; pin1="taskset -c 1"; fi
+$pin1 target/release/examples/bench_upstream 127.0.0.1:18090 2>/dev/null &
+# Keys, a JWKS and one token per algorithm, from the mint_token example.
+target/release/examples/mint_token "$W" >/dev/null
+(cd "$W" && $pin1 python3 -m http.server 18091 --bind 127.0.0.1 >/dev/null 2>&1) &
+sleep 0.5
+run() { # name, algorithm token file, cache entries
+  cat > "$W/f.yaml" <<YAML
+log: { level: warn, access_log: false }
+runtime: { worker_threads: 1 }
+listeners: [ { name: bench, bind: 127.0.0.1:18084, limits: { max_connections: 20000 } } ]
+admin: { bind: 127.0.0.1:19901 }
+reload: { watch: false }
+upstreams: { up: { endpoints: ["http://127.0.0.1:18090"] } }
+routes:
+  - { name: plain, match: { path_prefix: / }, upstream: up, identity: { jwt: idp, forward_claims: { sub: X-User-Id } } }
+identity:
+  jwt:
+    idp: { issuer: "https://idp.bench/", audiences: [bench], algorithms: [RS256, ES256], jwks_url: "http://127.0.0.1:18091/jwks.json", cache_entries: $3 }
+YAML
+  $pin0 target/release/ficus run --config "$W/f.yaml" >/dev/null 2>"$W/ficus.log" & local P=$!
+  local tok; tok=$(cat "$W/$2")
+  for _ in $(seq 50); do curl -sf -o /dev/null -H "Authorization: Bearer $tok" http://127.0.0.1:18084/ && break; sleep 0.1; done
+  $pin1 wrk -t1 -c"$C" -d2s -H "Authorization: Bearer $tok" http://127.0.0.1:18084/ >/dev/null
+  local t0 t1 out reqs
+  t0=$(awk '{print $14+$15}' /proc/$P/stat)
+  out=$($pin1 wrk -t1 -c"$C" -d"${D}s" -H "Authorization: Bearer $tok" http://127.0.0.1:18084/)
+  t1=$(awk '{print $14+$15}' /proc/$P/stat)
+  reqs=$(echo "$out" | awk '/requests in/{print $1}')
+  printf '%-28s rps=%-10s cpu_us_per_req=%s non2xx=%s\n' "$1" "$(echo "$out" | awk '/Requests\/sec/{print $2}')" \
+    "$(awk -v a="$t0" -v b="$t1" -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", (b-a)*1e6/hz/r}')" \
+    "$(echo "$out" | awk '/Non-2xx/{print $5}')"
+  kill $P; wait $P 2>/dev/null || true
+}
+run "RS256, cache hit" rs256.token 100000
+run "RS256, cache miss" rs256.token 0
+run "ES256, cache hit" es256.token 100000
+run "ES256, cache miss" es256.token 0
