@@ -9,11 +9,12 @@ pub mod jwt;
 
 use std::sync::Arc;
 
-use http::header::{HeaderName, AUTHORIZATION, COOKIE};
+use http::header::{HeaderName, AUTHORIZATION};
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::file::RouteIdentityConfig;
 use crate::error::ProxyError;
+use crate::pipeline::route::{cookie_value, query_value};
 use jwt::{Claims, JwtProvider};
 
 /// How a route verifies its callers.
@@ -114,26 +115,11 @@ impl RouteIdentity {
                 return Some(v[7..].trim());
             }
         }
-        if let Some(name) = &self.cookie {
-            let found = headers
-                .get_all(COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|kv| kv.trim().split_once('='))
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v);
-            if found.is_some() {
-                return found;
-            }
+        if let Some(found) = self.cookie.as_ref().and_then(|name| cookie_value(headers, name)) {
+            return Some(found);
         }
         // Only when configured: a token in a URL ends up in logs and caches.
-        let name = self.query.as_ref()?;
-        query?
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
+        query_value(query, self.query.as_ref()?).filter(|v| !v.is_empty())
     }
 
     /// Checks the request; on success strips the caller's own copies of the forwarded headers
@@ -169,12 +155,9 @@ impl RouteIdentity {
             }
             Verifier::ApiKeys(set) => {
                 let from_query = || {
-                    let name = set.query.as_ref()?;
-                    query?
-                        .split('&')
-                        .filter_map(|kv| kv.split_once('='))
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| v.to_string())
+                    query_value(query, set.query.as_ref()?)
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_string)
                 };
                 let presented = headers
                     .get(&set.header)

@@ -8,11 +8,12 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::{HeaderName, COOKIE};
+use http::header::HeaderName;
 use http::HeaderMap;
 use metrics::Counter;
 
 use crate::config::file::MigrationConfig;
+use crate::pipeline::route::{cookie_value, query_value};
 use crate::telemetry::metrics::{Metrics, RouteMetrics, FALLBACKS_TOTAL};
 use crate::upstream::balance::fnv1a;
 use crate::upstream::Upstream;
@@ -83,19 +84,8 @@ impl StickyKey {
             Self::Claim(name) => claims?.get_str(name),
             Self::ClientIp => Some(client.to_string()),
             Self::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string),
-            Self::Cookie(name) => headers
-                .get_all(COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|kv| kv.trim().split_once('='))
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.to_string()),
-            Self::Query(name) => query?
-                .split('&')
-                .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.to_string()),
+            Self::Cookie(name) => cookie_value(headers, name).map(str::to_string),
+            Self::Query(name) => query_value(query, name).map(str::to_string),
         }
     }
 }
@@ -345,7 +335,7 @@ mod tests {
     fn sticky_keys_are_read_from_headers_cookies_queries_and_the_client() {
         let mut h = HeaderMap::new();
         h.insert("x-user", "u1".parse().unwrap());
-        h.insert(COOKIE, "a=1; session=s9; b=2".parse().unwrap());
+        h.insert(http::header::COOKIE, "a=1; session=s9; b=2".parse().unwrap());
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         let get = |s: &str, q: Option<&str>| StickyKey::parse(s).unwrap().extract(ip, q, &h, None);
         assert_eq!(get("header:x-user", None).as_deref(), Some("u1"));

@@ -151,7 +151,8 @@ pub struct RequestView<'a> {
     pub query: Option<&'a str>,
 }
 
-fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+/// The raw value of query parameter `name` (`""` for a bare `?name`), first occurrence.
+pub fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?
         .split('&')
         .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
@@ -159,7 +160,8 @@ fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+/// The value of cookie `name` across all `Cookie` headers, first occurrence.
+pub fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
