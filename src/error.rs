@@ -65,6 +65,13 @@ pub enum ProxyError {
     IdempotencyStore(String),
     #[error("the circuit breaker for upstream `{upstream}` is open; retry in {retry_after_secs} s")]
     CircuitOpen { upstream: String, retry_after_secs: u64 },
+    #[error("rate limit `{policy}` exceeded; retry in {retry_after_secs} s")]
+    RateLimited {
+        policy: std::sync::Arc<str>,
+        retry_after_secs: u64,
+        /// `RateLimit-Policy` / `RateLimit` (and legacy) headers of the decisions made.
+        headers: Box<http::HeaderMap>,
+    },
 }
 
 impl ProxyError {
@@ -90,6 +97,7 @@ impl ProxyError {
             Self::IdempotencyKeyMissing | Self::IdempotencyKeyInvalid => StatusCode::BAD_REQUEST,
             Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -110,6 +118,7 @@ impl ProxyError {
             Self::UpstreamFailed { .. } => "upstream-failed",
             Self::UpgradeFailed(_) => "upgrade-failed",
             Self::CircuitOpen { .. } => "circuit-open",
+            Self::RateLimited { .. } => "rate-limited",
             Self::Unauthenticated { invalid: true, .. } => "invalid-token",
             Self::Unauthenticated { invalid: false, .. } => "missing-token",
             Self::InsufficientScope { .. } => "insufficient-scope",
@@ -165,6 +174,17 @@ impl ProxyError {
                 );
                 if let Ok(v) = HeaderValue::from_str(&v) {
                     resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            Self::RateLimited {
+                retry_after_secs,
+                headers,
+                ..
+            } => {
+                let h = resp.headers_mut();
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                for (name, value) in headers.iter() {
+                    h.insert(name.clone(), value.clone());
                 }
             }
             Self::IdempotencyKeyInFlight => {

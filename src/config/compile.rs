@@ -16,6 +16,9 @@ use crate::identity::jwt::JwtProvider;
 use crate::pipeline::idempotency::{IdempotencyStore, RouteIdempotency};
 use crate::pipeline::migration::{Migration, StickyKey};
 use crate::pipeline::normalize::normalize_path;
+use crate::pipeline::ratelimit::local::LocalStore;
+use crate::pipeline::ratelimit::redis::RedisStore;
+use crate::pipeline::ratelimit::{Policy, RouteRateLimits};
 use crate::pipeline::rollout::{Rollout, SharedStage};
 use crate::pipeline::route::{Condition, HostMatch, PathMatch, Route, Router, ValueMatch};
 use crate::pipeline::shadow::Shadow;
@@ -48,6 +51,8 @@ pub struct Snapshot {
     /// Not errors: the config is valid, but probably not what was meant (unreachable routes).
     pub warnings: Vec<ConfigProblem>,
     pub jwt_providers: Vec<Arc<JwtProvider>>,
+    /// In-process rate-limit state, kept across reloads per unchanged policy.
+    pub rate_limit_stores: Vec<Arc<LocalStore>>,
 }
 
 impl Snapshot {
@@ -350,6 +355,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             Err(reason) => bad(format!("identity.api_keys.{name}"), reason),
         }
     }
+    let rate_policies = compile_rate_limits(&cfg.rate_limits, deps, &mut bad);
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
@@ -680,7 +686,19 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 })
             }
         };
+        let mut policies = Vec::new();
+        for (j, name) in r.rate_limit.iter().enumerate() {
+            match rate_policies.get(name) {
+                Some(p) => policies.push(p.clone()),
+                None if cfg.rate_limits.policies.contains_key(name) => {} // already reported
+                None => bad(
+                    format!("{at}.rate_limit[{j}]"),
+                    format!("no policy named `{name}` in rate_limits.policies"),
+                ),
+            }
+        }
         routes.push(Route {
+            rate_limits: (!policies.is_empty()).then_some(RouteRateLimits { policies }),
             identity,
             headers: header_conds,
             query: query_conds,
@@ -732,6 +750,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         }
     }
     Ok(Snapshot {
+        rate_limit_stores: rate_policies.values().map(|p| p.local_store()).collect(),
         jwt_providers: providers.into_values().collect(),
         warnings,
         idempotency_store,
@@ -804,6 +823,79 @@ fn check_host(h: &str) -> Result<(), String> {
             "`{h}` is not a host name or `*.domain` pattern (no port, no scheme)"
         ))
     }
+}
+
+/// Policies by name. The Redis store is shared by all of them and kept across reloads while the
+/// store section is unchanged; each policy's in-process state is kept while its limit is.
+fn compile_rate_limits(
+    cfg: &super::file::RateLimitsConfig,
+    deps: &Deps<'_>,
+    bad: &mut impl FnMut(String, String),
+) -> BTreeMap<String, Arc<Policy>> {
+    let store = &cfg.store;
+    let redis = if store.redis_urls.is_empty() {
+        None
+    } else if store.timeout.is_zero() {
+        bad("rate_limits.store.timeout".into(), "must be more than 0".into());
+        None
+    } else {
+        let mut kept = deps.states.ratelimit_redis.lock();
+        match &*kept {
+            Some((c, r)) if c == store => Some(r.clone()),
+            _ => {
+                let latency = deps
+                    .metrics
+                    .histogram(crate::telemetry::metrics::RATELIMIT_REDIS_DURATION, &[]);
+                match RedisStore::new(store, latency) {
+                    Ok(r) => {
+                        *kept = Some((store.clone(), r.clone()));
+                        Some(r)
+                    }
+                    Err(reason) => {
+                        bad("rate_limits.store.redis_urls".into(), reason);
+                        None
+                    }
+                }
+            }
+        }
+    };
+    let mut out = BTreeMap::new();
+    for (name, p) in &cfg.policies {
+        let at = format!("rate_limits.policies.{name}");
+        let limit = match Policy::limit(p) {
+            Ok(l) => l,
+            Err(reason) => {
+                bad(at, reason);
+                continue;
+            }
+        };
+        let shared = if Policy::uses_redis(p, !store.redis_urls.is_empty()) {
+            match &redis {
+                Some(r) => Some((r.clone(), store.on_error, format!("{}{name}:", store.key_prefix))),
+                None if store.redis_urls.is_empty() => {
+                    bad(
+                        format!("{at}.store"),
+                        "`redis` needs rate_limits.store.redis_urls".into(),
+                    );
+                    continue;
+                }
+                None => continue,
+            }
+        } else {
+            None
+        };
+        let local = deps
+            .states
+            .rate_limits
+            .get_or_make(name, &limit, || LocalStore::new(limit));
+        match Policy::new(name, p, local, shared, deps.metrics) {
+            Ok(policy) => {
+                out.insert(name.clone(), Arc::new(policy));
+            }
+            Err(reason) => bad(at, reason),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

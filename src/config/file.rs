@@ -38,6 +38,152 @@ pub struct FileConfig {
     pub state_store: StateStoreConfig,
     #[serde(default)]
     pub identity: IdentityConfig,
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
+}
+
+/// Named rate-limit policies, which routes list by name, and the store they share.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    #[serde(default)]
+    pub store: RateLimitStoreConfig,
+    #[serde(default)]
+    pub policies: BTreeMap<String, RateLimitPolicyConfig>,
+}
+
+/// Where counters shared by every instance live. Without `redis_urls`, every policy is local.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitStoreConfig {
+    /// One URL: a single Redis. Several: seed nodes of a Redis Cluster.
+    #[serde(default)]
+    pub redis_urls: Vec<String>,
+    #[serde(default = "default_rl_prefix")]
+    pub key_prefix: String,
+    /// A decision that takes longer counts as a store error and the fallback applies.
+    #[serde(default = "default_rl_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// What a Redis policy does while Redis is unreachable or slow.
+    #[serde(default)]
+    pub on_error: RateLimitFallback,
+}
+
+impl Default for RateLimitStoreConfig {
+    fn default() -> Self {
+        Self {
+            redis_urls: Vec::new(),
+            key_prefix: default_rl_prefix(),
+            timeout: default_rl_timeout(),
+            on_error: RateLimitFallback::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitFallback {
+    /// Limit in this instance alone (each instance allows the full rate).
+    #[default]
+    Local,
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitAlgorithm {
+    /// Generic cell rate: `rate` with up to `burst` at once.
+    #[default]
+    Gcra,
+    /// At most `rate` per period, over a window that slides (weighted previous window).
+    SlidingWindow,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitStoreKind {
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingKey {
+    /// A request without the key's parts is limited by its client address instead.
+    #[default]
+    ClientIp,
+    /// The policy does not apply to it.
+    Skip,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitPolicyConfig {
+    /// What is counted: `client_ip`, `route`, `jwt.<claim>`, `api_key`, `header:<name>`, or a
+    /// list of them for a combination.
+    #[serde(default = "default_rl_key", deserialize_with = "one_or_many")]
+    pub key: Vec<String>,
+    /// `100/s`, `6000/m`, `10/30s`, `1000/h`.
+    pub rate: String,
+    /// Requests allowed at once (GCRA); defaults to the count in `rate`.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub algorithm: RateLimitAlgorithm,
+    /// Units one request uses.
+    #[serde(default = "default_rl_cost")]
+    pub cost: u64,
+    /// `redis` by default when `rate_limits.store.redis_urls` is set, else `local`.
+    #[serde(default)]
+    pub store: Option<RateLimitStoreKind>,
+    #[serde(default)]
+    pub missing_key: MissingKey,
+    #[serde(default)]
+    pub exempt: RateLimitExempt,
+    /// `RateLimit-Policy` and `RateLimit` response headers.
+    #[serde(default = "default_true")]
+    pub headers: bool,
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` too.
+    #[serde(default)]
+    pub legacy_headers: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitExempt {
+    /// Client addresses (after `trusted_proxies`) never limited.
+    #[serde(default)]
+    pub cidrs: Vec<ipnet::IpNet>,
+    /// Callers whose verified token carries one of these claims are never limited.
+    #[serde(default)]
+    pub claims: Vec<OverrideClaim>,
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+fn default_rl_prefix() -> String {
+    "ficus:rl:".into()
+}
+fn default_rl_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_rl_key() -> Vec<String> {
+    vec!["client_ip".into()]
+}
+fn default_rl_cost() -> u64 {
+    1
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -734,6 +880,9 @@ pub struct RouteConfig {
     /// Idempotency keys on this route; off unless present.
     #[serde(default)]
     pub idempotency: Option<IdempotencyConfig>,
+    /// Names of `rate_limits.policies`; every one must admit the request.
+    #[serde(default)]
+    pub rate_limit: Vec<String>,
 }
 
 /// All given conditions must hold. Routes are tried in file order; the first match wins.

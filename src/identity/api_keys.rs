@@ -40,6 +40,9 @@ struct Key {
     expires: Option<SystemTime>,
 }
 
+/// The claim that carries the id of the API key a caller used (rate-limit keys, logs).
+pub const KEY_ID_CLAIM: &str = "api_key_id";
+
 pub struct ApiKeySet {
     pub name: String,
     pub header: http::header::HeaderName,
@@ -118,6 +121,7 @@ impl ApiKeySet {
         }
         let mut claims = BTreeMap::new();
         claims.insert("sub".into(), serde_json::Value::from(k.id.clone()));
+        claims.insert(KEY_ID_CLAIM.into(), serde_json::Value::from(k.id.clone()));
         claims.insert("owner".into(), serde_json::Value::from(k.owner.clone()));
         claims.insert("scope".into(), serde_json::Value::from(k.scopes.join(" ")));
         Some(Claims(claims))

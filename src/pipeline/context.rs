@@ -108,11 +108,12 @@ pub struct ForwardedInfo<'a> {
 /// A peer outside `trusted` cannot speak for anyone else: its copies are dropped first.
 /// Returns the client address: the peer, or, behind trusted proxies, the right-most untrusted
 /// address in `X-Forwarded-For`.
-pub fn apply_forwarded(h: &mut HeaderMap, info: &ForwardedInfo<'_>, trusted: &[IpNet]) -> IpAddr {
+/// The client's address: the peer, or, when the peer is one of our trusted proxies, the first
+/// `X-Forwarded-For` address (right to left) that they did not add.
+pub fn client_address(h: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    let mut client = info.peer;
-    if is_trusted(&info.peer) {
-        // Walk right to left past our own proxies; the first address they did not add is the client.
+    let mut client = peer;
+    if is_trusted(&peer) {
         let chain: Vec<IpAddr> = h
             .get_all(X_FORWARDED_FOR)
             .iter()
@@ -126,7 +127,13 @@ pub fn apply_forwarded(h: &mut HeaderMap, info: &ForwardedInfo<'_>, trusted: &[I
                 break;
             }
         }
-    } else {
+    }
+    client
+}
+
+pub fn apply_forwarded(h: &mut HeaderMap, info: &ForwardedInfo<'_>, trusted: &[IpNet]) -> IpAddr {
+    let client = client_address(h, info.peer, trusted);
+    if !trusted.iter().any(|n| n.contains(&info.peer)) {
         h.remove(FORWARDED);
         h.remove(X_FORWARDED_FOR);
         h.remove(X_FORWARDED_PROTO);

@@ -9,6 +9,7 @@ pub mod forward;
 pub mod idempotency;
 pub mod migration;
 pub mod normalize;
+pub mod ratelimit;
 pub mod rollout;
 pub mod route;
 pub mod shadow;
@@ -160,8 +161,6 @@ async fn run(
     let route = snap.router.find(&view).ok_or(ProxyError::NoRoute)?.clone();
     ctx.route = Some(route.clone());
 
-    // Stages 4-6 (identity, rate limit, validation) plug in here.
-
     let path = match path {
         Cow::Borrowed(_) => None,
         Cow::Owned(p) => Some(p),
@@ -172,8 +171,32 @@ async fn run(
         let query = req.uri().query().map(str::to_string);
         ctx.claims = idn.check(req.headers_mut(), query.as_deref()).await?;
     }
+    // Stage 5: rate limits, keyed by the client address our trusted proxies vouch for.
+    let mut admitted = None;
+    if let Some(limits) = &route.rate_limits {
+        let trusted = &conn.listener.trusted_proxies;
+        if !trusted.is_empty() {
+            ctx.client = context::client_address(req.headers(), conn.peer.ip(), trusted);
+        }
+        let src = ratelimit::KeySource {
+            client: ctx.client,
+            route: &route.name,
+            headers: req.headers(),
+            claims: ctx.claims.as_deref(),
+        };
+        match limits.check(&src).await {
+            Ok(a) => admitted = Some(a).filter(|a| !a.is_empty()),
+            Err(refused) => {
+                return Err(ProxyError::RateLimited {
+                    policy: refused.policy,
+                    retry_after_secs: ratelimit::secs_up(refused.retry_after).max(1),
+                    headers: Box::new(refused.headers),
+                })
+            }
+        }
+    }
     let req = req.map(InBody::Stream);
-    match &route.idempotency {
+    let result = match &route.idempotency {
         // Stage 7: idempotency keys, around the rest of the pipeline.
         Some(idem) => {
             let store = &snap.idempotency_store;
@@ -184,6 +207,13 @@ async fn run(
             .await
         }
         None => dispatch(req, &route, conn, ctx, host, path).await,
+    };
+    match (result, admitted) {
+        (Ok(mut resp), Some(a)) => {
+            a.write_headers(resp.headers_mut());
+            Ok(resp)
+        }
+        (result, _) => result,
     }
 }
 

@@ -184,6 +184,7 @@ pub struct Route {
     pub cookies: Vec<Condition>,
     pub idempotency: Option<super::idempotency::RouteIdempotency>,
     pub identity: Option<crate::identity::RouteIdentity>,
+    pub rate_limits: Option<super::ratelimit::RouteRateLimits>,
     /// With a migration, `upstream` and `metrics` are the legacy side's.
     pub migration: Option<super::migration::Migration>,
 }

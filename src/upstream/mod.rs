@@ -60,6 +60,19 @@ pub struct KeptState {
     pub clock: Arc<dyn crate::pipeline::rollout::Clock>,
     pub breakers: KeptAcrossReloads<breaker::Breakers>,
     pub endpoints: KeptAcrossReloads<balance::EndpointSet>,
+    /// In-process rate-limit state per policy, kept while the policy's limit is unchanged.
+    pub rate_limits: KeptAcrossReloads<
+        crate::pipeline::ratelimit::local::LocalStore,
+        crate::pipeline::ratelimit::algorithm::Limit,
+    >,
+    /// The Redis rate-limit store (its connection), kept while `rate_limits.store` is unchanged.
+    #[allow(clippy::type_complexity)]
+    pub ratelimit_redis: Mutex<
+        Option<(
+            crate::config::file::RateLimitStoreConfig,
+            Arc<crate::pipeline::ratelimit::redis::RedisStore>,
+        )>,
+    >,
     #[allow(clippy::type_complexity)]
     pub idempotency: Mutex<
         Option<(
@@ -84,6 +97,8 @@ impl KeptState {
             breakers: KeptAcrossReloads::default(),
             endpoints: KeptAcrossReloads::default(),
             idempotency: Mutex::new(None),
+            rate_limits: KeptAcrossReloads::default(),
+            ratelimit_redis: Mutex::new(None),
         }
     }
 }

@@ -456,7 +456,8 @@ where
 
 /// A real `redis-server` on a free loopback port, stopped on drop. `.ci/run` installs it.
 pub struct Redis {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
+    pub port: u16,
     pub url: String,
 }
 
@@ -467,6 +468,11 @@ impl Redis {
             .local_addr()
             .expect("addr")
             .port();
+        Self::start_on(port).await
+    }
+
+    /// On a given port: how a test brings a killed Redis back where ficus expects it.
+    pub async fn start_on(port: u16) -> Self {
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -498,15 +504,32 @@ impl Redis {
         .await;
         assert!(up, "redis-server did not answer PING on port {port}");
         Self {
-            child,
+            child: Some(child),
+            port,
             url: format!("redis://127.0.0.1:{port}"),
         }
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to connected clients).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A plain connection for assertions on what ficus stored or sent.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test redis")
     }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

@@ -1,0 +1,460 @@
+//! Stage 5: rate limits. A route lists named policies; each builds its key from the request,
+//! asks its store (in-process, or Redis shared by every instance) and every one must admit the
+//! request. A Redis failure never becomes a 500: the policy's fallback decides and is counted.
+
+pub mod algorithm;
+pub mod local;
+pub mod redis;
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+use metrics::Counter;
+
+use crate::config::file::{
+    MissingKey, RateLimitAlgorithm, RateLimitFallback, RateLimitPolicyConfig, RateLimitStoreKind,
+};
+use crate::identity::jwt::Claims;
+use crate::telemetry::metrics::{Metrics, RATELIMIT_DECISIONS, RATELIMIT_STORE_ERRORS};
+use algorithm::{Decision, Limit};
+use local::LocalStore;
+use redis::RedisStore;
+
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+#[derive(Debug, Clone, PartialEq)]
+enum KeyPart {
+    ClientIp,
+    Route,
+    Claim(String),
+    ApiKey,
+    Header(HeaderName),
+}
+
+/// What a key is built from: the resolved client address, the route and the verified identity.
+pub struct KeySource<'a> {
+    pub client: IpAddr,
+    pub route: &'a str,
+    pub headers: &'a HeaderMap,
+    pub claims: Option<&'a Claims>,
+}
+
+struct PolicyMetrics {
+    allowed: Counter,
+    limited: Counter,
+    exempt: Counter,
+    skipped: Counter,
+    fallback_allowed: Counter,
+    fallback_limited: Counter,
+    store_errors: [Counter; 3],
+}
+
+/// One compiled policy. Its in-process store is kept across reloads while its config is unchanged.
+pub struct Policy {
+    pub name: Arc<str>,
+    key: Vec<KeyPart>,
+    limit: Limit,
+    cost: u64,
+    missing_key: MissingKey,
+    exempt_cidrs: Vec<IpNet>,
+    exempt_claims: Vec<(String, String)>,
+    headers: bool,
+    legacy_headers: bool,
+    /// `RateLimit-Policy` item, rendered once.
+    policy_item: String,
+    local: Arc<LocalStore>,
+    redis: Option<(Arc<RedisStore>, RateLimitFallback, String)>,
+    metrics: PolicyMetrics,
+}
+
+/// Parses `100/s`, `6000/m`, `10/30s`, `1000/1h` into (count, period).
+pub fn parse_rate(s: &str) -> Result<(u64, Duration), String> {
+    let (n, per) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}` is not a rate such as 100/s or 6000/m"))?;
+    let n: u64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{n}` is not a whole number of requests"))?;
+    let per = per.trim();
+    let period = match per {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        "d" | "day" => Duration::from_secs(86_400),
+        other => humantime::parse_duration(other)
+            .map_err(|e| format!("`{other}` is not a period (s, m, h, d or a duration like 30s): {e}"))?,
+    };
+    if n == 0 || period.is_zero() {
+        return Err("a rate needs at least one request per non-zero period".into());
+    }
+    Ok((n, period))
+}
+
+fn parse_key(part: &str) -> Result<KeyPart, String> {
+    Ok(match part {
+        "client_ip" => KeyPart::ClientIp,
+        "route" => KeyPart::Route,
+        "api_key" => KeyPart::ApiKey,
+        p => {
+            if let Some(claim) = p.strip_prefix("jwt.").or_else(|| p.strip_prefix("claim.")) {
+                if claim.is_empty() {
+                    return Err("`jwt.` needs a claim name".into());
+                }
+                KeyPart::Claim(claim.to_string())
+            } else if let Some(h) = p.strip_prefix("header:") {
+                KeyPart::Header(
+                    HeaderName::from_bytes(h.trim().as_bytes())
+                        .map_err(|_| format!("`{h}` is not a header name"))?,
+                )
+            } else {
+                return Err(format!(
+                    "`{p}` is not a key part (client_ip, route, jwt.<claim>, api_key, header:<name>)"
+                ));
+            }
+        }
+    })
+}
+
+impl Policy {
+    /// `local` is the in-process store (kept across reloads by the caller); `redis` the shared one.
+    pub fn new(
+        name: &str,
+        cfg: &RateLimitPolicyConfig,
+        local: Arc<LocalStore>,
+        redis: Option<(Arc<RedisStore>, RateLimitFallback, String)>,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
+        let limit = Self::limit(cfg)?;
+        let key = cfg
+            .key
+            .iter()
+            .map(|k| parse_key(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        if key.is_empty() {
+            return Err("key: needs at least one part".into());
+        }
+        let (quota, window) = limit.quota();
+        let policy_item = format!(
+            "\"{}\";q={quota};w={}",
+            name.replace(['"', '\\'], ""),
+            window.as_secs_f64().ceil().max(1.0) as u64
+        );
+        let c = |result: &str| metrics.counter(RATELIMIT_DECISIONS, &[("policy", name), ("result", result)]);
+        let e =
+            |reason: &str| metrics.counter(RATELIMIT_STORE_ERRORS, &[("policy", name), ("reason", reason)]);
+        Ok(Self {
+            name: Arc::from(name),
+            key,
+            limit,
+            cost: cfg.cost,
+            missing_key: cfg.missing_key,
+            exempt_cidrs: cfg.exempt.cidrs.clone(),
+            exempt_claims: cfg
+                .exempt
+                .claims
+                .iter()
+                .map(|c| (c.name.clone(), c.equals.clone()))
+                .collect(),
+            headers: cfg.headers,
+            legacy_headers: cfg.legacy_headers,
+            policy_item,
+            local,
+            redis,
+            metrics: PolicyMetrics {
+                allowed: c("allowed"),
+                limited: c("limited"),
+                exempt: c("exempt"),
+                skipped: c("skipped"),
+                fallback_allowed: c("fallback_allowed"),
+                fallback_limited: c("fallback_limited"),
+                store_errors: [e("unavailable"), e("timeout"), e("error")],
+            },
+        })
+    }
+
+    /// The compiled limit of a policy config (also how the caller keys its kept local store).
+    pub fn limit(cfg: &RateLimitPolicyConfig) -> Result<Limit, String> {
+        let (n, period) = parse_rate(&cfg.rate).map_err(|e| format!("rate: {e}"))?;
+        if cfg.cost == 0 {
+            return Err("cost: must be at least 1".into());
+        }
+        let limit = match cfg.algorithm {
+            RateLimitAlgorithm::Gcra => {
+                let burst = cfg.burst.unwrap_or(n);
+                if burst == 0 {
+                    return Err("burst: must be at least 1".into());
+                }
+                let interval = (period.as_nanos() / n as u128) as u64;
+                if interval < 1_000 {
+                    return Err("rate: more than one million per second cannot be limited".into());
+                }
+                if cfg.cost > burst {
+                    return Err(format!(
+                        "cost: {} exceeds the burst of {burst}; no request could pass",
+                        cfg.cost
+                    ));
+                }
+                Limit::Gcra { interval, burst }
+            }
+            RateLimitAlgorithm::SlidingWindow => {
+                if cfg.burst.is_some() {
+                    return Err(
+                        "burst: a sliding window has no burst; its limit is the count in `rate`".into(),
+                    );
+                }
+                if cfg.cost > n {
+                    return Err(format!(
+                        "cost: {} exceeds the limit of {n}; no request could pass",
+                        cfg.cost
+                    ));
+                }
+                Limit::Sliding {
+                    window: period.as_nanos().min(u64::MAX as u128) as u64,
+                    limit: n,
+                }
+            }
+        };
+        Ok(limit)
+    }
+
+    pub fn local_store(&self) -> Arc<LocalStore> {
+        self.local.clone()
+    }
+
+    /// Whether a policy with this config uses Redis, given the store section.
+    pub fn uses_redis(cfg: &RateLimitPolicyConfig, redis_configured: bool) -> bool {
+        match cfg.store {
+            Some(RateLimitStoreKind::Redis) => true,
+            Some(RateLimitStoreKind::Local) => false,
+            None => redis_configured,
+        }
+    }
+
+    fn key(&self, src: &KeySource<'_>) -> Option<String> {
+        let mut key = String::with_capacity(48);
+        for (i, part) in self.key.iter().enumerate() {
+            if i > 0 {
+                key.push('|');
+            }
+            match part {
+                KeyPart::ClientIp => {
+                    let _ = write!(key, "{}", src.client);
+                }
+                KeyPart::Route => key.push_str(src.route),
+                KeyPart::Claim(name) => key.push_str(&src.claims?.get_str(name)?),
+                KeyPart::ApiKey => {
+                    key.push_str(&src.claims?.get_str(crate::identity::api_keys::KEY_ID_CLAIM)?)
+                }
+                KeyPart::Header(h) => key.push_str(src.headers.get(h)?.to_str().ok()?),
+            }
+        }
+        Some(key)
+    }
+
+    fn exempt(&self, src: &KeySource<'_>) -> bool {
+        self.exempt_cidrs.iter().any(|n| n.contains(&src.client))
+            || src.claims.is_some_and(|c| {
+                self.exempt_claims
+                    .iter()
+                    .any(|(name, want)| c.get_str(name).as_deref() == Some(want.as_str()))
+            })
+    }
+
+    /// `None`: the policy does not apply to this request (exempt, or no key and `skip`).
+    pub async fn decide(&self, src: &KeySource<'_>) -> Option<Decision> {
+        if self.exempt(src) {
+            self.metrics.exempt.increment(1);
+            return None;
+        }
+        let key = match (self.key(src), self.missing_key) {
+            (Some(k), _) => k,
+            (None, MissingKey::ClientIp) => format!("ip:{}", src.client),
+            (None, MissingKey::Skip) => {
+                self.metrics.skipped.increment(1);
+                return None;
+            }
+        };
+        let Some((store, fallback, prefix)) = &self.redis else {
+            let d = self.local.decide(&key, self.cost);
+            self.count(&d, false);
+            return Some(d);
+        };
+        let redis_key = format!("{prefix}{key}");
+        match store.decide(&redis_key, self.limit, self.cost).await {
+            Ok(d) => {
+                self.count(&d, false);
+                Some(d)
+            }
+            Err(e) => {
+                let i = match e.reason() {
+                    "unavailable" => 0,
+                    "timeout" => 1,
+                    _ => 2,
+                };
+                self.metrics.store_errors[i].increment(1);
+                tracing::debug!(policy = %self.name, error = %e, "rate-limit store failed; fallback applies");
+                let d = match fallback {
+                    RateLimitFallback::Local => self.local.decide(&key, self.cost),
+                    RateLimitFallback::Allow => Decision {
+                        allowed: true,
+                        remaining: self.limit.quota().0,
+                        reset: Duration::ZERO,
+                        retry_after: Duration::ZERO,
+                    },
+                    RateLimitFallback::Deny => Decision {
+                        allowed: false,
+                        remaining: 0,
+                        reset: Duration::from_secs(1),
+                        retry_after: Duration::from_secs(1),
+                    },
+                };
+                self.count(&d, true);
+                Some(d)
+            }
+        }
+    }
+
+    fn count(&self, d: &Decision, fallback: bool) {
+        let c = match (d.allowed, fallback) {
+            (true, false) => &self.metrics.allowed,
+            (false, false) => &self.metrics.limited,
+            (true, true) => &self.metrics.fallback_allowed,
+            (false, true) => &self.metrics.fallback_limited,
+        };
+        c.increment(1);
+    }
+}
+
+/// The policies of one route.
+pub struct RouteRateLimits {
+    pub policies: Vec<Arc<Policy>>,
+}
+
+/// The decisions that admitted a request, for its response headers.
+#[derive(Default)]
+pub struct Admitted {
+    decisions: Vec<(Arc<Policy>, Decision)>,
+}
+
+/// A request refused by a policy.
+#[derive(Debug)]
+pub struct Refused {
+    pub policy: Arc<str>,
+    pub retry_after: Duration,
+    pub headers: HeaderMap,
+}
+
+impl RouteRateLimits {
+    /// Policies are asked in order; the first refusal ends the check (units that earlier
+    /// policies granted stay used, as in Envoy).
+    pub async fn check(&self, src: &KeySource<'_>) -> Result<Admitted, Refused> {
+        let mut admitted = Admitted::default();
+        for p in &self.policies {
+            let Some(d) = p.decide(src).await else { continue };
+            admitted.decisions.push((p.clone(), d));
+            if !d.allowed {
+                let mut headers = HeaderMap::new();
+                admitted.write_headers(&mut headers);
+                return Err(Refused {
+                    policy: p.name.clone(),
+                    retry_after: d.retry_after,
+                    headers,
+                });
+            }
+        }
+        Ok(admitted)
+    }
+}
+
+impl Admitted {
+    pub fn is_empty(&self) -> bool {
+        self.decisions.is_empty()
+    }
+
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), one list item
+    /// per policy, and optionally the legacy `X-RateLimit-*` of the tightest policy.
+    pub fn write_headers(&self, h: &mut HeaderMap) {
+        let mut policy = String::new();
+        let mut state = String::new();
+        let mut tightest: Option<&(Arc<Policy>, Decision)> = None;
+        for entry in &self.decisions {
+            let (p, d) = entry;
+            if p.headers {
+                if !policy.is_empty() {
+                    policy.push_str(", ");
+                    state.push_str(", ");
+                }
+                policy.push_str(&p.policy_item);
+                let _ = write!(
+                    state,
+                    "\"{}\";r={};t={}",
+                    p.name.replace(['"', '\\'], ""),
+                    d.remaining,
+                    secs_up(d.reset)
+                );
+            }
+            if p.legacy_headers && tightest.is_none_or(|(_, t)| d.remaining < t.remaining) {
+                tightest = Some(entry);
+            }
+        }
+        if !policy.is_empty() {
+            if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state)) {
+                h.insert(RATELIMIT_POLICY, p);
+                h.insert(RATELIMIT, s);
+            }
+        }
+        if let Some((p, d)) = tightest {
+            h.insert(X_LIMIT, HeaderValue::from(p.limit.quota().0));
+            h.insert(X_REMAINING, HeaderValue::from(d.remaining));
+            h.insert(X_RESET, HeaderValue::from(secs_up(d.reset)));
+        }
+    }
+}
+
+/// Whole seconds, rounded up: a client that waits this long is never early.
+pub fn secs_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_with_units_and_durations() {
+        assert_eq!(parse_rate("100/s").unwrap(), (100, Duration::from_secs(1)));
+        assert_eq!(parse_rate("6000/m").unwrap(), (6000, Duration::from_secs(60)));
+        assert_eq!(parse_rate("10/30s").unwrap(), (10, Duration::from_secs(30)));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("ten/s").is_err());
+        assert!(parse_rate("10").is_err());
+        assert!(parse_rate("10/fortnight").is_err());
+    }
+
+    #[test]
+    fn key_parts_parse() {
+        assert_eq!(parse_key("jwt.sub").unwrap(), KeyPart::Claim("sub".into()));
+        assert_eq!(
+            parse_key("header:X-Tenant").unwrap(),
+            KeyPart::Header(HeaderName::from_static("x-tenant"))
+        );
+        assert!(parse_key("cookie:x").is_err());
+        assert!(parse_key("jwt.").is_err());
+    }
+
+    #[test]
+    fn seconds_round_up() {
+        assert_eq!(secs_up(Duration::from_millis(1)), 1);
+        assert_eq!(secs_up(Duration::from_secs(2)), 2);
+        assert_eq!(secs_up(Duration::ZERO), 0);
+    }
+}
