@@ -569,3 +569,51 @@ async fn invalid_rate_limit_config_is_refused_with_its_location() {
     .to_string();
     assert!(err.contains("needs rate_limits.store.redis_urls"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_redis_urls_use_a_redis_cluster_shared_by_two_instances() {
+    let cluster = RedisCluster::start().await;
+    assert_eq!(cluster.node_count(), 3);
+    let up = Upstream::echo().await;
+    let urls: Vec<String> = cluster.urls.iter().map(|u| format!("'{u}'")).collect();
+    let yaml = limited(
+        &up.url(),
+        "per-tenant",
+        &format!(
+            "  store: {{ redis_urls: [{}], timeout: 1s, on_error: deny }}\n  policies:\n    per-tenant: {{ key: header:x-tenant, rate: 3/m }}\n",
+            urls.join(", ")
+        ),
+    );
+    let a = Ficus::start(&yaml).await;
+    let b = Ficus::start(&yaml).await;
+    let c = client();
+    let ask = |f: &Ficus, tenant: String| {
+        Request::get(f.url("/x"))
+            .header("x-tenant", tenant)
+            .body(empty())
+            .unwrap()
+    };
+    // `deny` on error: a 200 proves the cluster answered. Wait for both to connect.
+    for f in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(15), || {
+                let r = ask(f, format!("warm-{}", f.addr.port()));
+                let c = c.clone();
+                async move { send(&c, r).await.status.as_u16() == 200 }
+            })
+            .await,
+            "no decision through the cluster"
+        );
+    }
+    // Twenty tenants spread over the cluster's slots; each gets exactly its 3 across both instances.
+    for t in 0..20 {
+        let mut seen = Vec::new();
+        for i in 0..6 {
+            let f = if i % 2 == 0 { &a } else { &b };
+            seen.push(send(&c, ask(f, format!("tenant-{t}"))).await.status.as_u16());
+        }
+        assert_eq!(seen, [200, 200, 200, 429, 429, 429], "tenant-{t}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

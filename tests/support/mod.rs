@@ -473,6 +473,10 @@ impl Redis {
 
     /// On a given port: how a test brings a killed Redis back where ficus expects it.
     pub async fn start_on(port: u16) -> Self {
+        Self::start_with(port, &[]).await
+    }
+
+    pub async fn start_with(port: u16, extra: &[&str]) -> Self {
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -484,6 +488,7 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -531,5 +536,70 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A real three-master Redis Cluster on free loopback ports, stopped on drop.
+pub struct RedisCluster {
+    nodes: Vec<Redis>,
+    _dir: tempfile::TempDir,
+    pub urls: Vec<String>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .expect("free port")
+                .local_addr()
+                .expect("addr")
+                .port();
+            let conf = dir.path().join(format!("nodes-{port}.conf"));
+            nodes.push(
+                Redis::start_with(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        &conf.to_string_lossy(),
+                    ],
+                )
+                .await,
+            );
+        }
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli comes with redis-server (redis-tools)");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let first = nodes[0].port;
+        let ok = eventually(Duration::from_secs(20), || async move {
+            std::process::Command::new("redis-cli")
+                .args(["-p", &first.to_string(), "cluster", "info"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        })
+        .await;
+        assert!(ok, "the test cluster never reached cluster_state:ok");
+        let urls = nodes.iter().map(|n| n.url.clone()).collect();
+        Self {
+            nodes,
+            _dir: dir,
+            urls,
+        }
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
     }
 }
