@@ -393,6 +393,19 @@ async fn demo_serves_legacy_and_modern_backends() {
     let legacy = get("http://127.0.0.1:8080/api/customers/42").await;
     assert_eq!(legacy.headers["x-served-by"], "legacy");
     assert!(legacy.text().starts_with("<response>"), "{}", legacy.text());
+    // The customers route is visibly limited: 5 at once per client, then 429 with Retry-After.
+    assert_eq!(legacy.headers["x-ratelimit-remaining"], "4");
+    assert!(legacy.headers.contains_key("ratelimit-policy"));
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            get("http://127.0.0.1:8080/api/customers/42")
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
     // The demo's orders route is mid-migration; the beta-tester cohort always gets modern.
     let req = Request::get("http://127.0.0.1:8080/api/orders/7")
         .header("x-user", "beta-tester")
