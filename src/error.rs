@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::identity::client_cert::ClientCertError;
 use crate::pipeline::body::ResponseBody;
 use crate::pipeline::normalize::PathError;
 
@@ -51,6 +52,8 @@ pub enum ProxyError {
     InsufficientScope { scope: String },
     #[error("forbidden: {0}")]
     Forbidden(String),
+    #[error(transparent)]
+    ClientCert(#[from] crate::identity::client_cert::ClientCertError),
     #[error("the identity provider is unavailable: {0}")]
     IdentityUnavailable(String),
     #[error("this route requires an Idempotency-Key header")]
@@ -94,6 +97,8 @@ impl ProxyError {
             }
             Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } | Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::ClientCert(ClientCertError::Missing) => StatusCode::UNAUTHORIZED,
+            Self::ClientCert(ClientCertError::NotAllowed { .. }) => StatusCode::FORBIDDEN,
             Self::IdempotencyKeyMissing | Self::IdempotencyKeyInvalid => StatusCode::BAD_REQUEST,
             Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -123,6 +128,8 @@ impl ProxyError {
             Self::Unauthenticated { invalid: false, .. } => "missing-token",
             Self::InsufficientScope { .. } => "insufficient-scope",
             Self::Forbidden(_) => "forbidden",
+            Self::ClientCert(ClientCertError::Missing) => "client-cert-required",
+            Self::ClientCert(ClientCertError::NotAllowed { .. }) => "client-cert-not-allowed",
             Self::IdentityUnavailable(_) => "identity-unavailable",
             Self::IdempotencyKeyMissing => "idempotency-key-missing",
             Self::IdempotencyKeyInvalid => "idempotency-key-invalid",
@@ -150,6 +157,10 @@ impl ProxyError {
                 "the bearer token is invalid or expired".to_string()
             }
             Self::Unauthenticated { invalid: false, .. } => "a bearer token is required".to_string(),
+            // Which SANs were presented goes to the log only.
+            Self::ClientCert(ClientCertError::NotAllowed { .. }) => {
+                "the client certificate is not allowed on this route".to_string()
+            }
             other => other.to_string(),
         };
         let mut resp = problem(self.status(), self.kind(), &detail, request_id);

@@ -29,6 +29,7 @@ use crate::upstream::balance::{EndpointSet, HashOn};
 use crate::upstream::breaker::Breakers;
 use crate::upstream::client::PoolKey;
 use crate::upstream::retry::RetryPolicy;
+use crate::upstream::tls::UpstreamTls;
 use crate::upstream::KeptState;
 use crate::upstream::{ClientCache, Upstream};
 
@@ -53,6 +54,9 @@ pub struct Snapshot {
     pub jwt_providers: Vec<Arc<JwtProvider>>,
     /// In-process rate-limit state, kept across reloads per unchanged policy.
     pub rate_limit_stores: Vec<Arc<LocalStore>>,
+    /// Every header some route's `forward_client_cert` sets: removed from every request, so no
+    /// caller can send them to an upstream through a route that does not set them.
+    pub client_cert_headers: Vec<http::HeaderName>,
 }
 
 impl Snapshot {
@@ -97,6 +101,8 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
     if cfg.listeners.is_empty() {
         bad("listeners".into(), "configure at least one listener".into());
     }
+    // Not errors: valid, but probably not what was meant (or not for production).
+    let mut warnings = Vec::new();
     let mut listeners = HashMap::new();
     let mut binds = HashSet::new();
     let mut watch_files = Vec::new();
@@ -120,6 +126,9 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             for c in &tls.certs {
                 watch_files.push(src.base_dir.join(&c.cert));
                 watch_files.push(src.base_dir.join(&c.key));
+            }
+            if let Some(ca) = &tls.client_auth {
+                watch_files.push(src.base_dir.join(&ca.ca_file));
             }
         }
         match ListenerRuntime::compile(l, &src.base_dir, deps.metrics) {
@@ -295,6 +304,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 );
             }
         }
+        let https = endpoints.iter().any(|e| e.scheme == Scheme::HTTPS);
         let set = deps.states.endpoints.get_or_make(name, u, || {
             EndpointSet::new(
                 name,
@@ -304,11 +314,43 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 deps.metrics,
             )
         });
+        if let Some(t) = &u.tls {
+            if !https {
+                bad(
+                    format!("{at}.tls"),
+                    "applies to https:// endpoints only, and none is listed".into(),
+                );
+            }
+            if t.insecure_skip_verify {
+                warnings.push(
+                    src.problem(
+                        &format!("{at}.tls.insecure_skip_verify"),
+                        "the upstream's certificate is not verified: anyone on the path can impersonate it"
+                            .to_string(),
+                    ),
+                );
+            }
+            for f in [&t.ca_file, &t.client_cert, &t.client_key].into_iter().flatten() {
+                watch_files.push(src.base_dir.join(f));
+            }
+        }
+        let tls = if https {
+            match UpstreamTls::build(&u.tls.clone().unwrap_or_default(), &src.base_dir) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(e) => {
+                    bad(format!("{at}.tls"), e.to_string());
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let pool_key = PoolKey {
             connect_timeout: u.timeouts.connect,
             pool: u.pool.clone(),
+            tls: tls.as_ref().map(|t| t.fingerprint),
         };
-        let client = deps.clients.get(&pool_key);
+        let client = deps.clients.get(&pool_key, tls.as_deref());
         let duration = deps
             .metrics
             .histogram(UPSTREAM_REQUEST_DURATION, &[("upstream", name)]);
@@ -317,6 +359,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             Arc::new(
                 Upstream::new(name, set, u.timeouts.request, pool_key, client, duration)
                     .with_hash_on(hash_on)
+                    .with_tls(tls)
                     .with_breaker(u.circuit_breaker.as_ref().map(|b| {
                         deps.states
                             .breakers
@@ -356,6 +399,10 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         }
     }
     let rate_policies = compile_rate_limits(&cfg.rate_limits, deps, &mut bad);
+    let asks_client_certs = cfg
+        .listeners
+        .iter()
+        .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()));
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
@@ -669,21 +716,35 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                             None
                         }
                     },
+                    (None, None) if ic.client_cert.is_some() || ic.forward_client_cert.is_some() => None,
                     _ => {
                         bad(
                             format!("{at}.identity"),
-                            "set `jwt` or `api_keys` (one of them)".into(),
+                            "set `jwt` or `api_keys` (one of them), or `client_cert`".into(),
                         );
                         None
                     }
                 };
-                verifier.and_then(|v| match crate::identity::RouteIdentity::new(ic, v) {
-                    Ok(i) => Some(i),
-                    Err(reason) => {
-                        bad(format!("{at}.identity"), reason);
-                        None
+                let has_verifier = ic.jwt.is_some() || ic.api_keys.is_some();
+                if verifier.is_none() && has_verifier {
+                    None
+                } else {
+                    match crate::identity::RouteIdentity::new(ic, verifier) {
+                        Ok(i) => {
+                            if ic.client_cert.is_some() && !asks_client_certs {
+                                warnings.push(src.problem(
+                                    &format!("{at}.identity.client_cert"),
+                                    "no listener has `tls.client_auth`, so no caller can present a certificate".to_string(),
+                                ));
+                            }
+                            Some(i)
+                        }
+                        Err(reason) => {
+                            bad(format!("{at}.identity"), reason);
+                            None
+                        }
                     }
-                })
+                }
             }
         };
         let mut policies = Vec::new();
@@ -737,7 +798,20 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
     let Some(idempotency_store) = idempotency_store else {
         return Err(ConfigErrors(problems));
     };
-    let mut warnings = Vec::new();
+    let mut client_cert_headers: Vec<http::HeaderName> = Vec::new();
+    for r in &routes {
+        let names = r
+            .identity
+            .as_ref()
+            .and_then(|i| i.forward_client_cert.as_ref())
+            .into_iter()
+            .flat_map(|f| f.header_names());
+        for h in names {
+            if !client_cert_headers.contains(h) {
+                client_cert_headers.push(h.clone());
+            }
+        }
+    }
     for (j, later) in routes.iter().enumerate() {
         if let Some((i, earlier)) = routes[..j].iter().enumerate().find(|(_, e)| later.shadowed_by(e)) {
             warnings.push(src.problem(
@@ -751,6 +825,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
     }
     Ok(Snapshot {
         rate_limit_stores: rate_policies.values().map(|p| p.local_store()).collect(),
+        client_cert_headers,
         jwt_providers: providers.into_values().collect(),
         warnings,
         idempotency_store,
@@ -768,18 +843,17 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
     })
 }
 
-/// Only plain-HTTP endpoints for now; upstream TLS arrives with upstream mTLS.
 fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     let uri: Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
-    match uri.scheme() {
-        Some(sc) if *sc == Scheme::HTTP => {}
+    let scheme = match uri.scheme() {
+        Some(sc) if *sc == Scheme::HTTP || *sc == Scheme::HTTPS => sc.clone(),
         Some(sc) => {
             return Err(format!(
-                "scheme `{sc}` is not supported yet; use http://host:port"
+                "scheme `{sc}` is not supported; use http://host:port or https://host:port"
             ))
         }
         None => return Err(format!("`{s}` needs a scheme: http://host:port")),
-    }
+    };
     let authority = uri
         .authority()
         .cloned()
@@ -792,10 +866,7 @@ fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
             "`{s}`: an endpoint is scheme://host:port only, without a path"
         ));
     }
-    Ok(Endpoint {
-        scheme: Scheme::HTTP,
-        authority,
-    })
+    Ok(Endpoint { scheme, authority })
 }
 
 /// A route path must already be in normal form, or it could never match a normalised request.

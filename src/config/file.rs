@@ -273,6 +273,39 @@ pub struct RouteIdentityConfig {
     /// What the upstream (a legacy system) gets instead of the caller's credentials.
     #[serde(default)]
     pub upstream_auth: Option<UpstreamAuthConfig>,
+    /// What the route requires of the caller's TLS client certificate (the listener's
+    /// `tls.client_auth` asks for one).
+    #[serde(default)]
+    pub client_cert: Option<ClientCertRuleConfig>,
+    /// Send the verified client certificate's subject and SANs upstream as these headers.
+    #[serde(default)]
+    pub forward_client_cert: Option<ForwardClientCertConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertRuleConfig {
+    /// Refuse callers without a verified client certificate (401).
+    #[serde(default)]
+    pub required: bool,
+    /// A glob (`*` matches any run of characters, `/` and `.` included) that at least one SAN
+    /// must match, e.g. `spiffe://corp/*`; otherwise 403.
+    #[serde(default)]
+    pub san: Option<String>,
+    /// A regular expression (anchored for you) that at least one SAN must match.
+    #[serde(default)]
+    pub san_regex: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardClientCertConfig {
+    /// Header for the subject DN (RFC 4514 form, e.g. `CN=orders,O=Corp`).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Header for the SANs, comma-separated in certificate order.
+    #[serde(default)]
+    pub san: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -558,6 +591,26 @@ pub struct TlsConfig {
     /// Oldest protocol version offered: `"1.2"` or `"1.3"`.
     #[serde(default = "default_tls_min")]
     pub min_version: String,
+    /// Ask clients for a certificate signed by `ca_file` (mTLS); off unless present.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// `required`: the handshake fails without a valid certificate. `optional`: anonymous
+    /// clients are let in (routes decide), but a presented certificate must still verify.
+    pub mode: ClientAuthMode,
+    /// PEM bundle of the CAs client certificates must chain to, relative to the config file.
+    pub ca_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuthMode {
+    Required,
+    Optional,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -662,7 +715,7 @@ impl Default for ReloadConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `http://host:port` URLs; requests go round robin over them.
+    /// `http://host:port` or `https://host:port` URLs; requests go round robin over them.
     pub endpoints: Vec<String>,
     #[serde(default)]
     pub timeouts: UpstreamTimeouts,
@@ -685,6 +738,30 @@ pub struct UpstreamConfig {
     /// Active health checks; off unless present.
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
+    /// For `https://` endpoints; without it they are verified against the webpki roots.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM bundle of the CAs the upstream's certificate must chain to (instead of the webpki
+    /// roots), relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) presented to the upstream (upstream mTLS); with `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// The name sent as SNI and checked against the upstream's certificate, instead of the
+    /// endpoint's host.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Accept any certificate. For tests only: `ficus check` warns about it.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

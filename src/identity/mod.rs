@@ -5,6 +5,7 @@
 //! bare `Bearer` challenge when no token was sent), 403 with `insufficient_scope`.
 
 pub mod api_keys;
+pub mod client_cert;
 pub mod jwt;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use http::{HeaderMap, HeaderValue};
 use crate::config::file::RouteIdentityConfig;
 use crate::error::ProxyError;
 use crate::pipeline::route::{cookie_value, query_value};
+use client_cert::{ClientCertRule, ForwardClientCert, PeerCert};
 use jwt::{Claims, JwtProvider};
 
 /// How a route verifies its callers.
@@ -25,7 +27,10 @@ pub enum Verifier {
 
 /// A route's identity requirements, compiled.
 pub struct RouteIdentity {
-    pub verifier: Verifier,
+    /// `None` on a route that only checks the TLS client certificate.
+    pub verifier: Option<Verifier>,
+    client_cert: Option<ClientCertRule>,
+    pub forward_client_cert: Option<ForwardClientCert>,
     optional: bool,
     scopes: Vec<String>,
     claims: Vec<(String, Vec<String>)>,
@@ -38,7 +43,18 @@ pub struct RouteIdentity {
 }
 
 impl RouteIdentity {
-    pub fn new(cfg: &RouteIdentityConfig, verifier: Verifier) -> Result<Self, String> {
+    pub fn new(cfg: &RouteIdentityConfig, verifier: Option<Verifier>) -> Result<Self, String> {
+        if verifier.is_none()
+            && (!cfg.scopes.is_empty() || !cfg.claims.is_empty() || !cfg.forward_claims.is_empty())
+        {
+            return Err("`scopes`, `claims` and `forward_claims` need `jwt` or `api_keys`".into());
+        }
+        let client_cert = cfg.client_cert.as_ref().map(ClientCertRule::new).transpose()?;
+        let forward_client_cert = cfg
+            .forward_client_cert
+            .as_ref()
+            .map(ForwardClientCert::new)
+            .transpose()?;
         let forward = cfg
             .forward_claims
             .iter()
@@ -95,6 +111,8 @@ impl RouteIdentity {
             upstream_auth,
             drop_token,
             verifier,
+            client_cert,
+            forward_client_cert,
             optional: cfg.optional,
             scopes: cfg.scopes.clone(),
             claims,
@@ -122,6 +140,22 @@ impl RouteIdentity {
         query_value(query, self.query.as_ref()?).filter(|v| !v.is_empty())
     }
 
+    /// The TLS client certificate's part of the identity stage, before any token: the route's
+    /// requirement, then its headers towards the upstream (the caller's copies removed first).
+    pub fn check_client_cert(
+        &self,
+        cert: Option<&PeerCert>,
+        headers: &mut HeaderMap,
+    ) -> Result<(), ProxyError> {
+        if let Some(rule) = &self.client_cert {
+            rule.check(cert)?;
+        }
+        if let Some(fwd) = &self.forward_client_cert {
+            fwd.apply(cert, headers);
+        }
+        Ok(())
+    }
+
     /// Checks the request; on success strips the caller's own copies of the forwarded headers
     /// and sets them from the verified claims. Returns the claims (none for an anonymous caller
     /// on an optional route).
@@ -134,7 +168,17 @@ impl RouteIdentity {
         for (_, h) in &self.forward {
             headers.remove(h);
         }
-        let claims = match &self.verifier {
+        let Some(verifier) = &self.verifier else {
+            // A client-certificate-only route: no token is looked at, none is required.
+            if self.drop_token {
+                headers.remove(AUTHORIZATION);
+            }
+            for (name, value) in &self.upstream_auth {
+                headers.insert(name.clone(), value.clone());
+            }
+            return Ok(None);
+        };
+        let claims = match verifier {
             Verifier::Jwt(provider) => {
                 let Some(token) = self.token(headers, query).map(str::to_string) else {
                     if self.optional {

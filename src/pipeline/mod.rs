@@ -17,7 +17,7 @@ pub mod shadow;
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use http::header::{HeaderName, HOST};
@@ -27,6 +27,7 @@ use hyper::body::Incoming;
 use crate::config::compile::Snapshot;
 use crate::error::ProxyError;
 use crate::gateway::Shared;
+use crate::identity::client_cert::PeerCert;
 use crate::server::listener::ListenerRuntime;
 use crate::telemetry::access_log::AccessRecord;
 use body::{InBody, ResponseBody};
@@ -42,6 +43,8 @@ pub struct ConnInfo {
     pub listener: Arc<ListenerRuntime>,
     /// Requests still being answered; the idle timeout never closes a connection that has some.
     pub in_flight: AtomicUsize,
+    /// The verified TLS client certificate, set once right after the handshake.
+    pub client_cert: OnceLock<Arc<PeerCert>>,
 }
 
 /// Per-request state shared by the stages (Pingora's context struct).
@@ -53,6 +56,15 @@ pub struct RequestCtx {
     pub side: migration::Side,
     /// The caller's verified claims, when the route checks identity and a token was sent.
     pub claims: Option<Arc<crate::identity::jwt::Claims>>,
+    /// The connection's verified TLS client certificate, if it presented one.
+    pub client_cert: Option<Arc<PeerCert>>,
+}
+
+impl RequestCtx {
+    /// The client certificate's principal (first SAN, else subject), for logs and rate-limit keys.
+    pub fn client_cert_identity(&self) -> Option<&str> {
+        self.client_cert.as_deref().map(|c| &*c.principal)
+    }
 }
 
 struct InFlight<'a>(&'a AtomicUsize);
@@ -80,6 +92,7 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         route: None,
         side: migration::Side::Legacy,
         claims: None,
+        client_cert: conn.client_cert.get().cloned(),
     };
     let method = req.method().clone();
     let log_path = shared.access_log.as_ref().map(|_| req.uri().path().to_owned());
@@ -125,6 +138,7 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
             path,
             route: ctx.route.as_ref().map(|r| r.name.clone()),
             upstream: ctx.route.as_ref().map(|r| r.upstream_for(ctx.side).name.clone()),
+            client_cert: ctx.client_cert.as_ref().map(|c| c.principal.clone()),
             status: response.status(),
             duration_us: elapsed.as_micros() as u64,
             error,
@@ -167,7 +181,13 @@ async fn run(
     };
     // Stage 4: identity.
     let mut req = req;
+    // On every route, not only those that set them: a route without `forward_client_cert` to
+    // the same upstream would otherwise let a caller spoof them (Envoy's XFCC lesson).
+    for h in &snap.client_cert_headers {
+        req.headers_mut().remove(h);
+    }
     if let Some(idn) = &route.identity {
+        idn.check_client_cert(ctx.client_cert.as_deref(), req.headers_mut())?;
         let query = req.uri().query().map(str::to_string);
         ctx.claims = idn.check(req.headers_mut(), query.as_deref()).await?;
     }

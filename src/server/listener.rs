@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,8 +20,9 @@ use tokio_rustls::TlsAcceptor;
 
 use super::io::IdleIo;
 use super::tls;
-use crate::config::file::{ListenerConfig, ListenerLimits};
+use crate::config::file::{ClientAuthMode, ListenerConfig, ListenerLimits};
 use crate::gateway::Shared;
+use crate::identity::client_cert::PeerCert;
 use crate::pipeline::{self, ConnInfo};
 use crate::telemetry::metrics::{Metrics, CONNECTIONS_REJECTED, OPEN_CONNECTIONS, TLS_CERT_EXPIRY};
 
@@ -99,7 +100,20 @@ impl ListenerRuntime {
                 if !problems.is_empty() {
                     return Err(problems);
                 }
-                match tls::server_config(&loaded, &t.min_version) {
+                let client_auth = match &t.client_auth {
+                    None => None,
+                    Some(ca) => match tls::load_ca_bundle(&base_dir.join(&ca.ca_file)) {
+                        Ok(roots) => Some(tls::ClientAuth {
+                            roots,
+                            optional: ca.mode == ClientAuthMode::Optional,
+                        }),
+                        Err(e) => {
+                            problems.push(("tls.client_auth.ca_file".into(), e.to_string()));
+                            return Err(problems);
+                        }
+                    },
+                };
+                match tls::server_config(&loaded, &t.min_version, client_auth) {
                     Ok(sc) => {
                         let certs = loaded
                             .iter()
@@ -199,6 +213,7 @@ pub async fn serve(
             peer,
             listener: rt.clone(),
             in_flight: AtomicUsize::new(0),
+            client_cert: OnceLock::new(),
         });
         let io = IdleIo::new(tcp, rt.limits.idle_timeout, conn.clone());
         let watcher = graceful.watcher();
@@ -209,7 +224,18 @@ pub async fn serve(
                 None => serve_connection(io, &rt, conn, shared, watcher).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(rt.limits.header_read_timeout, acceptor.accept(io)).await {
-                        Ok(Ok(tls)) => serve_connection(tls, &rt, conn, shared, watcher).await,
+                        Ok(Ok(tls)) => {
+                            // Read once per connection; rustls has verified the chain already.
+                            if let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                                match PeerCert::from_der(leaf) {
+                                    Some(cert) => {
+                                        let _ = conn.client_cert.set(Arc::new(cert));
+                                    }
+                                    None => tracing::debug!(%peer, "client certificate could not be parsed"),
+                                }
+                            }
+                            serve_connection(tls, &rt, conn, shared, watcher).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }

@@ -1,5 +1,5 @@
 //! TLS termination with rustls: several certificates chosen by SNI, TLS 1.2 and 1.3 only,
-//! ALPN `h2` and `http/1.1`. Certificates are loaded when a snapshot is compiled, so a changed
+//! ALPN `h2` and `http/1.1`, optional or required client certificates (mTLS). Certificates are loaded when a snapshot is compiled, so a changed
 //! certificate file is picked up by the next reload (the watcher watches these files too).
 
 use std::collections::HashMap;
@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
+use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -28,6 +28,8 @@ pub enum TlsError {
     },
     #[error("min_version must be \"1.2\" or \"1.3\", not {0:?}")]
     Version(String),
+    #[error("cannot use CA bundle {path}: {reason}")]
+    CaBundle { path: PathBuf, reason: String },
     #[error("{0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -40,7 +42,7 @@ pub struct LoadedCert {
     pub key: Arc<CertifiedKey>,
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
@@ -131,7 +133,41 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-pub fn server_config(certs: &[LoadedCert], min_version: &str) -> Result<Arc<ServerConfig>, TlsError> {
+/// Every certificate in a PEM bundle, as trust anchors. An empty bundle is an error: it would
+/// trust nothing and fail every handshake.
+pub fn load_ca_bundle(path: &Path) -> Result<RootCertStore, TlsError> {
+    let err = |reason: String| TlsError::CaBundle {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    ca_bundle_from_pem(&pem).map_err(err)
+}
+
+pub fn ca_bundle_from_pem(pem: &[u8]) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(pem) {
+        let der = der.map_err(|e| e.to_string())?;
+        store.add(der).map_err(|e| e.to_string())?;
+    }
+    if store.is_empty() {
+        return Err("no PEM certificate in the file".into());
+    }
+    Ok(store)
+}
+
+/// How a listener asks for client certificates: its trust anchors and whether a client may
+/// go without one.
+pub struct ClientAuth {
+    pub roots: RootCertStore,
+    pub optional: bool,
+}
+
+pub fn server_config(
+    certs: &[LoadedCert],
+    min_version: &str,
+    client_auth: Option<ClientAuth>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
         "1.2" => &[&rustls::version::TLS13, &rustls::version::TLS12],
         "1.3" => &[&rustls::version::TLS13],
@@ -153,14 +189,27 @@ pub fn server_config(certs: &[LoadedCert], min_version: &str) -> Result<Arc<Serv
             };
         }
     }
-    let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver {
-            exact,
-            wildcard,
-            default,
-        }));
+    let builder = ServerConfig::builder_with_provider(provider()).with_protocol_versions(versions)?;
+    let builder = match client_auth {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(ca.roots), provider());
+            let verifier = if ca.optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(SniResolver {
+        exact,
+        wildcard,
+        default,
+    }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

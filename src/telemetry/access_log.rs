@@ -24,6 +24,8 @@ pub struct AccessRecord {
     pub path: String,
     pub route: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,
+    /// The TLS client certificate's principal (first SAN, else subject).
+    pub client_cert: Option<Arc<str>>,
     pub status: StatusCode,
     pub duration_us: u64,
     pub error: Option<&'static str>,
@@ -39,6 +41,8 @@ struct Line<'a> {
     path: &'a str,
     route: Option<&'a str>,
     upstream: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_cert: Option<&'a str>,
     status: u16,
     duration_us: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,6 +132,7 @@ fn write_line(out: &mut impl Write, r: &AccessRecord) {
         path: &r.path,
         route: r.route.as_deref(),
         upstream: r.upstream.as_deref(),
+        client_cert: r.client_cert.as_deref(),
         status: r.status.as_u16(),
         duration_us: r.duration_us,
         error: r.error,

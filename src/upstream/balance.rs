@@ -63,6 +63,8 @@ pub struct EndpointSet {
     next: AtomicUsize,
     epoch: Instant,
     pub(crate) health_started: AtomicBool,
+    /// The upstream's current TLS settings, for its health checker.
+    pub(crate) probe_tls: arc_swap::ArcSwapOption<super::tls::UpstreamTls>,
 }
 
 /// An endpoint chosen for one try; it counts as in flight until dropped.
@@ -143,6 +145,7 @@ impl EndpointSet {
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
             health_started: AtomicBool::new(false),
+            probe_tls: arc_swap::ArcSwapOption::empty(),
         }
     }
 

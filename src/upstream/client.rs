@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -13,10 +14,11 @@ use metrics::Histogram;
 use parking_lot::Mutex;
 
 use super::balance::{EndpointSet, HashOn};
+use super::tls::UpstreamTls;
 use crate::config::file::{HealthCheckConfig, PoolConfig};
 use crate::pipeline::body::RequestBody;
 
-pub type HttpClient = Client<HttpConnector, RequestBody>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 /// Settings that shape a connection pool. Upstreams that share them share one pool (the pool is
 /// keyed by authority inside), and a reload that keeps them keeps its warm connections.
@@ -24,6 +26,8 @@ pub type HttpClient = Client<HttpConnector, RequestBody>;
 pub struct PoolKey {
     pub connect_timeout: Duration,
     pub pool: PoolConfig,
+    /// [`UpstreamTls::fingerprint`] for upstreams with `https://` endpoints.
+    pub tls: Option<[u8; 32]>,
 }
 
 #[derive(Default)]
@@ -32,11 +36,12 @@ pub struct ClientCache {
 }
 
 impl ClientCache {
-    pub fn get(&self, key: &PoolKey) -> HttpClient {
+    /// `tls` is the upstream's, whose fingerprint is in `key`: a kept pool has equal settings.
+    pub fn get(&self, key: &PoolKey, tls: Option<&UpstreamTls>) -> HttpClient {
         self.clients
             .lock()
             .entry(key.clone())
-            .or_insert_with(|| build_client(key))
+            .or_insert_with(|| build_client(key, tls))
             .clone()
     }
 
@@ -46,12 +51,8 @@ impl ClientCache {
     }
 }
 
-fn build_client(key: &PoolKey) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(key.connect_timeout));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    connector.enforce_http(true);
+fn build_client(key: &PoolKey, tls: Option<&UpstreamTls>) -> HttpClient {
+    let connector = super::tls::connector(tls, key.connect_timeout);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(key.pool.idle_timeout)
         .pool_max_idle_per_host(key.pool.max_idle_per_endpoint)
@@ -80,6 +81,8 @@ pub struct Upstream {
     pub health_check: Option<HealthCheckConfig>,
     pub request_timeout: Duration,
     pub pool_key: PoolKey,
+    /// Set when an endpoint is `https://`; health checks use it too.
+    pub tls: Option<Arc<UpstreamTls>>,
     client: HttpClient,
     duration: Histogram,
     pub breaker: Option<Arc<super::breaker::Breakers>>,
@@ -102,6 +105,7 @@ impl Upstream {
             health_check: None,
             request_timeout,
             pool_key,
+            tls: None,
             client,
             duration,
             breaker: None,
@@ -116,6 +120,11 @@ impl Upstream {
 
     pub fn with_health_check(mut self, hc: Option<HealthCheckConfig>) -> Self {
         self.health_check = hc;
+        self
+    }
+
+    pub fn with_tls(mut self, tls: Option<Arc<UpstreamTls>>) -> Self {
+        self.tls = tls;
         self
     }
 

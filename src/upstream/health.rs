@@ -8,6 +8,7 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Empty;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -21,6 +22,9 @@ use crate::config::file::HealthCheckConfig;
 pub fn start(snap: &Snapshot) {
     for u in snap.upstreams.values() {
         let Some(cfg) = &u.health_check else { continue };
+        // A running checker picks this up on its next round: a reload that replaced only the
+        // certificate files keeps the endpoint set (and its checker) but changes the TLS settings.
+        u.endpoints.probe_tls.store(u.tls.clone());
         if u.endpoints.health_started.swap(true, Ordering::AcqRel) {
             continue;
         }
@@ -29,16 +33,24 @@ pub fn start(snap: &Snapshot) {
 }
 
 async fn run(set: Weak<EndpointSet>, cfg: HealthCheckConfig) {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(cfg.timeout));
-    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let build =
+        |tls: Option<&super::tls::UpstreamTls>| -> Client<HttpsConnector<HttpConnector>, Empty<Bytes>> {
+            Client::builder(TokioExecutor::new()).build(super::tls::connector(tls, cfg.timeout))
+        };
+    let mut fingerprint = None;
+    let mut client = build(None);
     let expected: Arc<[u16]> = cfg.expected_statuses.clone().into();
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(set) = set.upgrade() else { return };
+        let tls = set.probe_tls.load_full();
+        let now = tls.as_ref().map(|t| t.fingerprint);
+        if now != fingerprint {
+            client = build(tls.as_deref());
+            fingerprint = now;
+        }
         let checks: Vec<_> = set
             .states()
             .iter()

@@ -5,6 +5,7 @@ pub mod breaker;
 pub mod client;
 pub mod health;
 pub mod retry;
+pub mod tls;
 
 pub use client::{ClientCache, Upstream, UpstreamCallError};
 

@@ -54,6 +54,25 @@ impl Upstream {
         F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
+        Self::start_with(handler, None).await
+    }
+
+    /// An HTTPS upstream. Each request arrives with `x-tls-sni` (the SNI the client sent) and
+    /// `x-tls-client-san` (the SANs of the client certificate, comma-separated) added, so an
+    /// echo handler reports them.
+    pub async fn start_tls<F, Fut>(handler: F, tls: Arc<rustls::ServerConfig>) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        Self::start_with(handler, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with<F, Fut>(handler: F, tls: Option<tokio_rustls::TlsAcceptor>) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let hits = Arc::new(AtomicUsize::new(0));
@@ -65,15 +84,25 @@ impl Upstream {
                 };
                 let handler = handler.clone();
                 let counter = counter.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        let fut = handler(req);
-                        async move { Ok::<_, Infallible>(fut.await) }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                        .await;
+                    match tls {
+                        None => serve_upstream_conn(TokioIo::new(tcp), handler, counter, None).await,
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            let conn = stream.get_ref().1;
+                            let sni = conn.server_name().unwrap_or("").to_string();
+                            let sans = conn
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| cert_sans(c).join(","))
+                                .unwrap_or_default();
+                            serve_upstream_conn(TokioIo::new(stream), handler, counter, Some((sni, sans)))
+                                .await;
+                        }
+                    }
                 });
             }
         });
@@ -94,9 +123,38 @@ impl Upstream {
         format!("http://{}", self.addr)
     }
 
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
+}
+
+async fn serve_upstream_conn<I, F, Fut>(
+    io: TokioIo<I>,
+    handler: F,
+    counter: Arc<AtomicUsize>,
+    seen: Option<(String, String)>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        if let Some((sni, sans)) = &seen {
+            let h = req.headers_mut();
+            h.insert("x-tls-sni", sni.parse().expect("sni header"));
+            h.insert("x-tls-client-san", sans.parse().expect("san header"));
+        }
+        let fut = handler(req);
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(io, svc)
+        .await;
 }
 
 impl Drop for Upstream {
@@ -360,6 +418,8 @@ pub struct TestCert {
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
     pub der: rustls_pki_types::CertificateDer<'static>,
+    /// PKCS#8 DER of the private key.
+    pub key_der: Option<Vec<u8>>,
 }
 
 /// A self-signed certificate for `names`, written as PEM into `dir` under `stem`.
@@ -374,7 +434,135 @@ pub fn make_cert(dir: &Path, stem: &str, names: &[&str]) -> TestCert {
         cert_path,
         key_path,
         der: ck.cert.der().clone(),
+        key_der: Some(ck.signing_key.serialize_der()),
     }
+}
+
+/// A test certificate authority; [`TestCa::issue`] signs leaf certificates with it.
+pub struct TestCa {
+    /// The CA certificate (PEM file and DER); its `key_path` is not written.
+    pub cert: TestCert,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    /// A new CA whose certificate is written into `dir` as `{stem}.pem`.
+    pub fn new(dir: &Path, stem: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{stem} test CA"));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("ca key");
+        let cert = params.self_signed(&key).expect("ca cert");
+        let cert_path = dir.join(format!("{stem}.pem"));
+        std::fs::write(&cert_path, cert.pem()).expect("write ca");
+        Self {
+            cert: TestCert {
+                cert_path,
+                key_path: dir.join(format!("{stem}.key-not-written")),
+                der: cert.der().clone(),
+                key_der: None,
+            },
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf certificate with common name `stem`, signed by this CA, written into `dir`. A SAN
+    /// with `://` is a URI SAN, one that parses as an IP address an IP SAN, else a DNS name.
+    /// It is usable both as a server and as a client certificate.
+    pub fn issue(&self, dir: &Path, stem: &str, sans: &[&str]) -> TestCert {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, stem);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Corp");
+        params.subject_alt_names = sans
+            .iter()
+            .map(|s| {
+                if s.contains("://") {
+                    rcgen::SanType::URI((*s).try_into().expect("uri san"))
+                } else if let Ok(ip) = s.parse() {
+                    rcgen::SanType::IpAddress(ip)
+                } else {
+                    rcgen::SanType::DnsName((*s).try_into().expect("dns san"))
+                }
+            })
+            .collect();
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        let cert_path = dir.join(format!("{stem}.pem"));
+        let key_path = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        TestCert {
+            cert_path,
+            key_path,
+            der: cert.der().clone(),
+            key_der: Some(key.serialize_der()),
+        }
+    }
+}
+
+impl TestCert {
+    pub fn key(&self) -> rustls_pki_types::PrivateKeyDer<'static> {
+        let der = self.key_der.clone().expect("a certificate with its key");
+        rustls_pki_types::PrivateKeyDer::Pkcs8(der.into())
+    }
+}
+
+/// URI, DNS and IP SANs of a certificate, as text.
+pub fn cert_sans(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(s)
+            | x509_parser::extensions::GeneralName::DNSName(s) => Some(s.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A rustls server config for a test HTTPS upstream: `cert` as its certificate, and when
+/// `client_ca` is given, a client certificate signed by it is required.
+pub fn upstream_tls(cert: &TestCert, client_ca: Option<&TestCa>) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions");
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.cert.der.clone()).expect("client ca");
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .expect("verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder
+        .with_single_cert(vec![cert.der.clone()], cert.key())
+        .expect("server cert");
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
 }
 
 /// A TLS connection to `addr` with SNI `sni`, trusting `roots`, offering `alpn`.
@@ -384,16 +572,32 @@ pub async fn tls_connect(
     roots: &[&rustls_pki_types::CertificateDer<'static>],
     alpn: &[&[u8]],
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, io::Error> {
+    tls_connect_as(addr, sni, roots, alpn, None).await
+}
+
+/// Like [`tls_connect`], presenting `client` as the client certificate.
+pub async fn tls_connect_as(
+    addr: SocketAddr,
+    sni: &str,
+    roots: &[&rustls_pki_types::CertificateDer<'static>],
+    alpn: &[&[u8]],
+    client: Option<&TestCert>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, io::Error> {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         store.add((*r).clone()).expect("root");
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
-        .with_root_certificates(store)
-        .with_no_client_auth();
+        .with_root_certificates(store);
+    let mut cfg = match client {
+        None => builder.with_no_client_auth(),
+        Some(c) => builder
+            .with_client_auth_cert(vec![c.der.clone()], c.key())
+            .expect("client cert"),
+    };
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let tcp = TcpStream::connect(addr).await?;
