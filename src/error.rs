@@ -171,6 +171,11 @@ impl ProxyError {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
             }
+            Self::IdentityUnavailable(_) => {
+                // The JWKS refetch and the introspection retry run every few seconds.
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(5u32));
+            }
             _ => {}
         }
         resp

@@ -728,3 +728,76 @@ async fn legacy_gets_its_own_credentials_instead_of_the_callers_token() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idp_down_since_start_gives_503_and_later_outages_keep_the_last_good_keys() {
+    let r = rsa("r1");
+    // A JWKS server that answers 500 until told otherwise.
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set = jwks(&[&r]);
+    let h = healthy.clone();
+    let idp = Upstream::start(move |_req: Request<Incoming>| {
+        let ok = h.load(Ordering::SeqCst);
+        let body = serde_json::to_string(&set).unwrap();
+        async move {
+            let mut resp = Response::new(full(if ok { body } else { "down".into() }));
+            if !ok {
+                *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            resp
+        }
+    })
+    .await;
+    let up = Upstream::echo().await;
+    let provider = format!(
+        "algorithms: [RS256], jwks_url: '{}/jwks', unknown_kid_refetch: 100ms",
+        idp.url()
+    );
+    let f = Ficus::start(&config(&up.url(), &provider, ROUTE)).await;
+    let c = client();
+    let token = sign(&r, &good_claims());
+    let a = send(&c, with_token(&f, &token)).await;
+    a.assert_problem(503, "identity-unavailable");
+    assert!(a.headers.get("www-authenticate").is_none());
+    assert_eq!(up.hits(), 0);
+
+    // The IdP comes up: the next token that finds no key refetches and passes.
+    healthy.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(send(&c, with_token(&f, &token)).await.status, 200);
+
+    // It goes down again: the last good keys keep serving (a token never seen, so not cached).
+    healthy.store(false, Ordering::SeqCst);
+    f.gw().shared().snapshot.load().jwt_providers[0]
+        .refresh()
+        .await
+        .unwrap_err();
+    let mut other = good_claims();
+    other["sub"] = "bob".into();
+    let b = send(&c, with_token(&f, &sign(&r, &other))).await;
+    assert_eq!(b.status, 200, "{}", b.text());
+    assert_eq!(b.echoed().headers["x-user-id"], vec!["bob".to_string()]);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn idp_refusing_connections_since_start_gives_503_not_401() {
+    let r = rsa("r1");
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let up = Upstream::echo().await;
+    let provider = format!("algorithms: [RS256], jwks_url: 'http://{addr}/jwks'");
+    let f = Ficus::start(&config(&up.url(), &provider, ROUTE)).await;
+    let c = client();
+    send(&c, with_token(&f, &sign(&r, &good_claims())))
+        .await
+        .assert_problem(503, "identity-unavailable");
+    // A caller without a token is still told to authenticate.
+    send(&c, Request::get(f.url("/orders")).body(empty()).unwrap())
+        .await
+        .assert_problem(401, "missing-token");
+    assert_eq!(up.hits(), 0);
+    f.shutdown().await;
+}
