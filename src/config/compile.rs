@@ -48,6 +48,7 @@ pub struct Snapshot {
     /// Not errors: the config is valid, but probably not what was meant (unreachable routes).
     pub warnings: Vec<ConfigProblem>,
     pub jwt_providers: Vec<Arc<JwtProvider>>,
+    pub introspectors: Vec<Arc<crate::identity::introspection::Introspector>>,
 }
 
 impl Snapshot {
@@ -350,6 +351,17 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             Err(reason) => bad(format!("identity.api_keys.{name}"), reason),
         }
     }
+    let mut introspectors: BTreeMap<String, Arc<crate::identity::introspection::Introspector>> =
+        BTreeMap::new();
+    for (name, ic) in &cfg.identity.introspection {
+        match crate::identity::introspection::Introspector::new(name, ic) {
+            Ok(fresh) => {
+                let kept = deps.states.introspection.get_or_make(name, ic, || fresh);
+                introspectors.insert(name.clone(), kept);
+            }
+            Err(reason) => bad(format!("identity.introspection.{name}"), reason),
+        }
+    }
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
@@ -642,8 +654,18 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         let identity = match &r.identity {
             None => None,
             Some(ic) => {
-                let verifier = match (&ic.jwt, &ic.api_keys) {
-                    (Some(name), None) => match providers.get(name) {
+                let verifier = match (&ic.jwt, &ic.api_keys, &ic.introspection) {
+                    (None, None, Some(name)) => match introspectors.get(name) {
+                        Some(i) => Some(crate::identity::Verifier::Introspection(i.clone())),
+                        None => {
+                            bad(
+                                format!("{at}.identity.introspection"),
+                                format!("no introspection endpoint named `{name}`"),
+                            );
+                            None
+                        }
+                    },
+                    (Some(name), None, None) => match providers.get(name) {
                         Some(p) => Some(crate::identity::Verifier::Jwt(p.clone())),
                         None => {
                             bad(
@@ -653,7 +675,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                             None
                         }
                     },
-                    (None, Some(name)) => match key_sets.get(name) {
+                    (None, Some(name), None) => match key_sets.get(name) {
                         Some(k) => Some(crate::identity::Verifier::ApiKeys(k.clone())),
                         None => {
                             bad(
@@ -666,7 +688,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                     _ => {
                         bad(
                             format!("{at}.identity"),
-                            "set `jwt` or `api_keys` (one of them)".into(),
+                            "set one of `jwt`, `api_keys` or `introspection`".into(),
                         );
                         None
                     }
@@ -733,6 +755,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
     }
     Ok(Snapshot {
         jwt_providers: providers.into_values().collect(),
+        introspectors: introspectors.into_values().collect(),
         warnings,
         idempotency_store,
         version,

@@ -5,6 +5,7 @@
 //! bare `Bearer` challenge when no token was sent), 403 with `insufficient_scope`.
 
 pub mod api_keys;
+pub mod introspection;
 pub mod jwt;
 
 use std::sync::Arc;
@@ -21,6 +22,8 @@ use jwt::{Claims, JwtProvider};
 pub enum Verifier {
     Jwt(Arc<JwtProvider>),
     ApiKeys(Arc<api_keys::ApiKeySet>),
+    /// Opaque tokens, checked with the IdP (RFC 7662).
+    Introspection(Arc<introspection::Introspector>),
 }
 
 /// A route's identity requirements, compiled.
@@ -122,6 +125,18 @@ impl RouteIdentity {
         query_value(query, self.query.as_ref()?).filter(|v| !v.is_empty())
     }
 
+    /// The bearer token; `None` for an anonymous caller on an optional route.
+    fn bearer(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Option<String>, ProxyError> {
+        match self.token(headers, query) {
+            Some(t) => Ok(Some(t.to_string())),
+            None if self.optional => Ok(None),
+            None => Err(ProxyError::Unauthenticated {
+                reason: "no bearer token".into(),
+                invalid: false,
+            }),
+        }
+    }
+
     /// Checks the request; on success strips the caller's own copies of the forwarded headers
     /// and sets them from the verified claims. Returns the claims (none for an anonymous caller
     /// on an optional route).
@@ -136,17 +151,25 @@ impl RouteIdentity {
         }
         let claims = match &self.verifier {
             Verifier::Jwt(provider) => {
-                let Some(token) = self.token(headers, query).map(str::to_string) else {
-                    if self.optional {
-                        return Ok(None);
-                    }
-                    return Err(ProxyError::Unauthenticated {
-                        reason: "no bearer token".into(),
-                        invalid: false,
-                    });
+                let Some(token) = self.bearer(headers, query)? else {
+                    return Ok(None);
                 };
                 provider.verify(&token).await.map_err(|e| match e {
                     jwt::TokenError::KeysUnavailable(r) => ProxyError::IdentityUnavailable(r),
+                    other => ProxyError::Unauthenticated {
+                        reason: other.to_string(),
+                        invalid: true,
+                    },
+                })?
+            }
+            Verifier::Introspection(i) => {
+                let Some(token) = self.bearer(headers, query)? else {
+                    return Ok(None);
+                };
+                i.verify(&token).await.map_err(|e| match e {
+                    introspection::IntrospectionError::Unavailable { .. } => {
+                        ProxyError::IdentityUnavailable(e.to_string())
+                    }
                     other => ProxyError::Unauthenticated {
                         reason: other.to_string(),
                         invalid: true,
