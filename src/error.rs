@@ -53,6 +53,8 @@ pub enum ProxyError {
     Forbidden(String),
     #[error("the identity provider is unavailable: {0}")]
     IdentityUnavailable(String),
+    #[error("the token for the upstream could not be made: {0}")]
+    InternalToken(String),
     #[error("this route requires an Idempotency-Key header")]
     IdempotencyKeyMissing,
     #[error("the Idempotency-Key must be 1 to 255 visible ASCII characters")]
@@ -89,6 +91,7 @@ impl ProxyError {
             Self::InsufficientScope { .. } | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::IdempotencyKeyMissing | Self::IdempotencyKeyInvalid => StatusCode::BAD_REQUEST,
             Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
+            Self::InternalToken(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
@@ -115,6 +118,7 @@ impl ProxyError {
             Self::InsufficientScope { .. } => "insufficient-scope",
             Self::Forbidden(_) => "forbidden",
             Self::IdentityUnavailable(_) => "identity-unavailable",
+            Self::InternalToken(_) => "internal-token-failed",
             Self::IdempotencyKeyMissing => "idempotency-key-missing",
             Self::IdempotencyKeyInvalid => "idempotency-key-invalid",
             Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
@@ -130,6 +134,7 @@ impl ProxyError {
             | Self::UpstreamFailed { .. }
             | Self::UpgradeFailed(_)
             | Self::CircuitOpen { .. } => Source::Upstream,
+            Self::InternalToken(_) => Source::Internal,
             _ => Source::Downstream,
         }
     }

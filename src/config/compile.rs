@@ -654,6 +654,13 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         let identity = match &r.identity {
             None => None,
             Some(ic) => {
+                if let Some(key) = ic
+                    .upstream_auth
+                    .as_ref()
+                    .and_then(|u| u.jwt.as_ref()?.key_file.as_ref())
+                {
+                    watch_files.push(src.base_dir.join(key));
+                }
                 let verifier = match (&ic.jwt, &ic.api_keys, &ic.introspection) {
                     (None, None, Some(name)) => match introspectors.get(name) {
                         Some(i) => Some(crate::identity::Verifier::Introspection(i.clone())),
@@ -693,13 +700,15 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                         None
                     }
                 };
-                verifier.and_then(|v| match crate::identity::RouteIdentity::new(ic, v) {
-                    Ok(i) => Some(i),
-                    Err(reason) => {
-                        bad(format!("{at}.identity"), reason);
-                        None
-                    }
-                })
+                verifier.and_then(
+                    |v| match crate::identity::RouteIdentity::new(ic, v, &src.base_dir) {
+                        Ok(i) => Some(i),
+                        Err(reason) => {
+                            bad(format!("{at}.identity"), reason);
+                            None
+                        }
+                    },
+                )
             }
         };
         routes.push(Route {

@@ -187,6 +187,38 @@ pub struct UpstreamAuthConfig {
     /// Send a static API-key header; its value is held in an environment variable.
     #[serde(default)]
     pub header: Option<StaticHeaderConfig>,
+    /// Send a short-lived JWT that ficus signs with its own key.
+    #[serde(default)]
+    pub jwt: Option<InternalJwtConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InternalJwtConfig {
+    /// RS256/PS256/ES256/ES384/EdDSA (with `key_file`) or HS256/HS384/HS512 (with `secret_env`).
+    pub algorithm: String,
+    /// The private key in PEM, relative to the config file.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The environment variable holding the HMAC secret (at least 32 bytes).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// The `kid` header, so the upstream can pick the key (and ficus's key can rotate).
+    #[serde(default)]
+    pub kid: Option<String>,
+    pub issuer: String,
+    pub audience: String,
+    #[serde(default = "default_internal_jwt_ttl", with = "humantime_serde_compat")]
+    pub ttl: Duration,
+    /// Caller claims copied into the token (`iss`, `aud`, `iat`, `exp` are always ficus's own).
+    #[serde(default = "default_internal_jwt_copy")]
+    pub copy_claims: Vec<String>,
+    /// Where the token goes: `Authorization` gets `Bearer <token>`, any other header the bare token.
+    #[serde(default = "default_internal_jwt_header")]
+    pub header: String,
+    /// Tokens are reused per caller (same copied claims) for half their TTL; at most this many.
+    #[serde(default = "default_internal_jwt_entries")]
+    pub cache_entries: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -939,6 +971,18 @@ fn default_unknown_kid() -> Duration {
 }
 fn default_max_token() -> ByteSize {
     ByteSize(8 * 1024)
+}
+fn default_internal_jwt_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_internal_jwt_copy() -> Vec<String> {
+    vec!["sub".into(), "scope".into()]
+}
+fn default_internal_jwt_header() -> String {
+    "authorization".into()
+}
+fn default_internal_jwt_entries() -> u64 {
+    10_000
 }
 fn default_introspection_max_ttl() -> Duration {
     Duration::from_secs(60)

@@ -5,6 +5,7 @@
 //! bare `Bearer` challenge when no token was sent), 403 with `insufficient_scope`.
 
 pub mod api_keys;
+pub mod internal_jwt;
 pub mod introspection;
 pub mod jwt;
 
@@ -37,11 +38,17 @@ pub struct RouteIdentity {
     query: Option<String>,
     /// Headers that replace the caller's credentials towards the upstream.
     upstream_auth: Vec<(HeaderName, HeaderValue)>,
+    /// A token ficus signs per caller for the upstream.
+    internal_jwt: Option<internal_jwt::InternalJwt>,
     drop_token: bool,
 }
 
 impl RouteIdentity {
-    pub fn new(cfg: &RouteIdentityConfig, verifier: Verifier) -> Result<Self, String> {
+    pub fn new(
+        cfg: &RouteIdentityConfig,
+        verifier: Verifier,
+        base_dir: &std::path::Path,
+    ) -> Result<Self, String> {
         let forward = cfg
             .forward_claims
             .iter()
@@ -65,7 +72,14 @@ impl RouteIdentity {
             .collect::<Result<Vec<_>, String>>()?;
         let mut upstream_auth = Vec::new();
         let mut drop_token = false;
+        let mut internal = None;
         if let Some(ua) = &cfg.upstream_auth {
+            if let Some(j) = &ua.jwt {
+                internal = Some(
+                    internal_jwt::InternalJwt::new(j, base_dir)
+                        .map_err(|e| format!("upstream_auth.jwt: {e}"))?,
+                );
+            }
             drop_token = ua.drop_token || ua.basic_env.is_some();
             if let Some(env) = &ua.basic_env {
                 let creds =
@@ -96,6 +110,7 @@ impl RouteIdentity {
         }
         Ok(Self {
             upstream_auth,
+            internal_jwt: internal,
             drop_token,
             verifier,
             optional: cfg.optional,
@@ -225,6 +240,12 @@ impl RouteIdentity {
         }
         for (name, value) in &self.upstream_auth {
             headers.insert(name.clone(), value.clone());
+        }
+        if let Some(m) = &self.internal_jwt {
+            let v = m
+                .token_for(&claims)
+                .map_err(|e| ProxyError::InternalToken(e.to_string()))?;
+            headers.insert(m.header.clone(), v);
         }
         for (claim, h) in &self.forward {
             if let Some(v) = claims.get_str(claim).and_then(|v| HeaderValue::from_str(&v).ok()) {
