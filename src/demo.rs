@@ -14,9 +14,18 @@ use tokio::net::TcpListener;
 
 use crate::config::ConfigSource;
 
+mod idp;
+
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
 pub const LEGACY_ADDR: &str = "127.0.0.1:18001";
 pub const MODERN_ADDR: &str = "127.0.0.1:18002";
+/// The demo identity provider: its JWKS, and the mint endpoint `ficus demo token` calls.
+pub const IDP_ADDR: &str = "127.0.0.1:18003";
+/// Must match `identity.jwt.demo` in config/demo.yaml.
+pub const DEMO_ISSUER: &str = "http://127.0.0.1:18003/";
+pub const DEMO_AUDIENCE: &str = "ficus-demo";
+
+pub use idp::{request_token, spawn_idp, DemoIdpError};
 
 pub fn source() -> ConfigSource {
     ConfigSource::Embedded {
@@ -84,6 +93,8 @@ fn answer(flavor: Flavor, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 serde_json::json!({
                     "served_by": "modern",
                     "path": path,
+                    // Set by ficus from the verified token on the protected route.
+                    "user": header_of("x-user-id"),
                     "request_id": header_of("x-request-id"),
                     "forwarded_for": header_of("x-forwarded-for"),
                 })
@@ -107,7 +118,7 @@ pub fn banner(public: SocketAddr, admin: SocketAddr) -> String {
     format!(
         "\nficus demo is running.\n\
          \n  ficus          http://{public}\n  admin          http://{admin}\n  legacy backend http://{LEGACY_ADDR}\n  modern backend http://{MODERN_ADDR}\n\
-         \nTry:\n  curl -i http://{public}/api/customers/42      # still served by legacy (XML), rate-limited\n  for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' http://{public}/api/customers/42; done  # 5 pass, then 429\n  curl -i http://{public}/api/orders/7 -H 'X-User: alice'  # mid-migration: alice's side is sticky\n  curl -i http://{public}/api/orders/7 -H 'X-User: beta-tester'  # a cohort: always modern (JSON)\n  curl -s 'http://{admin}/admin/diffs?route=orders'   # shadow comparisons, field by field\n  curl -s http://{admin}/admin/upstreams\n  curl -i http://{public}/public/../api/orders/7  # normalised before routing\n  curl -s http://{admin}/metrics | grep ficus_requests_total\n  curl -s http://{admin}/admin/config\n  FICUS_ADMIN_TOKEN=... is needed for: curl -XPOST -H 'Authorization: Bearer ...' http://{admin}/admin/reload\n\
+         \nTry:\n  curl -i http://{public}/api/customers/42      # still served by legacy (XML), rate-limited\n  for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' http://{public}/api/customers/42; done  # 5 pass, then 429\n  curl -i http://{public}/api/orders/7 -H 'X-User: alice'  # mid-migration: alice's side is sticky\n  curl -i http://{public}/api/orders/7 -H 'X-User: beta-tester'  # a cohort: always modern (JSON)\n  curl -s 'http://{admin}/admin/diffs?route=orders'   # shadow comparisons, field by field\n  curl -s http://{admin}/admin/upstreams\n  curl -i http://{public}/public/../api/orders/7  # normalised before routing\n  TOKEN=$(ficus demo token --sub alice --scope orders:read)   # from the demo IdP on {IDP_ADDR}\n  curl -i http://{public}/api/me                                  # 401: the route needs a token\n  curl -i http://{public}/api/me -H \"Authorization: Bearer $TOKEN\"  # 200, with scope orders:read\n  curl -s http://{admin}/metrics | grep ficus_requests_total\n  curl -s http://{admin}/admin/config\n  FICUS_ADMIN_TOKEN=... is needed for: curl -XPOST -H 'Authorization: Bearer ...' http://{admin}/admin/reload\n\
          \nCtrl-C stops it (in-flight requests are drained).\n"
     )
 }

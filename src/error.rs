@@ -56,6 +56,8 @@ pub enum ProxyError {
     ClientCert(#[from] crate::identity::client_cert::ClientCertError),
     #[error("the identity provider is unavailable: {0}")]
     IdentityUnavailable(String),
+    #[error("the token for the upstream could not be made: {0}")]
+    InternalToken(String),
     #[error("this route requires an Idempotency-Key header")]
     IdempotencyKeyMissing,
     #[error("the Idempotency-Key must be 1 to 255 visible ASCII characters")]
@@ -101,6 +103,7 @@ impl ProxyError {
             Self::ClientCert(ClientCertError::NotAllowed { .. }) => StatusCode::FORBIDDEN,
             Self::IdempotencyKeyMissing | Self::IdempotencyKeyInvalid => StatusCode::BAD_REQUEST,
             Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
+            Self::InternalToken(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -131,6 +134,7 @@ impl ProxyError {
             Self::ClientCert(ClientCertError::Missing) => "client-cert-required",
             Self::ClientCert(ClientCertError::NotAllowed { .. }) => "client-cert-not-allowed",
             Self::IdentityUnavailable(_) => "identity-unavailable",
+            Self::InternalToken(_) => "internal-token-failed",
             Self::IdempotencyKeyMissing => "idempotency-key-missing",
             Self::IdempotencyKeyInvalid => "idempotency-key-invalid",
             Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
@@ -146,6 +150,7 @@ impl ProxyError {
             | Self::UpstreamFailed { .. }
             | Self::UpgradeFailed(_)
             | Self::CircuitOpen { .. } => Source::Upstream,
+            Self::InternalToken(_) => Source::Internal,
             _ => Source::Downstream,
         }
     }
@@ -201,6 +206,11 @@ impl ProxyError {
             Self::IdempotencyKeyInFlight => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(1u32));
+            }
+            Self::IdentityUnavailable(_) => {
+                // The JWKS refetch and the introspection retry run every few seconds.
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(5u32));
             }
             _ => {}
         }

@@ -34,8 +34,27 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run the embedded demo: ficus on 127.0.0.1:8080 in front of two in-process backends.
-    Demo,
+    /// Run the embedded demo: ficus on 127.0.0.1:8080 in front of two in-process backends and a
+    /// demo identity provider.
+    Demo {
+        #[command(subcommand)]
+        action: Option<DemoAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DemoAction {
+    /// Print a token the running demo accepts (it signs it; the key never leaves its memory).
+    Token {
+        #[arg(long, default_value = "alice")]
+        sub: String,
+        /// Space-separated scopes.
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Lifetime (at most 24h).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,7 +62,30 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(ConfigSource::File(config)),
         Command::Run { config } => serve(ConfigSource::File(config), false),
-        Command::Demo => serve(ficus::demo::source(), true),
+        Command::Demo { action: None } => serve(ficus::demo::source(), true),
+        Command::Demo {
+            action: Some(DemoAction::Token { sub, scope, ttl }),
+        } => demo_token(&sub, &scope, ttl),
+    }
+}
+
+fn demo_token(sub: &str, scope: &str, ttl: std::time::Duration) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ficus: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(ficus::demo::request_token(sub, scope, ttl)) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ficus demo token: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -112,6 +154,11 @@ fn serve(source: ConfigSource, demo: bool) -> ExitCode {
     };
     rt.block_on(async move {
         if demo {
+            // Before the gateway, so its first JWKS fetch finds the demo IdP up.
+            if let Err(e) = ficus::demo::spawn_idp(ficus::demo::IDP_ADDR).await {
+                eprintln!("ficus demo: {e}");
+                return ExitCode::FAILURE;
+            }
             for (addr, flavor) in [
                 (ficus::demo::LEGACY_ADDR, ficus::demo::Flavor::Legacy),
                 (ficus::demo::MODERN_ADDR, ficus::demo::Flavor::Modern),

@@ -377,8 +377,12 @@ async fn one_gib_upload_and_download_stream_in_bounded_memory() {
     );
 }
 
+/// The demo binds fixed ports: its tests take turns.
+static DEMO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_legacy_and_modern_backends() {
+    let _turn = DEMO.lock().await;
     let mut child = Command::new(BIN)
         .arg("demo")
         .stdout(Stdio::null())
@@ -483,4 +487,66 @@ async fn access_log_has_one_json_line_per_request_and_none_is_lost_at_shutdown()
     }
     assert_eq!(lines[50]["status"], 400);
     assert_eq!(lines[50]["error"], "invalid-path");
+}
+
+fn demo_token(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["demo", "token"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_token_from_the_cli_opens_the_protected_route() {
+    let _turn = DEMO.lock().await;
+    // Without a running demo there is nobody to sign: a clear error, not a token.
+    let none = demo_token(&["--sub", "alice"]);
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("ficus demo"));
+
+    let mut child = Command::new(BIN)
+        .arg("demo")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = eventually(Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect("127.0.0.1:8080").await.is_ok()
+    })
+    .await;
+    assert!(up, "the demo did not listen on 127.0.0.1:8080");
+    let out = demo_token(&["--sub", "alice", "--scope", "orders:read"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+
+    let call = |token: Option<String>| async move {
+        let mut req = Request::get("http://127.0.0.1:8080/api/me");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        send(&client(), req.body(empty()).unwrap()).await
+    };
+    call(None).await.assert_problem(401, "missing-token");
+    let ok = call(Some(token)).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["user"], "alice");
+    // The route needs orders:read.
+    let out = demo_token(&["--sub", "bob", "--scope", "profile"]);
+    let narrow = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    call(Some(narrow)).await.assert_problem(403, "insufficient-scope");
+    call(Some("not-a-token".into()))
+        .await
+        .assert_problem(401, "invalid-token");
+
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

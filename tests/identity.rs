@@ -728,3 +728,175 @@ async fn legacy_gets_its_own_credentials_instead_of_the_callers_token() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idp_down_since_start_gives_503_and_later_outages_keep_the_last_good_keys() {
+    let r = rsa("r1");
+    // A JWKS server that answers 500 until told otherwise.
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set = jwks(&[&r]);
+    let h = healthy.clone();
+    let idp = Upstream::start(move |_req: Request<Incoming>| {
+        let ok = h.load(Ordering::SeqCst);
+        let body = serde_json::to_string(&set).unwrap();
+        async move {
+            let mut resp = Response::new(full(if ok { body } else { "down".into() }));
+            if !ok {
+                *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            resp
+        }
+    })
+    .await;
+    let up = Upstream::echo().await;
+    let provider = format!(
+        "algorithms: [RS256], jwks_url: '{}/jwks', unknown_kid_refetch: 100ms",
+        idp.url()
+    );
+    let f = Ficus::start(&config(&up.url(), &provider, ROUTE)).await;
+    let c = client();
+    let token = sign(&r, &good_claims());
+    let a = send(&c, with_token(&f, &token)).await;
+    a.assert_problem(503, "identity-unavailable");
+    assert!(a.headers.get("www-authenticate").is_none());
+    assert_eq!(up.hits(), 0);
+
+    // The IdP comes up: the next token that finds no key refetches and passes.
+    healthy.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(send(&c, with_token(&f, &token)).await.status, 200);
+
+    // It goes down again: the last good keys keep serving (a token never seen, so not cached).
+    healthy.store(false, Ordering::SeqCst);
+    f.gw().shared().snapshot.load().jwt_providers[0]
+        .refresh()
+        .await
+        .unwrap_err();
+    let mut other = good_claims();
+    other["sub"] = "bob".into();
+    let b = send(&c, with_token(&f, &sign(&r, &other))).await;
+    assert_eq!(b.status, 200, "{}", b.text());
+    assert_eq!(b.echoed().headers["x-user-id"], vec!["bob".to_string()]);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn idp_refusing_connections_since_start_gives_503_not_401() {
+    let r = rsa("r1");
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let up = Upstream::echo().await;
+    let provider = format!("algorithms: [RS256], jwks_url: 'http://{addr}/jwks'");
+    let f = Ficus::start(&config(&up.url(), &provider, ROUTE)).await;
+    let c = client();
+    send(&c, with_token(&f, &sign(&r, &good_claims())))
+        .await
+        .assert_problem(503, "identity-unavailable");
+    // A caller without a token is still told to authenticate.
+    send(&c, Request::get(f.url("/orders")).body(empty()).unwrap())
+        .await
+        .assert_problem(401, "missing-token");
+    assert_eq!(up.hits(), 0);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn legacy_gets_a_short_lived_jwt_signed_by_ficus_with_the_callers_sub_and_scope() {
+    let r = rsa("r1");
+    let idp = Idp::start(&[&r]).await;
+    let up = Upstream::echo().await;
+    // ficus's own signing key, generated here; the upstream knows only its public half.
+    let ficus_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ficus-signing.pem"), ficus_key.serialize_pem()).unwrap();
+    let public = jsonwebtoken::DecodingKey::from_ec_pem(ficus_key.public_key_pem().as_bytes()).unwrap();
+    let provider = format!("algorithms: [RS256], jwks_url: '{}/jwks'", idp.upstream.url());
+    let route = "jwt: corp, upstream_auth: { jwt: { algorithm: ES256, key_file: ficus-signing.pem, kid: ficus-1, \
+                 issuer: 'https://ficus.internal/', audience: legacy-orders, ttl: 60s, copy_claims: [sub, scope] } }";
+    let f = Ficus::start_in(dir, &config(&up.url(), &provider, route))
+        .await
+        .unwrap();
+    let c = client();
+    let internal_token = |e: &Echoed| {
+        e.header("authorization")
+            .unwrap()
+            .strip_prefix("Bearer ")
+            .unwrap()
+            .to_string()
+    };
+    let caller = sign(&r, &good_claims());
+    let first = internal_token(&send(&c, with_token(&f, &caller)).await.echoed());
+    assert_ne!(first, caller, "the caller's token never reaches legacy");
+    let mut v = jsonwebtoken::Validation::new(Algorithm::ES256);
+    v.set_issuer(&["https://ficus.internal/"]);
+    v.set_audience(&["legacy-orders"]);
+    v.leeway = 0;
+    let data = jsonwebtoken::decode::<serde_json::Value>(&first, &public, &v).unwrap();
+    assert_eq!(data.header.kid.as_deref(), Some("ficus-1"));
+    assert_eq!(data.claims["sub"], "alice");
+    assert_eq!(data.claims["scope"], "orders:read orders:write");
+    assert!(data.claims.get("exp").is_some() && data.claims.get("iat").is_some());
+    let (iat, exp) = (
+        data.claims["iat"].as_u64().unwrap(),
+        data.claims["exp"].as_u64().unwrap(),
+    );
+    assert_eq!(exp - iat, 60);
+    assert!(exp >= now() + 55, "the token expires too soon: exp {exp}");
+    // The same caller within half the TTL: the token is reused, not re-signed.
+    let again = internal_token(&send(&c, with_token(&f, &caller)).await.echoed());
+    assert_eq!(again, first);
+    // Another caller: its own token.
+    let mut bob = good_claims();
+    bob["sub"] = "bob".into();
+    let other = internal_token(&send(&c, with_token(&f, &sign(&r, &bob))).await.echoed());
+    let data = jsonwebtoken::decode::<serde_json::Value>(&other, &public, &v).unwrap();
+    assert_eq!(data.claims["sub"], "bob");
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn internal_hs256_jwt_goes_in_a_configured_header_and_bad_keys_are_config_errors() {
+    std::env::set_var("FICUS_TEST_INTERNAL_SECRET", "an-internal-secret-of-32-bytes!!");
+    let r = rsa("r1");
+    let idp = Idp::start(&[&r]).await;
+    let up = Upstream::echo().await;
+    let provider = format!("algorithms: [RS256], jwks_url: '{}/jwks'", idp.upstream.url());
+    let route = "jwt: corp, upstream_auth: { drop_token: true, jwt: { algorithm: HS256, secret_env: FICUS_TEST_INTERNAL_SECRET, \
+                 issuer: ficus, audience: legacy, header: X-Internal-Token, copy_claims: [sub] } }";
+    let f = Ficus::start(&config(&up.url(), &provider, route)).await;
+    let e = send(&client(), with_token(&f, &sign(&r, &good_claims())))
+        .await
+        .echoed();
+    assert!(!e.headers.contains_key("authorization"));
+    let token = e.header("x-internal-token").unwrap();
+    let mut v = jsonwebtoken::Validation::new(Algorithm::HS256);
+    v.set_issuer(&["ficus"]);
+    v.set_audience(&["legacy"]);
+    let data = jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(b"an-internal-secret-of-32-bytes!!"),
+        &v,
+    )
+    .unwrap();
+    assert_eq!(data.claims["sub"], "alice");
+    assert!(data.claims.get("scope").is_none(), "only copy_claims are copied");
+    // Default TTL: 60 s.
+    assert_eq!(
+        data.claims["exp"].as_u64().unwrap() - data.claims["iat"].as_u64().unwrap(),
+        60
+    );
+    f.shutdown().await;
+
+    let err = Ficus::try_start(&config(
+        &up.url(),
+        &provider,
+        "jwt: corp, upstream_auth: { jwt: { algorithm: ES256, key_file: missing.pem, issuer: f, audience: l } }",
+    ))
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("upstream_auth.jwt: cannot read"), "{err}");
+}

@@ -57,6 +57,7 @@ pub struct Snapshot {
     /// Every header some route's `forward_client_cert` sets: removed from every request, so no
     /// caller can send them to an upstream through a route that does not set them.
     pub client_cert_headers: Vec<http::HeaderName>,
+    pub introspectors: Vec<Arc<crate::identity::introspection::Introspector>>,
 }
 
 impl Snapshot {
@@ -403,6 +404,17 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         .listeners
         .iter()
         .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()));
+    let mut introspectors: BTreeMap<String, Arc<crate::identity::introspection::Introspector>> =
+        BTreeMap::new();
+    for (name, ic) in &cfg.identity.introspection {
+        match crate::identity::introspection::Introspector::new(name, ic) {
+            Ok(fresh) => {
+                let kept = deps.states.introspection.get_or_make(name, ic, || fresh);
+                introspectors.insert(name.clone(), kept);
+            }
+            Err(reason) => bad(format!("identity.introspection.{name}"), reason),
+        }
+    }
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
@@ -695,8 +707,25 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         let identity = match &r.identity {
             None => None,
             Some(ic) => {
-                let verifier = match (&ic.jwt, &ic.api_keys) {
-                    (Some(name), None) => match providers.get(name) {
+                if let Some(key) = ic
+                    .upstream_auth
+                    .as_ref()
+                    .and_then(|u| u.jwt.as_ref()?.key_file.as_ref())
+                {
+                    watch_files.push(src.base_dir.join(key));
+                }
+                let verifier = match (&ic.jwt, &ic.api_keys, &ic.introspection) {
+                    (None, None, Some(name)) => match introspectors.get(name) {
+                        Some(i) => Some(crate::identity::Verifier::Introspection(i.clone())),
+                        None => {
+                            bad(
+                                format!("{at}.identity.introspection"),
+                                format!("no introspection endpoint named `{name}`"),
+                            );
+                            None
+                        }
+                    },
+                    (Some(name), None, None) => match providers.get(name) {
                         Some(p) => Some(crate::identity::Verifier::Jwt(p.clone())),
                         None => {
                             bad(
@@ -706,7 +735,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                             None
                         }
                     },
-                    (None, Some(name)) => match key_sets.get(name) {
+                    (None, Some(name), None) => match key_sets.get(name) {
                         Some(k) => Some(crate::identity::Verifier::ApiKeys(k.clone())),
                         None => {
                             bad(
@@ -716,20 +745,22 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                             None
                         }
                     },
-                    (None, None) if ic.client_cert.is_some() || ic.forward_client_cert.is_some() => None,
+                    (None, None, None) if ic.client_cert.is_some() || ic.forward_client_cert.is_some() => {
+                        None
+                    }
                     _ => {
                         bad(
                             format!("{at}.identity"),
-                            "set `jwt` or `api_keys` (one of them), or `client_cert`".into(),
+                            "set one of `jwt`, `api_keys` or `introspection`, or `client_cert`".into(),
                         );
                         None
                     }
                 };
-                let has_verifier = ic.jwt.is_some() || ic.api_keys.is_some();
+                let has_verifier = ic.jwt.is_some() || ic.api_keys.is_some() || ic.introspection.is_some();
                 if verifier.is_none() && has_verifier {
                     None
                 } else {
-                    match crate::identity::RouteIdentity::new(ic, verifier) {
+                    match crate::identity::RouteIdentity::new(ic, verifier, &src.base_dir) {
                         Ok(i) => {
                             if ic.client_cert.is_some() && !asks_client_certs {
                                 warnings.push(src.problem(
@@ -827,6 +858,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         rate_limit_stores: rate_policies.values().map(|p| p.local_store()).collect(),
         client_cert_headers,
         jwt_providers: providers.into_values().collect(),
+        introspectors: introspectors.into_values().collect(),
         warnings,
         idempotency_store,
         version,

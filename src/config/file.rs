@@ -195,6 +195,49 @@ pub struct IdentityConfig {
     /// API-key sets by name; routes refer to them.
     #[serde(default)]
     pub api_keys: BTreeMap<String, ApiKeysConfig>,
+    /// RFC 7662 introspection endpoints (for opaque tokens) by name; routes refer to them.
+    #[serde(default)]
+    pub introspection: BTreeMap<String, IntrospectionConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The IdP's introspection endpoint (RFC 7662), e.g. `http://idp.internal/oauth2/introspect`.
+    pub url: String,
+    pub client_id: String,
+    /// The environment variable holding ficus's client secret at the IdP.
+    pub client_secret_env: String,
+    /// How ficus authenticates to the endpoint: `basic` (HTTP Basic) or `post` (form fields).
+    #[serde(default)]
+    pub auth: IntrospectionAuth,
+    /// An active answer is cached (by token hash) for at most this long, and never past `exp`.
+    #[serde(default = "default_introspection_max_ttl", with = "humantime_serde_compat")]
+    pub cache_max_ttl: Duration,
+    /// An inactive answer (`active: false`) is cached this long.
+    #[serde(
+        default = "default_introspection_negative_ttl",
+        with = "humantime_serde_compat"
+    )]
+    pub negative_ttl: Duration,
+    /// While the IdP is unreachable or failing, serve a cached answer up to this long past its
+    /// freshness (never past the token's `exp`). Unset: the answer is 503.
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub allow_stale: Option<Duration>,
+    #[serde(default = "default_introspection_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    #[serde(default = "default_max_token")]
+    pub max_token_bytes: ByteSize,
+    #[serde(default = "default_idem_entries")]
+    pub cache_entries: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IntrospectionAuth {
+    #[default]
+    Basic,
+    Post,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -253,6 +296,9 @@ pub struct RouteIdentityConfig {
     /// The API-key set (under `identity.api_keys`).
     #[serde(default)]
     pub api_keys: Option<String>,
+    /// The introspection endpoint (under `identity.introspection`), for opaque tokens.
+    #[serde(default)]
+    pub introspection: Option<String>,
     /// Let anonymous callers through (claims are still checked and forwarded when a token is sent).
     #[serde(default)]
     pub optional: bool,
@@ -320,6 +366,38 @@ pub struct UpstreamAuthConfig {
     /// Send a static API-key header; its value is held in an environment variable.
     #[serde(default)]
     pub header: Option<StaticHeaderConfig>,
+    /// Send a short-lived JWT that ficus signs with its own key.
+    #[serde(default)]
+    pub jwt: Option<InternalJwtConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InternalJwtConfig {
+    /// RS256/PS256/ES256/ES384/EdDSA (with `key_file`) or HS256/HS384/HS512 (with `secret_env`).
+    pub algorithm: String,
+    /// The private key in PEM, relative to the config file.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The environment variable holding the HMAC secret (at least 32 bytes).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// The `kid` header, so the upstream can pick the key (and ficus's key can rotate).
+    #[serde(default)]
+    pub kid: Option<String>,
+    pub issuer: String,
+    pub audience: String,
+    #[serde(default = "default_internal_jwt_ttl", with = "humantime_serde_compat")]
+    pub ttl: Duration,
+    /// Caller claims copied into the token (`iss`, `aud`, `iat`, `exp` are always ficus's own).
+    #[serde(default = "default_internal_jwt_copy")]
+    pub copy_claims: Vec<String>,
+    /// Where the token goes: `Authorization` gets `Bearer <token>`, any other header the bare token.
+    #[serde(default = "default_internal_jwt_header")]
+    pub header: String,
+    /// Tokens are reused per caller (same copied claims) for half their TTL; at most this many.
+    #[serde(default = "default_internal_jwt_entries")]
+    pub cache_entries: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -1119,6 +1197,27 @@ fn default_unknown_kid() -> Duration {
 }
 fn default_max_token() -> ByteSize {
     ByteSize(8 * 1024)
+}
+fn default_internal_jwt_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_internal_jwt_copy() -> Vec<String> {
+    vec!["sub".into(), "scope".into()]
+}
+fn default_internal_jwt_header() -> String {
+    "authorization".into()
+}
+fn default_internal_jwt_entries() -> u64 {
+    10_000
+}
+fn default_introspection_max_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_introspection_negative_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_introspection_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 fn default_jwt_cache_ttl() -> Duration {
     Duration::from_secs(300)

@@ -74,6 +74,7 @@ pub async fn reload(shared: &Shared, trigger: &str) -> Result<u64, ConfigErrors>
             shared.states.rollouts.retain(&snap.rollouts());
             shared.states.jwt.retain(&snap.jwt_providers);
             shared.states.rate_limits.retain(&snap.rate_limit_stores);
+            shared.states.introspection.retain(&snap.introspectors);
             crate::identity::jwt::start_refreshers(&snap.jwt_providers);
             crate::pipeline::rollout::start(&snap);
             crate::upstream::health::start(&snap);

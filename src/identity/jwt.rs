@@ -107,6 +107,9 @@ pub struct JwtProvider {
     /// When keys were last fetched (ms since `epoch`), for the unknown-`kid` refetch limit.
     last_fetch_ms: AtomicU64,
     fetch_lock: tokio::sync::Mutex<()>,
+    /// Whether the JWKS was ever fetched. Until it is, a token that finds no key means the IdP
+    /// is down (503), not that the token is bad (401).
+    jwks_loaded: std::sync::atomic::AtomicBool,
     epoch: Instant,
     cache: moka::sync::Cache<[u8; 32], Cached>,
     pub(crate) refresher_started: std::sync::atomic::AtomicBool,
@@ -184,6 +187,7 @@ impl JwtProvider {
             }),
             last_fetch_ms: AtomicU64::new(0),
             fetch_lock: tokio::sync::Mutex::new(()),
+            jwks_loaded: Default::default(),
             epoch: Instant::now(),
             cache: moka::sync::Cache::builder()
                 .max_capacity(cfg.cache_entries)
@@ -256,6 +260,7 @@ impl JwtProvider {
         }
         let anonymous = self.keys.load().anonymous.clone();
         self.keys.store(Arc::new(KeySet { by_kid, anonymous }));
+        self.jwks_loaded.store(true, Ordering::Release);
         Ok(max_age)
     }
 
@@ -295,11 +300,21 @@ impl JwtProvider {
             return Err(TokenError::Algorithm(header.alg));
         }
         let mut found = self.lookup(header.kid.as_deref());
-        if found.is_none() && header.kid.is_some() && self.cfg.jwks_url.is_some() {
+        let jwks = self.cfg.jwks_url.is_some();
+        if found.is_none() && jwks && (header.kid.is_some() || !self.jwks_loaded()) {
             self.refetch_for_unknown_kid().await;
             found = self.lookup(header.kid.as_deref());
         }
-        let key = found.ok_or_else(|| TokenError::UnknownKey(header.kid.clone()))?;
+        let key = match found {
+            Some(k) => k,
+            None if jwks && !self.jwks_loaded() => {
+                return Err(TokenError::KeysUnavailable(format!(
+                    "the JWKS of provider `{}` has never been fetched successfully",
+                    self.name
+                )))
+            }
+            None => return Err(TokenError::UnknownKey(header.kid.clone())),
+        };
         if key.family() != header.alg.family() {
             return Err(TokenError::KeyFamily);
         }
@@ -353,6 +368,11 @@ impl JwtProvider {
             );
         }
         Ok(claims)
+    }
+
+    /// True once a JWKS fetch has succeeded (later failures keep the last good keys).
+    pub fn jwks_loaded(&self) -> bool {
+        self.jwks_loaded.load(Ordering::Acquire)
     }
 
     fn lookup(&self, kid: Option<&str>) -> Option<DecodingKey> {

@@ -6,6 +6,8 @@
 
 pub mod api_keys;
 pub mod client_cert;
+pub mod internal_jwt;
+pub mod introspection;
 pub mod jwt;
 
 use std::sync::Arc;
@@ -23,6 +25,8 @@ use jwt::{Claims, JwtProvider};
 pub enum Verifier {
     Jwt(Arc<JwtProvider>),
     ApiKeys(Arc<api_keys::ApiKeySet>),
+    /// Opaque tokens, checked with the IdP (RFC 7662).
+    Introspection(Arc<introspection::Introspector>),
 }
 
 /// A route's identity requirements, compiled.
@@ -39,11 +43,17 @@ pub struct RouteIdentity {
     query: Option<String>,
     /// Headers that replace the caller's credentials towards the upstream.
     upstream_auth: Vec<(HeaderName, HeaderValue)>,
+    /// A token ficus signs per caller for the upstream.
+    internal_jwt: Option<internal_jwt::InternalJwt>,
     drop_token: bool,
 }
 
 impl RouteIdentity {
-    pub fn new(cfg: &RouteIdentityConfig, verifier: Option<Verifier>) -> Result<Self, String> {
+    pub fn new(
+        cfg: &RouteIdentityConfig,
+        verifier: Option<Verifier>,
+        base_dir: &std::path::Path,
+    ) -> Result<Self, String> {
         if verifier.is_none()
             && (!cfg.scopes.is_empty() || !cfg.claims.is_empty() || !cfg.forward_claims.is_empty())
         {
@@ -78,7 +88,14 @@ impl RouteIdentity {
             .collect::<Result<Vec<_>, String>>()?;
         let mut upstream_auth = Vec::new();
         let mut drop_token = false;
+        let mut internal = None;
         if let Some(ua) = &cfg.upstream_auth {
+            if let Some(j) = &ua.jwt {
+                internal = Some(
+                    internal_jwt::InternalJwt::new(j, base_dir)
+                        .map_err(|e| format!("upstream_auth.jwt: {e}"))?,
+                );
+            }
             drop_token = ua.drop_token || ua.basic_env.is_some();
             if let Some(env) = &ua.basic_env {
                 let creds =
@@ -109,6 +126,7 @@ impl RouteIdentity {
         }
         Ok(Self {
             upstream_auth,
+            internal_jwt: internal,
             drop_token,
             verifier,
             client_cert,
@@ -156,6 +174,18 @@ impl RouteIdentity {
         Ok(())
     }
 
+    /// The bearer token; `None` for an anonymous caller on an optional route.
+    fn bearer(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Option<String>, ProxyError> {
+        match self.token(headers, query) {
+            Some(t) => Ok(Some(t.to_string())),
+            None if self.optional => Ok(None),
+            None => Err(ProxyError::Unauthenticated {
+                reason: "no bearer token".into(),
+                invalid: false,
+            }),
+        }
+    }
+
     /// Checks the request; on success strips the caller's own copies of the forwarded headers
     /// and sets them from the verified claims. Returns the claims (none for an anonymous caller
     /// on an optional route).
@@ -180,17 +210,25 @@ impl RouteIdentity {
         };
         let claims = match verifier {
             Verifier::Jwt(provider) => {
-                let Some(token) = self.token(headers, query).map(str::to_string) else {
-                    if self.optional {
-                        return Ok(None);
-                    }
-                    return Err(ProxyError::Unauthenticated {
-                        reason: "no bearer token".into(),
-                        invalid: false,
-                    });
+                let Some(token) = self.bearer(headers, query)? else {
+                    return Ok(None);
                 };
                 provider.verify(&token).await.map_err(|e| match e {
                     jwt::TokenError::KeysUnavailable(r) => ProxyError::IdentityUnavailable(r),
+                    other => ProxyError::Unauthenticated {
+                        reason: other.to_string(),
+                        invalid: true,
+                    },
+                })?
+            }
+            Verifier::Introspection(i) => {
+                let Some(token) = self.bearer(headers, query)? else {
+                    return Ok(None);
+                };
+                i.verify(&token).await.map_err(|e| match e {
+                    introspection::IntrospectionError::Unavailable { .. } => {
+                        ProxyError::IdentityUnavailable(e.to_string())
+                    }
                     other => ProxyError::Unauthenticated {
                         reason: other.to_string(),
                         invalid: true,
@@ -246,6 +284,12 @@ impl RouteIdentity {
         }
         for (name, value) in &self.upstream_auth {
             headers.insert(name.clone(), value.clone());
+        }
+        if let Some(m) = &self.internal_jwt {
+            let v = m
+                .token_for(&claims)
+                .map_err(|e| ProxyError::InternalToken(e.to_string()))?;
+            headers.insert(m.header.clone(), v);
         }
         for (claim, h) in &self.forward {
             if let Some(v) = claims.get_str(claim).and_then(|v| HeaderValue::from_str(&v).ok()) {

@@ -57,6 +57,11 @@ pub struct KeptState {
     pub rollouts: KeptAcrossReloads<crate::pipeline::rollout::Rollout, crate::config::file::MigrationConfig>,
     /// JWT providers keep their keys and verified-token cache while their config is unchanged.
     pub jwt: KeptAcrossReloads<crate::identity::jwt::JwtProvider, crate::config::file::JwtProviderConfig>,
+    /// Introspection endpoints keep their answer cache while their config is unchanged.
+    pub introspection: KeptAcrossReloads<
+        crate::identity::introspection::Introspector,
+        crate::config::file::IntrospectionConfig,
+    >,
     /// The rollout clock: the system's, or a manual one in tests.
     pub clock: Arc<dyn crate::pipeline::rollout::Clock>,
     pub breakers: KeptAcrossReloads<breaker::Breakers>,
@@ -94,6 +99,7 @@ impl KeptState {
         Self {
             rollouts: KeptAcrossReloads::default(),
             jwt: KeptAcrossReloads::default(),
+            introspection: KeptAcrossReloads::default(),
             clock,
             breakers: KeptAcrossReloads::default(),
             endpoints: KeptAcrossReloads::default(),

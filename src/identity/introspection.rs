@@ -1,0 +1,305 @@
+//! RFC 7662 token introspection, for opaque tokens: ficus asks the IdP whether a token is
+//! active, authenticating as a client (HTTP Basic or form fields), and caches the answer by
+//! the token's SHA-256 (never the token itself). An active answer is cached no later than the
+//! token's `exp` and no longer than `cache_max_ttl`; an inactive one for `negative_ttl`. When
+//! the IdP cannot answer, the caller gets 503 (the token may well be good), unless a stale
+//! answer is allowed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::HeaderValue;
+use http_body_util::{BodyExt as _, Full};
+use sha2::{Digest, Sha256};
+
+use super::jwt::Claims;
+use crate::config::file::{IntrospectionAuth, IntrospectionConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntrospectionError {
+    #[error("the token is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the identity provider says the token is not active")]
+    Inactive,
+    #[error("introspection at `{provider}` failed: {reason}")]
+    Unavailable { provider: String, reason: String },
+}
+
+#[derive(Clone)]
+struct Answer {
+    /// `None`: the IdP said `active: false`.
+    claims: Option<Arc<Claims>>,
+    fresh_until: Instant,
+    /// How long the entry may be served stale (no later than `exp`).
+    keep: Duration,
+}
+
+struct Keep;
+
+impl moka::Expiry<[u8; 32], Answer> for Keep {
+    fn expire_after_create(&self, _k: &[u8; 32], v: &Answer, _now: Instant) -> Option<Duration> {
+        Some(v.keep)
+    }
+}
+
+type HttpClient =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub struct Introspector {
+    pub name: String,
+    cfg: IntrospectionConfig,
+    url: http::Uri,
+    /// Form fields sent with every request besides the token (`client_id`/`client_secret` for
+    /// `post`), already encoded.
+    form_suffix: String,
+    basic: Option<HeaderValue>,
+    client: HttpClient,
+    cache: moka::sync::Cache<[u8; 32], Answer>,
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Introspector {
+    pub fn new(name: &str, cfg: &IntrospectionConfig) -> Result<Self, String> {
+        let url: http::Uri = cfg.url.parse().map_err(|e| format!("url `{}`: {e}", cfg.url))?;
+        if url.scheme_str() != Some("http") || url.authority().is_none() {
+            return Err(format!("url `{}` must be an absolute http:// URL", cfg.url));
+        }
+        let secret = std::env::var(&cfg.client_secret_env)
+            .map_err(|_| format!("environment variable {} is not set", cfg.client_secret_env))?;
+        let (basic, form_suffix) = match cfg.auth {
+            IntrospectionAuth::Basic => {
+                // RFC 6749 2.3.1: both parts are form-encoded before going into Basic.
+                use base64::Engine as _;
+                let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let creds = format!("{}:{}", enc(&cfg.client_id), enc(&secret));
+                let mut v = HeaderValue::from_str(&format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(creds)
+                ))
+                .map_err(|_| "the client credentials are not a valid header value".to_string())?;
+                v.set_sensitive(true);
+                (Some(v), String::new())
+            }
+            IntrospectionAuth::Post => (
+                None,
+                format!(
+                    "&{}",
+                    form(&[("client_id", &cfg.client_id), ("client_secret", &secret)])
+                ),
+            ),
+        };
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.timeout));
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+        Ok(Self {
+            name: name.to_string(),
+            cfg: cfg.clone(),
+            url,
+            form_suffix,
+            basic,
+            client,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(cfg.cache_entries)
+                .expire_after(Keep)
+                .build(),
+        })
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, IntrospectionError> {
+        let max = usize::try_from(self.cfg.max_token_bytes.0).unwrap_or(usize::MAX);
+        if token.len() > max {
+            return Err(IntrospectionError::TooLarge(max));
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cached = self.cache.get(&digest);
+        if let Some(hit) = &cached {
+            if Instant::now() < hit.fresh_until {
+                return hit.claims.clone().ok_or(IntrospectionError::Inactive);
+            }
+        }
+        match self.ask(token).await {
+            Ok(claims) => {
+                self.remember(digest, claims.clone());
+                claims.ok_or(IntrospectionError::Inactive)
+            }
+            Err(reason) => {
+                // `keep` already bounds a stale entry by `exp` and `allow_stale`.
+                if let Some(hit) = cached.filter(|_| self.cfg.allow_stale.is_some()) {
+                    tracing::warn!(provider = %self.name, error = %reason, "introspection failed; serving a stale answer");
+                    return hit.claims.ok_or(IntrospectionError::Inactive);
+                }
+                Err(IntrospectionError::Unavailable {
+                    provider: self.name.clone(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    fn remember(&self, digest: [u8; 32], claims: Option<Arc<Claims>>) {
+        let stale = self.cfg.allow_stale.unwrap_or_default();
+        let (fresh, keep) = match &claims {
+            None => (self.cfg.negative_ttl, self.cfg.negative_ttl + stale),
+            Some(c) => {
+                let until_exp =
+                    c.0.get("exp")
+                        .and_then(serde_json::Value::as_u64)
+                        .map(|exp| Duration::from_secs(exp.saturating_sub(now_secs())));
+                let fresh = until_exp.map_or(self.cfg.cache_max_ttl, |e| e.min(self.cfg.cache_max_ttl));
+                let keep = until_exp.map_or(fresh + stale, |e| e.min(fresh + stale));
+                (fresh, keep)
+            }
+        };
+        if !keep.is_zero() {
+            self.cache.insert(
+                digest,
+                Answer {
+                    claims,
+                    fresh_until: Instant::now() + fresh,
+                    keep,
+                },
+            );
+        }
+    }
+
+    /// One introspection request: `Ok(None)` for an inactive token, `Err` when the IdP could
+    /// not give an answer.
+    async fn ask(&self, token: &str) -> Result<Option<Arc<Claims>>, String> {
+        let body = format!(
+            "{}{}",
+            form(&[("token", token), ("token_type_hint", "access_token")]),
+            self.form_suffix
+        );
+        let mut req = http::Request::post(self.url.clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        if let Some(b) = &self.basic {
+            req.headers_mut().insert(AUTHORIZATION, b.clone());
+        }
+        let call = async {
+            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(self.cfg.timeout, call)
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.cfg.timeout))??;
+        if !status.is_success() {
+            // 401 from the IdP means ficus's own credentials are wrong: that is an outage
+            // for callers too, not a verdict on their token.
+            return Err(format!("the endpoint answered {status}"));
+        }
+        parse_answer(&body, now_secs())
+    }
+}
+
+/// Reads an RFC 7662 answer. Only `"active": true` (the boolean) counts as active; an `exp`
+/// already past makes the token inactive whatever `active` says.
+fn parse_answer(body: &[u8], now: u64) -> Result<Option<Arc<Claims>>, String> {
+    let claims: Claims =
+        serde_json::from_slice(body).map_err(|e| format!("not an introspection answer: {e}"))?;
+    if claims.0.get("active") != Some(&serde_json::Value::Bool(true)) {
+        return Ok(None);
+    }
+    if let Some(exp) = claims.0.get("exp") {
+        match exp.as_u64() {
+            Some(e) if e > now => {}
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(Arc::new(claims)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_boolean_true_is_active() {
+        assert!(parse_answer(br#"{"active":true,"sub":"a"}"#, 10)
+            .unwrap()
+            .is_some());
+        assert!(parse_answer(br#"{"active":"true"}"#, 10).unwrap().is_none());
+        assert!(parse_answer(br#"{"active":false}"#, 10).unwrap().is_none());
+        assert!(parse_answer(br#"{}"#, 10).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_past_exp_is_inactive_and_garbage_is_an_error() {
+        assert!(parse_answer(br#"{"active":true,"exp":5}"#, 10).unwrap().is_none());
+        assert!(parse_answer(br#"{"active":true,"exp":"x"}"#, 10)
+            .unwrap()
+            .is_none());
+        assert!(parse_answer(br#"{"active":true,"exp":50}"#, 10)
+            .unwrap()
+            .is_some());
+        assert!(parse_answer(b"<html>", 10).is_err());
+        assert!(parse_answer(br#"{"active":true,"sub":"a","sub":"b"}"#, 10).is_err());
+    }
+
+    #[test]
+    fn scopes_come_from_the_answer() {
+        let c = parse_answer(br#"{"active":true,"scope":"a b"}"#, 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.scopes(), vec!["a".to_string(), "b".to_string()]);
+    }
+
+    fn cfg() -> IntrospectionConfig {
+        serde_yaml_ng::from_str(
+            "{ url: 'http://127.0.0.1:9/introspect', client_id: 'ficus app', client_secret_env: FICUS_UNIT_INTROSPECT, cache_max_ttl: 60s, negative_ttl: 5s, allow_stale: 30s }",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn cache_ttl_is_bounded_by_exp_and_the_maximum() {
+        std::env::set_var("FICUS_UNIT_INTROSPECT", "s3cret&=");
+        let i = Introspector::new("u", &cfg()).unwrap();
+        let basic = i.basic.clone().unwrap();
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(&basic.to_str().unwrap()["Basic ".len()..])
+            .unwrap();
+        assert_eq!(decoded, b"ficus+app:s3cret%26%3D");
+        let exp = now_secs() + 10;
+        let c = Claims(
+            [("exp".to_string(), serde_json::Value::from(exp))]
+                .into_iter()
+                .collect(),
+        );
+        i.remember([1; 32], Some(Arc::new(c)));
+        let a = i.cache.get(&[1; 32]).unwrap();
+        assert!(a.keep <= Duration::from_secs(10));
+        assert!(a.fresh_until <= Instant::now() + Duration::from_secs(10));
+        i.remember([2; 32], Some(Arc::new(Claims::default())));
+        let b = i.cache.get(&[2; 32]).unwrap();
+        assert_eq!(b.keep, Duration::from_secs(90));
+        i.remember([3; 32], None);
+        assert_eq!(i.cache.get(&[3; 32]).unwrap().keep, Duration::from_secs(35));
+    }
+}
