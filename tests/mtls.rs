@@ -516,3 +516,45 @@ async fn insecure_skip_verify_reaches_an_upstream_with_an_unknown_certificate() 
     assert_eq!(ans.status, 200, "{}", ans.text());
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_replaced_client_ca_bundle_is_used_without_restart() {
+    let up = Upstream::echo().await;
+    let p = pki();
+    let old_client = p.client_ca.issue(p.dir.path(), "old", &["spiffe://corp/old"]);
+    let staging = tempfile::tempdir().unwrap();
+    let new_ca = TestCa::new(staging.path(), "new-ca");
+    let new_client = new_ca.issue(staging.path(), "new", &["spiffe://corp/new"]);
+    let yaml = mtls_config(
+        &p.server,
+        "required",
+        &p.client_ca.cert.cert_path,
+        &app_upstream(&up.url()),
+        "  - { name: all, match: { path_prefix: / }, upstream: app }",
+    )
+    .replace("watch: false", "watch: true, debounce: 50ms");
+    let f = Ficus::start_in(tempfile::tempdir().unwrap(), &yaml)
+        .await
+        .unwrap();
+    assert_eq!(
+        call(f.addr, &p.server_ca, Some(&old_client), "/", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    // Renamed over the old bundle, as configuration management does.
+    std::fs::rename(&new_ca.cert.cert_path, &p.client_ca.cert.cert_path).unwrap();
+    let switched = eventually(Duration::from_secs(10), || async {
+        call(f.addr, &p.server_ca, Some(&new_client), "/", &[])
+            .await
+            .is_ok_and(|a| a.status == 200)
+    })
+    .await;
+    assert!(switched, "a client of the new CA was not let in within 10 s");
+    assert!(call(f.addr, &p.server_ca, Some(&old_client), "/", &[])
+        .await
+        .is_err());
+    f.shutdown().await;
+}
