@@ -47,16 +47,23 @@ async fn call(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Answer, String> {
-    let stream = tls_connect_as(addr, SERVER_NAME, &[&server_ca.cert.der], &[b"http/1.1"], client)
-        .await
-        .map_err(|e| e.to_string())?;
     let mut req = Request::get(format!("https://{SERVER_NAME}{path}")).header("host", SERVER_NAME);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    tls_request(stream, req.body(empty()).unwrap())
+    send_as(addr, server_ca, client, req.body(empty()).unwrap()).await
+}
+
+async fn send_as(
+    addr: SocketAddr,
+    server_ca: &TestCa,
+    client: Option<&TestCert>,
+    req: Request<Body>,
+) -> Result<Answer, String> {
+    let stream = tls_connect_as(addr, SERVER_NAME, &[&server_ca.cert.der], &[b"http/1.1"], client)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    tls_request(stream, req).await.map_err(|e| e.to_string())
 }
 
 struct Pki {
@@ -556,5 +563,53 @@ async fn a_replaced_client_ca_bundle_is_used_without_restart() {
     assert!(call(f.addr, &p.server_ca, Some(&old_client), "/", &[])
         .await
         .is_err());
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_by_the_client_certificate() {
+    let up = Upstream::echo().await;
+    let p = pki();
+    let alice = p.client_ca.issue(p.dir.path(), "alice", &["spiffe://corp/alice"]);
+    let bob = p.client_ca.issue(p.dir.path(), "bob", &["spiffe://corp/bob"]);
+    let yaml = mtls_config(
+        &p.server,
+        "required",
+        &p.client_ca.cert.cert_path,
+        &app_upstream(&up.url()),
+        r"  - name: create
+    match: { path: /orders }
+    upstream: app
+    identity: { client_cert: { required: true } }
+    idempotency: { ttl: 1h }",
+    );
+    let f = Ficus::start_in(tempfile::tempdir().unwrap(), &yaml)
+        .await
+        .unwrap();
+    let post = || {
+        Request::post(format!("https://{SERVER_NAME}/orders"))
+            .header("host", SERVER_NAME)
+            .header("idempotency-key", "k-1")
+            .body(full("{}"))
+            .unwrap()
+    };
+
+    let a = send_as(f.addr, &p.server_ca, Some(&alice), post()).await.unwrap();
+    assert_eq!(a.status, 200, "{}", a.text());
+    // Same key and body from another certificate: not alice's answer, a request of its own.
+    let b = send_as(f.addr, &p.server_ca, Some(&bob), post()).await.unwrap();
+    assert_eq!(b.status, 200, "{}", b.text());
+    assert!(
+        b.headers.get("idempotency-replayed").is_none(),
+        "bob got alice's answer"
+    );
+    assert_eq!(up.hits(), 2);
+    // Alice repeating herself is replayed.
+    let again = send_as(f.addr, &p.server_ca, Some(&alice), post()).await.unwrap();
+    assert_eq!(
+        again.headers.get("idempotency-replayed").map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    assert_eq!(up.hits(), 2);
     f.shutdown().await;
 }

@@ -197,7 +197,13 @@ async fn run(
         // Stage 7: idempotency keys, around the rest of the pipeline.
         Some(idem) => {
             let store = &snap.idempotency_store;
-            let sub = ctx.claims.as_ref().and_then(|c| c.get_str("sub"));
+            // Without a token, a client certificate tells callers apart: otherwise they would all
+            // share the anonymous scope and could replay each other's answers.
+            let sub = ctx
+                .claims
+                .as_ref()
+                .and_then(|c| c.get_str("sub"))
+                .or_else(|| ctx.client_cert_identity().map(|p| format!("x509:{p}")));
             idempotency::handle(idem, store, &route.name, sub.as_deref(), req, |req| {
                 dispatch(req, &route, conn, ctx, host, path)
             })
