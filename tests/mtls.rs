@@ -613,3 +613,36 @@ async fn idempotency_keys_are_scoped_by_the_client_certificate() {
     assert_eq!(up.hits(), 2);
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_replaced_upstream_ca_file_takes_effect_on_new_connections_after_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "ca");
+    let cert = ca.issue(dir.path(), "upstream", &["127.0.0.1"]);
+    let up = Upstream::start_tls(
+        |req| async move { echo_response(req, "tls").await },
+        upstream_tls(&cert, None),
+    )
+    .await;
+    let tls = format!("tls: {{ ca_file: '{}' }}", ca.cert.cert_path.display());
+    let yaml =
+        upstream_tls_config(&up.https_url(), &tls, "").replace("watch: false", "watch: true, debounce: 50ms");
+    let f = Ficus::start(&yaml).await;
+    // A pooled keep-alive connection now exists.
+    assert_eq!(get(&f.url("/x")).await.status, 200);
+
+    // The bundle now trusts another CA only: a kept pool would still serve over its verified
+    // connection; the reload must start a new pool whose handshakes fail.
+    let staging = tempfile::tempdir().unwrap();
+    let other = TestCa::new(staging.path(), "other");
+    std::fs::rename(&other.cert.cert_path, &ca.cert.cert_path).unwrap();
+    let refused = eventually(Duration::from_secs(10), || async {
+        get(&f.url("/x")).await.status == 502
+    })
+    .await;
+    assert!(
+        refused,
+        "the old CA was still trusted 10 s after the bundle changed"
+    );
+    f.shutdown().await;
+}
