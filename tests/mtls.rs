@@ -646,3 +646,40 @@ async fn a_replaced_upstream_ca_file_takes_effect_on_new_connections_after_reloa
     );
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_connection_header_cannot_delete_the_forwarded_certificate_headers() {
+    let up = Upstream::echo().await;
+    let p = pki();
+    let orders = p
+        .client_ca
+        .issue(p.dir.path(), "orders", &["spiffe://corp/orders"]);
+    let yaml = mtls_config(
+        &p.server,
+        "required",
+        &p.client_ca.cert.cert_path,
+        &app_upstream(&up.url()),
+        r"  - name: fwd
+    match: { path_prefix: / }
+    upstream: app
+    identity: { forward_client_cert: { subject: X-Client-Subject, san: X-Client-San } }",
+    );
+    let f = Ficus::start_in(tempfile::tempdir().unwrap(), &yaml)
+        .await
+        .unwrap();
+    // Hop-by-hop headers named in `Connection` are removed; had that happened after identity,
+    // a caller could make the upstream see no certificate at all.
+    let e = call(
+        f.addr,
+        &p.server_ca,
+        Some(&orders),
+        "/",
+        &[("connection", "x-client-subject, x-client-san")],
+    )
+    .await
+    .unwrap()
+    .echoed();
+    assert_eq!(e.header("x-client-subject"), Some("CN=orders, O=Corp"), "{e:?}");
+    assert_eq!(e.header("x-client-san"), Some("spiffe://corp/orders"), "{e:?}");
+    f.shutdown().await;
+}

@@ -182,6 +182,13 @@ async fn run(
     };
     // Stage 4: identity.
     let mut req = req;
+    if req.headers().contains_key(http::header::CONNECTION) {
+        // Before identity adds anything: forward strips the headers `Connection` names, and
+        // `Connection: x-client-subject` (or `x-user-id`, `authorization`) must not be able to
+        // delete what identity sets for the upstream.
+        let upgrade = req.version() == Version::HTTP_11 && context::is_upgrade_request(req.headers());
+        context::strip_hop_by_hop(req.headers_mut(), upgrade);
+    }
     // On every route, not only those that set them: a route without `forward_client_cert` to
     // the same upstream would otherwise let a caller spoof them (Envoy's XFCC lesson).
     for h in &snap.client_cert_headers {
