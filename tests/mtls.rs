@@ -47,16 +47,23 @@ async fn call(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Answer, String> {
-    let stream = tls_connect_as(addr, SERVER_NAME, &[&server_ca.cert.der], &[b"http/1.1"], client)
-        .await
-        .map_err(|e| e.to_string())?;
     let mut req = Request::get(format!("https://{SERVER_NAME}{path}")).header("host", SERVER_NAME);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    tls_request(stream, req.body(empty()).unwrap())
+    send_as(addr, server_ca, client, req.body(empty()).unwrap()).await
+}
+
+async fn send_as(
+    addr: SocketAddr,
+    server_ca: &TestCa,
+    client: Option<&TestCert>,
+    req: Request<Body>,
+) -> Result<Answer, String> {
+    let stream = tls_connect_as(addr, SERVER_NAME, &[&server_ca.cert.der], &[b"http/1.1"], client)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    tls_request(stream, req).await.map_err(|e| e.to_string())
 }
 
 struct Pki {
@@ -514,5 +521,165 @@ async fn insecure_skip_verify_reaches_an_upstream_with_an_unknown_certificate() 
     .await;
     let ans = get(&f.url("/x")).await;
     assert_eq!(ans.status, 200, "{}", ans.text());
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replaced_client_ca_bundle_is_used_without_restart() {
+    let up = Upstream::echo().await;
+    let p = pki();
+    let old_client = p.client_ca.issue(p.dir.path(), "old", &["spiffe://corp/old"]);
+    let staging = tempfile::tempdir().unwrap();
+    let new_ca = TestCa::new(staging.path(), "new-ca");
+    let new_client = new_ca.issue(staging.path(), "new", &["spiffe://corp/new"]);
+    let yaml = mtls_config(
+        &p.server,
+        "required",
+        &p.client_ca.cert.cert_path,
+        &app_upstream(&up.url()),
+        "  - { name: all, match: { path_prefix: / }, upstream: app }",
+    )
+    .replace("watch: false", "watch: true, debounce: 50ms");
+    let f = Ficus::start_in(tempfile::tempdir().unwrap(), &yaml)
+        .await
+        .unwrap();
+    assert_eq!(
+        call(f.addr, &p.server_ca, Some(&old_client), "/", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    // Renamed over the old bundle, as configuration management does.
+    std::fs::rename(&new_ca.cert.cert_path, &p.client_ca.cert.cert_path).unwrap();
+    let switched = eventually(Duration::from_secs(10), || async {
+        call(f.addr, &p.server_ca, Some(&new_client), "/", &[])
+            .await
+            .is_ok_and(|a| a.status == 200)
+    })
+    .await;
+    assert!(switched, "a client of the new CA was not let in within 10 s");
+    assert!(call(f.addr, &p.server_ca, Some(&old_client), "/", &[])
+        .await
+        .is_err());
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_by_the_client_certificate() {
+    let up = Upstream::echo().await;
+    let p = pki();
+    let alice = p.client_ca.issue(p.dir.path(), "alice", &["spiffe://corp/alice"]);
+    let bob = p.client_ca.issue(p.dir.path(), "bob", &["spiffe://corp/bob"]);
+    let yaml = mtls_config(
+        &p.server,
+        "required",
+        &p.client_ca.cert.cert_path,
+        &app_upstream(&up.url()),
+        r"  - name: create
+    match: { path: /orders }
+    upstream: app
+    identity: { client_cert: { required: true } }
+    idempotency: { ttl: 1h }",
+    );
+    let f = Ficus::start_in(tempfile::tempdir().unwrap(), &yaml)
+        .await
+        .unwrap();
+    let post = || {
+        Request::post(format!("https://{SERVER_NAME}/orders"))
+            .header("host", SERVER_NAME)
+            .header("idempotency-key", "k-1")
+            .body(full("{}"))
+            .unwrap()
+    };
+
+    let a = send_as(f.addr, &p.server_ca, Some(&alice), post()).await.unwrap();
+    assert_eq!(a.status, 200, "{}", a.text());
+    // Same key and body from another certificate: not alice's answer, a request of its own.
+    let b = send_as(f.addr, &p.server_ca, Some(&bob), post()).await.unwrap();
+    assert_eq!(b.status, 200, "{}", b.text());
+    assert!(
+        b.headers.get("idempotency-replayed").is_none(),
+        "bob got alice's answer"
+    );
+    assert_eq!(up.hits(), 2);
+    // Alice repeating herself is replayed.
+    let again = send_as(f.addr, &p.server_ca, Some(&alice), post()).await.unwrap();
+    assert_eq!(
+        again.headers.get("idempotency-replayed").map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    assert_eq!(up.hits(), 2);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replaced_upstream_ca_file_takes_effect_on_new_connections_after_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "ca");
+    let cert = ca.issue(dir.path(), "upstream", &["127.0.0.1"]);
+    let up = Upstream::start_tls(
+        |req| async move { echo_response(req, "tls").await },
+        upstream_tls(&cert, None),
+    )
+    .await;
+    let tls = format!("tls: {{ ca_file: '{}' }}", ca.cert.cert_path.display());
+    let yaml =
+        upstream_tls_config(&up.https_url(), &tls, "").replace("watch: false", "watch: true, debounce: 50ms");
+    let f = Ficus::start(&yaml).await;
+    // A pooled keep-alive connection now exists.
+    assert_eq!(get(&f.url("/x")).await.status, 200);
+
+    // The bundle now trusts another CA only: a kept pool would still serve over its verified
+    // connection; the reload must start a new pool whose handshakes fail.
+    let staging = tempfile::tempdir().unwrap();
+    let other = TestCa::new(staging.path(), "other");
+    std::fs::rename(&other.cert.cert_path, &ca.cert.cert_path).unwrap();
+    let refused = eventually(Duration::from_secs(10), || async {
+        get(&f.url("/x")).await.status == 502
+    })
+    .await;
+    assert!(
+        refused,
+        "the old CA was still trusted 10 s after the bundle changed"
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_header_cannot_delete_the_forwarded_certificate_headers() {
+    let up = Upstream::echo().await;
+    let p = pki();
+    let orders = p
+        .client_ca
+        .issue(p.dir.path(), "orders", &["spiffe://corp/orders"]);
+    let yaml = mtls_config(
+        &p.server,
+        "required",
+        &p.client_ca.cert.cert_path,
+        &app_upstream(&up.url()),
+        r"  - name: fwd
+    match: { path_prefix: / }
+    upstream: app
+    identity: { forward_client_cert: { subject: X-Client-Subject, san: X-Client-San } }",
+    );
+    let f = Ficus::start_in(tempfile::tempdir().unwrap(), &yaml)
+        .await
+        .unwrap();
+    // Hop-by-hop headers named in `Connection` are removed; had that happened after identity,
+    // a caller could make the upstream see no certificate at all.
+    let e = call(
+        f.addr,
+        &p.server_ca,
+        Some(&orders),
+        "/",
+        &[("connection", "x-client-subject, x-client-san")],
+    )
+    .await
+    .unwrap()
+    .echoed();
+    assert_eq!(e.header("x-client-subject"), Some("CN=orders, O=Corp"), "{e:?}");
+    assert_eq!(e.header("x-client-san"), Some("spiffe://corp/orders"), "{e:?}");
     f.shutdown().await;
 }

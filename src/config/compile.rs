@@ -1087,6 +1087,36 @@ mod tests {
     }
 
     #[test]
+    fn a_client_certificate_route_needs_no_token_verifier_but_scopes_do() {
+        let base = "listeners:\n  - name: main\n    bind: 127.0.0.1:0\nupstreams:\n  app:\n    endpoints: [http://127.0.0.1:9]\nroutes:\n  - name: a\n    upstream: app\n";
+        let ok = format!("{base}    identity: {{ client_cert: {{ san: 'spiffe://corp/*' }}, forward_client_cert: {{ san: X-Client-San }} }}\n");
+        let snap = compile_text(Box::leak(ok.into_boxed_str())).unwrap();
+        assert_eq!(
+            snap.client_cert_headers,
+            vec![http::HeaderName::from_static("x-client-san")]
+        );
+        // No listener asks for client certificates: valid, but flagged.
+        assert!(
+            snap.warnings
+                .iter()
+                .any(|w| w.path == "routes[0].identity.client_cert"),
+            "{:?}",
+            snap.warnings.iter().map(ToString::to_string).collect::<Vec<_>>()
+        );
+
+        let bad = format!("{base}    identity: {{ client_cert: {{ required: true }}, scopes: [x] }}\n");
+        let err = compile_text(Box::leak(bad.into_boxed_str())).err().unwrap();
+        assert!(
+            err.0[0].reason.contains("need `jwt` or `api_keys`"),
+            "{}",
+            err.0[0]
+        );
+        let bad = format!("{base}    identity: {{ optional: true }}\n");
+        let err = compile_text(Box::leak(bad.into_boxed_str())).err().unwrap();
+        assert!(err.0[0].reason.contains("or `client_cert`"), "{}", err.0[0]);
+    }
+
+    #[test]
     fn example_config_is_valid() {
         if let Err(e) = compile_text(include_str!("../../config/ficus.example.yaml")) {
             panic!("config/ficus.example.yaml is invalid:\n{e}");

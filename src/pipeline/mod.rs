@@ -181,6 +181,13 @@ async fn run(
     };
     // Stage 4: identity.
     let mut req = req;
+    if req.headers().contains_key(http::header::CONNECTION) {
+        // Before identity adds anything: forward strips the headers `Connection` names, and
+        // `Connection: x-client-subject` (or `x-user-id`, `authorization`) must not be able to
+        // delete what identity sets for the upstream.
+        let upgrade = req.version() == Version::HTTP_11 && context::is_upgrade_request(req.headers());
+        context::strip_hop_by_hop(req.headers_mut(), upgrade);
+    }
     // On every route, not only those that set them: a route without `forward_client_cert` to
     // the same upstream would otherwise let a caller spoof them (Envoy's XFCC lesson).
     for h in &snap.client_cert_headers {
@@ -203,6 +210,7 @@ async fn run(
             route: &route.name,
             headers: req.headers(),
             claims: ctx.claims.as_deref(),
+            client_cert: ctx.client_cert_identity(),
         };
         match limits.check(&src).await {
             Ok(a) => admitted = Some(a).filter(|a| !a.is_empty()),
@@ -220,7 +228,13 @@ async fn run(
         // Stage 7: idempotency keys, around the rest of the pipeline.
         Some(idem) => {
             let store = &snap.idempotency_store;
-            let sub = ctx.claims.as_ref().and_then(|c| c.get_str("sub"));
+            // Without a token, a client certificate tells callers apart: otherwise they would all
+            // share the anonymous scope and could replay each other's answers.
+            let sub = ctx
+                .claims
+                .as_ref()
+                .and_then(|c| c.get_str("sub"))
+                .or_else(|| ctx.client_cert_identity().map(|p| format!("x509:{p}")));
             idempotency::handle(idem, store, &route.name, sub.as_deref(), req, |req| {
                 dispatch(req, &route, conn, ctx, host, path)
             })

@@ -141,3 +141,37 @@ fn write_line(out: &mut impl Write, r: &AccessRecord) {
         let _ = out.write_all(b"\n");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(client_cert: Option<&str>) -> AccessRecord {
+        AccessRecord {
+            time: SystemTime::UNIX_EPOCH,
+            request_id: None,
+            client: IpAddr::from([127, 0, 0, 1]),
+            method: Method::GET,
+            path: "/x".into(),
+            route: Some(Arc::from("r")),
+            upstream: Some(Arc::from("u")),
+            client_cert: client_cert.map(Arc::from),
+            status: StatusCode::OK,
+            duration_us: 1,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_client_certificate_principal_is_logged_only_when_there_is_one() {
+        let mut out = Vec::new();
+        write_line(&mut out, &record(Some("spiffe://corp/orders")));
+        let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(line["client_cert"], "spiffe://corp/orders");
+
+        let mut out = Vec::new();
+        write_line(&mut out, &record(None));
+        let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(line.get("client_cert").is_none(), "{line}");
+    }
+}

@@ -36,15 +36,18 @@ enum KeyPart {
     Route,
     Claim(String),
     ApiKey,
+    ClientCert,
     Header(HeaderName),
 }
 
-/// What a key is built from: the resolved client address, the route and the verified identity.
+/// What a key is built from: the resolved client address, the route and the verified identities.
 pub struct KeySource<'a> {
     pub client: IpAddr,
     pub route: &'a str,
     pub headers: &'a HeaderMap,
     pub claims: Option<&'a Claims>,
+    /// The TLS client certificate's principal (first SAN, else subject).
+    pub client_cert: Option<&'a str>,
 }
 
 struct PolicyMetrics {
@@ -104,6 +107,7 @@ fn parse_key(part: &str) -> Result<KeyPart, String> {
         "client_ip" => KeyPart::ClientIp,
         "route" => KeyPart::Route,
         "api_key" => KeyPart::ApiKey,
+        "client_cert" => KeyPart::ClientCert,
         p => {
             if let Some(claim) = p.strip_prefix("jwt.").or_else(|| p.strip_prefix("claim.")) {
                 if claim.is_empty() {
@@ -117,7 +121,7 @@ fn parse_key(part: &str) -> Result<KeyPart, String> {
                 )
             } else {
                 return Err(format!(
-                    "`{p}` is not a key part (client_ip, route, jwt.<claim>, api_key, header:<name>)"
+                    "`{p}` is not a key part (client_ip, route, jwt.<claim>, api_key, client_cert, header:<name>)"
                 ));
             }
         }
@@ -254,6 +258,7 @@ impl Policy {
                 KeyPart::ApiKey => {
                     key.push_str(&src.claims?.get_str(crate::identity::api_keys::KEY_ID_CLAIM)?)
                 }
+                KeyPart::ClientCert => key.push_str(src.client_cert?),
                 KeyPart::Header(h) => key.push_str(src.headers.get(h)?.to_str().ok()?),
             }
         }
