@@ -49,6 +49,8 @@ impl Idp {
                     return r;
                 }
                 n.fetch_add(1, Ordering::SeqCst);
+                // Slow enough that concurrent requests overlap.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 let basic = req
                     .headers()
                     .get("authorization")
@@ -246,4 +248,21 @@ async fn introspection_config_errors_name_the_key() {
     assert!(err.contains("identity.introspection.corp"), "{err}");
     assert!(err.contains("FICUS_TEST_UNSET_NOWHERE"), "{err}");
     assert!(err.contains("no introspection endpoint named `nope`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_a_new_token_share_one_introspection() {
+    let idp = Idp::start(Auth::Basic).await;
+    let up = Upstream::echo().await;
+    let f = Ficus::start(&config(&up.url(), &idp, "auth: basic")).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let req = with_token(&f, "good");
+        tasks.push(tokio::spawn(async move { send(&client(), req).await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(idp.calls(), 1, "concurrent misses were not coalesced");
+    f.shutdown().await;
 }

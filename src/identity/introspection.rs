@@ -5,6 +5,7 @@
 //! the IdP cannot answer, the caller gets 503 (the token may well be good), unless a stale
 //! answer is allowed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -57,7 +58,12 @@ pub struct Introspector {
     basic: Option<HeaderValue>,
     client: HttpClient,
     cache: moka::sync::Cache<[u8; 32], Answer>,
+    /// Introspections in flight by token hash: concurrent requests with the same new token
+    /// (a page firing twenty API calls) share one IdP round trip.
+    inflight: parking_lot::Mutex<HashMap<[u8; 32], Flight>>,
 }
+
+type Flight = Arc<tokio::sync::OnceCell<Result<Option<Arc<Claims>>, String>>>;
 
 fn form(pairs: &[(&str, &str)]) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
@@ -119,6 +125,7 @@ impl Introspector {
                 .max_capacity(cfg.cache_entries)
                 .expire_after(Keep)
                 .build(),
+            inflight: Default::default(),
         })
     }
 
@@ -134,11 +141,8 @@ impl Introspector {
                 return hit.claims.clone().ok_or(IntrospectionError::Inactive);
             }
         }
-        match self.ask(token).await {
-            Ok(claims) => {
-                self.remember(digest, claims.clone());
-                claims.ok_or(IntrospectionError::Inactive)
-            }
+        match self.ask_once(digest, token).await {
+            Ok(claims) => claims.ok_or(IntrospectionError::Inactive),
             Err(reason) => {
                 // `keep` already bounds a stale entry by `exp` and `allow_stale`.
                 if let Some(hit) = cached.filter(|_| self.cfg.allow_stale.is_some()) {
@@ -151,6 +155,27 @@ impl Introspector {
                 })
             }
         }
+    }
+
+    /// One IdP call per token hash at a time; the answer is cached before the flight lands,
+    /// so a request arriving just after finds it there.
+    async fn ask_once(&self, digest: [u8; 32], token: &str) -> Result<Option<Arc<Claims>>, String> {
+        let flight = self.inflight.lock().entry(digest).or_default().clone();
+        let result = flight
+            .get_or_init(|| async {
+                let answer = self.ask(token).await;
+                if let Ok(claims) = &answer {
+                    self.remember(digest, claims.clone());
+                }
+                answer
+            })
+            .await
+            .clone();
+        let mut inflight = self.inflight.lock();
+        if inflight.get(&digest).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            inflight.remove(&digest);
+        }
+        result
     }
 
     fn remember(&self, digest: [u8; 32], claims: Option<Arc<Claims>>) {
