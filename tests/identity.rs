@@ -899,6 +899,17 @@ async fn internal_hs256_jwt_goes_in_a_configured_header_and_bad_keys_are_config_
     .unwrap()
     .to_string();
     assert!(err.contains("upstream_auth.jwt: cannot read"), "{err}");
+    std::env::set_var("FICUS_TEST_LEGACY_BASIC", "svc-orders:s3cret");
+    let err = Ficus::try_start(&config(
+        &up.url(),
+        &provider,
+        "jwt: corp, upstream_auth: { basic_env: FICUS_TEST_LEGACY_BASIC, jwt: { algorithm: HS256, secret_env: FICUS_TEST_INTERNAL_SECRET, issuer: f, audience: l } }",
+    ))
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("both set Authorization"), "{err}");
 }
 
 #[tokio::test]
