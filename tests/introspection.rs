@@ -143,13 +143,26 @@ async fn basic_client_auth_active_token_passes_with_claims_and_is_cached() {
 }
 
 #[tokio::test]
-async fn post_client_auth_sends_the_credentials_in_the_form() {
+async fn post_client_auth_sends_the_credentials_in_the_form_and_claim_rules_apply() {
     let idp = Idp::start(Auth::Post).await;
     let up = Upstream::echo().await;
     let f = Ficus::start(&config(&up.url(), &idp, "auth: post")).await;
     let a = send(&client(), with_token(&f, "good")).await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(idp.calls(), 1);
+    f.shutdown().await;
+
+    // Claim rules apply to the introspection answer's members too.
+    let yaml = config(&up.url(), &idp, "auth: post").replace(
+        "scopes: ['orders:read']",
+        "claims: { client_id: { one_of: [app, other] } }",
+    );
+    let f = Ficus::start(&yaml).await;
+    assert_eq!(send(&client(), with_token(&f, "good")).await.status, 200);
+    // `narrow` has no client_id.
+    send(&client(), with_token(&f, "narrow"))
+        .await
+        .assert_problem(403, "forbidden");
     f.shutdown().await;
 }
 
