@@ -131,6 +131,15 @@ async fn basic_client_auth_active_token_passes_with_claims_and_is_cached() {
         assert_eq!(a.echoed().headers["x-user-id"], vec!["alice".to_string()]);
     }
     assert_eq!(idp.calls(), 1, "the answer was not cached");
+    let m = get(&f.admin_url("/metrics")).await.text();
+    let series = |r: &str| {
+        metric(
+            &m,
+            &format!("ficus_introspection_total{{provider=\"corp\",result=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(series("active"), Some(1.0), "{m}");
+    assert_eq!(series("cached"), Some(2.0), "{m}");
     // Scopes from the introspection answer feed the route's requirement.
     send(&c, with_token(&f, "narrow"))
         .await
@@ -217,6 +226,15 @@ async fn idp_down_gives_503_unless_a_stale_answer_is_allowed() {
         .assert_problem(503, "identity-unavailable");
     let stale = send(&c, with_token(&lenient, "good")).await;
     assert_eq!(stale.status, 200, "{}", stale.text());
+    let m = get(&lenient.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &m,
+            "ficus_introspection_total{provider=\"corp\",result=\"stale\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
     assert_eq!(stale.echoed().headers["x-user-id"], vec!["alice".to_string()]);
     // A token never answered for has nothing stale to serve.
     send(&c, with_token(&lenient, "narrow"))

@@ -61,6 +61,34 @@ pub struct Introspector {
     /// Introspections in flight by token hash: concurrent requests with the same new token
     /// (a page firing twenty API calls) share one IdP round trip.
     inflight: parking_lot::Mutex<HashMap<[u8; 32], Flight>>,
+    counts: Counts,
+}
+
+/// How introspection answers were obtained, by `result`.
+struct Counts {
+    cached: metrics::Counter,
+    active: metrics::Counter,
+    inactive: metrics::Counter,
+    error: metrics::Counter,
+    stale: metrics::Counter,
+}
+
+impl Counts {
+    fn new(m: &crate::telemetry::Metrics, provider: &str) -> Self {
+        let c = |result| {
+            m.counter(
+                crate::telemetry::metrics::INTROSPECTIONS,
+                &[("provider", provider), ("result", result)],
+            )
+        };
+        Self {
+            cached: c("cached"),
+            active: c("active"),
+            inactive: c("inactive"),
+            error: c("error"),
+            stale: c("stale"),
+        }
+    }
 }
 
 type Flight = Arc<tokio::sync::OnceCell<Result<Option<Arc<Claims>>, String>>>;
@@ -81,7 +109,11 @@ fn now_secs() -> u64 {
 }
 
 impl Introspector {
-    pub fn new(name: &str, cfg: &IntrospectionConfig) -> Result<Self, String> {
+    pub fn new(
+        name: &str,
+        cfg: &IntrospectionConfig,
+        metrics: &crate::telemetry::Metrics,
+    ) -> Result<Self, String> {
         let url: http::Uri = cfg.url.parse().map_err(|e| format!("url `{}`: {e}", cfg.url))?;
         if url.scheme_str() != Some("http") || url.authority().is_none() {
             return Err(format!("url `{}` must be an absolute http:// URL", cfg.url));
@@ -126,6 +158,7 @@ impl Introspector {
                 .expire_after(Keep)
                 .build(),
             inflight: Default::default(),
+            counts: Counts::new(metrics, name),
         })
     }
 
@@ -138,6 +171,7 @@ impl Introspector {
         let cached = self.cache.get(&digest);
         if let Some(hit) = &cached {
             if Instant::now() < hit.fresh_until {
+                self.counts.cached.increment(1);
                 return hit.claims.clone().ok_or(IntrospectionError::Inactive);
             }
         }
@@ -146,6 +180,7 @@ impl Introspector {
             Err(reason) => {
                 // `keep` already bounds a stale entry by `exp` and `allow_stale`.
                 if let Some(hit) = cached.filter(|_| self.cfg.allow_stale.is_some()) {
+                    self.counts.stale.increment(1);
                     tracing::warn!(provider = %self.name, error = %reason, "introspection failed; serving a stale answer");
                     return hit.claims.ok_or(IntrospectionError::Inactive);
                 }
@@ -164,8 +199,17 @@ impl Introspector {
         let result = flight
             .get_or_init(|| async {
                 let answer = self.ask(token).await;
-                if let Ok(claims) = &answer {
-                    self.remember(digest, claims.clone());
+                match &answer {
+                    Ok(claims) => {
+                        self.remember(digest, claims.clone());
+                        let c = if claims.is_some() {
+                            &self.counts.active
+                        } else {
+                            &self.counts.inactive
+                        };
+                        c.increment(1);
+                    }
+                    Err(_) => self.counts.error.increment(1),
                 }
                 answer
             })
@@ -304,7 +348,7 @@ mod tests {
     #[test]
     fn cache_ttl_is_bounded_by_exp_and_the_maximum() {
         std::env::set_var("FICUS_UNIT_INTROSPECT", "s3cret&=");
-        let i = Introspector::new("u", &cfg()).unwrap();
+        let i = Introspector::new("u", &cfg(), &crate::telemetry::Metrics::new()).unwrap();
         let basic = i.basic.clone().unwrap();
         use base64::Engine as _;
         let decoded = base64::engine::general_purpose::STANDARD

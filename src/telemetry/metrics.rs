@@ -27,6 +27,7 @@ pub const FALLBACKS_TOTAL: &str = "ficus_fallbacks_total";
 pub const SHADOW_COMPARISONS: &str = "ficus_shadow_comparisons_total";
 pub const CIRCUIT_STATE: &str = "ficus_circuit_state";
 pub const CIRCUIT_TRANSITIONS: &str = "ficus_circuit_transitions_total";
+pub const INTROSPECTIONS: &str = "ficus_introspection_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
