@@ -777,6 +777,13 @@ async fn idp_down_since_start_gives_503_and_later_outages_keep_the_last_good_key
     let b = send(&c, with_token(&f, &sign(&r, &other))).await;
     assert_eq!(b.status, 200, "{}", b.text());
     assert_eq!(b.echoed().headers["x-user-id"], vec!["bob".to_string()]);
+
+    // A reload that changes the provider (not its JWKS URL) during the outage keeps the keys.
+    f.write_config(&config(&up.url(), &format!("{provider}, leeway: 10s"), ROUTE));
+    f.gw().reload("test").await.unwrap();
+    other["sub"] = "carol".into();
+    let after = send(&c, with_token(&f, &sign(&r, &other))).await;
+    assert_eq!(after.status, 200, "{}", after.text());
     f.shutdown().await;
 }
 

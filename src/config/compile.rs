@@ -338,6 +338,9 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         }
         match JwtProvider::new(name, p, &src.base_dir) {
             Ok(fresh) => {
+                if let Some(old) = deps.states.jwt.current(name) {
+                    fresh.inherit_jwks(&old);
+                }
                 let fresh = Arc::new(fresh);
                 let kept = deps.states.jwt.get_or_make_arc(name, p, || fresh.clone());
                 // Same config, but a key file may have changed.

@@ -190,6 +190,15 @@ impl JwtProvider {
         }
     }
 
+    /// A reload changed this provider's config but not its JWKS URL: start from the keys the
+    /// old one had, so a reload during an IdP outage does not turn every token into a 503.
+    pub fn inherit_jwks(&self, old: &JwtProvider) {
+        if self.cfg.jwks_url.is_some() && self.cfg.jwks_url == old.cfg.jwks_url && old.jwks_loaded() {
+            self.fetched.store(old.fetched.load_full());
+            self.jwks_loaded.store(true, Ordering::Release);
+        }
+    }
+
     pub fn config(&self) -> &JwtProviderConfig {
         &self.cfg
     }

@@ -42,6 +42,11 @@ impl<T, C: PartialEq + Clone> KeptAcrossReloads<T, C> {
         v
     }
 
+    /// What is live under `name`, whatever its config.
+    pub fn current(&self, name: &str) -> Option<Arc<T>> {
+        self.live.lock().get(name).map(|(_, v)| v.clone())
+    }
+
     /// Like [`get_or_make`](Self::get_or_make), for a value already shared.
     pub fn get_or_make_arc(&self, name: &str, cfg: &C, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
         let mut live = self.live.lock();
