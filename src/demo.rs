@@ -117,7 +117,7 @@ fn xml_escape(s: &str) -> String {
 pub fn banner(public: SocketAddr, admin: SocketAddr) -> String {
     format!(
         "\nficus demo is running.\n\
-         \n  ficus          http://{public}\n  admin          http://{admin}\n  legacy backend http://{LEGACY_ADDR}\n  modern backend http://{MODERN_ADDR}\n\
+         \n  ficus          http://{public}\n  admin          http://{admin}\n  legacy backend http://{LEGACY_ADDR}\n  modern backend http://{MODERN_ADDR}\n  demo IdP JWKS  http://{IDP_ADDR}/.well-known/jwks.json\n\
          \nTry:\n  curl -i http://{public}/api/customers/42      # still served by legacy (XML), rate-limited\n  for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' http://{public}/api/customers/42; done  # 5 pass, then 429\n  curl -i http://{public}/api/orders/7 -H 'X-User: alice'  # mid-migration: alice's side is sticky\n  curl -i http://{public}/api/orders/7 -H 'X-User: beta-tester'  # a cohort: always modern (JSON)\n  curl -s 'http://{admin}/admin/diffs?route=orders'   # shadow comparisons, field by field\n  curl -s http://{admin}/admin/upstreams\n  curl -i http://{public}/public/../api/orders/7  # normalised before routing\n  TOKEN=$(ficus demo token --sub alice --scope orders:read)   # from the demo IdP on {IDP_ADDR}\n  curl -i http://{public}/api/me                                  # 401: the route needs a token\n  curl -i http://{public}/api/me -H \"Authorization: Bearer $TOKEN\"  # 200, with scope orders:read\n  curl -s http://{admin}/metrics | grep ficus_requests_total\n  curl -s http://{admin}/admin/config\n  FICUS_ADMIN_TOKEN=... is needed for: curl -XPOST -H 'Authorization: Bearer ...' http://{admin}/admin/reload\n\
          \nCtrl-C stops it (in-flight requests are drained).\n"
     )

@@ -777,6 +777,13 @@ async fn idp_down_since_start_gives_503_and_later_outages_keep_the_last_good_key
     let b = send(&c, with_token(&f, &sign(&r, &other))).await;
     assert_eq!(b.status, 200, "{}", b.text());
     assert_eq!(b.echoed().headers["x-user-id"], vec!["bob".to_string()]);
+
+    // A reload that changes the provider (not its JWKS URL) during the outage keeps the keys.
+    f.write_config(&config(&up.url(), &format!("{provider}, leeway: 10s"), ROUTE));
+    f.gw().reload("test").await.unwrap();
+    other["sub"] = "carol".into();
+    let after = send(&c, with_token(&f, &sign(&r, &other))).await;
+    assert_eq!(after.status, 200, "{}", after.text());
     f.shutdown().await;
 }
 
@@ -899,4 +906,76 @@ async fn internal_hs256_jwt_goes_in_a_configured_header_and_bad_keys_are_config_
     .unwrap()
     .to_string();
     assert!(err.contains("upstream_auth.jwt: cannot read"), "{err}");
+    std::env::set_var("FICUS_TEST_LEGACY_BASIC", "svc-orders:s3cret");
+    let err = Ficus::try_start(&config(
+        &up.url(),
+        &provider,
+        "jwt: corp, upstream_auth: { basic_env: FICUS_TEST_LEGACY_BASIC, jwt: { algorithm: HS256, secret_env: FICUS_TEST_INTERNAL_SECRET, issuer: f, audience: l } }",
+    ))
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("both set Authorization"), "{err}");
+}
+
+#[tokio::test]
+async fn static_keys_from_a_jwk_set_file_or_a_single_jwk_are_reloaded_with_the_config() {
+    let (r, e, later) = (rsa("k-rsa"), ec("k-ec"), rsa("k-later"));
+    let up = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.jwk.json");
+    std::fs::write(&keys, serde_json::to_string(&jwks(&[&r, &e])).unwrap()).unwrap();
+    let yaml = config(
+        &up.url(),
+        "algorithms: [RS256, ES256], jwk_file: keys.jwk.json",
+        ROUTE,
+    );
+    let f = Ficus::start_in(dir, &yaml).await.unwrap();
+    let c = client();
+    for s in [&r, &e] {
+        assert_eq!(
+            send(&c, with_token(&f, &sign(s, &good_claims()))).await.status,
+            200
+        );
+    }
+    let first_r = sign(&r, &good_claims());
+    assert_eq!(send(&c, with_token(&f, &first_r)).await.status, 200);
+    send(&c, with_token(&f, &sign(&later, &good_claims())))
+        .await
+        .assert_problem(401, "invalid-token");
+
+    // The file now holds one JWK (no `kid`): after a reload only that key verifies, and a
+    // token verified (and cached) under the removed key is refused.
+    let mut single = Jwk::from_encoding_key(&later.enc, later.alg).unwrap();
+    single.common.key_id = None;
+    std::fs::write(&keys, serde_json::to_string(&single).unwrap()).unwrap();
+    f.gw().reload("test").await.unwrap();
+    assert_eq!(
+        send(&c, with_token(&f, &sign(&later, &good_claims())))
+            .await
+            .status,
+        200
+    );
+    send(&c, with_token(&f, &first_r))
+        .await
+        .assert_problem(401, "invalid-token");
+    f.shutdown().await;
+
+    // A JWK file without a key for the provider's algorithms is a config error.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ec.json"),
+        serde_json::to_string(&jwks(&[&e])).unwrap(),
+    )
+    .unwrap();
+    let err = Ficus::start_in(
+        dir,
+        &config(&up.url(), "algorithms: [RS256], jwk_file: ec.json", ROUTE),
+    )
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("no key for the algorithms"), "{err}");
 }

@@ -49,6 +49,8 @@ impl Idp {
                     return r;
                 }
                 n.fetch_add(1, Ordering::SeqCst);
+                // Slow enough that concurrent requests overlap.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 let basic = req
                     .headers()
                     .get("authorization")
@@ -129,6 +131,15 @@ async fn basic_client_auth_active_token_passes_with_claims_and_is_cached() {
         assert_eq!(a.echoed().headers["x-user-id"], vec!["alice".to_string()]);
     }
     assert_eq!(idp.calls(), 1, "the answer was not cached");
+    let m = get(&f.admin_url("/metrics")).await.text();
+    let series = |r: &str| {
+        metric(
+            &m,
+            &format!("ficus_introspection_total{{provider=\"corp\",result=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(series("active"), Some(1.0), "{m}");
+    assert_eq!(series("cached"), Some(2.0), "{m}");
     // Scopes from the introspection answer feed the route's requirement.
     send(&c, with_token(&f, "narrow"))
         .await
@@ -141,13 +152,26 @@ async fn basic_client_auth_active_token_passes_with_claims_and_is_cached() {
 }
 
 #[tokio::test]
-async fn post_client_auth_sends_the_credentials_in_the_form() {
+async fn post_client_auth_sends_the_credentials_in_the_form_and_claim_rules_apply() {
     let idp = Idp::start(Auth::Post).await;
     let up = Upstream::echo().await;
     let f = Ficus::start(&config(&up.url(), &idp, "auth: post")).await;
     let a = send(&client(), with_token(&f, "good")).await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(idp.calls(), 1);
+    f.shutdown().await;
+
+    // Claim rules apply to the introspection answer's members too.
+    let yaml = config(&up.url(), &idp, "auth: post").replace(
+        "scopes: ['orders:read']",
+        "claims: { client_id: { one_of: [app, other] } }",
+    );
+    let f = Ficus::start(&yaml).await;
+    assert_eq!(send(&client(), with_token(&f, "good")).await.status, 200);
+    // `narrow` has no client_id.
+    send(&client(), with_token(&f, "narrow"))
+        .await
+        .assert_problem(403, "forbidden");
     f.shutdown().await;
 }
 
@@ -202,6 +226,15 @@ async fn idp_down_gives_503_unless_a_stale_answer_is_allowed() {
         .assert_problem(503, "identity-unavailable");
     let stale = send(&c, with_token(&lenient, "good")).await;
     assert_eq!(stale.status, 200, "{}", stale.text());
+    let m = get(&lenient.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &m,
+            "ficus_introspection_total{provider=\"corp\",result=\"stale\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
     assert_eq!(stale.echoed().headers["x-user-id"], vec!["alice".to_string()]);
     // A token never answered for has nothing stale to serve.
     send(&c, with_token(&lenient, "narrow"))
@@ -246,4 +279,21 @@ async fn introspection_config_errors_name_the_key() {
     assert!(err.contains("identity.introspection.corp"), "{err}");
     assert!(err.contains("FICUS_TEST_UNSET_NOWHERE"), "{err}");
     assert!(err.contains("no introspection endpoint named `nope`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_a_new_token_share_one_introspection() {
+    let idp = Idp::start(Auth::Basic).await;
+    let up = Upstream::echo().await;
+    let f = Ficus::start(&config(&up.url(), &idp, "auth: basic")).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let req = with_token(&f, "good");
+        tasks.push(tokio::spawn(async move { send(&client(), req).await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(idp.calls(), 1, "concurrent misses were not coalesced");
+    f.shutdown().await;
 }

@@ -381,9 +381,18 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             );
         }
         // Built fresh to validate; the kept one (same config) carries the keys and cache over.
+        for file in p.pem_file.iter().chain(p.jwk_file.iter()) {
+            watch_files.push(src.base_dir.join(file));
+        }
         match JwtProvider::new(name, p, &src.base_dir) {
             Ok(fresh) => {
-                let kept = deps.states.jwt.get_or_make(name, p, || fresh);
+                if let Some(old) = deps.states.jwt.current(name) {
+                    fresh.inherit_jwks(&old);
+                }
+                let fresh = Arc::new(fresh);
+                let kept = deps.states.jwt.get_or_make_arc(name, p, || fresh.clone());
+                // Same config, but a key file may have changed.
+                kept.adopt_static_keys(&fresh);
                 providers.insert(name.clone(), kept);
             }
             Err(reason) => bad(format!("identity.jwt.{name}"), reason),
@@ -407,7 +416,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
     let mut introspectors: BTreeMap<String, Arc<crate::identity::introspection::Introspector>> =
         BTreeMap::new();
     for (name, ic) in &cfg.identity.introspection {
-        match crate::identity::introspection::Introspector::new(name, ic) {
+        match crate::identity::introspection::Introspector::new(name, ic, deps.metrics) {
             Ok(fresh) => {
                 let kept = deps.states.introspection.get_or_make(name, ic, || fresh);
                 introspectors.insert(name.clone(), kept);

@@ -269,6 +269,10 @@ pub struct JwtProviderConfig {
     /// A public key in PEM (RSA, EC or Ed25519, per `algorithms`), relative to the config file.
     #[serde(default)]
     pub pem_file: Option<PathBuf>,
+    /// Public keys as a JWK or a JWK Set (JSON), relative to the config file; a key's `kid`
+    /// is matched exactly, a key without one serves tokens without a known `kid`.
+    #[serde(default)]
+    pub jwk_file: Option<PathBuf>,
     /// The environment variable holding an HMAC secret (at least 32 bytes).
     #[serde(default)]
     pub hmac_secret_env: Option<String>,

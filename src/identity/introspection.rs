@@ -5,6 +5,7 @@
 //! the IdP cannot answer, the caller gets 503 (the token may well be good), unless a stale
 //! answer is allowed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -57,7 +58,40 @@ pub struct Introspector {
     basic: Option<HeaderValue>,
     client: HttpClient,
     cache: moka::sync::Cache<[u8; 32], Answer>,
+    /// Introspections in flight by token hash: concurrent requests with the same new token
+    /// (a page firing twenty API calls) share one IdP round trip.
+    inflight: parking_lot::Mutex<HashMap<[u8; 32], Flight>>,
+    counts: Counts,
 }
+
+/// How introspection answers were obtained, by `result`.
+struct Counts {
+    cached: metrics::Counter,
+    active: metrics::Counter,
+    inactive: metrics::Counter,
+    error: metrics::Counter,
+    stale: metrics::Counter,
+}
+
+impl Counts {
+    fn new(m: &crate::telemetry::Metrics, provider: &str) -> Self {
+        let c = |result| {
+            m.counter(
+                crate::telemetry::metrics::INTROSPECTIONS,
+                &[("provider", provider), ("result", result)],
+            )
+        };
+        Self {
+            cached: c("cached"),
+            active: c("active"),
+            inactive: c("inactive"),
+            error: c("error"),
+            stale: c("stale"),
+        }
+    }
+}
+
+type Flight = Arc<tokio::sync::OnceCell<Result<Option<Arc<Claims>>, String>>>;
 
 fn form(pairs: &[(&str, &str)]) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
@@ -75,7 +109,11 @@ fn now_secs() -> u64 {
 }
 
 impl Introspector {
-    pub fn new(name: &str, cfg: &IntrospectionConfig) -> Result<Self, String> {
+    pub fn new(
+        name: &str,
+        cfg: &IntrospectionConfig,
+        metrics: &crate::telemetry::Metrics,
+    ) -> Result<Self, String> {
         let url: http::Uri = cfg.url.parse().map_err(|e| format!("url `{}`: {e}", cfg.url))?;
         if url.scheme_str() != Some("http") || url.authority().is_none() {
             return Err(format!("url `{}` must be an absolute http:// URL", cfg.url));
@@ -119,6 +157,8 @@ impl Introspector {
                 .max_capacity(cfg.cache_entries)
                 .expire_after(Keep)
                 .build(),
+            inflight: Default::default(),
+            counts: Counts::new(metrics, name),
         })
     }
 
@@ -131,17 +171,16 @@ impl Introspector {
         let cached = self.cache.get(&digest);
         if let Some(hit) = &cached {
             if Instant::now() < hit.fresh_until {
+                self.counts.cached.increment(1);
                 return hit.claims.clone().ok_or(IntrospectionError::Inactive);
             }
         }
-        match self.ask(token).await {
-            Ok(claims) => {
-                self.remember(digest, claims.clone());
-                claims.ok_or(IntrospectionError::Inactive)
-            }
+        match self.ask_once(digest, token).await {
+            Ok(claims) => claims.ok_or(IntrospectionError::Inactive),
             Err(reason) => {
                 // `keep` already bounds a stale entry by `exp` and `allow_stale`.
                 if let Some(hit) = cached.filter(|_| self.cfg.allow_stale.is_some()) {
+                    self.counts.stale.increment(1);
                     tracing::warn!(provider = %self.name, error = %reason, "introspection failed; serving a stale answer");
                     return hit.claims.ok_or(IntrospectionError::Inactive);
                 }
@@ -151,6 +190,36 @@ impl Introspector {
                 })
             }
         }
+    }
+
+    /// One IdP call per token hash at a time; the answer is cached before the flight lands,
+    /// so a request arriving just after finds it there.
+    async fn ask_once(&self, digest: [u8; 32], token: &str) -> Result<Option<Arc<Claims>>, String> {
+        let flight = self.inflight.lock().entry(digest).or_default().clone();
+        let result = flight
+            .get_or_init(|| async {
+                let answer = self.ask(token).await;
+                match &answer {
+                    Ok(claims) => {
+                        self.remember(digest, claims.clone());
+                        let c = if claims.is_some() {
+                            &self.counts.active
+                        } else {
+                            &self.counts.inactive
+                        };
+                        c.increment(1);
+                    }
+                    Err(_) => self.counts.error.increment(1),
+                }
+                answer
+            })
+            .await
+            .clone();
+        let mut inflight = self.inflight.lock();
+        if inflight.get(&digest).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            inflight.remove(&digest);
+        }
+        result
     }
 
     fn remember(&self, digest: [u8; 32], claims: Option<Arc<Claims>>) {
@@ -279,7 +348,7 @@ mod tests {
     #[test]
     fn cache_ttl_is_bounded_by_exp_and_the_maximum() {
         std::env::set_var("FICUS_UNIT_INTROSPECT", "s3cret&=");
-        let i = Introspector::new("u", &cfg()).unwrap();
+        let i = Introspector::new("u", &cfg(), &crate::telemetry::Metrics::new()).unwrap();
         let basic = i.basic.clone().unwrap();
         use base64::Engine as _;
         let decoded = base64::engine::general_purpose::STANDARD

@@ -93,17 +93,23 @@ pub enum TokenError {
     KeysUnavailable(String),
 }
 
-struct KeySet {
+/// Keys from config (PEM, JWK file, HMAC secret); replaced on reload when their files change.
+struct StaticKeys {
+    /// JWK-file keys that carry a `kid`.
     by_kid: HashMap<String, DecodingKey>,
-    /// Keys without a `kid` (static keys): tried only for tokens without one.
+    /// Keys without a `kid`: tried for tokens whose `kid` finds nothing else.
     anonymous: Vec<DecodingKey>,
+    /// A digest of the key material, to tell whether a reload changed it.
+    fingerprint: [u8; 32],
 }
 
 pub struct JwtProvider {
     pub name: String,
     cfg: JwtProviderConfig,
     algorithms: Vec<Algorithm>,
-    keys: ArcSwap<KeySet>,
+    static_keys: ArcSwap<StaticKeys>,
+    /// The last good JWKS, by `kid`.
+    fetched: ArcSwap<HashMap<String, DecodingKey>>,
     /// When keys were last fetched (ms since `epoch`), for the unknown-`kid` refetch limit.
     last_fetch_ms: AtomicU64,
     fetch_lock: tokio::sync::Mutex<()>,
@@ -152,39 +158,16 @@ impl JwtProvider {
             // The classic confusion: a public key used as an HMAC secret.
             return Err("HMAC algorithms cannot share a provider with public-key algorithms".into());
         }
-        let mut anonymous = Vec::new();
-        if let Some(pem) = &cfg.pem_file {
-            let path = base_dir.join(pem);
-            let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let key = families
-                .iter()
-                .find_map(|f| match f {
-                    jsonwebtoken::AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&bytes).ok(),
-                    jsonwebtoken::AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&bytes).ok(),
-                    jsonwebtoken::AlgorithmFamily::Ed => DecodingKey::from_ed_pem(&bytes).ok(),
-                    jsonwebtoken::AlgorithmFamily::Hmac => None,
-                })
-                .ok_or_else(|| format!("{}: not a public key for {:?}", path.display(), cfg.algorithms))?;
-            anonymous.push(key);
-        }
-        if let Some(env) = &cfg.hmac_secret_env {
-            let secret = std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))?;
-            if secret.len() < 32 {
-                return Err(format!("the HMAC secret in {env} must be at least 32 bytes"));
-            }
-            anonymous.push(DecodingKey::from_secret(secret.as_bytes()));
-        }
-        if anonymous.is_empty() && cfg.jwks_url.is_none() {
-            return Err("set jwks_url, pem_file or hmac_secret_env".into());
+        let static_keys = load_static_keys(cfg, &families, base_dir)?;
+        if static_keys.anonymous.is_empty() && static_keys.by_kid.is_empty() && cfg.jwks_url.is_none() {
+            return Err("set jwks_url, pem_file, jwk_file or hmac_secret_env".into());
         }
         Ok(Self {
             name: name.to_string(),
             cfg: cfg.clone(),
             algorithms,
-            keys: ArcSwap::from_pointee(KeySet {
-                by_kid: HashMap::new(),
-                anonymous,
-            }),
+            static_keys: ArcSwap::from_pointee(static_keys),
+            fetched: ArcSwap::from_pointee(HashMap::new()),
             last_fetch_ms: AtomicU64::new(0),
             fetch_lock: tokio::sync::Mutex::new(()),
             jwks_loaded: Default::default(),
@@ -195,6 +178,25 @@ impl JwtProvider {
                 .build(),
             refresher_started: Default::default(),
         })
+    }
+
+    /// A reload kept this provider (same config): take the static keys `fresh` read from the
+    /// files now, and forget verified tokens if the key material changed.
+    pub fn adopt_static_keys(&self, fresh: &JwtProvider) {
+        let new = fresh.static_keys.load_full();
+        if new.fingerprint != self.static_keys.load().fingerprint {
+            self.static_keys.store(new);
+            self.cache.invalidate_all();
+        }
+    }
+
+    /// A reload changed this provider's config but not its JWKS URL: start from the keys the
+    /// old one had, so a reload during an IdP outage does not turn every token into a 503.
+    pub fn inherit_jwks(&self, old: &JwtProvider) {
+        if self.cfg.jwks_url.is_some() && self.cfg.jwks_url == old.cfg.jwks_url && old.jwks_loaded() {
+            self.fetched.store(old.fetched.load_full());
+            self.jwks_loaded.store(true, Ordering::Release);
+        }
     }
 
     pub fn config(&self) -> &JwtProviderConfig {
@@ -258,8 +260,7 @@ impl JwtProvider {
                 by_kid.insert(kid.clone(), key);
             }
         }
-        let anonymous = self.keys.load().anonymous.clone();
-        self.keys.store(Arc::new(KeySet { by_kid, anonymous }));
+        self.fetched.store(Arc::new(by_kid));
         self.jwks_loaded.store(true, Ordering::Release);
         Ok(max_age)
     }
@@ -287,7 +288,9 @@ impl JwtProvider {
         if let Some(hit) = self.cache.get(&digest) {
             // An entry must not outlive its key's removal from the JWKS.
             let live = match &hit.kid {
-                Some(k) => self.keys.load().by_kid.contains_key(k),
+                Some(k) => {
+                    self.fetched.load().contains_key(k) || self.static_keys.load().by_kid.contains_key(k)
+                }
                 None => true,
             };
             if live {
@@ -376,12 +379,102 @@ impl JwtProvider {
     }
 
     fn lookup(&self, kid: Option<&str>) -> Option<DecodingKey> {
-        let keys = self.keys.load();
+        let statics = self.static_keys.load();
         match kid {
             // Exact match only: a `kid` is a name, never a path, query or URL.
-            Some(k) => keys.by_kid.get(k).or_else(|| keys.anonymous.first()).cloned(),
-            None => keys.anonymous.first().cloned(),
+            Some(k) => self
+                .fetched
+                .load()
+                .get(k)
+                .or_else(|| statics.by_kid.get(k))
+                .or_else(|| statics.anonymous.first())
+                .cloned(),
+            None => statics.anonymous.first().cloned(),
         }
+    }
+}
+
+/// Reads the configured static keys. Only keys of the provider's algorithm families are kept,
+/// so a JWK file's `oct` entry can never turn an RS256 provider into HS256.
+fn load_static_keys(
+    cfg: &JwtProviderConfig,
+    families: &[jsonwebtoken::AlgorithmFamily],
+    base_dir: &std::path::Path,
+) -> Result<StaticKeys, String> {
+    use jsonwebtoken::AlgorithmFamily as F;
+    let mut digest = Sha256::new();
+    let mut anonymous = Vec::new();
+    let mut by_kid = HashMap::new();
+    let read = |file: &std::path::Path| {
+        let path = base_dir.join(file);
+        std::fs::read(&path)
+            .map(|b| (path.clone(), b))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    if let Some(pem) = &cfg.pem_file {
+        let (path, bytes) = read(pem)?;
+        digest.update(&bytes);
+        let key = families
+            .iter()
+            .find_map(|f| match f {
+                F::Rsa => DecodingKey::from_rsa_pem(&bytes).ok(),
+                F::Ec => DecodingKey::from_ec_pem(&bytes).ok(),
+                F::Ed => DecodingKey::from_ed_pem(&bytes).ok(),
+                F::Hmac => None,
+            })
+            .ok_or_else(|| format!("{}: not a public key for {:?}", path.display(), cfg.algorithms))?;
+        anonymous.push(key);
+    }
+    if let Some(file) = &cfg.jwk_file {
+        let (path, bytes) = read(file)?;
+        digest.update(&bytes);
+        let keys = parse_jwk_file(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut usable = 0;
+        for jwk in &keys {
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("{}: {e}", path.display()))?;
+            if !families.contains(&key.family()) {
+                continue;
+            }
+            usable += 1;
+            match &jwk.common.key_id {
+                Some(kid) => {
+                    by_kid.insert(kid.clone(), key);
+                }
+                None => anonymous.push(key),
+            }
+        }
+        if usable == 0 {
+            return Err(format!(
+                "{}: no key for the algorithms {:?}",
+                path.display(),
+                cfg.algorithms
+            ));
+        }
+    }
+    if let Some(env) = &cfg.hmac_secret_env {
+        let secret = std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))?;
+        if secret.len() < 32 {
+            return Err(format!("the HMAC secret in {env} must be at least 32 bytes"));
+        }
+        digest.update(secret.as_bytes());
+        anonymous.push(DecodingKey::from_secret(secret.as_bytes()));
+    }
+    Ok(StaticKeys {
+        by_kid,
+        anonymous,
+        fingerprint: digest.finalize().into(),
+    })
+}
+
+/// A JWK file holds one JWK or a JWK Set (`{"keys": [...]}`).
+fn parse_jwk_file(bytes: &[u8]) -> Result<Vec<jsonwebtoken::jwk::Jwk>, String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    if v.get("keys").is_some() {
+        let set: JwkSet = serde_json::from_value(v).map_err(|e| format!("not a JWK Set: {e}"))?;
+        Ok(set.keys)
+    } else {
+        let jwk = serde_json::from_value(v).map_err(|e| format!("not a JWK: {e}"))?;
+        Ok(vec![jwk])
     }
 }
 
@@ -409,5 +502,38 @@ pub fn start_refreshers(providers: &[Arc<JwtProvider>]) {
                 tokio::time::sleep(wait).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EC_JWK: &str = r#"{"kty":"EC","crv":"P-256","kid":"a","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+
+    #[test]
+    fn a_jwk_file_is_one_jwk_or_a_set() {
+        assert_eq!(parse_jwk_file(EC_JWK.as_bytes()).unwrap().len(), 1);
+        let set = format!(r#"{{"keys":[{EC_JWK},{EC_JWK}]}}"#);
+        assert_eq!(parse_jwk_file(set.as_bytes()).unwrap().len(), 2);
+        assert!(parse_jwk_file(b"-----BEGIN PUBLIC KEY-----").is_err());
+        assert!(parse_jwk_file(br#"{"keys":"no"}"#).is_err());
+    }
+
+    #[test]
+    fn jwk_keys_of_another_family_are_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("k.json"), EC_JWK).unwrap();
+        let cfg: JwtProviderConfig =
+            serde_yaml_ng::from_str("{ issuer: i, audiences: [a], algorithms: [ES256], jwk_file: k.json }")
+                .unwrap();
+        let p = JwtProvider::new("p", &cfg, dir.path()).unwrap();
+        assert!(p.lookup(Some("a")).is_some());
+        let rsa_only = JwtProviderConfig {
+            algorithms: vec!["RS256".into()],
+            ..cfg
+        };
+        let err = JwtProvider::new("p", &rsa_only, dir.path()).err().unwrap();
+        assert!(err.contains("no key for the algorithms"), "{err}");
     }
 }

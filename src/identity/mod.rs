@@ -91,6 +91,12 @@ impl RouteIdentity {
         let mut internal = None;
         if let Some(ua) = &cfg.upstream_auth {
             if let Some(j) = &ua.jwt {
+                if ua.basic_env.is_some() && j.header.eq_ignore_ascii_case("authorization") {
+                    return Err(
+                        "upstream_auth: `basic_env` and `jwt` both set Authorization; give `jwt` another `header`"
+                            .into(),
+                    );
+                }
                 internal = Some(
                     internal_jwt::InternalJwt::new(j, base_dir)
                         .map_err(|e| format!("upstream_auth.jwt: {e}"))?,

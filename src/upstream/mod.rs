@@ -43,6 +43,24 @@ impl<T, C: PartialEq + Clone> KeptAcrossReloads<T, C> {
         v
     }
 
+    /// What is live under `name`, whatever its config.
+    pub fn current(&self, name: &str) -> Option<Arc<T>> {
+        self.live.lock().get(name).map(|(_, v)| v.clone())
+    }
+
+    /// Like [`get_or_make`](Self::get_or_make), for a value already shared.
+    pub fn get_or_make_arc(&self, name: &str, cfg: &C, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
+        let mut live = self.live.lock();
+        if let Some((old, v)) = live.get(name) {
+            if old == cfg {
+                return v.clone();
+            }
+        }
+        let v = make();
+        live.insert(name.to_string(), (cfg.clone(), v.clone()));
+        v
+    }
+
     /// Forgets what the new snapshot no longer uses.
     pub fn retain(&self, in_use: &[Arc<T>]) {
         self.live
