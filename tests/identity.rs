@@ -979,3 +979,56 @@ async fn static_keys_from_a_jwk_set_file_or_a_single_jwk_are_reloaded_with_the_c
     .to_string();
     assert!(err.contains("no key for the algorithms"), "{err}");
 }
+
+#[tokio::test]
+async fn jwks_over_https_is_verified_against_the_configured_ca() {
+    let r = rsa("r1");
+    let set = serde_json::to_string(&jwks(&[&r])).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "idp-ca");
+    let other = TestCa::new(dir.path(), "other-ca");
+    let cert = ca.issue(dir.path(), "idp", &["127.0.0.1"]);
+    let idp = Upstream::start_tls(
+        move |_req: Request<Incoming>| {
+            let body = set.clone();
+            async move { Response::new(full(body)) }
+        },
+        upstream_tls(&cert, None),
+    )
+    .await;
+    let up = Upstream::echo().await;
+    let token = sign(&r, &good_claims());
+
+    let provider = format!(
+        "algorithms: [RS256], jwks_url: '{}/jwks', ca_file: idp-ca.pem",
+        idp.https_url()
+    );
+    let other_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&other.cert.cert_path, other_dir.path().join("idp-ca.pem")).unwrap();
+    let f = Ficus::start_in(dir, &config(&up.url(), &provider, ROUTE))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            send(&client(), with_token(&f, &token)).await.status == 200
+        })
+        .await,
+        "the JWKS was never fetched over https"
+    );
+    f.shutdown().await;
+
+    // A JWKS server whose certificate does not chain to `ca_file` is never trusted: the keys are
+    // never loaded, so a token gets 503, not a pass.
+    let f = Ficus::start_in(other_dir, &config(&up.url(), &provider, ROUTE))
+        .await
+        .unwrap();
+    send(&client(), with_token(&f, &token))
+        .await
+        .assert_problem(503, "identity-unavailable");
+    f.shutdown().await;
+    assert_eq!(
+        idp.hits(),
+        1,
+        "the untrusted handshake never reached the JWKS handler"
+    );
+}

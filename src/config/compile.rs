@@ -416,7 +416,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
     let mut introspectors: BTreeMap<String, Arc<crate::identity::introspection::Introspector>> =
         BTreeMap::new();
     for (name, ic) in &cfg.identity.introspection {
-        match crate::identity::introspection::Introspector::new(name, ic, deps.metrics) {
+        match crate::identity::introspection::Introspector::new(name, ic, &src.base_dir, deps.metrics) {
             Ok(fresh) => {
                 let kept = deps.states.introspection.get_or_make(name, ic, || fresh);
                 introspectors.insert(name.clone(), kept);

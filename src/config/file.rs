@@ -205,6 +205,9 @@ pub struct IdentityConfig {
 pub struct IntrospectionConfig {
     /// The IdP's introspection endpoint (RFC 7662), e.g. `http://idp.internal/oauth2/introspect`.
     pub url: String,
+    /// PEM bundle of the CAs an `https://` endpoint must chain to (default: the webpki roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     pub client_id: String,
     /// The environment variable holding ficus's client secret at the IdP.
     pub client_secret_env: String,
@@ -264,8 +267,12 @@ pub struct JwtProviderConfig {
     /// Refuse tokens without `exp`.
     #[serde(default = "default_true")]
     pub require_exp: bool,
+    /// `http://` or `https://` (verified against the webpki roots, or `ca_file`).
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// PEM bundle of the CAs an `https://` JWKS URL must chain to, relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// A public key in PEM (RSA, EC or Ed25519, per `algorithms`), relative to the config file.
     #[serde(default)]
     pub pem_file: Option<PathBuf>,

@@ -45,8 +45,10 @@ impl moka::Expiry<[u8; 32], Answer> for Keep {
     }
 }
 
-type HttpClient =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
 
 pub struct Introspector {
     pub name: String,
@@ -112,11 +114,15 @@ impl Introspector {
     pub fn new(
         name: &str,
         cfg: &IntrospectionConfig,
+        base_dir: &std::path::Path,
         metrics: &crate::telemetry::Metrics,
     ) -> Result<Self, String> {
         let url: http::Uri = cfg.url.parse().map_err(|e| format!("url `{}`: {e}", cfg.url))?;
-        if url.scheme_str() != Some("http") || url.authority().is_none() {
-            return Err(format!("url `{}` must be an absolute http:// URL", cfg.url));
+        if !matches!(url.scheme_str(), Some("http" | "https")) || url.authority().is_none() {
+            return Err(format!(
+                "url `{}` must be an absolute http:// or https:// URL",
+                cfg.url
+            ));
         }
         let secret = std::env::var(&cfg.client_secret_env)
             .map_err(|_| format!("environment variable {} is not set", cfg.client_secret_env))?;
@@ -142,8 +148,8 @@ impl Introspector {
                 ),
             ),
         };
-        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.timeout));
+        let connector = crate::upstream::tls::idp_connector(cfg.ca_file.as_deref(), base_dir, cfg.timeout)
+            .map_err(|e| format!("ca_file: {e}"))?;
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(connector);
         Ok(Self {
@@ -348,7 +354,13 @@ mod tests {
     #[test]
     fn cache_ttl_is_bounded_by_exp_and_the_maximum() {
         std::env::set_var("FICUS_UNIT_INTROSPECT", "s3cret&=");
-        let i = Introspector::new("u", &cfg(), &crate::telemetry::Metrics::new()).unwrap();
+        let i = Introspector::new(
+            "u",
+            &cfg(),
+            std::path::Path::new("."),
+            &crate::telemetry::Metrics::new(),
+        )
+        .unwrap();
         let basic = i.basic.clone().unwrap();
         use base64::Engine as _;
         let decoded = base64::engine::general_purpose::STANDARD

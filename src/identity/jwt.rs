@@ -119,6 +119,11 @@ pub struct JwtProvider {
     epoch: Instant,
     cache: moka::sync::Cache<[u8; 32], Cached>,
     pub(crate) refresher_started: std::sync::atomic::AtomicBool,
+    /// Built once: http, or https verified against the webpki roots or `ca_file`.
+    client: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Empty<Bytes>,
+    >,
 }
 
 #[derive(Clone)]
@@ -162,7 +167,14 @@ impl JwtProvider {
         if static_keys.anonymous.is_empty() && static_keys.by_kid.is_empty() && cfg.jwks_url.is_none() {
             return Err("set jwks_url, pem_file, jwk_file or hmac_secret_env".into());
         }
+        let connector =
+            crate::upstream::tls::idp_connector(cfg.ca_file.as_deref(), base_dir, Duration::from_secs(2))
+                .map_err(|e| format!("ca_file: {e}"))?;
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
         Ok(Self {
+            client,
             name: name.to_string(),
             cfg: cfg.clone(),
             algorithms,
@@ -218,11 +230,7 @@ impl JwtProvider {
         };
         self.last_fetch_ms
             .store(self.epoch.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
-        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(connector);
+        let client = &self.client;
         let req = http::Request::get(url.as_str())
             .body(Empty::new())
             .map_err(|e| e.to_string())?;

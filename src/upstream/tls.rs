@@ -152,6 +152,21 @@ pub fn connector(tls: Option<&UpstreamTls>, connect_timeout: Duration) -> HttpsC
     HttpsConnector::new(http, config, false, resolver)
 }
 
+/// A connector for ficus's own calls to an identity provider (JWKS, introspection): `http://`,
+/// or `https://` verified against the webpki roots or, when given, the CAs in `ca_file`.
+pub fn idp_connector(
+    ca_file: Option<&Path>,
+    base_dir: &Path,
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector>, UpstreamTlsError> {
+    let cfg = crate::config::file::UpstreamTlsConfig {
+        ca_file: ca_file.map(Path::to_path_buf),
+        ..Default::default()
+    };
+    let tls = UpstreamTls::build(&cfg, base_dir)?;
+    Ok(connector(Some(&tls), connect_timeout))
+}
+
 /// For pools of `http://` upstreams: trusts nothing, so it can never complete a handshake.
 fn plain_only() -> Arc<ClientConfig> {
     static CONFIG: OnceLock<Arc<ClientConfig>> = OnceLock::new();
