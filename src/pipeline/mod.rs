@@ -139,6 +139,7 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
             route: ctx.route.as_ref().map(|r| r.name.clone()),
             upstream: ctx.route.as_ref().map(|r| r.upstream_for(ctx.side).name.clone()),
             client_cert: ctx.client_cert.as_ref().map(|c| c.principal.clone()),
+            user: ctx.claims.as_ref().and_then(|c| c.get_str("sub")),
             status: response.status(),
             duration_us: elapsed.as_micros() as u64,
             error,

@@ -26,6 +26,8 @@ pub struct AccessRecord {
     pub upstream: Option<Arc<str>>,
     /// The TLS client certificate's principal (first SAN, else subject).
     pub client_cert: Option<Arc<str>>,
+    /// The verified caller: the token's `sub`, or the id of the API key used.
+    pub user: Option<String>,
     pub status: StatusCode,
     pub duration_us: u64,
     pub error: Option<&'static str>,
@@ -43,6 +45,8 @@ struct Line<'a> {
     upstream: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_cert: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
     status: u16,
     duration_us: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,6 +137,7 @@ fn write_line(out: &mut impl Write, r: &AccessRecord) {
         route: r.route.as_deref(),
         upstream: r.upstream.as_deref(),
         client_cert: r.client_cert.as_deref(),
+        user: r.user.as_deref(),
         status: r.status.as_u16(),
         duration_us: r.duration_us,
         error: r.error,
@@ -156,6 +161,7 @@ mod tests {
             route: Some(Arc::from("r")),
             upstream: Some(Arc::from("u")),
             client_cert: client_cert.map(Arc::from),
+            user: None,
             status: StatusCode::OK,
             duration_us: 1,
             error: None,
@@ -173,5 +179,19 @@ mod tests {
         write_line(&mut out, &record(None));
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert!(line.get("client_cert").is_none(), "{line}");
+    }
+
+    #[test]
+    fn the_verified_caller_is_logged_as_user() {
+        let mut out = Vec::new();
+        let mut r = record(None);
+        r.user = Some("acme-2026a".into());
+        write_line(&mut out, &r);
+        let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(line["user"], "acme-2026a");
+        let mut out = Vec::new();
+        write_line(&mut out, &record(None));
+        let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(line.get("user").is_none(), "{line}");
     }
 }
