@@ -38,6 +38,9 @@ pub struct FileConfig {
     pub state_store: StateStoreConfig,
     #[serde(default)]
     pub identity: IdentityConfig,
+    /// Named payload translations, referred to by routes and migration sides.
+    #[serde(default)]
+    pub transforms: BTreeMap<String, super::transform::TransformConfig>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -309,6 +312,9 @@ pub struct ShadowConfig {
 #[serde(deny_unknown_fields)]
 pub struct MigrationSide {
     pub upstream: String,
+    /// This side's translation (a `transforms` name); overrides the route's `transform`.
+    #[serde(default)]
+    pub transform: Option<String>,
 }
 
 /// Idempotency keys on one route.
@@ -734,6 +740,12 @@ pub struct RouteConfig {
     /// Idempotency keys on this route; off unless present.
     #[serde(default)]
     pub idempotency: Option<IdempotencyConfig>,
+    /// A `transforms` name: how requests and answers are translated for this route's backend.
+    #[serde(default)]
+    pub transform: Option<String>,
+    /// Validate request bodies against a JSON Schema.
+    #[serde(default)]
+    pub validate: Option<super::transform::ValidateConfig>,
 }
 
 /// All given conditions must hold. Routes are tried in file order; the first match wins.
