@@ -6,6 +6,7 @@
 pub mod dates;
 pub mod form;
 pub mod json_ops;
+pub mod offline;
 pub mod path;
 pub mod soap;
 pub mod validate;
@@ -96,7 +97,7 @@ enum Piece {
 }
 
 pub struct DirectionPlan {
-    content_types: Vec<String>,
+    pub content_types: Vec<String>,
     pub max_body: u64,
     steps: Vec<Step>,
     headers: HeaderOps,
