@@ -743,7 +743,10 @@ fn slug(s: &str) -> String {
 fn loose_eq(want: &Value, got: &Value) -> bool {
     want == got
         || match (want, got) {
-            (Value::String(a), b) | (b, Value::String(a)) if !b.is_string() => *a == b.to_string(),
+            (Value::String(a), b) | (b, Value::String(a)) if !b.is_string() => {
+                let shown = b.to_string();
+                shown == a.as_str()
+            }
             _ => false,
         }
 }
