@@ -271,6 +271,37 @@ async fn oversized_bodies_to_translate_get_413_for_requests_and_502_for_answers(
 }
 
 #[tokio::test]
+async fn compressed_answers_are_not_requested_and_refused_with_502_if_sent_anyway() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let up = Upstream::start(move |req: Request<Incoming>| {
+        let log = log.clone();
+        async move {
+            log.lock()
+                .unwrap()
+                .push(req.headers().get("accept-encoding").cloned());
+            let mut r = Response::new(full(Bytes::from_static(b"\x1f\x8b\x08\x00binary")));
+            r.headers_mut()
+                .insert("content-type", "text/xml".parse().unwrap());
+            r.headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
+            r
+        }
+    })
+    .await;
+    let t = "    response:\n      content_types: [text/xml]\n      ops: [{ xml_to_json: {} }]";
+    let f = Ficus::start(&small_config(&up.url(), t)).await;
+    let req = Request::get(f.url("/x"))
+        .header("accept-encoding", "gzip, br")
+        .body(empty())
+        .unwrap();
+    let a = send(&client(), req).await;
+    a.assert_problem(502, "translation-failed");
+    assert_eq!(seen.lock().unwrap()[0], None, "accept-encoding was not removed");
+    f.shutdown().await;
+}
+
+#[tokio::test]
 async fn latin1_legacy_xml_arrives_as_utf8_json() {
     let mut body = b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><c><name>".to_vec();
     body.extend_from_slice(b"Fran\xe7oise M\xfcller");

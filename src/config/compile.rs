@@ -888,10 +888,15 @@ mod tests {
     use crate::config::ConfigSource;
 
     fn compile_text(text: &'static str) -> Result<Snapshot, ConfigErrors> {
+        compile_text_in(text, ".")
+    }
+
+    /// With files the config names (schemas) looked up relative to `dir`, as for a file there.
+    fn compile_text_in(text: &'static str, dir: &str) -> Result<Snapshot, ConfigErrors> {
         let src = ConfigSource::Embedded {
             name: "test.yaml".into(),
             text,
-            base_dir: PathBuf::from("."),
+            base_dir: PathBuf::from(dir),
         };
         let metrics = Metrics::new();
         let clients = ClientCache::default();
@@ -969,7 +974,7 @@ mod tests {
 
     #[test]
     fn example_config_is_valid() {
-        if let Err(e) = compile_text(include_str!("../../config/ficus.example.yaml")) {
+        if let Err(e) = compile_text_in(include_str!("../../config/ficus.example.yaml"), "config") {
             panic!("config/ficus.example.yaml is invalid:\n{e}");
         }
     }

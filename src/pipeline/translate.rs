@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::CONTENT_LENGTH;
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, ETAG};
 use http::uri::Uri;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
@@ -36,6 +36,11 @@ pub async fn forward(
     let Some(t) = route.transform_for(side).cloned() else {
         return super::forward::forward(req, upstream, conn, ctx, host, path).await;
     };
+    let mut req = req;
+    if t.response.as_ref().is_some_and(DirectionPlan::has_body_work) {
+        // A compressed answer could not be read; ask the backend for an identity one.
+        req.headers_mut().remove(ACCEPT_ENCODING);
+    }
     let (req, path) = match &t.request {
         Some(plan) => {
             let limits = &conn.listener.limits;
@@ -128,6 +133,15 @@ async fn translate_response(
         tracing::warn!(transform = %t.name, upstream = %upstream.name, %reason, "response translation failed");
         ProxyError::TranslationFailed { reason }
     };
+    let encoded = parts
+        .headers
+        .get(CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(failed(
+            "the answer is content-encoded (compressed) and cannot be translated".into(),
+        ));
+    }
     if body.size_hint().lower() > plan.max_body {
         return Err(failed(format!(
             "the answer exceeds the {}-byte translation limit",
@@ -156,11 +170,25 @@ async fn translate_response(
             })
         }
     };
+    if bytes.is_empty() {
+        // HEAD, or an empty answer: nothing to translate (the head keeps its length).
+        return Ok(Response::from_parts(parts, ResponseBody::empty()));
+    }
     let out = plan
         .translate(Some(parts.status), &mut parts.headers, &bytes)
         .map_err(|e| failed(e.to_string()))?;
     if let Some(s) = out.status {
         parts.status = s;
+    }
+    // The representation changed: a strong validator of the legacy bytes would lie.
+    if let Some(tag) = parts.headers.get(ETAG).cloned() {
+        if !tag.as_bytes().starts_with(b"W/") {
+            let weak = [b"W/".as_slice(), tag.as_bytes()].concat();
+            match HeaderValue::from_bytes(&weak) {
+                Ok(v) => parts.headers.insert(ETAG, v),
+                Err(_) => parts.headers.remove(ETAG),
+            };
+        }
     }
     Ok(Response::from_parts(parts, ResponseBody::full(out.body)))
 }

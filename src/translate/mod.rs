@@ -409,9 +409,14 @@ impl DirectionPlan {
             || !self.query_remove.is_empty()
     }
 
+    /// Whether this plan ever reads a body.
+    pub fn has_body_work(&self) -> bool {
+        !(self.steps.is_empty() && self.status.is_empty() && self.errors.is_none())
+    }
+
     /// Whether this body is translated: its media type is configured and there is body work.
     pub fn wants_body(&self, headers: &HeaderMap) -> bool {
-        if self.steps.is_empty() && self.status.is_empty() && self.errors.is_none() {
+        if !self.has_body_work() {
             return false;
         }
         let ct = headers
