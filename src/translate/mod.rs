@@ -12,6 +12,7 @@ pub mod soap;
 pub mod validate;
 pub mod xml;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -544,7 +545,7 @@ impl DirectionPlan {
             .unwrap_or("")
             .to_ascii_lowercase();
         let text = to_utf8(body, &in_ct)?;
-        let mut doc = Doc::Text(text.clone());
+        let mut doc = Doc::Text(Cow::Borrowed(&text));
         let mut out_ct: Option<HeaderValue> = None;
         let mut status = status;
         let mut checked = false;
@@ -589,7 +590,7 @@ impl DirectionPlan {
                 Step::JsonToXml(o) => {
                     let x = xml::json_to_xml(doc.json()?, o).map_err(TranslateError::Op)?;
                     out_ct = Some(HeaderValue::from_static("application/xml; charset=utf-8"));
-                    doc = Doc::Text(x);
+                    doc = Doc::Text(Cow::Owned(x));
                 }
                 Step::SoapWrap {
                     version,
@@ -617,12 +618,12 @@ impl DirectionPlan {
                             HeaderValue::from_static("application/soap+xml; charset=utf-8")
                         }
                     });
-                    doc = Doc::Text(x);
+                    doc = Doc::Text(Cow::Owned(x));
                 }
                 Step::JsonToForm => {
                     let f = form::json_to_form(doc.json()?).map_err(TranslateError::Op)?;
                     out_ct = Some(HeaderValue::from_static("application/x-www-form-urlencoded"));
-                    doc = Doc::Text(f);
+                    doc = Doc::Text(Cow::Owned(f));
                 }
                 Step::Json(op) => op.apply(doc.json()?).map_err(TranslateError::Op)?,
             }
@@ -638,7 +639,7 @@ impl DirectionPlan {
                 HeaderValue::from_static("application/json"),
             ),
             Doc::Text(t) => (
-                Bytes::from(t),
+                Bytes::from(t.into_owned()),
                 // Only the charset changed (latin-1 is now UTF-8): say so.
                 out_ct.unwrap_or_else(|| utf8_content_type(&in_ct)),
             ),
@@ -653,7 +654,7 @@ impl DirectionPlan {
     fn check_legacy(
         &self,
         status: &mut Option<StatusCode>,
-        doc: &mut Doc,
+        doc: &mut Doc<'_>,
         raw: &str,
     ) -> Result<Option<(StatusCode, HeaderValue, Bytes)>, TranslateError> {
         let Some(st) = *status else {
@@ -796,12 +797,12 @@ pub fn set_framing(headers: &mut HeaderMap, ct: HeaderValue, len: usize) {
     headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
 }
 
-enum Doc {
-    Text(String),
+enum Doc<'a> {
+    Text(Cow<'a, str>),
     Json(Value),
 }
 
-impl Doc {
+impl Doc<'_> {
     fn text(&self) -> Result<&str, TranslateError> {
         match self {
             Self::Text(t) => Ok(t),
@@ -843,7 +844,7 @@ fn is_latin1(name: &str) -> bool {
 }
 
 /// Legacy bodies declared ISO-8859-1 (in the Content-Type or the XML declaration) become UTF-8.
-fn to_utf8(body: &[u8], ct: &str) -> Result<String, TranslateError> {
+fn to_utf8<'a>(body: &'a [u8], ct: &str) -> Result<Cow<'a, str>, TranslateError> {
     let declared = charset(ct)
         .map(str::to_string)
         .or_else(|| xml_decl_encoding(body));
@@ -851,19 +852,21 @@ fn to_utf8(body: &[u8], ct: &str) -> Result<String, TranslateError> {
         Some(cs) if is_latin1(&cs) => {
             let s: String = body.iter().map(|b| char::from(*b)).collect();
             // The declaration must no longer say latin-1 once the text is UTF-8.
-            Ok(match s.find("?>") {
+            Ok(Cow::Owned(match s.find("?>") {
                 Some(end) if s.starts_with("<?xml") => {
                     let decl = &s[..end];
                     let fixed = decl.replace(&cs, "UTF-8");
                     format!("{fixed}{}", &s[end..])
                 }
                 _ => s,
-            })
+            }))
         }
-        _ => String::from_utf8(body.to_vec()).map_err(|e| TranslateError::Malformed {
-            format: "text",
-            reason: format!("not UTF-8: {e}"),
-        }),
+        _ => std::str::from_utf8(body)
+            .map(Cow::Borrowed)
+            .map_err(|e| TranslateError::Malformed {
+                format: "text",
+                reason: format!("not UTF-8: {e}"),
+            }),
     }
 }
 

@@ -28,10 +28,14 @@ impl XmlRead {
         }
     }
 
-    fn is_array(&self, path: &[String]) -> bool {
-        self.array_paths
-            .iter()
-            .any(|p| p.len() == path.len() && p.iter().zip(path).all(|(a, b)| a == "*" || a == b))
+    /// `open` are the frames below the root (their names are the path so far), `name` the child.
+    fn is_array(&self, open: &[Frame], name: &str) -> bool {
+        self.array_paths.iter().any(|p| {
+            p.len() == open.len() + 1
+                && p.iter()
+                    .zip(open.iter().map(|f| f.name.as_str()).chain(std::iter::once(name)))
+                    .all(|(a, b)| a == "*" || a == b)
+        })
     }
 }
 
@@ -192,9 +196,7 @@ fn finish(
         None => *root = Some((name, value)),
         Some(_) => {
             // The path below the root: the names of the open frames after the root, then this one.
-            let mut path: Vec<String> = stack[1..].iter().map(|f| f.name.clone()).collect();
-            path.push(name.clone());
-            let forced = opts.is_array(&path);
+            let forced = !opts.array_paths.is_empty() && opts.is_array(&stack[1..], &name);
             let parent = &mut stack[depth - 1];
             if forced && !parent.children.iter().any(|(k, _)| *k == name) {
                 parent.children.push((name, Value::Array(vec![value])));
