@@ -44,7 +44,15 @@ pub async fn spawn_backend(addr: &str, flavor: Flavor) -> std::io::Result<Socket
                 continue;
             };
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                    if matches!(flavor, Flavor::Legacy) && req.uri().path() == "/OrderService.asmx" {
+                        use http_body_util::BodyExt as _;
+                        let body = match req.into_body().collect().await {
+                            Ok(c) => c.to_bytes(),
+                            Err(_) => Bytes::new(),
+                        };
+                        return Ok::<_, Infallible>(legacy_order(&body));
+                    }
                     Ok::<_, Infallible>(answer(flavor, &req))
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
@@ -65,9 +73,6 @@ fn answer(flavor: Flavor, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             .unwrap_or("")
             .to_string()
     };
-    if let (Flavor::Legacy, "/OrderService.asmx") = (flavor, path) {
-        return legacy_order(req.uri().query().unwrap_or(""));
-    }
     if let (Flavor::Modern, Some(id)) = (flavor, path.strip_prefix("/api/orders/")) {
         return modern_order(id);
     }
@@ -115,13 +120,15 @@ fn respond(status: u16, ctype: &'static str, who: &'static str, body: String) ->
     r
 }
 
-/// The legacy order service: SOAP 1.1, legacy names, cents, a Fault for unknown orders.
-fn legacy_order(query: &str) -> Response<Full<Bytes>> {
-    let id = query
-        .split('&')
-        .find_map(|p| p.strip_prefix("id="))
-        .unwrap_or("")
-        .to_string();
+/// The legacy order service: SOAP 1.1 (`GetOrder` with an `OrderId`), legacy names, cents, a
+/// Fault for unknown orders.
+fn legacy_order(envelope_in: &[u8]) -> Response<Full<Bytes>> {
+    let text = String::from_utf8_lossy(envelope_in);
+    let id = text
+        .split_once("<OrderId>")
+        .and_then(|(_, rest)| rest.split_once("</OrderId>"))
+        .map(|(id, _)| id.to_string())
+        .unwrap_or_default();
     let envelope = |inner: String| {
         format!(
             "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<soap:Envelope \

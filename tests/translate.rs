@@ -151,6 +151,29 @@ async fn path_template_captures_rewrite_the_legacy_path_and_xml_becomes_json() {
 }
 
 #[tokio::test]
+async fn a_get_becomes_a_soap_post_whose_envelope_is_built_from_path_captures() {
+    let (up, seen) = legacy(200, "text/xml", SOAP_ORDER.as_bytes().to_vec()).await;
+    let t = "    request:\n      method: POST\n      path: /Service.asmx\n      body: { OrderId: '{id}', Kind: full }\n      ops:\n        - soap_wrap: { action: 'urn:GetOrder', body_element: GetOrder, namespace: 'urn:o' }\n    response:\n      content_types: [text/xml]\n      ops: [{ soap_unwrap: {} }, { unwrap: { key: Order } }]";
+    let yaml = small_config(&up.url(), t).replace("path_prefix: /", "path_template: '/orders/{id}'");
+    let f = Ficus::start(&yaml).await;
+    let a = get(&f.url("/orders/7")).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json(), json!({"ORDER_NO": "7", "TOTAL": "1250"}));
+    let s = seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        (s.method.as_str(), s.path_and_query.as_str()),
+        ("POST", "/Service.asmx")
+    );
+    assert_eq!(s.headers["soapaction"], "\"urn:GetOrder\"");
+    let body = std::str::from_utf8(&s.body).unwrap();
+    assert!(
+        body.contains(r#"<GetOrder xmlns="urn:o"><Kind>full</Kind><OrderId>7</OrderId></GetOrder>"#),
+        "{body}"
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test]
 async fn legacy_json_dialect_with_dates_enums_and_cents_is_modernised() {
     let (up, _) = legacy(200, "application/json", fixture("customer.response.json")).await;
     let f = Ficus::start(&fixture_config(&up.url())).await;

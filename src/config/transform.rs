@@ -42,6 +42,13 @@ pub struct DirectionConfig {
     /// Request only: query parameter changes.
     #[serde(default)]
     pub query: Option<QueryOpsConfig>,
+    /// Request only: the method sent to the backend (a GET that a SOAP service wants as POST).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Request only: the JSON the `ops` start from when the client sent no body; string values
+    /// `"{name}"` are filled from the route's `path_template` captures.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
     /// Response only: status rules, first match wins, checked on the legacy body.
     #[serde(default)]
     pub status: Vec<StatusRuleConfig>,

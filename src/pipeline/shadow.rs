@@ -279,7 +279,14 @@ async fn call(
     let mut req = req;
     if let Some(t) = &req.transform {
         let body = std::mem::take(&mut req.body);
-        req.body = super::translate::shadow_request(t, &mut req.uri, &mut req.headers, body, &req.captures)?;
+        req.body = super::translate::shadow_request(
+            t,
+            &mut req.method,
+            &mut req.uri,
+            &mut req.headers,
+            body,
+            &req.captures,
+        )?;
     }
     let picked = upstream.endpoints.pick(None).ok_or("no endpoints")?;
     let e = picked.endpoint();

@@ -79,6 +79,25 @@ async fn translate_request(
         parts.uri = Uri::from(pq);
         path = None;
     }
+    if let Some(m) = &plan.method {
+        parts.method = m.clone();
+    }
+    let empty = match &body {
+        InBody::Stream(s) => s.is_end_stream(),
+        InBody::Buffered(b) => b.is_empty(),
+    };
+    if empty {
+        if let Some(b) = plan.synthesised_body(&caps) {
+            parts.headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            let out = plan
+                .translate(None, &mut parts.headers, &b)
+                .map_err(|e| ProxyError::RequestTranslation(e.to_string()))?;
+            return Ok((Request::from_parts(parts, InBody::Buffered(out.body)), path));
+        }
+    }
     if !plan.wants_body(&parts.headers) {
         return Ok((Request::from_parts(parts, body), path));
     }
@@ -197,6 +216,7 @@ async fn translate_response(
 /// are compared in the modern shape. Errors are reported as text (the shadow counts them).
 pub fn shadow_request(
     t: &Transform,
+    method: &mut Method,
     uri: &mut Uri,
     headers: &mut HeaderMap,
     body: Bytes,
@@ -211,6 +231,21 @@ pub fn shadow_request(
         .map_err(|e| e.to_string())?
     {
         *uri = Uri::from(pq);
+    }
+    if let Some(m) = &plan.method {
+        *method = m.clone();
+    }
+    if body.is_empty() {
+        if let Some(b) = plan.synthesised_body(captures) {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return plan
+                .translate(None, headers, &b)
+                .map(|t| t.body)
+                .map_err(|e| e.to_string());
+        }
     }
     if body.is_empty() || !plan.wants_body(headers) {
         return Ok(body);

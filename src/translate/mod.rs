@@ -108,6 +108,8 @@ pub struct DirectionPlan {
     query_remove: Vec<String>,
     status: Vec<(Condition, StatusCode)>,
     errors: Option<ErrorRule>,
+    pub method: Option<http::Method>,
+    body: Option<Value>,
 }
 
 /// The outcome of translating one body.
@@ -362,6 +364,25 @@ impl DirectionPlan {
                 type_prefix: e.type_prefix.clone(),
             }
         });
+        let method = match (&d.method, dir) {
+            (None, _) => None,
+            (Some(_), Direction::Response) => {
+                errs.push(("method".into(), "only a request has a method".into()));
+                None
+            }
+            (Some(m), Direction::Request) => {
+                match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                    Ok(m) => Some(m),
+                    Err(_) => {
+                        errs.push(("method".into(), format!("`{m}` is not an HTTP method")));
+                        None
+                    }
+                }
+            }
+        };
+        if d.body.is_some() && dir == Direction::Response {
+            errs.push(("body".into(), "only a request body can be synthesised".into()));
+        }
         if d.content_types.is_empty() && !steps.is_empty() {
             errs.push((
                 "content_types".into(),
@@ -386,7 +407,30 @@ impl DirectionPlan {
             query_remove,
             status,
             errors,
+            method,
+            body: d.body.clone(),
         })
+    }
+
+    /// The body to start from when the client sent none, with captures filled in.
+    pub fn synthesised_body(&self, captures: &[(String, String)]) -> Option<Bytes> {
+        fn fill(v: &mut Value, caps: &[(String, String)]) {
+            match v {
+                Value::String(s) => {
+                    if let Some(name) = s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+                        if let Some((_, val)) = caps.iter().find(|(k, _)| k == name) {
+                            *s = val.clone();
+                        }
+                    }
+                }
+                Value::Array(a) => a.iter_mut().for_each(|x| fill(x, caps)),
+                Value::Object(m) => m.values_mut().for_each(|x| fill(x, caps)),
+                _ => {}
+            }
+        }
+        let mut v = self.body.clone()?;
+        fill(&mut v, captures);
+        serde_json::to_vec(&v).ok().map(Bytes::from)
     }
 
     /// Capture names the path and query templates use (checked against the route's template).
