@@ -68,6 +68,12 @@ pub enum ProxyError {
     IdempotencyKeyReused,
     #[error("the idempotency store is unavailable: {0}")]
     IdempotencyStore(String),
+    #[error("the backend's answer could not be translated: {reason}")]
+    TranslationFailed { reason: String },
+    #[error("the request could not be translated for the backend: {0}")]
+    RequestTranslation(String),
+    #[error("the request body does not match the route's schema ({} problem(s))", .0.len())]
+    SchemaViolation(Vec<crate::translate::validate::Violation>),
     #[error("the circuit breaker for upstream `{upstream}` is open; retry in {retry_after_secs} s")]
     CircuitOpen { upstream: String, retry_after_secs: u64 },
     #[error("rate limit `{policy}` exceeded; retry in {retry_after_secs} s")]
@@ -106,6 +112,8 @@ impl ProxyError {
             Self::InternalToken(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TranslationFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::RequestTranslation(_) | Self::SchemaViolation(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -140,6 +148,9 @@ impl ProxyError {
             Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
             Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::IdempotencyStore(_) => "idempotency-store-unavailable",
+            Self::TranslationFailed { .. } => "translation-failed",
+            Self::RequestTranslation(_) => "request-translation-failed",
+            Self::SchemaViolation(_) => "schema-validation-failed",
         }
     }
 
@@ -149,7 +160,8 @@ impl ProxyError {
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. }
             | Self::UpgradeFailed(_)
-            | Self::CircuitOpen { .. } => Source::Upstream,
+            | Self::CircuitOpen { .. }
+            | Self::TranslationFailed { .. } => Source::Upstream,
             Self::InternalToken(_) => Source::Internal,
             _ => Source::Downstream,
         }
@@ -168,7 +180,17 @@ impl ProxyError {
             }
             other => other.to_string(),
         };
-        let mut resp = problem(self.status(), self.kind(), &detail, request_id);
+        let mut resp = match self {
+            // Each failing place, so a client can fix all of them at once.
+            Self::SchemaViolation(v) => problem_with(
+                self.status(),
+                self.kind(),
+                &detail,
+                request_id,
+                Some(("errors", serde_json::to_value(v).unwrap_or_default())),
+            ),
+            _ => problem(self.status(), self.kind(), &detail, request_id),
+        };
         match self {
             Self::CircuitOpen { retry_after_secs, .. } => {
                 resp.headers_mut()
@@ -225,6 +247,16 @@ pub fn problem(
     detail: &str,
     request_id: Option<&HeaderValue>,
 ) -> Response<ResponseBody> {
+    problem_with(status, kind, detail, request_id, None)
+}
+
+fn problem_with(
+    status: StatusCode,
+    kind: &str,
+    detail: &str,
+    request_id: Option<&HeaderValue>,
+    extra: Option<(&str, serde_json::Value)>,
+) -> Response<ResponseBody> {
     let mut doc = serde_json::json!({
         "type": format!("urn:ficus:problem:{kind}"),
         "title": status.canonical_reason().unwrap_or("Error"),
@@ -233,6 +265,9 @@ pub fn problem(
     });
     if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
         doc["request_id"] = serde_json::Value::from(id);
+    }
+    if let Some((k, v)) = extra {
+        doc[k] = v;
     }
     let body = Bytes::from(doc.to_string());
     let mut resp = Response::new(ResponseBody::full(body));

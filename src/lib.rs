@@ -13,6 +13,7 @@ pub mod identity;
 pub mod pipeline;
 pub mod server;
 pub mod telemetry;
+pub mod translate;
 pub mod upstream;
 
 pub use config::ConfigSource;

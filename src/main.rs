@@ -40,6 +40,37 @@ enum Command {
         #[command(subcommand)]
         action: Option<DemoAction>,
     },
+    Translate {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        route: String,
+        #[arg(long, value_enum)]
+        direction: DirectionArg,
+        #[arg(long, value_enum, default_value = "legacy")]
+        side: SideArg,
+        /// The input's media type (default: the first `content_types` entry).
+        #[arg(long)]
+        content_type: Option<String>,
+        /// The backend status, for response rules.
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+        /// A request path, to print its rewrite (request direction).
+        #[arg(long)]
+        path: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DirectionArg {
+    Request,
+    Response,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SideArg {
+    Legacy,
+    Modern,
 }
 
 #[derive(Subcommand)]
@@ -66,6 +97,23 @@ fn main() -> ExitCode {
         Command::Demo {
             action: Some(DemoAction::Token { sub, scope, ttl }),
         } => demo_token(&sub, &scope, ttl),
+        Command::Translate {
+            config,
+            route,
+            direction,
+            side,
+            content_type,
+            status,
+            path,
+        } => translate(
+            &config,
+            &route,
+            direction,
+            side,
+            content_type.as_deref(),
+            status,
+            path.as_deref(),
+        ),
     }
 }
 
@@ -84,6 +132,62 @@ fn demo_token(sub: &str, scope: &str, ttl: std::time::Duration) -> ExitCode {
         }
         Err(e) => {
             eprintln!("ficus demo token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn translate(
+    config: &std::path::Path,
+    route: &str,
+    direction: DirectionArg,
+    side: SideArg,
+    content_type: Option<&str>,
+    status: u16,
+    path: Option<&str>,
+) -> ExitCode {
+    use ficus::translate::{offline, Direction};
+    use std::io::{Read as _, Write as _};
+    let mut body = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut body) {
+        eprintln!("reading stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let input = offline::Input {
+        route,
+        direction: match direction {
+            DirectionArg::Request => Direction::Request,
+            DirectionArg::Response => Direction::Response,
+        },
+        side: match side {
+            SideArg::Legacy => ficus::pipeline::migration::Side::Legacy,
+            SideArg::Modern => ficus::pipeline::migration::Side::Modern,
+        },
+        content_type,
+        status,
+        path,
+        body: &body,
+    };
+    match offline::run(config, &input) {
+        Ok(out) => {
+            // Metadata on stderr so that stdout is exactly the translated body.
+            if let Some(s) = out.status {
+                eprintln!("status: {s}");
+            }
+            if let Some(p) = &out.path {
+                eprintln!("path: {p}");
+            }
+            for (k, v) in &out.headers {
+                eprintln!("{k}: {}", String::from_utf8_lossy(v.as_bytes()));
+            }
+            let mut stdout = std::io::stdout();
+            if stdout.write_all(&out.body).and_then(|()| stdout.flush()).is_err() {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

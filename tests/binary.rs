@@ -433,6 +433,22 @@ async fn demo_serves_legacy_and_modern_backends() {
         );
     }
     assert_eq!(sides.len(), 1, "{sides:?}");
+    // The legacy side speaks SOAP; translated, its answer has the modern shape.
+    let mut shapes = std::collections::HashMap::new();
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"] {
+        let req = Request::get("http://127.0.0.1:8080/api/orders/7")
+            .header("x-user", user)
+            .body(empty())
+            .unwrap();
+        let a = send(&client(), req).await;
+        assert_eq!(a.headers["content-type"], "application/json", "{}", a.text());
+        let mut doc = a.json();
+        let side = doc["served_by"].as_str().unwrap().to_string();
+        doc.as_object_mut().unwrap().remove("served_by");
+        shapes.insert(side, doc);
+    }
+    assert_eq!(shapes.len(), 2, "both sides served some of eight users");
+    assert_eq!(shapes["legacy"], shapes["modern"]);
     assert_eq!(get("http://127.0.0.1:9901/readyz").await.status, 200);
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])

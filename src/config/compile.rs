@@ -424,6 +424,19 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             Err(reason) => bad(format!("identity.introspection.{name}"), reason),
         }
     }
+    let mut transforms: BTreeMap<String, Arc<crate::translate::Transform>> = BTreeMap::new();
+    for (name, t) in &cfg.transforms {
+        match crate::translate::Transform::compile(name, t) {
+            Ok(t) => {
+                transforms.insert(name.clone(), Arc::new(t));
+            }
+            Err(errs) => {
+                for (path, reason) in errs {
+                    bad(format!("transforms.{name}.{path}"), reason);
+                }
+            }
+        }
+    }
     let mut routes = Vec::new();
     let mut route_names = HashSet::new();
     for (i, r) in cfg.routes.iter().enumerate() {
@@ -712,6 +725,57 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 }
             }
         }
+        let mut find_transform = |key: String,
+                                  name: &Option<String>|
+         -> Option<Arc<crate::translate::Transform>> {
+            let name = name.as_ref()?;
+            let Some(t) = transforms.get(name) else {
+                if !cfg.transforms.contains_key(name) {
+                    bad(key, format!("no transform named `{name}`"));
+                }
+                return None;
+            };
+            // Captures the path rewrite uses must be bound by this route's template.
+            if let Some(plan) = &t.request {
+                let bound = match &r.matcher.path_template {
+                    Some(tpl) => template_names(tpl),
+                    None => Vec::new(),
+                };
+                for c in plan.capture_names() {
+                    if !bound.iter().any(|b| b == c) {
+                        bad(
+                            key.clone(),
+                            format!("transform `{name}` uses `{{{c}}}`, which this route's `path_template` does not capture"),
+                        );
+                    }
+                }
+            }
+            Some(t.clone())
+        };
+        let route_transform = find_transform(format!("{at}.transform"), &r.transform);
+        let (legacy_transform, modern_transform) = match &r.migration {
+            Some(m) => (
+                find_transform(format!("{at}.migration.legacy.transform"), &m.legacy.transform)
+                    .or_else(|| route_transform.clone()),
+                find_transform(format!("{at}.migration.modern.transform"), &m.modern.transform)
+                    .or_else(|| route_transform.clone()),
+            ),
+            None => (route_transform.clone(), None),
+        };
+        let validate = match &r.validate {
+            None => None,
+            Some(v) => {
+                let file = src.base_dir.join(&v.schema);
+                watch_files.push(file.clone());
+                match crate::translate::validate::SchemaCheck::load(&file, v.max_body.0) {
+                    Ok(c) => Some(c),
+                    Err(reason) => {
+                        bad(format!("{at}.validate.schema"), reason);
+                        None
+                    }
+                }
+            }
+        };
         let metrics = RouteMetrics::new(deps.metrics, &r.name, &upstream.name);
         let identity = match &r.identity {
             None => None,
@@ -800,6 +864,9 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         }
         routes.push(Route {
             rate_limits: (!policies.is_empty()).then_some(RouteRateLimits { policies }),
+            legacy_transform,
+            modern_transform,
+            validate,
             identity,
             headers: header_conds,
             query: query_conds,
@@ -882,6 +949,15 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         watch_files,
         config: cfg,
     })
+}
+
+/// The capture names of a `path_template` (`/orders/{id}/{*rest}` -> id, rest).
+fn template_names(t: &str) -> Vec<String> {
+    t.split('{')
+        .skip(1)
+        .filter_map(|p| p.split_once('}'))
+        .map(|(n, _)| n.trim_start_matches('*').to_string())
+        .collect()
 }
 
 fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
@@ -1016,10 +1092,15 @@ mod tests {
     use crate::config::ConfigSource;
 
     fn compile_text(text: &'static str) -> Result<Snapshot, ConfigErrors> {
+        compile_text_in(text, ".")
+    }
+
+    /// With files the config names (schemas) looked up relative to `dir`, as for a file there.
+    fn compile_text_in(text: &'static str, dir: &str) -> Result<Snapshot, ConfigErrors> {
         let src = ConfigSource::Embedded {
             name: "test.yaml".into(),
             text,
-            base_dir: PathBuf::from("."),
+            base_dir: PathBuf::from(dir),
         };
         let metrics = Metrics::new();
         let clients = ClientCache::default();
@@ -1127,7 +1208,7 @@ mod tests {
 
     #[test]
     fn example_config_is_valid() {
-        if let Err(e) = compile_text(include_str!("../../config/ficus.example.yaml")) {
+        if let Err(e) = compile_text_in(include_str!("../../config/ficus.example.yaml"), "config") {
             panic!("config/ficus.example.yaml is invalid:\n{e}");
         }
     }

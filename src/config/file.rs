@@ -40,6 +40,9 @@ pub struct FileConfig {
     pub identity: IdentityConfig,
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// Named payload translations, referred to by routes and migration sides.
+    #[serde(default)]
+    pub transforms: BTreeMap<String, super::transform::TransformConfig>,
 }
 
 /// Named rate-limit policies, which routes list by name, and the store they share.
@@ -577,6 +580,9 @@ pub struct ShadowConfig {
 #[serde(deny_unknown_fields)]
 pub struct MigrationSide {
     pub upstream: String,
+    /// This side's translation (a `transforms` name); overrides the route's `transform`.
+    #[serde(default)]
+    pub transform: Option<String>,
 }
 
 /// Idempotency keys on one route.
@@ -1049,6 +1055,12 @@ pub struct RouteConfig {
     /// Names of `rate_limits.policies`; every one must admit the request.
     #[serde(default)]
     pub rate_limit: Vec<String>,
+    /// A `transforms` name: how requests and answers are translated for this route's backend.
+    #[serde(default)]
+    pub transform: Option<String>,
+    /// Validate request bodies against a JSON Schema.
+    #[serde(default)]
+    pub validate: Option<super::transform::ValidateConfig>,
 }
 
 /// All given conditions must hold. Routes are tried in file order; the first match wins.

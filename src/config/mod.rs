@@ -5,6 +5,7 @@ pub mod compile;
 pub mod file;
 pub mod locate;
 pub mod reload;
+pub mod transform;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -13,6 +13,7 @@ pub mod ratelimit;
 pub mod rollout;
 pub mod route;
 pub mod shadow;
+pub mod translate;
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -224,7 +225,11 @@ async fn run(
             }
         }
     }
-    let req = req.map(InBody::Stream);
+    let mut req = req.map(InBody::Stream);
+    // Stage 6: validation, on the client's (modern) body before any translation.
+    if let Some(check) = &route.validate {
+        req = translate::validate(check, req, conn.listener.limits.body_read_timeout).await?;
+    }
     let result = match &route.idempotency {
         // Stage 7: idempotency keys, around the rest of the pipeline.
         Some(idem) => {
@@ -252,8 +257,8 @@ async fn run(
     }
 }
 
-/// Stage 8: the migration split, shadow copy and fallback; stage 9, translation, plugs in here;
-/// stage 10 is the upstream call.
+/// Stage 8: the migration split, shadow copy and fallback; stage 9, translation for the side that
+/// serves (`translate::forward`), wraps stage 10, the upstream call.
 async fn dispatch(
     req: Request<InBody>,
     route: &Arc<Route>,
@@ -263,7 +268,7 @@ async fn dispatch(
     path: Option<String>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let Some(m) = &route.migration else {
-        return forward::forward(req, &route.upstream, conn, ctx, host, path).await;
+        return translate::forward(req, route, ctx.side, &route.upstream, conn, ctx, host, path).await;
     };
     ctx.side = m.choose(
         ctx.client,
@@ -284,7 +289,7 @@ async fn dispatch(
         && !upgrade;
     if shadow.is_none() && !fallback {
         let upstream = route.upstream_for(ctx.side).clone();
-        return forward::forward(req, &upstream, conn, ctx, host, path).await;
+        return translate::forward(req, route, ctx.side, &upstream, conn, ctx, host, path).await;
     }
 
     // Both the shadow copy and the fallback need the request again: keep it, within bounds.
@@ -301,8 +306,8 @@ async fn dispatch(
                 s.count("dropped");
             }
             let upstream = route.upstream_for(ctx.side).clone();
-            return forward::forward(Request::from_parts(parts, body), &upstream, conn, ctx, host, path)
-                .await;
+            let req = Request::from_parts(parts, body);
+            return translate::forward(req, route, ctx.side, &upstream, conn, ctx, host, path).await;
         }
     };
     let shadow_copy = shadow.and_then(|s| {
@@ -310,20 +315,29 @@ async fn dispatch(
         let mut headers = parts.headers.clone();
         context::strip_hop_by_hop(&mut headers, false);
         headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+        let other = match ctx.side {
+            migration::Side::Legacy => migration::Side::Modern,
+            migration::Side::Modern => migration::Side::Legacy,
+        };
         let copy = shadow::ShadowRequest {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             headers,
             body: bytes.clone(),
             request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
+            // The copy goes to the other side, so it speaks that side's dialect.
+            transform: route.transform_for(other).cloned(),
+            captures: translate::captures(route, &parts.uri, path.as_deref()),
         };
         Some((s, slot, copy))
     });
 
     let again = clone_parts(&parts);
     let upstream = route.upstream_for(ctx.side).clone();
-    let mut result = forward::forward(
+    let mut result = translate::forward(
         Request::from_parts(parts, InBody::Buffered(bytes.clone())),
+        route,
+        ctx.side,
         &upstream,
         conn,
         ctx,
@@ -344,8 +358,10 @@ async fn dispatch(
             m.count_fallback(reason);
             tracing::info!(route = %route.name, reason, "modern failed; served by legacy");
             ctx.side = migration::Side::Legacy;
-            result = forward::forward(
+            result = translate::forward(
                 Request::from_parts(again, InBody::Buffered(bytes)),
+                route,
+                migration::Side::Legacy,
                 &route.upstream,
                 conn,
                 ctx,

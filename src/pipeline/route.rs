@@ -187,6 +187,11 @@ pub struct Route {
     pub rate_limits: Option<super::ratelimit::RouteRateLimits>,
     /// With a migration, `upstream` and `metrics` are the legacy side's.
     pub migration: Option<super::migration::Migration>,
+    /// How each side is spoken to (the route's `transform` unless the side has its own).
+    pub legacy_transform: Option<Arc<crate::translate::Transform>>,
+    pub modern_transform: Option<Arc<crate::translate::Transform>>,
+    /// Request bodies are checked against this schema (stage 6).
+    pub validate: Option<crate::translate::validate::SchemaCheck>,
 }
 
 impl Route {
@@ -194,6 +199,13 @@ impl Route {
         match (side, &self.migration) {
             (super::migration::Side::Modern, Some(m)) => &m.modern,
             _ => &self.upstream,
+        }
+    }
+
+    pub fn transform_for(&self, side: super::migration::Side) -> Option<&Arc<crate::translate::Transform>> {
+        match side {
+            super::migration::Side::Legacy => self.legacy_transform.as_ref(),
+            super::migration::Side::Modern => self.modern_transform.as_ref(),
         }
     }
 

@@ -65,6 +65,9 @@ pub struct ShadowRequest {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub request_id: String,
+    /// The shadow side's transform: the copy is translated to its dialect and its answer back.
+    pub transform: Option<Arc<crate::translate::Transform>>,
+    pub captures: Vec<(String, String)>,
 }
 
 impl Shadow {
@@ -273,6 +276,18 @@ async fn call(
     req: ShadowRequest,
     max_body: u64,
 ) -> Result<Option<(StatusCode, HeaderMap, Bytes)>, String> {
+    let mut req = req;
+    if let Some(t) = &req.transform {
+        let body = std::mem::take(&mut req.body);
+        req.body = super::translate::shadow_request(
+            t,
+            &mut req.method,
+            &mut req.uri,
+            &mut req.headers,
+            body,
+            &req.captures,
+        )?;
+    }
     let picked = upstream.endpoints.pick(None).ok_or("no endpoints")?;
     let e = picked.endpoint();
     let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -288,6 +303,7 @@ async fn call(
     *r.uri_mut() = uri;
     *r.version_mut() = Version::HTTP_11;
     *r.headers_mut() = req.headers;
+    let transform = req.transform;
     r.headers_mut()
         .insert(SHADOW_HEADER, http::HeaderValue::from_static("1"));
     let resp = upstream
@@ -299,7 +315,13 @@ async fn call(
         .collect()
         .await
     {
-        Ok(b) => Ok(Some((parts.status, parts.headers, b.to_bytes()))),
+        Ok(b) => {
+            let (mut status, mut headers, mut body) = (parts.status, parts.headers, b.to_bytes());
+            if let Some(t) = &transform {
+                body = super::translate::shadow_response(t, &mut status, &mut headers, body)?;
+            }
+            Ok(Some((status, headers, body)))
+        }
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Ok(None),
         Err(e) => Err(e.to_string()),
     }

@@ -1,0 +1,295 @@
+//! Stage 9: translation around the upstream call, and stage 6: schema validation. Bodies are
+//! buffered only when their media type is configured for translation, up to the plan's bound;
+//! every other body streams through untouched.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, ETAG};
+use http::uri::Uri;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+
+use super::body::{BodyError, InBody, RequestBody, ResponseBody};
+use super::migration::Side;
+use super::route::Route;
+use super::{ConnInfo, RequestCtx};
+use crate::error::ProxyError;
+use crate::translate::validate::SchemaCheck;
+use crate::translate::{DirectionPlan, Transform, TranslateError};
+use crate::upstream::Upstream;
+
+/// Forwards to `upstream`, speaking the dialect of `side`: its request transform before, its
+/// response transform after. Without a transform this is [`super::forward::forward`].
+#[allow(clippy::too_many_arguments)]
+pub async fn forward(
+    req: Request<InBody>,
+    route: &Route,
+    side: Side,
+    upstream: &Arc<Upstream>,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx,
+    host: Option<HeaderValue>,
+    path: Option<String>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let Some(t) = route.transform_for(side).cloned() else {
+        return super::forward::forward(req, upstream, conn, ctx, host, path).await;
+    };
+    let mut req = req;
+    if t.response.as_ref().is_some_and(DirectionPlan::has_body_work) {
+        // A compressed answer could not be read; ask the backend for an identity one.
+        req.headers_mut().remove(ACCEPT_ENCODING);
+    }
+    let (req, path) = match &t.request {
+        Some(plan) => {
+            let limits = &conn.listener.limits;
+            translate_request(plan, route, req, path, limits.body_read_timeout).await?
+        }
+        None => (req, path),
+    };
+    let resp = super::forward::forward(req, upstream, conn, ctx, host, path).await?;
+    match &t.response {
+        Some(plan) => translate_response(plan, &t, resp, upstream).await,
+        None => Ok(resp),
+    }
+}
+
+/// Route captures for the path the route matched (the normalised one).
+pub fn captures(route: &Route, uri: &Uri, normalised: Option<&str>) -> Vec<(String, String)> {
+    route.path.captures(normalised.unwrap_or(uri.path()))
+}
+
+async fn translate_request(
+    plan: &DirectionPlan,
+    route: &Route,
+    req: Request<InBody>,
+    path: Option<String>,
+    stall: std::time::Duration,
+) -> Result<(Request<InBody>, Option<String>), ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    plan.apply_headers(&mut parts.headers);
+    let mut path = path;
+    let caps = captures(route, &parts.uri, path.as_deref());
+    let current = path.clone().unwrap_or_else(|| parts.uri.path().to_string());
+    if let Some(pq) = plan
+        .rewrite_uri(&current, parts.uri.query(), &caps)
+        .map_err(|e| ProxyError::RequestTranslation(e.to_string()))?
+    {
+        parts.uri = Uri::from(pq);
+        path = None;
+    }
+    if let Some(m) = &plan.method {
+        parts.method = m.clone();
+    }
+    let empty = match &body {
+        InBody::Stream(s) => s.is_end_stream(),
+        InBody::Buffered(b) => b.is_empty(),
+    };
+    if empty {
+        if let Some(b) = plan.synthesised_body(&caps) {
+            parts.headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            let out = plan
+                .translate(None, &mut parts.headers, &b)
+                .map_err(|e| ProxyError::RequestTranslation(e.to_string()))?;
+            return Ok((Request::from_parts(parts, InBody::Buffered(out.body)), path));
+        }
+    }
+    if !plan.wants_body(&parts.headers) {
+        return Ok((Request::from_parts(parts, body), path));
+    }
+    let bytes = read_request(body, plan.max_body, stall).await?;
+    if bytes.is_empty() {
+        return Ok((Request::from_parts(parts, InBody::Buffered(bytes)), path));
+    }
+    let out = plan
+        .translate(None, &mut parts.headers, &bytes)
+        .map_err(|e| match e {
+            TranslateError::TooLarge { limit } => ProxyError::BodyTooLarge { limit },
+            other => ProxyError::RequestTranslation(other.to_string()),
+        })?;
+    Ok((Request::from_parts(parts, InBody::Buffered(out.body)), path))
+}
+
+/// Reads a client body whole, refusing more than `limit` bytes with 413.
+pub async fn read_request(body: InBody, limit: u64, stall: std::time::Duration) -> Result<Bytes, ProxyError> {
+    match body {
+        InBody::Buffered(b) if b.len() as u64 > limit => Err(ProxyError::BodyTooLarge { limit }),
+        InBody::Buffered(b) => Ok(b),
+        InBody::Stream(s) => {
+            if s.size_hint().lower() > limit {
+                return Err(ProxyError::BodyTooLarge { limit });
+            }
+            let (guarded, _) = RequestBody::guard(s, limit, stall);
+            match guarded.collect().await {
+                Ok(c) => Ok(c.to_bytes()),
+                Err(BodyError::TooLarge(limit)) => Err(ProxyError::BodyTooLarge { limit }),
+                Err(BodyError::Timeout) => Err(ProxyError::BodyTimeout),
+                Err(BodyError::Read(e)) => Err(ProxyError::ClientBody(e.to_string())),
+            }
+        }
+    }
+}
+
+async fn translate_response(
+    plan: &DirectionPlan,
+    t: &Transform,
+    resp: Response<ResponseBody>,
+    upstream: &Upstream,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (mut parts, body) = resp.into_parts();
+    plan.apply_headers(&mut parts.headers);
+    let no_body = matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+        || parts.status.is_informational()
+        || (body.is_end_stream() && !parts.headers.contains_key(CONTENT_LENGTH));
+    if no_body || !plan.wants_body(&parts.headers) {
+        return Ok(Response::from_parts(parts, body));
+    }
+    let failed = |reason: String| {
+        tracing::warn!(transform = %t.name, upstream = %upstream.name, %reason, "response translation failed");
+        ProxyError::TranslationFailed { reason }
+    };
+    let encoded = parts
+        .headers
+        .get(CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(failed(
+            "the answer is content-encoded (compressed) and cannot be translated".into(),
+        ));
+    }
+    if body.size_hint().lower() > plan.max_body {
+        return Err(failed(format!(
+            "the answer exceeds the {}-byte translation limit",
+            plan.max_body
+        )));
+    }
+    let limited = http_body_util::Limited::new(body, usize::try_from(plan.max_body).unwrap_or(usize::MAX));
+    let bytes = match tokio::time::timeout(upstream.request_timeout, limited.collect()).await {
+        Err(_) => {
+            return Err(ProxyError::UpstreamTimeout {
+                upstream: upstream.name.to_string(),
+                timeout_ms: upstream.request_timeout.as_millis(),
+            })
+        }
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Err(failed(format!(
+                "the answer exceeds the {}-byte translation limit",
+                plan.max_body
+            )))
+        }
+        Ok(Err(e)) => {
+            return Err(ProxyError::UpstreamFailed {
+                upstream: upstream.name.to_string(),
+                reason: e.to_string(),
+            })
+        }
+    };
+    if bytes.is_empty() {
+        // HEAD, or an empty answer: nothing to translate (the head keeps its length).
+        return Ok(Response::from_parts(parts, ResponseBody::empty()));
+    }
+    let out = plan
+        .translate(Some(parts.status), &mut parts.headers, &bytes)
+        .map_err(|e| failed(e.to_string()))?;
+    if let Some(s) = out.status {
+        parts.status = s;
+    }
+    // The representation changed: a strong validator of the legacy bytes would lie.
+    if let Some(tag) = parts.headers.get(ETAG).cloned() {
+        if !tag.as_bytes().starts_with(b"W/") {
+            let weak = [b"W/".as_slice(), tag.as_bytes()].concat();
+            match HeaderValue::from_bytes(&weak) {
+                Ok(v) => parts.headers.insert(ETAG, v),
+                Err(_) => parts.headers.remove(ETAG),
+            };
+        }
+    }
+    Ok(Response::from_parts(parts, ResponseBody::full(out.body)))
+}
+
+/// Translates a buffered shadow exchange with the shadow side's transform, so that both answers
+/// are compared in the modern shape. Errors are reported as text (the shadow counts them).
+pub fn shadow_request(
+    t: &Transform,
+    method: &mut Method,
+    uri: &mut Uri,
+    headers: &mut HeaderMap,
+    body: Bytes,
+    captures: &[(String, String)],
+) -> Result<Bytes, String> {
+    let Some(plan) = &t.request else {
+        return Ok(body);
+    };
+    plan.apply_headers(headers);
+    if let Some(pq) = plan
+        .rewrite_uri(uri.path(), uri.query(), captures)
+        .map_err(|e| e.to_string())?
+    {
+        *uri = Uri::from(pq);
+    }
+    if let Some(m) = &plan.method {
+        *method = m.clone();
+    }
+    if body.is_empty() {
+        if let Some(b) = plan.synthesised_body(captures) {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return plan
+                .translate(None, headers, &b)
+                .map(|t| t.body)
+                .map_err(|e| e.to_string());
+        }
+    }
+    if body.is_empty() || !plan.wants_body(headers) {
+        return Ok(body);
+    }
+    plan.translate(None, headers, &body)
+        .map(|t| t.body)
+        .map_err(|e| e.to_string())
+}
+
+pub fn shadow_response(
+    t: &Transform,
+    status: &mut StatusCode,
+    headers: &mut HeaderMap,
+    body: Bytes,
+) -> Result<Bytes, String> {
+    let Some(plan) = &t.response else {
+        return Ok(body);
+    };
+    plan.apply_headers(headers);
+    if body.is_empty() || !plan.wants_body(headers) {
+        return Ok(body);
+    }
+    let out = plan
+        .translate(Some(*status), headers, &body)
+        .map_err(|e| e.to_string())?;
+    if let Some(s) = out.status {
+        *status = s;
+    }
+    Ok(out.body)
+}
+
+/// Stage 6: the request body against the route's schema. Requests without a body are checked
+/// only for methods that carry one.
+pub async fn validate(
+    check: &SchemaCheck,
+    req: Request<InBody>,
+    stall: std::time::Duration,
+) -> Result<Request<InBody>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    let bytes = read_request(body, check.max_body, stall).await?;
+    let has_body_method = matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+    if bytes.is_empty() && !has_body_method {
+        return Ok(Request::from_parts(parts, InBody::Buffered(bytes)));
+    }
+    check.check(&bytes).map_err(ProxyError::SchemaViolation)?;
+    Ok(Request::from_parts(parts, InBody::Buffered(bytes)))
+}
