@@ -426,7 +426,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
     }
     let mut transforms: BTreeMap<String, Arc<crate::translate::Transform>> = BTreeMap::new();
     for (name, t) in &cfg.transforms {
-        match crate::translate::Transform::compile(name, t) {
+        match crate::translate::Transform::compile(name, t, deps.metrics) {
             Ok(t) => {
                 transforms.insert(name.clone(), Arc::new(t));
             }

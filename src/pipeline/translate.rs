@@ -17,7 +17,7 @@ use super::route::Route;
 use super::{ConnInfo, RequestCtx};
 use crate::error::ProxyError;
 use crate::translate::validate::SchemaCheck;
-use crate::translate::{DirectionPlan, Transform, TranslateError};
+use crate::translate::{Direction, DirectionPlan, Transform, TranslateError};
 use crate::upstream::Upstream;
 
 /// Forwards to `upstream`, speaking the dialect of `side`: its request transform before, its
@@ -44,13 +44,23 @@ pub async fn forward(
     let (req, path) = match &t.request {
         Some(plan) => {
             let limits = &conn.listener.limits;
-            translate_request(plan, route, req, path, limits.body_read_timeout).await?
+            let r = translate_request(&t, plan, route, req, path, limits.body_read_timeout).await;
+            if let Err(ProxyError::RequestTranslation(_)) = &r {
+                t.count(Direction::Request, false);
+            }
+            r?
         }
         None => (req, path),
     };
     let resp = super::forward::forward(req, upstream, conn, ctx, host, path).await?;
     match &t.response {
-        Some(plan) => translate_response(plan, &t, resp, upstream).await,
+        Some(plan) => translate_response(plan, &t, resp, upstream)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, ProxyError::TranslationFailed { .. }) {
+                    t.count(Direction::Response, false);
+                }
+            }),
         None => Ok(resp),
     }
 }
@@ -61,6 +71,7 @@ pub fn captures(route: &Route, uri: &Uri, normalised: Option<&str>) -> Vec<(Stri
 }
 
 async fn translate_request(
+    t: &Transform,
     plan: &DirectionPlan,
     route: &Route,
     req: Request<InBody>,
@@ -95,6 +106,7 @@ async fn translate_request(
             let out = plan
                 .translate(None, &mut parts.headers, &b)
                 .map_err(|e| ProxyError::RequestTranslation(e.to_string()))?;
+            t.count(Direction::Request, true);
             return Ok((Request::from_parts(parts, InBody::Buffered(out.body)), path));
         }
     }
@@ -111,6 +123,7 @@ async fn translate_request(
             TranslateError::TooLarge { limit } => ProxyError::BodyTooLarge { limit },
             other => ProxyError::RequestTranslation(other.to_string()),
         })?;
+    t.count(Direction::Request, true);
     Ok((Request::from_parts(parts, InBody::Buffered(out.body)), path))
 }
 
@@ -196,6 +209,7 @@ async fn translate_response(
     let out = plan
         .translate(Some(parts.status), &mut parts.headers, &bytes)
         .map_err(|e| failed(e.to_string()))?;
+    t.count(Direction::Response, true);
     if let Some(s) = out.status {
         parts.status = s;
     }

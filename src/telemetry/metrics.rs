@@ -25,6 +25,7 @@ pub const ENDPOINT_HEALTHY: &str = "ficus_upstream_endpoint_healthy";
 pub const OUTLIER_EJECTIONS: &str = "ficus_outlier_ejections_total";
 pub const FALLBACKS_TOTAL: &str = "ficus_fallbacks_total";
 pub const SHADOW_COMPARISONS: &str = "ficus_shadow_comparisons_total";
+pub const TRANSLATIONS: &str = "ficus_translations_total";
 pub const CIRCUIT_STATE: &str = "ficus_circuit_state";
 pub const CIRCUIT_TRANSITIONS: &str = "ficus_circuit_transitions_total";
 pub const RATELIMIT_DECISIONS: &str = "ficus_ratelimit_decisions_total";

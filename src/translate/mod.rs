@@ -51,6 +51,9 @@ pub struct Transform {
     pub name: Arc<str>,
     pub request: Option<DirectionPlan>,
     pub response: Option<DirectionPlan>,
+    /// Bodies translated and failed, per direction: request ok, request failed, response ok,
+    /// response failed.
+    counts: [metrics::Counter; 4],
 }
 
 #[derive(Debug)]
@@ -123,7 +126,11 @@ pub struct Translated {
 impl Transform {
     /// Compiles `transforms.<name>`; problems come back as `(key path under the transform, reason)`.
     /// `captures` are the names the route's `path_template` binds, when known.
-    pub fn compile(name: &str, cfg: &TransformConfig) -> Result<Self, Vec<(String, String)>> {
+    pub fn compile(
+        name: &str,
+        cfg: &TransformConfig,
+        m: &crate::telemetry::Metrics,
+    ) -> Result<Self, Vec<(String, String)>> {
         let mut errs = Vec::new();
         let request = cfg.request.as_ref().and_then(|d| {
             DirectionPlan::compile(d, Direction::Request)
@@ -138,11 +145,34 @@ impl Transform {
         if !errs.is_empty() {
             return Err(errs);
         }
+        let c = |direction: &str, result: &str| {
+            m.counter(
+                crate::telemetry::metrics::TRANSLATIONS,
+                &[("transform", name), ("direction", direction), ("result", result)],
+            )
+        };
         Ok(Self {
             name: Arc::from(name),
             request,
             response,
+            counts: [
+                c("request", "translated"),
+                c("request", "failed"),
+                c("response", "translated"),
+                c("response", "failed"),
+            ],
         })
+    }
+
+    /// Counts one translated (or failed) body.
+    pub fn count(&self, d: Direction, ok: bool) {
+        let i = match (d, ok) {
+            (Direction::Request, true) => 0,
+            (Direction::Request, false) => 1,
+            (Direction::Response, true) => 2,
+            (Direction::Response, false) => 3,
+        };
+        self.counts[i].increment(1);
     }
 
     pub fn plan(&self, d: Direction) -> Option<&DirectionPlan> {
