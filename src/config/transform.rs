@@ -272,7 +272,7 @@ pub struct DateConfig {
     pub path: String,
     pub from: String,
     pub to: String,
-    /// The offset of zone-less legacy times (`UTC`, `+01:00`); also used when writing.
+    /// The zone of zone-less legacy times (`UTC`, `+01:00`, `Europe/Paris`); also used when writing.
     #[serde(default)]
     pub tz: Option<String>,
 }

@@ -1,5 +1,6 @@
-//! Date and time conversion between legacy patterns, epoch numbers and RFC 3339, with fixed
-//! UTC offsets. Civil-date arithmetic is Howard Hinnant's `days_from_civil`.
+//! Date and time conversion between legacy patterns, epoch numbers and RFC 3339, in a fixed UTC
+//! offset or an IANA time zone (with its daylight-saving rules, from the tz database bundled by
+//! `jiff`). Civil-date arithmetic is Howard Hinnant's `days_from_civil`.
 
 use serde_json::Value;
 
@@ -41,6 +42,69 @@ pub fn parse_offset(s: &str) -> Result<i64, String> {
         return Err(bad());
     }
     Ok(sign * (h * 3600 + m * 60))
+}
+
+/// The zone of legacy times that carry none: a fixed offset, or an IANA zone whose offset
+/// depends on the date (daylight saving).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Zone {
+    Fixed(i64),
+    Named(jiff::tz::TimeZone),
+}
+
+impl Default for Zone {
+    fn default() -> Self {
+        Zone::Fixed(0)
+    }
+}
+
+/// `UTC`, `+01:00`, or an IANA name such as `Europe/Paris`.
+pub fn parse_zone(s: &str) -> Result<Zone, String> {
+    if let Ok(offset) = parse_offset(s) {
+        return Ok(Zone::Fixed(offset));
+    }
+    jiff::tz::TimeZone::get(s).map(Zone::Named).map_err(|_| {
+        format!("`{s}` is not `UTC`, an offset such as `+01:00`, or an IANA zone such as `Europe/Paris`")
+    })
+}
+
+impl Zone {
+    /// The offset in force at an instant.
+    fn offset_at(&self, ms: i64) -> i64 {
+        match self {
+            Zone::Fixed(o) => *o,
+            Zone::Named(tz) => jiff::Timestamp::from_millisecond(ms)
+                .map(|ts| i64::from(tz.to_offset(ts).seconds()))
+                .unwrap_or(0),
+        }
+    }
+
+    /// The offset of a local (wall-clock) time. In a gap or a fold (daylight-saving changes)
+    /// the earlier offset is taken, as java.time and jiff's `compatible` do.
+    fn offset_of_local(&self, c: &Civil) -> Result<i64, String> {
+        match self {
+            Zone::Fixed(o) => Ok(*o),
+            Zone::Named(tz) => {
+                let narrow =
+                    |v: i64| i8::try_from(v).map_err(|_| "not a valid calendar date or time".to_string());
+                let dt = jiff::civil::DateTime::new(
+                    i16::try_from(c.y).map_err(|_| "year out of range".to_string())?,
+                    narrow(c.mo)?,
+                    narrow(c.d)?,
+                    narrow(c.h)?,
+                    narrow(c.mi)?,
+                    narrow(c.s.min(59))?,
+                    0,
+                )
+                .map_err(|_| "not a valid calendar date or time".to_string())?;
+                let ts = tz
+                    .to_ambiguous_timestamp(dt)
+                    .compatible()
+                    .map_err(|e| e.to_string())?;
+                Ok(i64::from(tz.to_offset(ts).seconds()))
+            }
+        }
+    }
 }
 
 impl DateFormat {
@@ -93,16 +157,17 @@ impl DateFormat {
     }
 
     /// Reads a value into epoch milliseconds. Zone-less patterns are read at `offset`.
-    pub fn read(&self, v: &Value, offset: i64) -> Result<i64, String> {
+    pub fn read(&self, v: &Value, zone: &Zone) -> Result<i64, String> {
         match self {
             Self::EpochSeconds => num(v).map(|n| n * 1000),
             Self::EpochMillis => num(v),
             Self::Rfc3339 => read_rfc3339(str_of(v)?),
-            Self::Pattern(tokens) => read_pattern(tokens, str_of(v)?, offset),
+            Self::Pattern(tokens) => read_pattern(tokens, str_of(v)?, zone),
         }
     }
 
-    pub fn write(&self, ms: i64, offset: i64) -> Value {
+    pub fn write(&self, ms: i64, zone: &Zone) -> Value {
+        let offset = zone.offset_at(ms);
         match self {
             Self::EpochSeconds => Value::from(ms.div_euclid(1000)),
             Self::EpochMillis => Value::from(ms),
@@ -211,7 +276,7 @@ fn digits(s: &[u8], at: &mut usize, n: usize) -> Result<i64, String> {
     Ok(part.iter().fold(0, |acc, b| acc * 10 + i64::from(b - b'0')))
 }
 
-fn read_pattern(tokens: &[Token], s: &str, offset: i64) -> Result<i64, String> {
+fn read_pattern(tokens: &[Token], s: &str, zone: &Zone) -> Result<i64, String> {
     let b = s.trim().as_bytes();
     let mut at = 0;
     let mut c = Civil {
@@ -245,6 +310,7 @@ fn read_pattern(tokens: &[Token], s: &str, offset: i64) -> Result<i64, String> {
     if at != b.len() {
         return Err(format!("`{s}` has trailing characters"));
     }
+    let offset = zone.offset_of_local(&c).map_err(|e| format!("`{s}`: {e}"))?;
     c.to_millis(offset).map_err(|e| format!("`{s}`: {e}"))
 }
 
@@ -345,8 +411,25 @@ mod tests {
     use serde_json::json;
 
     fn convert(v: Value, from: &str, to: &str, tz: i64) -> Result<Value, String> {
-        let ms = DateFormat::parse(from)?.read(&v, tz)?;
-        Ok(DateFormat::parse(to)?.write(ms, tz))
+        let zone = Zone::Fixed(tz);
+        let ms = DateFormat::parse(from)?.read(&v, &zone)?;
+        Ok(DateFormat::parse(to)?.write(ms, &zone))
+    }
+
+    #[test]
+    fn iana_zones_follow_daylight_saving() {
+        let paris = parse_zone("Europe/Paris").unwrap();
+        let f = DateFormat::parse("dd/MM/yyyy HH:mm").unwrap();
+        let rfc = DateFormat::Rfc3339;
+        // Winter: +01:00; summer: +02:00.
+        let ms = f.read(&json!("15/01/2024 10:00"), &paris).unwrap();
+        assert_eq!(rfc.write(ms, &Zone::Fixed(0)), json!("2024-01-15T09:00:00Z"));
+        assert_eq!(rfc.write(ms, &paris), json!("2024-01-15T10:00:00+01:00"));
+        let ms = f.read(&json!("15/07/2024 10:00"), &paris).unwrap();
+        assert_eq!(rfc.write(ms, &Zone::Fixed(0)), json!("2024-07-15T08:00:00Z"));
+        assert_eq!(rfc.write(ms, &paris), json!("2024-07-15T10:00:00+02:00"));
+        assert!(parse_zone("Mars/Olympus").is_err());
+        assert_eq!(parse_zone("+01:00").unwrap(), Zone::Fixed(3600));
     }
 
     #[test]
@@ -364,8 +447,11 @@ mod tests {
         let paris = parse_offset("+01:00").unwrap();
         let v = convert(json!("20240229143000"), "yyyyMMddHHmmss", "rfc3339", paris).unwrap();
         assert_eq!(v, json!("2024-02-29T14:30:00+01:00"));
-        let ms = DateFormat::Rfc3339.read(&v, 0).unwrap();
-        assert_eq!(DateFormat::Rfc3339.write(ms, 0), json!("2024-02-29T13:30:00Z"));
+        let ms = DateFormat::Rfc3339.read(&v, &Zone::Fixed(0)).unwrap();
+        assert_eq!(
+            DateFormat::Rfc3339.write(ms, &Zone::Fixed(0)),
+            json!("2024-02-29T13:30:00Z")
+        );
         let back = convert(v, "rfc3339", "yyyyMMddHHmmss", paris).unwrap();
         assert_eq!(back, json!("20240229143000"));
     }
@@ -397,5 +483,6 @@ mod tests {
         assert!(DateFormat::parse("yy-MM-dd").is_err());
         assert!(DateFormat::parse("HH:mm").is_err());
         assert!(parse_offset("Europe/Paris").is_err());
+        assert!(parse_zone("Europe/Paris").is_ok());
     }
 }

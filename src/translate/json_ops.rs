@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::dates::{parse_offset, DateFormat};
+use super::dates::{parse_zone, DateFormat, Zone};
 use super::path::{kind, Path, Seg};
 use crate::config::transform::{ConvertTo, MoneyTo, OpConfig};
 
@@ -45,7 +45,7 @@ pub enum JsonOp {
         path: Path,
         from: DateFormat,
         to: DateFormat,
-        offset: i64,
+        zone: Zone,
     },
     Split {
         path: Path,
@@ -144,7 +144,7 @@ impl JsonOp {
                 path: p(&d.path)?,
                 from: DateFormat::parse(&d.from).map_err(|e| format!("from: {e}"))?,
                 to: DateFormat::parse(&d.to).map_err(|e| format!("to: {e}"))?,
-                offset: d.tz.as_deref().map(parse_offset).transpose()?.unwrap_or(0),
+                zone: d.tz.as_deref().map(parse_zone).transpose()?.unwrap_or_default(),
             },
             OpConfig::Split { path, separator } | OpConfig::Join { path, separator } => {
                 if separator.is_empty() {
@@ -272,17 +272,12 @@ impl JsonOp {
                 Ok(())
             }),
             Self::Convert { path, to } => path.for_each_mut(doc, &mut |v| convert(v, *to)),
-            Self::Date {
-                path,
-                from,
-                to,
-                offset,
-            } => path.for_each_mut(doc, &mut |v| {
+            Self::Date { path, from, to, zone } => path.for_each_mut(doc, &mut |v| {
                 if v.is_null() || v.as_str() == Some("") {
                     return Ok(());
                 }
-                let ms = from.read(v, *offset).map_err(|e| format!("date: {e}"))?;
-                *v = to.write(ms, *offset);
+                let ms = from.read(v, zone).map_err(|e| format!("date: {e}"))?;
+                *v = to.write(ms, zone);
                 Ok(())
             }),
             Self::Split { path, sep } => path.for_each_mut(doc, &mut |v| {
