@@ -739,7 +739,7 @@ mod props {
         #[test]
         fn json_to_xml_to_json_is_the_identity_on_the_supported_subset(doc in prop::collection::btree_map(key(), node(), 1..4)) {
             let doc = Value::Object(doc.into_iter().collect());
-            let xml = json_to_xml(&doc, &XmlWrite { root: Some("root".into()), namespaces: vec![] }).unwrap();
+            let xml = json_to_xml(&doc, &XmlWrite { root: Some("root".into()), namespaces: vec![], order: vec![] }).unwrap();
             let (root, back) = xml_to_json(&xml, &XmlRead::default()).unwrap();
             prop_assert_eq!(root, "root");
             prop_assert_eq!(back, doc, "{}", xml);

@@ -204,6 +204,10 @@ pub struct JsonToXmlConfig {
     /// `prefix -> uri` declared on the root (`""` is the default namespace).
     #[serde(default)]
     pub namespaces: BTreeMap<String, String>,
+    /// Element names in the order a strict schema (`xsd:sequence`) wants them: at every level,
+    /// children named here come first, in this order; the others follow in name order.
+    #[serde(default)]
+    pub order: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -219,6 +223,9 @@ pub struct SoapWrapConfig {
     /// Its namespace.
     #[serde(default)]
     pub namespace: Option<String>,
+    /// Element order for a strict schema, as in `json_to_xml.order`.
+    #[serde(default)]
+    pub order: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

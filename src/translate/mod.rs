@@ -65,6 +65,7 @@ enum Step {
         action: Option<String>,
         element: String,
         namespace: Option<String>,
+        order: Vec<String>,
     },
     SoapUnwrap {
         array_paths: Vec<String>,
@@ -228,6 +229,7 @@ impl DirectionPlan {
                     Step::JsonToXml(xml::XmlWrite {
                         root: c.root.clone(),
                         namespaces: c.namespaces.iter().map(|(p, u)| (p.clone(), u.clone())).collect(),
+                        order: c.order.clone(),
                     })
                 }
                 OpConfig::SoapWrap(c) => {
@@ -248,6 +250,7 @@ impl DirectionPlan {
                         action: c.action.clone(),
                         element: c.body_element.clone(),
                         namespace: c.namespace.clone(),
+                        order: c.order.clone(),
                     }
                 }
                 OpConfig::SoapUnwrap(c) => {
@@ -673,8 +676,9 @@ impl DirectionPlan {
                     action,
                     element,
                     namespace,
+                    order,
                 } => {
-                    let x = soap::wrap(doc.json()?, *version, element, namespace.as_deref())
+                    let x = soap::wrap(doc.json()?, *version, element, namespace.as_deref(), order)
                         .map_err(TranslateError::Op)?;
                     let soap_action = HeaderName::from_static("soapaction");
                     headers.remove(&soap_action);

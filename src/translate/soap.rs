@@ -27,6 +27,7 @@ pub fn wrap(
     version: SoapVersion,
     element: &str,
     namespace: Option<&str>,
+    order: &[String],
 ) -> Result<String, String> {
     let env_ns = match version {
         SoapVersion::V11 => SOAP11_NS,
@@ -42,7 +43,7 @@ pub fn wrap(
         Value::Array(_) => return Err("a SOAP operation cannot be an array".into()),
         other => other,
     };
-    write_element(&mut out, element, content, &ns, 0)?;
+    write_element(&mut out, element, content, &ns, order, 0)?;
     out.push_str("</soap:Body></soap:Envelope>");
     Ok(out)
 }
@@ -117,7 +118,7 @@ mod tests {
     #[test]
     fn wrap_then_unwrap_gives_the_operation_back() {
         let v = json!({"OrderId": "7"});
-        let xml = wrap(&v, SoapVersion::V11, "GetOrder", Some("urn:orders")).unwrap();
+        let xml = wrap(&v, SoapVersion::V11, "GetOrder", Some("urn:orders"), &[]).unwrap();
         assert!(xml.contains(SOAP11_NS));
         assert!(xml.contains(r#"<GetOrder xmlns="urn:orders"><OrderId>7</OrderId></GetOrder>"#));
         match unwrap(&xml, &[], false).unwrap() {

@@ -217,6 +217,8 @@ pub struct XmlWrite {
     pub root: Option<String>,
     /// `(prefix, uri)`; an empty prefix is the default namespace.
     pub namespaces: Vec<(String, String)>,
+    /// Children named here are written first, in this order (`xsd:sequence`).
+    pub order: Vec<String>,
 }
 
 pub fn json_to_xml(v: &Value, opts: &XmlWrite) -> Result<String, String> {
@@ -244,7 +246,7 @@ pub fn json_to_xml(v: &Value, opts: &XmlWrite) -> Result<String, String> {
     if matches!(content, Value::Array(_)) {
         return Err("the root element cannot be an array".into());
     }
-    write_element(&mut out, root, content, &ns, 0)?;
+    write_element(&mut out, root, content, &ns, &opts.order, 0)?;
     Ok(out)
 }
 
@@ -269,6 +271,7 @@ pub fn write_element(
     name: &str,
     v: &Value,
     extra: &str,
+    order: &[String],
     depth: usize,
 ) -> Result<(), String> {
     if depth > MAX_DEPTH {
@@ -281,7 +284,7 @@ pub fn write_element(
                 if matches!(item, Value::Array(_)) {
                     return Err(format!("`{name}`: arrays of arrays have no XML form"));
                 }
-                write_element(out, name, item, extra, depth + 1)?;
+                write_element(out, name, item, extra, order, depth + 1)?;
             }
         }
         Value::Null => {
@@ -305,11 +308,17 @@ pub fn write_element(
                 }
             }
             out.push('>');
-            for (k, c) in m {
+            let mut children: Vec<(&String, &Value)> =
+                m.iter().filter(|(k, _)| !k.starts_with('@')).collect();
+            if !order.is_empty() {
+                // Stable: names not in `order` keep their (name) order after the listed ones.
+                children.sort_by_key(|(k, _)| order.iter().position(|o| o == *k).unwrap_or(usize::MAX));
+            }
+            for (k, c) in children {
                 if k == "#text" {
                     out.push_str(&escape(scalar(c, k)?));
-                } else if !k.starts_with('@') {
-                    write_element(out, k, c, "", depth + 1)?;
+                } else {
+                    write_element(out, k, c, "", order, depth + 1)?;
                 }
             }
             out.push_str("</");
@@ -394,6 +403,7 @@ mod tests {
         let v = json!({"@id": "7", "name": "a<b", "line": [{"sku": "A"}, {"sku": "B"}], "none": null});
         let opts = XmlWrite {
             root: Some("order".into()),
+            order: Vec::new(),
             namespaces: vec![("".into(), "urn:o".into())],
         };
         let xml = json_to_xml(&v, &opts).unwrap();
@@ -402,5 +412,20 @@ mod tests {
         let (_, back) = xml_to_json(&xml, &XmlRead::default()).unwrap();
         assert_eq!(back, v);
         assert!(json_to_xml(&json!({"1bad": 1}), &XmlWrite::default()).is_err());
+    }
+
+    #[test]
+    fn an_element_order_hint_writes_children_in_schema_order() {
+        let v = serde_json::json!({"Order": {"Total": 1, "CUST_NO": "C1", "Id": 7, "Lines": {"Qty": 2, "Sku": "A"}}});
+        let sorted = json_to_xml(&v, &XmlWrite::default()).unwrap();
+        assert!(sorted.contains("<Order><CUST_NO>C1</CUST_NO><Id>7</Id><Lines><Qty>2</Qty><Sku>A</Sku></Lines><Total>1</Total></Order>"), "{sorted}");
+        let hinted = XmlWrite {
+            order: ["Id", "CUST_NO", "Lines", "Total", "Sku", "Qty"]
+                .map(String::from)
+                .to_vec(),
+            ..XmlWrite::default()
+        };
+        let xml = json_to_xml(&v, &hinted).unwrap();
+        assert!(xml.contains("<Order><Id>7</Id><CUST_NO>C1</CUST_NO><Lines><Sku>A</Sku><Qty>2</Qty></Lines><Total>1</Total></Order>"), "{xml}");
     }
 }
