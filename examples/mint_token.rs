@@ -30,6 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         + 24 * 3600;
     let claims =
         serde_json::json!({ "iss": "https://idp.bench/", "aud": "bench", "sub": "bench-user", "exp": exp });
+    // A signing key for ficus's own internal JWT towards legacy (loadtest/identity.sh).
+    std::fs::write(dir.join("internal-es256.pem"), ec.serialize_pem())?;
     let mut set = JwkSet { keys: Vec::new() };
     for (kid, alg, key, file) in &keys {
         let mut jwk = Jwk::from_encoding_key(key, *alg)?;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# What identity costs on the plain route: RS256 and ES256 tokens on a verified-token cache hit,
-# and on a miss (the cache disabled, so every request verifies the signature). ficus pinned to
-# CPU0 (one worker), wrk and the bundled upstream and a tiny JWKS server on CPU1.
+# What identity costs on the plain route: RS256 and ES256 tokens on a verified-token cache hit
+# and on a miss (the cache disabled, so every request verifies the signature), an internal JWT
+# signed towards legacy, and an RFC 7662 introspection cache hit. ficus pinned to CPU0 (one
+# worker); wrk, the bundled upstream, a tiny JWKS server and an introspection endpoint on CPU1.
 # Usage: loadtest/identity.sh [duration_s=8] [connections=64]. Loopback only; stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,25 @@ $pin1 target/release/examples/bench_upstream 127.0.0.1:18090 2>/dev/null &
 target/release/examples/mint_token "$W" >/dev/null
 (cd "$W" && $pin1 python3 -m http.server 18091 --bind 127.0.0.1 >/dev/null 2>&1) &
 sleep 0.5
-run() { # name, algorithm token file, cache entries
+# A minimal RFC 7662 endpoint: every token is active for an hour.
+cat > "$W/introspect.py" <<'PY'
+import json, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get('content-length', 0)))
+        body = json.dumps({"active": True, "sub": "bench-user", "scope": "orders:read", "exp": int(time.time()) + 3600}).encode()
+        self.send_response(200); self.send_header('content-type', 'application/json')
+        self.send_header('content-length', str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+ThreadingHTTPServer(('127.0.0.1', 18092), H).serve_forever()
+PY
+$pin1 python3 "$W/introspect.py" &
+echo -n "opaque-bench-token-0123456789" > "$W/opaque.token"
+export BENCH_INTROSPECTION_SECRET=bench-secret
+ROUTE_ID='jwt: idp, forward_claims: { sub: X-User-Id }'
+run() { # name, token file, cache entries [, route identity]
+  local route_id=${4:-$ROUTE_ID}
   cat > "$W/f.yaml" <<YAML
 log: { level: warn, access_log: false }
 runtime: { worker_threads: 1 }
@@ -26,10 +45,12 @@ admin: { bind: 127.0.0.1:19901 }
 reload: { watch: false }
 upstreams: { up: { endpoints: ["http://127.0.0.1:18090"] } }
 routes:
-  - { name: plain, match: { path_prefix: / }, upstream: up, identity: { jwt: idp, forward_claims: { sub: X-User-Id } } }
+  - { name: plain, match: { path_prefix: / }, upstream: up, identity: { $route_id } }
 identity:
   jwt:
     idp: { issuer: "https://idp.bench/", audiences: [bench], algorithms: [RS256, ES256], jwks_url: "http://127.0.0.1:18091/jwks.json", cache_entries: $3 }
+  introspection:
+    opq: { url: "http://127.0.0.1:18092/introspect", client_id: ficus, client_secret_env: BENCH_INTROSPECTION_SECRET }
 YAML
   $pin0 target/release/ficus run --config "$W/f.yaml" >/dev/null 2>"$W/ficus.log" & local P=$!
   local tok; tok=$(cat "$W/$2")
@@ -49,3 +70,6 @@ run "RS256, cache hit" rs256.token 100000
 run "RS256, cache miss" rs256.token 0
 run "ES256, cache hit" es256.token 100000
 run "ES256, cache miss" es256.token 0
+run "RS256 hit + internal ES256 JWT to legacy" rs256.token 100000 \
+  'jwt: idp, upstream_auth: { jwt: { algorithm: ES256, key_file: internal-es256.pem, issuer: "https://ficus.bench/", audience: legacy } }'
+run "introspection, cache hit" opaque.token 100000 'introspection: opq, forward_claims: { sub: X-User-Id }'
