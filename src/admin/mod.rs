@@ -289,9 +289,9 @@ fn upstreams(shared: &Shared) -> serde_json::Value {
 
 /// Constant-time comparison of digests, so response timing says nothing about the token.
 fn token_matches(given: &str, expected: &str) -> bool {
-    let a = Sha256::digest(given.as_bytes());
-    let b = Sha256::digest(expected.as_bytes());
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let a: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+    let b: [u8; 32] = Sha256::digest(expected.as_bytes()).into();
+    crate::identity::digests_equal(&a, &b)
 }
 
 #[allow(clippy::result_large_err)]

@@ -106,12 +106,7 @@ impl ApiKeySet {
         // Every entry is compared, in constant time, so timing says nothing about which matched.
         let mut found: Option<&Key> = None;
         for k in &self.keys {
-            let diff = k
-                .hash
-                .iter()
-                .zip(digest.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if diff == 0 {
+            if super::digests_equal(&k.hash, &digest) {
                 found = Some(k);
             }
         }
