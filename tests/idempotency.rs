@@ -211,11 +211,7 @@ async fn two_instances_sharing_redis_let_exactly_one_through() {
 
 #[tokio::test]
 async fn unreachable_redis_fails_closed_with_503() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let up = counting(Duration::ZERO).await;
     let store = format!("redis_url: 'redis://127.0.0.1:{port}'");
     let f = Ficus::start(&idem_config(&up.url(), "ttl: 1h", &store)).await;

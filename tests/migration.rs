@@ -212,11 +212,7 @@ async fn failed_modern_calls_fall_back_to_legacy_for_retryable_requests() {
     f.shutdown().await;
 
     // An unreachable modern side falls back too.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead = free_port();
     let f = Ficus::start(&migration_config(
         &legacy.url(),
         &format!("http://127.0.0.1:{dead}"),
@@ -239,11 +235,7 @@ async fn failed_modern_calls_fall_back_to_legacy_for_retryable_requests() {
 #[tokio::test]
 async fn without_fallback_the_modern_failure_reaches_the_client() {
     let legacy = Upstream::echo_named("legacy").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead = free_port();
     let f = Ficus::start(&migration_config(
         &legacy.url(),
         &format!("http://127.0.0.1:{dead}"),

@@ -378,11 +378,7 @@ routes:
 #[tokio::test]
 async fn unreachable_upstream_gives_502_problem() {
     // Bind and drop to get a port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let f = Ficus::start(&basic_config(&format!("http://127.0.0.1:{port}"))).await;
     get(&f.url("/")).await.assert_problem(502, "upstream-unreachable");
     f.shutdown().await;

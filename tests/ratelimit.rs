@@ -26,6 +26,28 @@ fn get_req(url: String) -> Request<Body> {
     Request::get(url).body(empty()).unwrap()
 }
 
+/// Decisions the policy's store made itself (`allowed` + `limited`; fallbacks are counted apart).
+async fn store_decisions(f: &Ficus, policy: &str) -> f64 {
+    let m = get(&f.admin_url("/metrics")).await.text();
+    ["allowed", "limited"]
+        .iter()
+        .map(|r| {
+            let series = format!(r#"ficus_ratelimit_decisions_total{{policy="{policy}",result="{r}"}}"#);
+            metric(&m, &series).unwrap_or(0.0)
+        })
+        .sum()
+}
+
+/// Sends probes to `path` until the store (Redis, connected in the background) has decided more
+/// than `before` requests itself.
+async fn store_decides(f: &Ficus, path: &str, policy: &str, before: f64, within: Duration) -> bool {
+    eventually(within, || async {
+        let _ = send(&client(), get_req(f.url(path))).await;
+        store_decisions(f, policy).await > before
+    })
+    .await
+}
+
 /// Offers `per_second` requests a second for `secs`, spread over `urls` in turn, and returns
 /// (admitted, refused, other statuses, the span from the first send to the last answer).
 async fn offer(urls: &[String], per_second: u64, secs: u64) -> (usize, usize, Vec<u16>, Duration) {
@@ -128,24 +150,8 @@ async fn two_instances_sharing_redis_hold_the_total_to_the_limit() {
     let b = Ficus::start(&yaml).await;
     // Both connect in the background; wait until each decides through Redis.
     for f in [&a, &b] {
-        let url = f.admin_url("/metrics");
-        let _ = send(&client(), get_req(f.url("/warm"))).await;
         assert!(
-            eventually(Duration::from_secs(10), || {
-                let url = url.clone();
-                let u = f.url("/warm");
-                async move {
-                    let _ = send(&client(), get_req(u)).await;
-                    let m = get(&url).await.text();
-                    metric(
-                        &m,
-                        r#"ficus_ratelimit_decisions_total{policy="per-ip",result="allowed"}"#,
-                    )
-                    .unwrap_or(0.0)
-                        > 0.0
-                }
-            })
-            .await,
+            store_decides(f, "/warm", "per-ip", 0.0, Duration::from_secs(10)).await,
             "ficus never reached Redis"
         );
     }
@@ -188,22 +194,7 @@ async fn killing_redis_applies_the_fallback_without_500s_and_limiting_recovers()
     let fa = Ficus::start(&yaml.replace("on_error: local", "on_error: allow")).await;
     let fd = Ficus::start(&yaml.replace("on_error: local", "on_error: deny")).await;
     let metrics_of = |f: &Ficus| f.admin_url("/metrics");
-    let decided_by_redis = |url: String, probe: String, policy: &'static str| async move {
-        eventually(Duration::from_secs(15), || {
-            let (url, probe) = (url.clone(), probe.clone());
-            async move {
-                let _ = send(&client(), get_req(probe)).await;
-                let m = get(&url).await.text();
-                let series =
-                    format!(r#"ficus_ratelimit_decisions_total{{policy="{policy}",result="allowed"}}"#);
-                let limited =
-                    format!(r#"ficus_ratelimit_decisions_total{{policy="{policy}",result="limited"}}"#);
-                metric(&m, &series).unwrap_or(0.0) + metric(&m, &limited).unwrap_or(0.0) > 0.0
-            }
-        })
-        .await
-    };
-    assert!(decided_by_redis(metrics_of(&f), f.url("/local"), "fb-local").await);
+    assert!(store_decides(&f, "/local", "fb-local", 0.0, Duration::from_secs(15)).await);
 
     redis.stop();
     let c = client();
@@ -257,31 +248,9 @@ async fn killing_redis_applies_the_fallback_without_500s_and_limiting_recovers()
 
     // Redis comes back on the same port: decisions go through it again, by themselves.
     let _redis = Redis::start_on(port).await;
-    let before = metric(
-        &get(&metrics_of(&f)).await.text(),
-        r#"ficus_ratelimit_decisions_total{policy="fb-local",result="limited"}"#,
-    )
-    .unwrap_or(0.0);
+    let before = store_decisions(&f, "fb-local").await;
     assert!(
-        eventually(Duration::from_secs(20), || {
-            let (url, probe) = (metrics_of(&f), f.url("/local"));
-            async move {
-                let _ = send(&client(), get_req(probe)).await;
-                let m = get(&url).await.text();
-                metric(
-                    &m,
-                    r#"ficus_ratelimit_decisions_total{policy="fb-local",result="allowed"}"#,
-                )
-                .unwrap_or(0.0)
-                    + metric(
-                        &m,
-                        r#"ficus_ratelimit_decisions_total{policy="fb-local",result="limited"}"#,
-                    )
-                    .unwrap_or(0.0)
-                    > before + 1.0
-            }
-        })
-        .await,
+        store_decides(&f, "/local", "fb-local", before + 1.0, Duration::from_secs(20)).await,
         "limiting did not go back to Redis"
     );
     for g in [f, fa, fd] {
@@ -468,22 +437,7 @@ async fn a_redis_decision_is_exactly_one_command() {
     ))
     .await;
     let c = client();
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            let (m, u) = (f.admin_url("/metrics"), f.url("/warm"));
-            let c = c.clone();
-            async move {
-                send(&c, get_req(u)).await;
-                metric(
-                    &get(&m).await.text(),
-                    r#"ficus_ratelimit_decisions_total{policy="shared",result="allowed"}"#,
-                )
-                .unwrap_or(0.0)
-                    > 0.0
-            }
-        })
-        .await
-    );
+    assert!(store_decides(&f, "/warm", "shared", 0.0, Duration::from_secs(10)).await);
     let mut conn = redis.conn().await;
     // Per-command call counts. Commands a script runs (TIME, GET, SET) count as commands too,
     // but travel no network: what crosses the wire is one EVALSHA per decision.

@@ -120,11 +120,7 @@ async fn failed_probe_reopens_the_breaker() {
 
 #[tokio::test]
 async fn refused_connections_trip_the_breaker() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let f = Ficus::start(&with_breaker(&url, BREAKER)).await;
     for _ in 0..5 {
@@ -272,11 +268,7 @@ async fn bodies_above_the_retry_bound_are_not_retried() {
 #[tokio::test]
 async fn connect_errors_are_retried_on_the_next_endpoint() {
     let up = Upstream::echo().await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dead = free_port();
     let endpoints = format!("'http://127.0.0.1:{dead}', '{}'", up.url());
     let f = Ficus::start(&with_retry(&up.url(), &endpoints, FAST)).await;
     for _ in 0..6 {

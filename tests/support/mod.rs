@@ -656,6 +656,16 @@ where
     }
 }
 
+/// A loopback port nobody listens on right now (bound, read, released): for servers the test
+/// starts later on it, or as an address that refuses connections.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 // ---------------------------------------------------------------- Redis
 
 /// A real `redis-server` on a free loopback port, stopped on drop. `.ci/run` installs it.
@@ -667,11 +677,7 @@ pub struct Redis {
 
 impl Redis {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = free_port();
         Self::start_on(port).await
     }
 
@@ -755,11 +761,7 @@ impl RedisCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .expect("free port")
-                .local_addr()
-                .expect("addr")
-                .port();
+            let port = free_port();
             let conf = dir.path().join(format!("nodes-{port}.conf"));
             nodes.push(
                 Redis::start_with(
