@@ -57,6 +57,7 @@ struct PolicyMetrics {
     skipped: Counter,
     fallback_allowed: Counter,
     fallback_limited: Counter,
+    /// By [`StoreError::reason`]: unavailable, timeout, error.
     store_errors: [Counter; 3],
 }
 
@@ -180,7 +181,7 @@ impl Policy {
                 skipped: c("skipped"),
                 fallback_allowed: c("fallback_allowed"),
                 fallback_limited: c("fallback_limited"),
-                store_errors: [e("unavailable"), e("timeout"), e("error")],
+                store_errors: redis::StoreError::REASONS.map(e),
             },
         })
     }
@@ -300,12 +301,7 @@ impl Policy {
                 Some(d)
             }
             Err(e) => {
-                let i = match e.reason() {
-                    "unavailable" => 0,
-                    "timeout" => 1,
-                    _ => 2,
-                };
-                self.metrics.store_errors[i].increment(1);
+                self.metrics.store_errors[e.reason()].increment(1);
                 tracing::debug!(policy = %self.name, error = %e, "rate-limit store failed; fallback applies");
                 let d = match fallback {
                     RateLimitFallback::Local => self.local.decide(&key, self.cost),

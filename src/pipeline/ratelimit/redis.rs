@@ -83,11 +83,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub fn reason(&self) -> &'static str {
+    /// The `reason` label values of `ficus_ratelimit_store_errors_total`.
+    pub const REASONS: [&'static str; 3] = ["unavailable", "timeout", "error"];
+
+    /// This error's index in [`Self::REASONS`].
+    pub fn reason(&self) -> usize {
         match self {
-            Self::Unavailable => "unavailable",
-            Self::Timeout(_) => "timeout",
-            Self::Redis(_) | Self::Reply => "error",
+            Self::Unavailable => 0,
+            Self::Timeout(_) => 1,
+            Self::Redis(_) | Self::Reply => 2,
         }
     }
 }
