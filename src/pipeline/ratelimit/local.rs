@@ -10,39 +10,71 @@ use super::algorithm::{self, Decision, Limit, Window};
 
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy)]
-enum State {
-    Tat(u64),
-    Window(Window),
+/// The per-key state, in a map of the limit's own kind: a theoretical arrival time (GCRA) or
+/// the counts of two windows.
+enum Entries {
+    Gcra {
+        interval: u64,
+        burst: u64,
+        tats: DashMap<Box<str>, u64>,
+    },
+    Sliding {
+        window: u64,
+        limit: u64,
+        windows: DashMap<Box<str>, Window>,
+    },
 }
 
 pub struct LocalStore {
-    limit: Limit,
     base: Instant,
-    entries: DashMap<Box<str>, State>,
+    entries: Entries,
     sweeper: OnceLock<()>,
+}
+
+/// Applies one decision to a key's state. The shard's lock is held only for this arithmetic, and
+/// the key is copied only for a new entry.
+fn update<S: Copy + Default>(
+    map: &DashMap<Box<str>, S>,
+    key: &str,
+    step: impl FnOnce(S) -> (S, Decision),
+) -> Decision {
+    let mut entry = match map.get_mut(key) {
+        Some(e) => e,
+        None => map.entry(key.into()).or_default(),
+    };
+    let (next, d) = step(*entry);
+    *entry = next;
+    d
 }
 
 impl LocalStore {
     pub fn new(limit: Limit) -> Self {
+        let entries = match limit {
+            Limit::Gcra { interval, burst } => Entries::Gcra {
+                interval,
+                burst,
+                tats: DashMap::new(),
+            },
+            Limit::Sliding { window, limit } => Entries::Sliding {
+                window: window.max(1),
+                limit,
+                windows: DashMap::new(),
+            },
+        };
         Self {
-            limit,
             base: Instant::now(),
-            entries: DashMap::new(),
+            entries,
             sweeper: OnceLock::new(),
         }
     }
 
     fn now(&self) -> u64 {
         // Starts at one window so that the first window index is never confused with "no state".
-        self.base.elapsed().as_nanos() as u64 + self.span()
-    }
-
-    fn span(&self) -> u64 {
-        match self.limit {
-            Limit::Gcra { interval, burst } => interval.saturating_mul(burst),
-            Limit::Sliding { window, .. } => window,
-        }
+        let span = match &self.entries {
+            Entries::Gcra { interval, burst, .. } => interval.saturating_mul(*burst),
+            Entries::Sliding { window, .. } => *window,
+        };
+        self.base.elapsed().as_nanos() as u64 + span
     }
 
     pub fn decide(self: &Arc<Self>, key: &str, cost: u64) -> Decision {
@@ -52,31 +84,21 @@ impl LocalStore {
 
     fn decide_at(&self, key: &str, cost: u64, now: u64) -> Decision {
         let unit = Duration::from_nanos(1);
-        // The shard's lock is held only for this arithmetic.
-        let mut entry = match self.entries.get_mut(key) {
-            Some(e) => e,
-            None => self.entries.entry(key.into()).or_insert(match self.limit {
-                Limit::Gcra { .. } => State::Tat(0),
-                Limit::Sliding { .. } => State::Window(Window::default()),
+        match &self.entries {
+            Entries::Gcra {
+                interval,
+                burst,
+                tats,
+            } => update(tats, key, |tat| {
+                algorithm::gcra(tat, now, *interval, *burst, cost, unit)
             }),
-        };
-        match (self.limit, *entry) {
-            (Limit::Gcra { interval, burst }, State::Tat(tat)) => {
-                let (tat, d) = algorithm::gcra(tat, now, interval, burst, cost, unit);
-                *entry = State::Tat(tat);
-                d
-            }
-            (Limit::Sliding { window, limit }, State::Window(w)) => {
-                let (w, d) = algorithm::sliding(w, now, window, limit, cost, unit);
-                *entry = State::Window(w);
-                d
-            }
-            // A store is made for one limit; a mismatch cannot happen, and starting afresh is safe.
-            (_, _) => {
-                drop(entry);
-                self.entries.remove(key);
-                self.decide_at(key, cost, now)
-            }
+            Entries::Sliding {
+                window,
+                limit,
+                windows,
+            } => update(windows, key, |w| {
+                algorithm::sliding(w, now, *window, *limit, cost, unit)
+            }),
         }
     }
 
@@ -102,19 +124,21 @@ impl LocalStore {
     }
 
     fn sweep_at(&self, now: u64) {
-        self.entries.retain(|_, s| match (*s, self.limit) {
-            (State::Tat(tat), _) => tat > now,
-            (State::Window(w), Limit::Sliding { window, .. }) => w.index + 1 >= now / window.max(1),
-            (State::Window(_), _) => false,
-        });
+        match &self.entries {
+            Entries::Gcra { tats, .. } => tats.retain(|_, tat| *tat > now),
+            Entries::Sliding { window, windows, .. } => windows.retain(|_, w| w.index + 1 >= now / window),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        match &self.entries {
+            Entries::Gcra { tats, .. } => tats.len(),
+            Entries::Sliding { windows, .. } => windows.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 }
 
@@ -145,5 +169,20 @@ mod tests {
         s.decide_at("b", 2, 15_000);
         s.sweep_at(15_500);
         assert_eq!(s.len(), 1, "a refilled, b is still draining");
+    }
+
+    #[test]
+    fn sliding_windows_count_per_key_and_are_swept_two_windows_later() {
+        let s = LocalStore::new(Limit::Sliding {
+            window: 1_000,
+            limit: 2,
+        });
+        assert!(s.decide_at("a", 2, 10_000).allowed);
+        assert!(!s.decide_at("a", 1, 10_500).allowed);
+        assert!(s.decide_at("b", 1, 10_500).allowed);
+        s.sweep_at(11_500);
+        assert_eq!(s.len(), 2, "the previous window still weighs");
+        s.sweep_at(12_000);
+        assert!(s.is_empty());
     }
 }
