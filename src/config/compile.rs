@@ -1076,7 +1076,7 @@ fn compile_rate_limits(
             .states
             .rate_limits
             .get_or_make(name, &limit, || LocalStore::new(limit));
-        match Policy::new(name, p, local, shared, deps.metrics) {
+        match Policy::new(name, p, limit, local, shared, deps.metrics) {
             Ok(policy) => {
                 out.insert(name.clone(), Arc::new(policy));
             }

@@ -130,15 +130,16 @@ fn parse_key(part: &str) -> Result<KeyPart, String> {
 }
 
 impl Policy {
-    /// `local` is the in-process store (kept across reloads by the caller); `redis` the shared one.
+    /// `limit` is [`Policy::limit`] of `cfg`; `local` the in-process store for it (kept across
+    /// reloads by the caller); `redis` the shared one.
     pub fn new(
         name: &str,
         cfg: &RateLimitPolicyConfig,
+        limit: Limit,
         local: Arc<LocalStore>,
         redis: Option<(Arc<RedisStore>, RateLimitFallback, String)>,
         metrics: &Metrics,
     ) -> Result<Self, String> {
-        let limit = Self::limit(cfg)?;
         let key = cfg
             .key
             .iter()
