@@ -18,6 +18,11 @@ pub enum Source {
     Internal,
 }
 
+/// nginx's "client closed request": a status for logs and metrics, never sent.
+pub fn client_closed() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("the request has no Host header")]
@@ -36,6 +41,10 @@ pub enum ProxyError {
     BodyTimeout,
     #[error("reading the request body failed: {0}")]
     ClientBody(String),
+    /// The client went away before its request was answered; logged as 499 (nginx's code),
+    /// never sent, and never counted against an upstream.
+    #[error("the client closed the connection before the request was answered")]
+    ClientClosed,
     #[error("no route matches this request")]
     NoRoute,
     #[error("upstream `{upstream}` could not be reached: {reason}")]
@@ -85,7 +94,32 @@ pub enum ProxyError {
     },
 }
 
+impl From<crate::pipeline::body::BodyError> for ProxyError {
+    fn from(e: crate::pipeline::body::BodyError) -> Self {
+        use crate::pipeline::body::{BodyError, ClientFault};
+        match e {
+            BodyError::TooLarge(limit) => Self::BodyTooLarge { limit },
+            BodyError::Timeout => Self::BodyTimeout,
+            BodyError::Read(e) => match ClientFault::of(&e) {
+                ClientFault::Gone => Self::ClientClosed,
+                _ => Self::ClientBody(e.to_string()),
+            },
+        }
+    }
+}
+
 impl ProxyError {
+    /// The answer to a client body that broke; `limit` is the listener's body limit.
+    pub fn client_fault(fault: crate::pipeline::body::ClientFault, limit: u64, detail: String) -> Self {
+        use crate::pipeline::body::ClientFault;
+        match fault {
+            ClientFault::TooLarge => Self::BodyTooLarge { limit },
+            ClientFault::Timeout => Self::BodyTimeout,
+            ClientFault::Malformed => Self::ClientBody(detail),
+            ClientFault::Gone => Self::ClientClosed,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingHost | Self::DuplicateHost | Self::ConflictingHost | Self::BadPath(_) => {
@@ -95,6 +129,7 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::ClientClosed => client_closed(),
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::UpstreamUnreachable { .. } | Self::UpstreamFailed { .. } | Self::UpgradeFailed(_) => {
                 StatusCode::BAD_GATEWAY
@@ -128,6 +163,7 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => "body-too-large",
             Self::BodyTimeout => "body-timeout",
             Self::ClientBody(_) => "invalid-body",
+            Self::ClientClosed => "client-closed",
             Self::NoRoute => "no-route",
             Self::UpstreamUnreachable { .. } => "upstream-unreachable",
             Self::UpstreamTimeout { .. } => "upstream-timeout",

@@ -54,9 +54,10 @@ pub struct Snapshot {
     pub jwt_providers: Vec<Arc<JwtProvider>>,
     /// In-process rate-limit state, kept across reloads per unchanged policy.
     pub rate_limit_stores: Vec<Arc<LocalStore>>,
-    /// Every header some route's `forward_client_cert` sets: removed from every request, so no
-    /// caller can send them to an upstream through a route that does not set them.
-    pub client_cert_headers: Vec<http::HeaderName>,
+    /// Every header some route sets for its upstream (claims, client-certificate headers, legacy
+    /// credentials, migration overrides, `X-Ficus-*`): removed from every request before the
+    /// first stage, so no caller can send them through a route that does not set them.
+    pub owned_headers: crate::pipeline::trust::OwnedHeaders,
     pub introspectors: Vec<Arc<crate::identity::introspection::Introspector>>,
 }
 
@@ -905,20 +906,18 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
     let Some(idempotency_store) = idempotency_store else {
         return Err(ConfigErrors(problems));
     };
-    let mut client_cert_headers: Vec<http::HeaderName> = Vec::new();
-    for r in &routes {
-        let names = r
-            .identity
-            .as_ref()
-            .and_then(|i| i.forward_client_cert.as_ref())
-            .into_iter()
-            .flat_map(|f| f.header_names());
-        for h in names {
-            if !client_cert_headers.contains(h) {
-                client_cert_headers.push(h.clone());
-            }
-        }
-    }
+    let owned_headers = crate::pipeline::trust::OwnedHeaders::new(
+        routes
+            .iter()
+            .filter_map(|r| r.identity.as_ref())
+            .flat_map(|i| i.owned_header_names().cloned())
+            .collect::<Vec<_>>(),
+        routes
+            .iter()
+            .filter_map(|r| r.migration.as_ref()?.override_header.as_ref())
+            .map(|o| o.header.clone())
+            .collect::<Vec<_>>(),
+    );
     for (j, later) in routes.iter().enumerate() {
         if let Some((i, earlier)) = routes[..j].iter().enumerate().find(|(_, e)| later.shadowed_by(e)) {
             warnings.push(src.problem(
@@ -932,7 +931,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
     }
     Ok(Snapshot {
         rate_limit_stores: rate_policies.values().map(|p| p.local_store()).collect(),
-        client_cert_headers,
+        owned_headers,
         jwt_providers: providers.into_values().collect(),
         introspectors: introspectors.into_values().collect(),
         warnings,
@@ -988,7 +987,7 @@ fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
 
 /// A route path must already be in normal form, or it could never match a normalised request.
 fn check_route_path(p: &str) -> Result<(), String> {
-    match normalize_path(p) {
+    match normalize_path(p, false) {
         Ok(n) if n == p => Ok(()),
         Ok(n) => Err(format!(
             "`{p}` is not in normal form; requests are matched as `{n}`"
@@ -1182,8 +1181,8 @@ mod tests {
         let ok = format!("{base}    identity: {{ client_cert: {{ san: 'spiffe://corp/*' }}, forward_client_cert: {{ san: X-Client-San }} }}\n");
         let snap = compile_text(Box::leak(ok.into_boxed_str())).unwrap();
         assert_eq!(
-            snap.client_cert_headers,
-            vec![http::HeaderName::from_static("x-client-san")]
+            snap.owned_headers.names().collect::<Vec<_>>(),
+            vec![&http::HeaderName::from_static("x-client-san")]
         );
         // No listener asks for client certificates: valid, but flagged.
         assert!(

@@ -383,6 +383,19 @@ pub struct UpstreamAuthConfig {
     /// Send a short-lived JWT that ficus signs with its own key.
     #[serde(default)]
     pub jwt: Option<InternalJwtConfig>,
+    /// On a migration route, the side whose requests get these credentials (the shadow copy
+    /// included). Legacy credentials must not reach the modern backend.
+    #[serde(default)]
+    pub apply_to: UpstreamAuthSide,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamAuthSide {
+    #[default]
+    Legacy,
+    Modern,
+    Both,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -676,6 +689,40 @@ pub struct ListenerConfig {
     /// Peers whose `Forwarded` / `X-Forwarded-*` headers are believed.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// Headers only a trusted proxy may set; removed from every other peer's requests before
+    /// routing. An entry ending in `*` is a prefix.
+    #[serde(default = "default_proxy_only_headers")]
+    pub proxy_only_headers: Vec<String>,
+    /// `Upgrade` protocols passed to the upstream (WebSocket). Any other `Upgrade`, `h2c` above
+    /// all, is removed with `HTTP2-Settings` and the request is served as a plain one.
+    #[serde(default = "default_allowed_upgrades")]
+    pub allowed_upgrades: Vec<String>,
+    /// `;` parameters in path segments (`/a;jsessionid=1/b`): `reject` (400) or `keep`.
+    #[serde(default)]
+    pub path_params: PathParamsMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathParamsMode {
+    /// A `;` in the path answers 400: servlet containers strip `;params` from each segment, so
+    /// the backend would read another path than the one ficus routed.
+    #[default]
+    Reject,
+    /// Kept and forwarded; routing sees each segment without its parameters, and `..;x` / `.;x`
+    /// are dot segments, as a servlet container reads them.
+    Keep,
+}
+
+fn default_proxy_only_headers() -> Vec<String> {
+    crate::pipeline::trust::DEFAULT_PROXY_ONLY_HEADERS
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect()
+}
+
+fn default_allowed_upgrades() -> Vec<String> {
+    vec!["websocket".into()]
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

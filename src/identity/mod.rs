@@ -15,8 +15,9 @@ use std::sync::Arc;
 use http::header::{HeaderName, AUTHORIZATION};
 use http::{HeaderMap, HeaderValue};
 
-use crate::config::file::RouteIdentityConfig;
+use crate::config::file::{RouteIdentityConfig, UpstreamAuthSide};
 use crate::error::ProxyError;
+use crate::pipeline::migration::Side;
 use crate::pipeline::route::{cookie_value, query_value};
 use client_cert::{ClientCertRule, ForwardClientCert, PeerCert};
 use jwt::{Claims, JwtProvider};
@@ -52,6 +53,8 @@ pub struct RouteIdentity {
     /// A token ficus signs per caller for the upstream.
     internal_jwt: Option<internal_jwt::InternalJwt>,
     drop_token: bool,
+    /// Which migration side gets `upstream_auth`.
+    auth_side: UpstreamAuthSide,
 }
 
 impl RouteIdentity {
@@ -137,6 +140,7 @@ impl RouteIdentity {
             }
         }
         Ok(Self {
+            auth_side: cfg.upstream_auth.as_ref().map(|u| u.apply_to).unwrap_or_default(),
             upstream_auth,
             internal_jwt: internal,
             drop_token,
@@ -150,6 +154,18 @@ impl RouteIdentity {
             cookie: cfg.token_cookie.clone(),
             query: cfg.token_query.clone(),
         })
+    }
+
+    /// Every header this route sets for its upstream: forwarded claims, client-certificate
+    /// headers, and the credentials that replace the caller's (`Authorization` is filtered out
+    /// by the registry). They go into the snapshot's registry of owned headers.
+    pub fn owned_header_names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.forward
+            .iter()
+            .map(|(_, h)| h)
+            .chain(self.forward_client_cert.iter().flat_map(|f| f.header_names()))
+            .chain(self.upstream_auth.iter().map(|(h, _)| h))
+            .chain(self.internal_jwt.iter().map(|j| &j.header))
     }
 
     fn token<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
@@ -198,10 +214,63 @@ impl RouteIdentity {
         }
     }
 
-    /// Checks the request; on success strips the caller's own copies of the forwarded headers
+    /// Checks the request; on success strips the caller's own copies of the forwarded headers,
+    /// sets them from the verified claims, and removes a credential read from the query string or
+    /// a cookie (it is the caller's, never the upstream's). Returns the claims (none for an
+    /// anonymous caller on an optional route).
+    pub async fn check(&self, parts: &mut http::request::Parts) -> Result<Option<Arc<Claims>>, ProxyError> {
+        let claims = self.verify(&mut parts.headers, parts.uri.query()).await?;
+        if let Some(name) = &self.cookie {
+            remove_cookie(&mut parts.headers, name);
+        }
+        let query_names = self.query.iter().chain(match &self.verifier {
+            Some(Verifier::ApiKeys(set)) => set.query.as_ref(),
+            _ => None,
+        });
+        for name in query_names {
+            if let Some(uri) = without_query_param(&parts.uri, name) {
+                parts.uri = uri;
+            }
+        }
+        Ok(claims)
+    }
+
+    /// The credentials that replace the caller's towards the upstream, when `side` is the one
+    /// they are for: applied at forward time, per side, so legacy credentials never reach modern.
+    pub fn apply_upstream_auth(
+        &self,
+        headers: &mut HeaderMap,
+        claims: Option<&Claims>,
+        side: Side,
+    ) -> Result<(), ProxyError> {
+        let applies = match self.auth_side {
+            UpstreamAuthSide::Both => true,
+            UpstreamAuthSide::Legacy => side == Side::Legacy,
+            UpstreamAuthSide::Modern => side == Side::Modern,
+        };
+        // An anonymous caller on an optional route gets nothing vouched for.
+        if !applies || (self.verifier.is_some() && claims.is_none()) {
+            return Ok(());
+        }
+        if self.drop_token {
+            headers.remove(AUTHORIZATION);
+        }
+        for (name, value) in &self.upstream_auth {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let (Some(m), Some(claims)) = (&self.internal_jwt, claims) {
+            let v = m
+                .token_for(claims)
+                .map_err(|e| ProxyError::InternalToken(e.to_string()))?;
+            headers.insert(m.header.clone(), v);
+        }
+        Ok(())
+    }
+
+    /// Verifies the caller; on success strips the caller's own copies of the forwarded headers
     /// and sets them from the verified claims. Returns the claims (none for an anonymous caller
     /// on an optional route).
-    pub async fn check(
+    async fn verify(
         &self,
         headers: &mut HeaderMap,
         query: Option<&str>,
@@ -212,12 +281,6 @@ impl RouteIdentity {
         }
         let Some(verifier) = &self.verifier else {
             // A client-certificate-only route: no token is looked at, none is required.
-            if self.drop_token {
-                headers.remove(AUTHORIZATION);
-            }
-            for (name, value) in &self.upstream_auth {
-                headers.insert(name.clone(), value.clone());
-            }
             return Ok(None);
         };
         let claims = match verifier {
@@ -290,19 +353,6 @@ impl RouteIdentity {
                 )));
             }
         }
-        // Towards a legacy system: its own credentials, not the caller's.
-        if self.drop_token {
-            headers.remove(AUTHORIZATION);
-        }
-        for (name, value) in &self.upstream_auth {
-            headers.insert(name.clone(), value.clone());
-        }
-        if let Some(m) = &self.internal_jwt {
-            let v = m
-                .token_for(&claims)
-                .map_err(|e| ProxyError::InternalToken(e.to_string()))?;
-            headers.insert(m.header.clone(), v);
-        }
         for (claim, h) in &self.forward {
             if let Some(v) = claims.get_str(claim).and_then(|v| HeaderValue::from_str(&v).ok()) {
                 headers.insert(h.clone(), v);
@@ -312,9 +362,76 @@ impl RouteIdentity {
     }
 }
 
+/// The URI without every `name=...` pair of its query; `None` when it has none.
+fn without_query_param(uri: &http::Uri, name: &str) -> Option<http::Uri> {
+    let query = uri.query()?;
+    let is_it = |kv: &&str| kv.split_once('=').map_or(*kv, |(k, _)| k) == name;
+    if !query.split('&').any(|kv| is_it(&kv)) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|kv| !is_it(kv)).collect();
+    let pq = if kept.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(pq).ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
+/// Removes cookie `name` from every `Cookie` header (and a header left empty).
+fn remove_cookie(headers: &mut HeaderMap, name: &str) {
+    use http::header::COOKIE;
+    let has = |v: &str| {
+        v.split(';')
+            .any(|kv| kv.trim().split_once('=').is_some_and(|(k, _)| k == name))
+    };
+    if !headers.get_all(COOKIE).iter().any(|v| v.to_str().is_ok_and(has)) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty() && kv.split_once('=').map_or(true, |(k, _)| k != name))
+        .map(str::to_string)
+        .collect();
+    headers.remove(COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(COOKIE, v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::digests_equal;
+    use super::{digests_equal, remove_cookie, without_query_param};
+    use http::{HeaderMap, Uri};
+
+    #[test]
+    fn a_credential_is_removed_from_the_query_and_the_cookies() {
+        let u: Uri = "/a?x=1&access_token=t&y=2&access_token=u".parse().unwrap();
+        assert_eq!(without_query_param(&u, "access_token").unwrap(), "/a?x=1&y=2");
+        let u: Uri = "/a?access_token=t".parse().unwrap();
+        assert_eq!(without_query_param(&u, "access_token").unwrap(), "/a");
+        let u: Uri = "/a?x=1".parse().unwrap();
+        assert!(without_query_param(&u, "access_token").is_none());
+
+        let mut h = HeaderMap::new();
+        h.append("cookie", "a=1; session=tok".parse().unwrap());
+        h.append("cookie", "b=2".parse().unwrap());
+        remove_cookie(&mut h, "session");
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2");
+        let mut h = HeaderMap::new();
+        h.insert("cookie", "session=tok".parse().unwrap());
+        remove_cookie(&mut h, "session");
+        assert!(h.get("cookie").is_none());
+    }
 
     #[test]
     fn digests_compare_equal_only_when_every_byte_matches() {

@@ -32,6 +32,50 @@ pub enum BodyError {
 // 0 (the default) means the body is fine so far.
 const VERDICT_TOO_LARGE: u8 = 1;
 const VERDICT_TIMEOUT: u8 = 2;
+const VERDICT_MALFORMED: u8 = 3;
+const VERDICT_CLIENT_GONE: u8 = 4;
+
+/// A client body that broke: the client's fault, never the upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    TooLarge,
+    Timeout,
+    /// Bad framing (a chunk size that does not parse or overflows, a bad h2 frame).
+    Malformed,
+    /// The client hung up (or reset the stream) before the body was complete.
+    Gone,
+}
+
+impl ClientFault {
+    /// Classifies hyper's error on reading a client body.
+    pub fn of(e: &hyper::Error) -> Self {
+        if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+            return Self::Gone;
+        }
+        // An h2 stream the client reset is a hang-up too.
+        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(s) = src {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionAborted
+                ) {
+                    return Self::Gone;
+                }
+            }
+            if let Some(h2) = s.downcast_ref::<h2::Error>() {
+                if h2.is_reset() || h2.is_io() || h2.is_go_away() {
+                    return Self::Gone;
+                }
+            }
+            src = s.source();
+        }
+        Self::Malformed
+    }
+}
 
 /// What happened to a request body, readable after the body itself was handed to the client.
 #[derive(Clone, Default)]
@@ -43,6 +87,16 @@ impl BodyVerdict {
     }
     pub fn timed_out(&self) -> bool {
         self.0.load(Ordering::Acquire) == VERDICT_TIMEOUT
+    }
+    /// Whether, and how, the client broke its body.
+    pub fn fault(&self) -> Option<ClientFault> {
+        match self.0.load(Ordering::Acquire) {
+            VERDICT_TOO_LARGE => Some(ClientFault::TooLarge),
+            VERDICT_TIMEOUT => Some(ClientFault::Timeout),
+            VERDICT_MALFORMED => Some(ClientFault::Malformed),
+            VERDICT_CLIENT_GONE => Some(ClientFault::Gone),
+            _ => None,
+        }
     }
     fn set(&self, v: u8) {
         self.0.store(v, Ordering::Release);
@@ -67,7 +121,7 @@ pub enum NotRead {
     /// Too large, or of unknown length: handed back untouched, to be streamed.
     Unbounded(InBody),
     /// The client's body broke while it was read.
-    Failed(String),
+    Failed(ClientFault, String),
 }
 
 /// Reads a client body whole if its declared length is at most `limit`.
@@ -83,7 +137,13 @@ pub async fn read_bounded(body: InBody, limit: u64) -> Result<Bytes, NotRead> {
                     use http_body_util::BodyExt as _;
                     match http_body_util::Limited::new(s, limit as usize).collect().await {
                         Ok(c) => Ok(c.to_bytes()),
-                        Err(e) => Err(NotRead::Failed(e.to_string())),
+                        Err(e) => {
+                            let fault = match e.downcast_ref::<hyper::Error>() {
+                                Some(h) => ClientFault::of(h),
+                                None => ClientFault::TooLarge,
+                            };
+                            Err(NotRead::Failed(fault, e.to_string()))
+                        }
                     }
                 }
                 _ => Err(NotRead::Unbounded(InBody::Stream(s))),
@@ -154,7 +214,13 @@ impl Body for GuardedIncoming {
                 this.progressed = true;
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Read(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                this.verdict.set(match ClientFault::of(&e) {
+                    ClientFault::Gone => VERDICT_CLIENT_GONE,
+                    _ => VERDICT_MALFORMED,
+                });
+                Poll::Ready(Some(Err(BodyError::Read(e))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 // The stall timer is armed lazily and only re-armed after progress, so a body that

@@ -12,6 +12,8 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+/// Only meaningful with `Upgrade: h2c` (RFC 7540 §3.2.1), which ficus never forwards.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// An incoming id is kept only if it is short and made of safe characters, so that it can be
 /// logged and echoed without escaping.
@@ -48,9 +50,29 @@ pub fn new_traceparent() -> HeaderValue {
     owned_value(s).unwrap_or_else(|| HeaderValue::from_static("invalid"))
 }
 
-/// True for an HTTP/1.1 `Connection: upgrade` request with an `Upgrade` header (WebSocket and kin).
-pub fn is_upgrade_request(h: &HeaderMap) -> bool {
-    h.contains_key(UPGRADE) && connection_tokens(h).any(|t| t.eq_ignore_ascii_case("upgrade"))
+/// True for a `Connection: upgrade` request whose every `Upgrade` protocol is in `allowed`
+/// (names compared case-insensitively, versions ignored: `websocket`, `WebSocket/13`). Anything
+/// else is not an upgrade for ficus: its `Upgrade` header is removed and the request is served as
+/// a plain one, so `h2c` can never open a tunnel past routing, identity and rate limits.
+pub fn is_allowed_upgrade(h: &HeaderMap, allowed: &[String]) -> bool {
+    if !h.contains_key(UPGRADE) || !connection_tokens(h).any(|t| t.eq_ignore_ascii_case("upgrade")) {
+        return false;
+    }
+    let mut any = false;
+    for proto in h
+        .get_all(UPGRADE)
+        .iter()
+        .map(|v| v.to_str().unwrap_or(""))
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+    {
+        let name = proto.split('/').next().unwrap_or("");
+        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -83,6 +105,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     h.remove(TE);
     h.remove(TRAILER);
     h.remove(TRANSFER_ENCODING);
+    h.remove(HTTP2_SETTINGS);
     if keep_upgrade && h.contains_key(UPGRADE) {
         h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
@@ -104,10 +127,6 @@ pub struct ForwardedInfo<'a> {
     pub host: Option<&'a str>,
 }
 
-/// Appends this hop to `Forwarded` and `X-Forwarded-For`, and sets `X-Forwarded-Proto/-Host`.
-/// A peer outside `trusted` cannot speak for anyone else: its copies are dropped first.
-/// Returns the client address: the peer, or, behind trusted proxies, the right-most untrusted
-/// address in `X-Forwarded-For`.
 /// The client's address: the peer, or, when the peer is one of our trusted proxies, the first
 /// `X-Forwarded-For` address (right to left) that they did not add.
 pub fn client_address(h: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
@@ -131,8 +150,10 @@ pub fn client_address(h: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr 
     client
 }
 
-pub fn apply_forwarded(h: &mut HeaderMap, info: &ForwardedInfo<'_>, trusted: &[IpNet]) -> IpAddr {
-    let client = client_address(h, info.peer, trusted);
+/// Appends this hop to `Forwarded` and `X-Forwarded-For`, and sets `X-Forwarded-Proto/-Host`.
+/// A peer outside `trusted` cannot speak for anyone else: its copies are dropped first (the
+/// trust boundary removed them already; this keeps the function safe on its own).
+pub fn apply_forwarded(h: &mut HeaderMap, info: &ForwardedInfo<'_>, trusted: &[IpNet]) {
     if !trusted.iter().any(|n| n.contains(&info.peer)) {
         h.remove(FORWARDED);
         h.remove(X_FORWARDED_FOR);
@@ -176,7 +197,29 @@ pub fn apply_forwarded(h: &mut HeaderMap, info: &ForwardedInfo<'_>, trusted: &[I
             h.insert(X_FORWARDED_HOST, v);
         }
     }
-    client
+}
+
+/// Joins several `Cookie` fields into one, separated by `; ` (RFC 9113 §8.2.3), as HTTP/2
+/// clients may send them split and an HTTP/1.1 server expects one line.
+pub fn join_cookies(h: &mut HeaderMap) {
+    use http::header::{Entry, COOKIE};
+    if let Entry::Occupied(mut e) = h.entry(COOKIE) {
+        let mut values = e.iter();
+        let first = values.next();
+        if values.next().is_none() {
+            return;
+        }
+        let mut joined = Vec::with_capacity(first.map_or(0, |v| v.len()) * 2);
+        for v in e.iter() {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(v.as_bytes());
+        }
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+            e.insert(v);
+        }
+    }
 }
 
 fn join_existing(h: &HeaderMap, name: &HeaderName) -> Option<String> {
@@ -244,6 +287,7 @@ mod tests {
             ("te", "trailers"),
             ("trailer", "x"),
             ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
             ("proxy-authorization", "Basic x"),
             ("x-kept", "yes"),
         ]);
@@ -255,10 +299,38 @@ mod tests {
     #[test]
     fn upgrade_survives_on_an_upgrade() {
         let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        assert!(is_upgrade_request(&h));
+        assert!(is_allowed_upgrade(&h, &["websocket".into()]));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn only_allowed_upgrade_protocols_count_as_upgrades() {
+        let ws = vec!["websocket".to_string()];
+        let h = headers(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c")]);
+        assert!(!is_allowed_upgrade(&h, &ws));
+        let h = headers(&[("connection", "upgrade"), ("upgrade", "WebSocket/13")]);
+        assert!(is_allowed_upgrade(&h, &ws));
+        let h = headers(&[("connection", "upgrade"), ("upgrade", "websocket, h2c")]);
+        assert!(!is_allowed_upgrade(&h, &ws));
+        let h = headers(&[("upgrade", "websocket")]);
+        assert!(!is_allowed_upgrade(&h, &ws), "no Connection: upgrade");
+        assert!(!is_allowed_upgrade(
+            &headers(&[("connection", "upgrade"), ("upgrade", "websocket")]),
+            &[]
+        ));
+    }
+
+    #[test]
+    fn split_h2_cookies_are_joined_for_http1() {
+        let mut h = headers(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2; c=3");
+        let mut one = headers(&[("cookie", "a=1")]);
+        join_cookies(&mut one);
+        assert_eq!(one["cookie"], "a=1");
     }
 
     #[test]
@@ -269,8 +341,7 @@ mod tests {
             proto: "http",
             host: Some("a.test"),
         };
-        let client = apply_forwarded(&mut h, &info, &[]);
-        assert_eq!(client, info.peer);
+        apply_forwarded(&mut h, &info, &[]);
         assert_eq!(h["x-forwarded-for"], "10.0.0.5");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "a.test");
@@ -288,8 +359,12 @@ mod tests {
             proto: "http",
             host: None,
         };
-        let client = apply_forwarded(&mut h, &info, &["10.0.0.0/8".parse().unwrap()]);
-        assert_eq!(client, "1.2.3.4".parse::<IpAddr>().unwrap());
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(
+            client_address(&h, info.peer, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        apply_forwarded(&mut h, &info, &trusted);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.7, 10.0.0.5");
         assert_eq!(h["x-forwarded-proto"], "https");
     }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::HeaderMap;
+use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -13,6 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{BodyError, InBody, RequestBody, ResponseBody};
 use super::context::{self, ForwardedInfo};
+use super::migration::Side;
 use super::{ConnInfo, RequestCtx, TRACEPARENT, X_REQUEST_ID};
 use crate::error::ProxyError;
 use crate::upstream::balance::Picked;
@@ -21,14 +23,14 @@ use crate::upstream::retry::RetryPolicy;
 use crate::upstream::Upstream;
 use crate::upstream::UpstreamCallError;
 
-/// `host` is the validated request host; `new_path` is set only when normalisation changed the path.
+/// Sends `req` to `upstream` for `ctx.side`. `path` is the path to send when it is not the
+/// request's own: the normalised one, or a transform's rewrite.
 pub async fn forward(
     mut req: Request<InBody>,
     upstream: &Arc<Upstream>,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
-    host: Option<HeaderValue>,
-    new_path: Option<String>,
+    path: Option<String>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let limits = &conn.listener.limits;
     if let Some(len) = content_length(req.headers()) {
@@ -38,31 +40,12 @@ pub async fn forward(
             });
         }
     }
-    let upgrade = req.version() == Version::HTTP_11 && context::is_upgrade_request(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = ctx.upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    // Hop-by-hop removal first, so `Connection: x-forwarded-for` cannot delete what we add next.
-    context::strip_hop_by_hop(&mut parts.headers, upgrade);
-    let info = ForwardedInfo {
-        peer: conn.peer.ip(),
-        proto: conn.listener.proto,
-        host: host.as_ref().and_then(|h| h.to_str().ok()),
-    };
-    ctx.client = context::apply_forwarded(&mut parts.headers, &info, &conn.listener.trusted_proxies);
-    match parts.headers.get(TRACEPARENT) {
-        Some(v) if context::valid_traceparent(v.as_bytes()) => {}
-        _ => {
-            parts.headers.insert(TRACEPARENT, context::new_traceparent());
-        }
-    }
-    parts.headers.insert(X_REQUEST_ID, ctx.request_id.clone());
-    if let Some(h) = host {
-        // HTTP/2 clients send only `:authority`; the upstream speaks HTTP/1.1 and needs `Host`.
-        parts.headers.entry(HOST).or_insert(h);
-    }
+    upstream_headers(&mut parts.headers, parts.version, conn, ctx, ctx.side)?;
 
-    let path_and_query = match new_path {
+    let path_and_query = match path {
         None => parts
             .uri
             .path_and_query()
@@ -88,15 +71,13 @@ pub async fn forward(
         Ok(resp) => resp,
         Err(SendError::Proxy(e)) => return Err(e),
         Err(SendError::Call(e)) => {
-            if let Some(v) = &verdict {
-                if v.too_large() {
-                    return Err(ProxyError::BodyTooLarge {
-                        limit: limits.max_body_bytes.0,
-                    });
-                }
-                if v.timed_out() {
-                    return Err(ProxyError::BodyTimeout);
-                }
+            // The client broke its own body: its fault, whatever the upstream call then said.
+            if let Some(fault) = verdict.as_ref().and_then(super::body::BodyVerdict::fault) {
+                return Err(ProxyError::client_fault(
+                    fault,
+                    limits.max_body_bytes.0,
+                    e.to_string(),
+                ));
             }
             let name = upstream.name.to_string();
             return Err(match e {
@@ -137,6 +118,43 @@ pub async fn forward(
     }
     resp.headers_mut().insert(X_REQUEST_ID, ctx.request_id.clone());
     Ok(resp.map(ResponseBody::Upstream))
+}
+
+/// The headers an upstream gets for `side`, built by this one function for the served request,
+/// a fallback and the shadow copy alike. Hop-by-hop and owned headers were removed at the trust
+/// boundary; this adds what ficus vouches for.
+pub fn upstream_headers(
+    h: &mut HeaderMap,
+    version: Version,
+    conn: &ConnInfo,
+    ctx: &RequestCtx,
+    side: Side,
+) -> Result<(), ProxyError> {
+    let info = ForwardedInfo {
+        peer: conn.peer.ip(),
+        proto: conn.listener.proto,
+        host: ctx.host.as_ref().and_then(|h| h.to_str().ok()),
+    };
+    context::apply_forwarded(h, &info, &conn.listener.trusted_proxies);
+    match h.get(TRACEPARENT) {
+        Some(v) if context::valid_traceparent(v.as_bytes()) => {}
+        _ => {
+            h.insert(TRACEPARENT, context::new_traceparent());
+        }
+    }
+    h.insert(X_REQUEST_ID, ctx.request_id.clone());
+    if let Some(host) = &ctx.host {
+        // HTTP/2 clients send only `:authority`; the upstream speaks HTTP/1.1 and needs `Host`.
+        h.entry(HOST).or_insert_with(|| host.clone());
+    }
+    if version == Version::HTTP_2 {
+        // RFC 9113 §8.2.3: HTTP/2 may split cookies into several fields; HTTP/1.1 wants one.
+        context::join_cookies(h);
+    }
+    if let Some(idn) = ctx.route.as_ref().and_then(|r| r.identity.as_ref()) {
+        idn.apply_upstream_auth(h, ctx.claims.as_deref(), side)?;
+    }
+    Ok(())
 }
 
 fn content_length(h: &http::HeaderMap) -> Option<u64> {
@@ -328,9 +346,5 @@ async fn send(
 }
 
 fn body_error(e: BodyError) -> ProxyError {
-    match e {
-        BodyError::TooLarge(limit) => ProxyError::BodyTooLarge { limit },
-        BodyError::Timeout => ProxyError::BodyTimeout,
-        BodyError::Read(e) => ProxyError::ClientBody(e.to_string()),
-    }
+    ProxyError::from(e)
 }

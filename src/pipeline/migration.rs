@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::HeaderName;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use metrics::Counter;
 
 use crate::config::file::MigrationConfig;
@@ -25,6 +25,13 @@ pub enum Side {
 }
 
 impl Side {
+    pub fn other(self) -> Self {
+        match self {
+            Self::Legacy => Self::Modern,
+            Self::Modern => Self::Legacy,
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Legacy => "legacy",
@@ -257,9 +264,10 @@ impl Migration {
         query: Option<&str>,
         headers: &HeaderMap,
         claims: Option<&crate::identity::jwt::Claims>,
+        overrides: &[(HeaderName, HeaderValue)],
     ) -> Side {
         if let (Some(o), Some(c)) = (&self.override_header, claims) {
-            if let Some(side) = o.pick(headers, c) {
+            if let Some(side) = o.pick(overrides, c) {
                 return side;
             }
         }
@@ -294,8 +302,17 @@ pub struct Override {
 }
 
 impl Override {
-    fn pick(&self, headers: &HeaderMap, claims: &crate::identity::jwt::Claims) -> Option<Side> {
-        let side = match headers.get(&self.header)?.to_str().ok()?.trim() {
+    /// `overrides` holds the override headers the trust boundary took out of the request.
+    fn pick(
+        &self,
+        overrides: &[(HeaderName, HeaderValue)],
+        claims: &crate::identity::jwt::Claims,
+    ) -> Option<Side> {
+        let value = overrides
+            .iter()
+            .find(|(n, _)| *n == self.header)
+            .map(|(_, v)| v)?;
+        let side = match value.to_str().ok()?.trim() {
             v if v.eq_ignore_ascii_case("modern") => Side::Modern,
             v if v.eq_ignore_ascii_case("legacy") => Side::Legacy,
             _ => return None,

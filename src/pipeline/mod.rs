@@ -14,6 +14,7 @@ pub mod rollout;
 pub mod route;
 pub mod shadow;
 pub mod translate;
+pub mod trust;
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -48,10 +49,23 @@ pub struct ConnInfo {
     pub client_cert: OnceLock<Arc<PeerCert>>,
 }
 
-/// Per-request state shared by the stages (Pingora's context struct).
+/// Per-request state shared by the stages (Pingora's context struct). Each fact is resolved
+/// once, by the stage that owns it, and read from here by every later one.
 pub struct RequestCtx {
     pub request_id: HeaderValue,
+    /// The client's address: the peer, or behind a trusted proxy the address it vouches for.
+    /// Resolved once, at the trust boundary, for every stage (rate limits, sticky splits, hashing,
+    /// logs).
     pub client: IpAddr,
+    /// The validated request host (`Host` or the HTTP/2 authority).
+    pub host: Option<HeaderValue>,
+    /// The normalised path, when it differs from the request's own.
+    pub path: Option<String>,
+    /// An allowed protocol upgrade (WebSocket), decided once at the trust boundary.
+    pub upgrade: bool,
+    /// Values of migration override headers, taken out of the request with the other owned
+    /// headers and read by the migration stage only.
+    pub overrides: Vec<(HeaderName, HeaderValue)>,
     pub route: Option<Arc<Route>>,
     /// The side of a migration route that served (legacy for routes without one).
     pub side: migration::Side,
@@ -62,9 +76,29 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    pub fn new(request_id: HeaderValue, conn: &ConnInfo) -> Self {
+        Self {
+            request_id,
+            client: conn.peer.ip(),
+            host: None,
+            path: None,
+            upgrade: false,
+            overrides: Vec::new(),
+            route: None,
+            side: migration::Side::Legacy,
+            claims: None,
+            client_cert: conn.client_cert.get().cloned(),
+        }
+    }
+
     /// The client certificate's principal (first SAN, else subject), for logs and rate-limit keys.
     pub fn client_cert_identity(&self) -> Option<&str> {
         self.client_cert.as_deref().map(|c| &*c.principal)
+    }
+
+    /// The path the upstream gets: the normalised one.
+    pub fn path<'a>(&'a self, uri: &'a http::Uri) -> &'a str {
+        self.path.as_deref().unwrap_or(uri.path())
     }
 }
 
@@ -73,6 +107,73 @@ struct InFlight<'a>(&'a AtomicUsize);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Metrics and the access-log line of one request, written exactly once: when the answer is
+/// ready, or, if hyper drops the request because the client went away, with status 499.
+struct Observation<'a> {
+    shared: &'a Shared,
+    snap: &'a Snapshot,
+    started: Instant,
+    method: http::Method,
+    log_path: Option<String>,
+    ctx: RequestCtx,
+    done: bool,
+}
+
+impl Observation<'_> {
+    fn record(&mut self, status: http::StatusCode, error: Option<&'static str>) {
+        self.done = true;
+        let ctx = &self.ctx;
+        let elapsed = self.started.elapsed();
+        let closed = status == crate::error::client_closed();
+        match &ctx.route {
+            Some(r) => {
+                r.metrics_for(ctx.side).record(&self.method, status, elapsed);
+                match &r.migration {
+                    // A client that hung up says nothing about either side's health or speed.
+                    Some(m) if !closed => {
+                        let failed = status.is_server_error();
+                        match ctx.side {
+                            migration::Side::Legacy => m.legacy_stats.record(failed, elapsed),
+                            migration::Side::Modern => {
+                                m.modern_stats.record(failed, elapsed);
+                                if let Some(ro) = &m.rollout {
+                                    ro.record(failed, elapsed);
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            None => self.snap.unmatched.record(&self.method, status, elapsed),
+        }
+        if let (Some(log), Some(path)) = (&self.shared.access_log, self.log_path.take()) {
+            log.log(AccessRecord {
+                time: SystemTime::now(),
+                request_id: Some(ctx.request_id.clone()),
+                client: ctx.client,
+                method: self.method.clone(),
+                path,
+                route: ctx.route.as_ref().map(|r| r.name.clone()),
+                upstream: ctx.route.as_ref().map(|r| r.upstream_for(ctx.side).name.clone()),
+                client_cert: ctx.client_cert.as_ref().map(|c| c.principal.clone()),
+                user: ctx.claims.as_ref().and_then(|c| c.get_str("sub")),
+                status,
+                duration_us: elapsed.as_micros() as u64,
+                error,
+            });
+        }
+    }
+}
+
+impl Drop for Observation<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record(crate::error::client_closed(), Some("client-closed"));
+        }
     }
 }
 
@@ -87,65 +188,28 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         Some(v) if context::valid_request_id(v.as_bytes()) => v.clone(),
         _ => context::new_request_id(),
     };
-    let mut ctx = RequestCtx {
-        request_id,
-        client: conn.peer.ip(),
-        route: None,
-        side: migration::Side::Legacy,
-        claims: None,
-        client_cert: conn.client_cert.get().cloned(),
+    let mut obs = Observation {
+        shared,
+        snap: &snap,
+        started,
+        method: req.method().clone(),
+        log_path: shared.access_log.as_ref().map(|_| req.uri().path().to_owned()),
+        ctx: RequestCtx::new(request_id, conn),
+        done: false,
     };
-    let method = req.method().clone();
-    let log_path = shared.access_log.as_ref().map(|_| req.uri().path().to_owned());
 
-    let (response, error) = match run(&snap, conn, &mut ctx, req).await {
+    let (response, error) = match run(&snap, conn, &mut obs.ctx, req).await {
         Ok(resp) => (resp, None),
         Err(e) => {
             if e.status().is_server_error() {
-                tracing::warn!(request_id = ?ctx.request_id, error = %e, "request failed");
+                tracing::warn!(request_id = ?obs.ctx.request_id, error = %e, "request failed");
             } else {
-                tracing::debug!(request_id = ?ctx.request_id, error = %e, "request refused");
+                tracing::debug!(request_id = ?obs.ctx.request_id, error = %e, "request refused");
             }
-            (e.to_response(Some(&ctx.request_id)), Some(e.kind()))
+            (e.to_response(Some(&obs.ctx.request_id)), Some(e.kind()))
         }
     };
-
-    let elapsed = started.elapsed();
-    match &ctx.route {
-        Some(r) => {
-            r.metrics_for(ctx.side)
-                .record(&method, response.status(), elapsed);
-            if let Some(m) = &r.migration {
-                let failed = response.status().is_server_error();
-                match ctx.side {
-                    migration::Side::Legacy => m.legacy_stats.record(failed, elapsed),
-                    migration::Side::Modern => {
-                        m.modern_stats.record(failed, elapsed);
-                        if let Some(ro) = &m.rollout {
-                            ro.record(failed, elapsed);
-                        }
-                    }
-                }
-            }
-        }
-        None => snap.unmatched.record(&method, response.status(), elapsed),
-    }
-    if let (Some(log), Some(path)) = (&shared.access_log, log_path) {
-        log.log(AccessRecord {
-            time: SystemTime::now(),
-            request_id: Some(ctx.request_id.clone()),
-            client: ctx.client,
-            method,
-            path,
-            route: ctx.route.as_ref().map(|r| r.name.clone()),
-            upstream: ctx.route.as_ref().map(|r| r.upstream_for(ctx.side).name.clone()),
-            client_cert: ctx.client_cert.as_ref().map(|c| c.principal.clone()),
-            user: ctx.claims.as_ref().and_then(|c| c.get_str("sub")),
-            status: response.status(),
-            duration_us: elapsed.as_micros() as u64,
-            error,
-        });
-    }
+    obs.record(response.status(), error);
     response
 }
 
@@ -157,11 +221,35 @@ async fn run(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // Stage 1 (accept) left these to us: hyper's own header limit is only a backstop.
     check_header_size(&req, conn.listener.limits.max_header_bytes.0)?;
-    let host = request_host(&req)?;
+    ctx.host = request_host(&req)?;
+
+    // Stage 2: the trust boundary, before anything reads a header. What ficus sets for
+    // upstreams on any route, and what only a trusted proxy may say, the client cannot send.
+    let mut req = req;
+    ctx.overrides = snap.owned_headers.strip(req.headers_mut());
+    let listener = &conn.listener;
+    let peer = conn.peer.ip();
+    if listener.trusted_proxies.iter().any(|n| n.contains(&peer)) {
+        ctx.client = context::client_address(req.headers(), peer, &listener.trusted_proxies);
+    } else {
+        listener.proxy_only.strip(req.headers_mut());
+    }
+    ctx.upgrade = req.version() == Version::HTTP_11
+        && context::is_allowed_upgrade(req.headers(), &listener.allowed_upgrades);
+    // Hop-by-hop headers go before identity adds anything: `Connection: x-user-id` must not be
+    // able to delete what identity sets for the upstream.
+    context::strip_hop_by_hop(req.headers_mut(), ctx.upgrade);
 
     // Stage 2: context. Routing and everything after it see only the normalised path.
-    let path = normalize::normalize_path(req.uri().path())?;
-    let host_name = host
+    let keep_params = listener.path_params == crate::config::file::PathParamsMode::Keep;
+    let path = normalize::normalize_path(req.uri().path(), keep_params)?;
+    let route_path = if keep_params {
+        normalize::without_params(&path)
+    } else {
+        Cow::Borrowed(&*path)
+    };
+    let host_name = ctx
+        .host
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .map(route::host_without_port);
@@ -169,44 +257,28 @@ async fn run(
     // Stage 3: route.
     let view = route::RequestView {
         host: host_name,
-        path: &path,
+        path: &route_path,
         method: req.method(),
         headers: req.headers(),
         query: req.uri().query(),
     };
     let route = snap.router.find(&view).ok_or(ProxyError::NoRoute)?.clone();
     ctx.route = Some(route.clone());
-
-    let path = match path {
+    ctx.path = match path {
         Cow::Borrowed(_) => None,
         Cow::Owned(p) => Some(p),
     };
+
     // Stage 4: identity.
-    let mut req = req;
-    if req.headers().contains_key(http::header::CONNECTION) {
-        // Before identity adds anything: forward strips the headers `Connection` names, and
-        // `Connection: x-client-subject` (or `x-user-id`, `authorization`) must not be able to
-        // delete what identity sets for the upstream.
-        let upgrade = req.version() == Version::HTTP_11 && context::is_upgrade_request(req.headers());
-        context::strip_hop_by_hop(req.headers_mut(), upgrade);
-    }
-    // On every route, not only those that set them: a route without `forward_client_cert` to
-    // the same upstream would otherwise let a caller spoof them (Envoy's XFCC lesson).
-    for h in &snap.client_cert_headers {
-        req.headers_mut().remove(h);
-    }
     if let Some(idn) = &route.identity {
-        idn.check_client_cert(ctx.client_cert.as_deref(), req.headers_mut())?;
-        let query = req.uri().query().map(str::to_string);
-        ctx.claims = idn.check(req.headers_mut(), query.as_deref()).await?;
+        let (mut parts, body) = req.into_parts();
+        idn.check_client_cert(ctx.client_cert.as_deref(), &mut parts.headers)?;
+        ctx.claims = idn.check(&mut parts).await?;
+        req = Request::from_parts(parts, body);
     }
-    // Stage 5: rate limits, keyed by the client address our trusted proxies vouch for.
+    // Stage 5: rate limits, keyed by the client address resolved at the trust boundary.
     let mut admitted = None;
     if let Some(limits) = &route.rate_limits {
-        let trusted = &conn.listener.trusted_proxies;
-        if !trusted.is_empty() {
-            ctx.client = context::client_address(req.headers(), conn.peer.ip(), trusted);
-        }
         let src = ratelimit::KeySource {
             client: ctx.client,
             route: &route.name,
@@ -228,7 +300,7 @@ async fn run(
     let mut req = req.map(InBody::Stream);
     // Stage 6: validation, on the client's (modern) body before any translation.
     if let Some(check) = &route.validate {
-        req = translate::validate(check, req, conn.listener.limits.body_read_timeout).await?;
+        req = translate::validate(check, req, listener.limits.body_read_timeout).await?;
     }
     let result = match &route.idempotency {
         // Stage 7: idempotency keys, around the rest of the pipeline.
@@ -242,11 +314,11 @@ async fn run(
                 .and_then(|c| c.get_str("sub"))
                 .or_else(|| ctx.client_cert_identity().map(|p| format!("x509:{p}")));
             idempotency::handle(idem, store, &route.name, sub.as_deref(), req, |req| {
-                dispatch(req, &route, conn, ctx, host, path)
+                dispatch(req, &route, conn, ctx)
             })
             .await
         }
-        None => dispatch(req, &route, conn, ctx, host, path).await,
+        None => dispatch(req, &route, conn, ctx).await,
     };
     match (result, admitted) {
         (Ok(mut resp), Some(a)) => {
@@ -264,32 +336,27 @@ async fn dispatch(
     route: &Arc<Route>,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
-    host: Option<HeaderValue>,
-    path: Option<String>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let Some(m) = &route.migration else {
-        return translate::forward(req, route, ctx.side, &route.upstream, conn, ctx, host, path).await;
+        return translate::forward(req, conn, ctx).await;
     };
     ctx.side = m.choose(
         ctx.client,
         req.uri().query(),
         req.headers(),
         ctx.claims.as_deref(),
+        &ctx.overrides,
     );
-    let mut req = req;
-    if let Some(o) = &m.override_header {
-        // Internal to ficus: the backend never sees it.
-        req.headers_mut().remove(&o.header);
-    }
-    let upgrade = context::is_upgrade_request(req.headers());
-    let shadow = m.shadow.as_ref().filter(|s| !upgrade && s.wanted(req.method()));
+    let shadow = m
+        .shadow
+        .as_ref()
+        .filter(|s| !ctx.upgrade && s.wanted(req.method()));
     let fallback = ctx.side == migration::Side::Modern
         && m.fallback
         && crate::upstream::retry::RetryPolicy::eligible(req.method(), req.headers())
-        && !upgrade;
+        && !ctx.upgrade;
     if shadow.is_none() && !fallback {
-        let upstream = route.upstream_for(ctx.side).clone();
-        return translate::forward(req, route, ctx.side, &upstream, conn, ctx, host, path).await;
+        return translate::forward(req, conn, ctx).await;
     }
 
     // Both the shadow copy and the fallback need the request again: keep it, within bounds.
@@ -299,50 +366,37 @@ async fn dispatch(
         .max(if fallback { m.fallback_max_body } else { 0 });
     let bytes = match body::read_bounded(body, limit).await {
         Ok(b) => b,
-        Err(body::NotRead::Failed(e)) => return Err(ProxyError::ClientBody(e)),
+        Err(body::NotRead::Failed(fault, e)) => {
+            return Err(ProxyError::client_fault(
+                fault,
+                conn.listener.limits.max_body_bytes.0,
+                e,
+            ))
+        }
         Err(body::NotRead::Unbounded(body)) => {
             // Too large to keep: served once, by the chosen side, without shadow or fallback.
             if let Some(s) = shadow {
                 s.count("dropped");
             }
-            let upstream = route.upstream_for(ctx.side).clone();
-            let req = Request::from_parts(parts, body);
-            return translate::forward(req, route, ctx.side, &upstream, conn, ctx, host, path).await;
+            return translate::forward(Request::from_parts(parts, body), conn, ctx).await;
         }
     };
-    let shadow_copy = shadow.and_then(|s| {
-        let slot = s.slot()?;
-        let mut headers = parts.headers.clone();
-        context::strip_hop_by_hop(&mut headers, false);
-        headers.insert(X_REQUEST_ID, ctx.request_id.clone());
-        let other = match ctx.side {
-            migration::Side::Legacy => migration::Side::Modern,
-            migration::Side::Modern => migration::Side::Legacy,
-        };
-        let copy = shadow::ShadowRequest {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers,
-            body: bytes.clone(),
-            request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
-            // The copy goes to the other side, so it speaks that side's dialect.
-            transform: route.transform_for(other).cloned(),
-            captures: translate::captures(route, &parts.uri, path.as_deref()),
-        };
-        Some((s, slot, copy))
-    });
+    let shadow_copy = match shadow {
+        None => None,
+        Some(s) => match s.slot() {
+            None => None,
+            Some(slot) => {
+                let copy = shadow_request(&parts, &bytes, route, conn, ctx)?;
+                Some((s, slot, copy))
+            }
+        },
+    };
 
     let again = clone_parts(&parts);
-    let upstream = route.upstream_for(ctx.side).clone();
     let mut result = translate::forward(
         Request::from_parts(parts, InBody::Buffered(bytes.clone())),
-        route,
-        ctx.side,
-        &upstream,
         conn,
         ctx,
-        host.clone(),
-        path.clone(),
     )
     .await;
     if fallback {
@@ -358,17 +412,7 @@ async fn dispatch(
             m.count_fallback(reason);
             tracing::info!(route = %route.name, reason, "modern failed; served by legacy");
             ctx.side = migration::Side::Legacy;
-            result = translate::forward(
-                Request::from_parts(again, InBody::Buffered(bytes)),
-                route,
-                migration::Side::Legacy,
-                &route.upstream,
-                conn,
-                ctx,
-                host,
-                path,
-            )
-            .await;
+            result = translate::forward(Request::from_parts(again, InBody::Buffered(bytes)), conn, ctx).await;
         }
     }
 
@@ -379,13 +423,44 @@ async fn dispatch(
             Err(e)
         }
         (Some((s, slot, copy)), Ok(resp)) => {
-            let other = match ctx.side {
-                migration::Side::Legacy => m.modern.clone(),
-                migration::Side::Modern => route.upstream.clone(),
-            };
+            let other = route.upstream_for(ctx.side.other()).clone();
             Ok(s.launch(slot, copy, other, ctx.side, resp))
         }
     }
+}
+
+/// The copy of the request for the side that does not serve: the normalised path and the
+/// headers that side would get, built by the same code as the served request's.
+fn shadow_request(
+    parts: &http::request::Parts,
+    body: &bytes::Bytes,
+    route: &Route,
+    conn: &ConnInfo,
+    ctx: &RequestCtx,
+) -> Result<shadow::ShadowRequest, ProxyError> {
+    let other = ctx.side.other();
+    let mut headers = parts.headers.clone();
+    forward::upstream_headers(&mut headers, parts.version, conn, ctx, other)?;
+    let uri = match &ctx.path {
+        None => parts.uri.clone(),
+        Some(p) => {
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p.clone(),
+            };
+            http::Uri::try_from(pq).map_err(|_| ProxyError::BadPath(normalize::PathError::BadEscape))?
+        }
+    };
+    Ok(shadow::ShadowRequest {
+        method: parts.method.clone(),
+        captures: translate::captures(route, &uri, None),
+        uri,
+        headers,
+        body: body.clone(),
+        request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
+        // The copy goes to the other side, so it speaks that side's dialect.
+        transform: route.transform_for(other).cloned(),
+    })
 }
 
 fn clone_parts(p: &http::request::Parts) -> http::request::Parts {

@@ -18,23 +18,30 @@ pub enum PathError {
     ControlChar,
     #[error("the path climbs above the root with '..'")]
     AboveRoot,
+    #[error("the path holds a ';' parameter, which servlet containers strip before routing")]
+    PathParams,
 }
 
 /// Returns the normal form of `path` (no query): unreserved percent-escapes decoded (other escapes
 /// kept, upper-cased), `//` collapsed, `.` and `..` segments resolved, a trailing slash kept.
 /// Already-normal paths, the common case, are returned borrowed without allocating.
-pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
+///
+/// A `;` (a path parameter, as in `/a;jsessionid=1/b`) is refused unless `keep_params`; either
+/// way a segment that is `.` or `..` before its `;` is a dot segment, because a servlet container
+/// reads `/a/..;x/admin` as `/admin`.
+pub fn normalize_path(path: &str, keep_params: bool) -> Result<Cow<'_, str>, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         // `*` (OPTIONS) and authority-form (CONNECT) have no path to route on.
         return Err(PathError::NotAbsolute);
     }
-    if is_normal(bytes)? {
+    if is_normal(bytes, keep_params)? {
         return Ok(Cow::Borrowed(path));
     }
 
     // Pass 1: decode escapes of unreserved characters; refuse escapes that change the structure.
-    let mut decoded = String::with_capacity(path.len());
+    // Bytes, not chars: a non-ASCII byte is part of a UTF-8 sequence and is copied as it is.
+    let mut decoded: Vec<u8> = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -51,32 +58,31 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
             match v {
                 b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                 0x00..=0x1f | 0x7f => return Err(PathError::ControlChar),
-                _ if is_unreserved(v) => decoded.push(char::from(v)),
-                _ => {
-                    decoded.push('%');
-                    decoded.push(char::from(HEX[usize::from(v >> 4)]));
-                    decoded.push(char::from(HEX[usize::from(v & 0xf)]));
-                }
+                _ if is_unreserved(v) => decoded.push(v),
+                _ => decoded.extend_from_slice(&[b'%', HEX[usize::from(v >> 4)], HEX[usize::from(v & 0xf)]]),
             }
             i += 3;
         } else {
-            decoded.push(char::from(b));
+            decoded.push(b);
             i += 1;
         }
     }
+    // Only ASCII was decoded, and the rest is the input's own UTF-8.
+    let decoded = String::from_utf8(decoded).map_err(|_| PathError::BadEscape)?;
 
     // Pass 2: segments (RFC 3986 §5.2.4 remove_dot_segments, but `..` above root is an error).
-    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let last = decoded.rsplit('/').next().map_or("", bare);
+    let trailing = decoded.ends_with('/') || last == "." || last == "..";
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/') {
-        match seg {
+        match bare(seg) {
             "" | "." => {}
             ".." => {
                 if out.pop().is_none() {
                     return Err(PathError::AboveRoot);
                 }
             }
-            s => out.push(s),
+            _ => out.push(seg),
         }
     }
     let mut result = String::with_capacity(decoded.len());
@@ -88,6 +94,27 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
         result.push('/');
     }
     Ok(Cow::Owned(result))
+}
+
+/// A segment without its `;` parameters.
+fn bare(seg: &str) -> &str {
+    seg.split_once(';').map_or(seg, |(s, _)| s)
+}
+
+/// The path as a servlet container matches it: each segment without its `;` parameters.
+/// Routing uses this when parameters are kept, so `/admin;x/users` is matched as `/admin/users`.
+pub fn without_params(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(bare(seg));
+    }
+    Cow::Owned(out)
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -106,12 +133,15 @@ fn is_unreserved(c: u8) -> bool {
 }
 
 /// True when the path needs no rewriting. Errors on bytes that are refused wherever they appear.
-fn is_normal(bytes: &[u8]) -> Result<bool, PathError> {
+fn is_normal(bytes: &[u8], keep_params: bool) -> Result<bool, PathError> {
     let mut normal = true;
     let mut seg_start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         match b {
             b'\\' => return Err(PathError::Backslash),
+            // Kept: the slow path resolves `..;x` and `.;x` as dot segments.
+            b';' if keep_params => normal = false,
+            b';' => return Err(PathError::PathParams),
             0x00..=0x1f | 0x7f => return Err(PathError::ControlChar),
             b'%' => normal = false,
             b'/' => {
@@ -134,13 +164,45 @@ mod tests {
     use super::*;
 
     fn n(p: &str) -> Result<String, PathError> {
-        normalize_path(p).map(Cow::into_owned)
+        normalize_path(p, false).map(Cow::into_owned)
+    }
+
+    fn keep(p: &str) -> Result<String, PathError> {
+        normalize_path(p, true).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn path_parameters_are_refused_by_default() {
+        assert_eq!(n("/admin;x/users"), Err(PathError::PathParams));
+        assert_eq!(n("/acc/..;/admin"), Err(PathError::PathParams));
+        assert_eq!(n("/a;jsessionid=1"), Err(PathError::PathParams));
+        // An encoded `;` is data, not a parameter: servlet containers decode after stripping.
+        assert_eq!(n("/a%3Bb").unwrap(), "/a%3Bb");
+    }
+
+    #[test]
+    fn kept_path_parameters_still_resolve_dot_segments() {
+        assert_eq!(keep("/acc/..;/admin").unwrap(), "/admin");
+        assert_eq!(keep("/acc/..;x=1/admin").unwrap(), "/admin");
+        assert_eq!(keep("/acc/.;x/admin").unwrap(), "/acc/admin");
+        assert_eq!(keep("/a/b/..;").unwrap(), "/a/");
+        assert_eq!(keep("/..;/etc"), Err(PathError::AboveRoot));
+        assert_eq!(keep("/admin;x/users").unwrap(), "/admin;x/users");
+        assert_eq!(without_params("/admin;x/users;y=2"), "/admin/users");
+        assert!(matches!(without_params("/admin/users"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn non_ascii_bytes_survive_a_rewrite_unchanged() {
+        // A rewrite (here for `//`) must not turn UTF-8 bytes into Latin-1 characters.
+        assert_eq!(n("//caf\u{e9}/x").unwrap(), "/caf\u{e9}/x");
+        assert_eq!(n("/\u{65e5}\u{672c}/./x").unwrap(), "/\u{65e5}\u{672c}/x");
     }
 
     #[test]
     fn normal_paths_are_borrowed() {
         for p in ["/", "/a", "/a/b/", "/api/v1/users", "/a.b/c..d/.e"] {
-            assert!(matches!(normalize_path(p), Ok(Cow::Borrowed(_))), "{p}");
+            assert!(matches!(normalize_path(p, false), Ok(Cow::Borrowed(_))), "{p}");
         }
     }
 

@@ -11,8 +11,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 
-use super::body::{BodyError, InBody, RequestBody, ResponseBody};
-use super::migration::Side;
+use super::body::{InBody, RequestBody, ResponseBody};
 use super::route::Route;
 use super::{ConnInfo, RequestCtx};
 use crate::error::ProxyError;
@@ -20,28 +19,26 @@ use crate::translate::validate::SchemaCheck;
 use crate::translate::{Direction, DirectionPlan, Transform, TranslateError};
 use crate::upstream::Upstream;
 
-/// Forwards to `upstream`, speaking the dialect of `side`: its request transform before, its
-/// response transform after. Without a transform this is [`super::forward::forward`].
-#[allow(clippy::too_many_arguments)]
+/// Forwards to the upstream of `ctx.side`, speaking that side's dialect: its request transform
+/// before, its response transform after. Without a transform this is [`super::forward::forward`].
 pub async fn forward(
     req: Request<InBody>,
-    route: &Route,
-    side: Side,
-    upstream: &Arc<Upstream>,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
-    host: Option<HeaderValue>,
-    path: Option<String>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    match route.transform_for(side).cloned() {
-        None => super::forward::forward(req, upstream, conn, ctx, host, path).await,
+    let Some(route) = ctx.route.clone() else {
+        return Err(ProxyError::NoRoute);
+    };
+    let upstream = route.upstream_for(ctx.side).clone();
+    let path = ctx.path.clone();
+    match route.transform_for(ctx.side).cloned() {
+        None => super::forward::forward(req, &upstream, conn, ctx, path).await,
         // Boxed: the translation's state would otherwise make every request's future larger,
         // and moving it showed up as memmove in profiles of the plain route.
-        Some(t) => Box::pin(translated(t, req, route, upstream, conn, ctx, host, path)).await,
+        Some(t) => Box::pin(translated(t, req, &route, &upstream, conn, ctx, path)).await,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn translated(
     t: Arc<Transform>,
     req: Request<InBody>,
@@ -49,7 +46,6 @@ async fn translated(
     upstream: &Arc<Upstream>,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
-    host: Option<HeaderValue>,
     path: Option<String>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let mut req = req;
@@ -68,7 +64,7 @@ async fn translated(
         }
         None => (req, path),
     };
-    let resp = super::forward::forward(req, upstream, conn, ctx, host, path).await?;
+    let resp = super::forward::forward(req, upstream, conn, ctx, path).await?;
     match &t.response {
         Some(plan) => translate_response(plan, &t, resp, upstream)
             .await
@@ -155,9 +151,7 @@ pub async fn read_request(body: InBody, limit: u64, stall: std::time::Duration) 
             let (guarded, _) = RequestBody::guard(s, limit, stall);
             match guarded.collect().await {
                 Ok(c) => Ok(c.to_bytes()),
-                Err(BodyError::TooLarge(limit)) => Err(ProxyError::BodyTooLarge { limit }),
-                Err(BodyError::Timeout) => Err(ProxyError::BodyTimeout),
-                Err(BodyError::Read(e)) => Err(ProxyError::ClientBody(e.to_string())),
+                Err(e) => Err(ProxyError::from(e)),
             }
         }
     }

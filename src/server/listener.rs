@@ -20,9 +20,10 @@ use tokio_rustls::TlsAcceptor;
 
 use super::io::IdleIo;
 use super::tls;
-use crate::config::file::{ClientAuthMode, ListenerConfig, ListenerLimits};
+use crate::config::file::{ClientAuthMode, ListenerConfig, ListenerLimits, PathParamsMode};
 use crate::gateway::Shared;
 use crate::identity::client_cert::PeerCert;
+use crate::pipeline::trust::ProxyOnlyHeaders;
 use crate::pipeline::{self, ConnInfo};
 use crate::telemetry::metrics::{Metrics, CONNECTIONS_REJECTED, OPEN_CONNECTIONS, TLS_CERT_EXPIRY};
 
@@ -35,6 +36,10 @@ pub struct ListenerRuntime {
     pub certs: Vec<CertExpiry>,
     pub limits: ListenerLimits,
     pub trusted_proxies: Vec<IpNet>,
+    /// Removed from requests of peers that are not trusted proxies.
+    pub proxy_only: ProxyOnlyHeaders,
+    pub allowed_upgrades: Vec<String>,
+    pub path_params: PathParamsMode,
     builder: auto::Builder<TokioExecutor>,
 }
 
@@ -138,6 +143,26 @@ impl ListenerRuntime {
                 }
             }
         };
+        let proxy_only = ProxyOnlyHeaders::compile(&cfg.proxy_only_headers).unwrap_or_else(|e| {
+            problems.push(("proxy_only_headers".into(), e));
+            ProxyOnlyHeaders::default()
+        });
+        if let Some(bad) = cfg
+            .allowed_upgrades
+            .iter()
+            .find(|u| u.is_empty() || !u.bytes().all(|b| b.is_ascii_graphic() && b != b',' && b != b'/'))
+        {
+            problems.push((
+                "allowed_upgrades".into(),
+                format!("`{bad}` is not a protocol name (a token such as `websocket`)"),
+            ));
+        }
+        if cfg.allowed_upgrades.iter().any(|u| u.eq_ignore_ascii_case("h2c")) {
+            problems.push((
+                "allowed_upgrades".into(),
+                "`h2c` would open a tunnel past routing, identity and rate limits; ficus speaks h2c by prior knowledge instead".into(),
+            ));
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -167,6 +192,9 @@ impl ListenerRuntime {
             certs,
             limits,
             trusted_proxies: cfg.trusted_proxies.clone(),
+            proxy_only,
+            allowed_upgrades: cfg.allowed_upgrades.clone(),
+            path_params: cfg.path_params,
             builder,
         })
     }
