@@ -92,6 +92,9 @@ pub enum ProxyError {
         /// `RateLimit-Policy` / `RateLimit` (and legacy) headers of the decisions made.
         headers: Box<http::HeaderMap>,
     },
+    /// A bug: the request's handling panicked. The message is for the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl From<crate::pipeline::body::BodyError> for ProxyError {
@@ -144,7 +147,7 @@ impl ProxyError {
             Self::ClientCert(ClientCertError::NotAllowed { .. }) => StatusCode::FORBIDDEN,
             Self::IdempotencyKeyMissing | Self::IdempotencyKeyInvalid => StatusCode::BAD_REQUEST,
             Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
-            Self::InternalToken(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::InternalToken(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::TranslationFailed { .. } => StatusCode::BAD_GATEWAY,
@@ -187,6 +190,7 @@ impl ProxyError {
             Self::TranslationFailed { .. } => "translation-failed",
             Self::RequestTranslation(_) => "request-translation-failed",
             Self::SchemaViolation(_) => "schema-validation-failed",
+            Self::Internal(_) => "internal-error",
         }
     }
 
@@ -198,7 +202,7 @@ impl ProxyError {
             | Self::UpgradeFailed(_)
             | Self::CircuitOpen { .. }
             | Self::TranslationFailed { .. } => Source::Upstream,
-            Self::InternalToken(_) => Source::Internal,
+            Self::InternalToken(_) | Self::Internal(_) => Source::Internal,
             _ => Source::Downstream,
         }
     }
@@ -214,6 +218,8 @@ impl ProxyError {
             Self::ClientCert(ClientCertError::NotAllowed { .. }) => {
                 "the client certificate is not allowed on this route".to_string()
             }
+            // A panic message can hold request data and says nothing a client can act on.
+            Self::Internal(_) => "ficus failed while handling this request".to_string(),
             other => other.to_string(),
         };
         let mut resp = match self {
@@ -346,5 +352,21 @@ mod tests {
         assert_eq!(resp.status(), 404);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");
         assert_eq!(resp.headers()[crate::pipeline::X_REQUEST_ID], "abc");
+    }
+
+    #[tokio::test]
+    async fn internal_errors_are_500_internal_error_without_their_message() {
+        use http_body_util::BodyExt as _;
+        let e = ProxyError::Internal("index out of bounds: secret=hunter2".into());
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.kind(), "internal-error");
+        assert_eq!(e.source(), Source::Internal);
+        let resp = e.to_response(None);
+        assert_eq!(resp.status(), 500);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["type"], "urn:ficus:problem:internal-error");
+        assert!(!doc.to_string().contains("hunter2"), "{doc}");
     }
 }

@@ -339,6 +339,53 @@ async fn latin1_legacy_xml_arrives_as_utf8_json() {
 }
 
 #[tokio::test]
+async fn a_non_ascii_xml_encoding_in_a_request_is_a_400_problem_not_an_empty_reply() {
+    let (up, seen) = legacy(200, "application/json", b"{}".to_vec()).await;
+    let t = "    request:\n      content_types: [text/xml]\n      ops: [{ xml_to_json: {} }]";
+    let f = Ficus::start(&small_config(&up.url(), t)).await;
+    // The body: an unquoted, non-ASCII encoding and no charset in the Content-Type.
+    for body in [
+        "<?xml encoding=é?><order><id>1</id></order>".as_bytes().to_vec(),
+        b"<?xml encoding=\xe9?><order><id>1</id></order>".to_vec(),
+        "<?xml version=\"1.0\" encoding=\"é\"?><order/>"
+            .as_bytes()
+            .to_vec(),
+    ] {
+        let a = send(&client(), post(&f.url("/x"), "text/xml", body)).await;
+        a.assert_problem(400, "request-translation-failed");
+    }
+    let ok = send(
+        &client(),
+        post(
+            &f.url("/x"),
+            "text/xml",
+            "<?xml version=\"1.0\"?><order><id>1</id></order>",
+        ),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "only the well-formed body reaches the backend"
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_windows_1252_request_reaches_the_backend_as_utf8_with_the_euro_sign() {
+    let (up, seen) = legacy(200, "application/json", b"{}".to_vec()).await;
+    let t = "    request:\n      content_types: [text/xml]\n      ops: [{ xml_to_json: {} }]";
+    let f = Ficus::start(&small_config(&up.url(), t)).await;
+    let body = b"<?xml version=\"1.0\" encoding=\"windows-1252\"?><o><price>\x80 5</price></o>".to_vec();
+    let a = send(&client(), post(&f.url("/x"), "text/xml", body)).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let got: Value = serde_json::from_slice(&seen.lock().unwrap()[0].body).unwrap();
+    assert_eq!(got, json!({"price": "€ 5"}));
+    f.shutdown().await;
+}
+
+#[tokio::test]
 async fn malformed_client_json_for_a_translated_route_is_a_400() {
     let (up, seen) = legacy(200, "application/json", b"{}".to_vec()).await;
     let t = "    request:\n      ops: [{ json_to_xml: { root: r } }]";

@@ -117,6 +117,9 @@ fn flatten_json(path: &str, v: &serde_json::Value, rules: &DiffRules, out: &mut 
     }
 }
 
+/// Deeper XML is compared byte for byte, as translation refuses it (`translate::xml`).
+const MAX_XML_DEPTH: usize = 256;
+
 /// XML as leaves: `/Order/@id`, `/Order/Item[1]/#text`. Whitespace between elements, comments
 /// and attribute order do not count.
 fn flatten_xml(b: &[u8]) -> Option<BTreeMap<String, Leaf>> {
@@ -130,6 +133,10 @@ fn flatten_xml(b: &[u8]) -> Option<BTreeMap<String, Leaf>> {
     loop {
         match reader.read_event().ok()? {
             Event::Start(e) => {
+                // Every level's path repeats its parents', so deep nesting costs its square.
+                if stack.len() > MAX_XML_DEPTH {
+                    return None;
+                }
                 let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
                 let path = child_path(&mut stack, &name);
                 for a in e.attributes().flatten() {
@@ -200,23 +207,24 @@ fn pattern_covers(pattern: &str, path: &str) -> bool {
     let (mut i, mut j) = (0, 0);
     while i < p.len() {
         if p[i..].starts_with(b"[*]") {
-            if j >= s.len() || s[j] != b'[' {
+            if s.get(j) != Some(&b'[') {
                 return false;
             }
-            while j < s.len() && s[j] != b']' {
-                j += 1;
-            }
-            j += 1;
+            // Keys come from the backend's body: `{"x[": 1}` leaves a bracket unclosed.
+            let Some(close) = s[j..].iter().position(|b| *b == b']') else {
+                return false;
+            };
+            j += close + 1;
             i += 3;
         } else {
-            if j >= s.len() || p[i] != s[j] {
+            if s.get(j) != Some(&p[i]) {
                 return false;
             }
             i += 1;
             j += 1;
         }
     }
-    j == s.len() || s[j] == b'.' || s[j] == b'[' || s[j] == b'/'
+    j == s.len() || matches!(s.get(j), Some(b'.' | b'[' | b'/'))
 }
 
 fn compare(a: &BTreeMap<String, Leaf>, b: &BTreeMap<String, Leaf>, rules: &DiffRules) -> Vec<FieldDiff> {
@@ -286,6 +294,41 @@ mod tests {
         let d = diff_bodies("application/xml", a, b, &rules(&[]));
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!(d[0].path, "/Order/Item[1]/#text");
+    }
+
+    #[test]
+    fn a_key_with_an_unclosed_bracket_under_a_wildcard_pattern_is_compared_not_a_panic() {
+        // `{"x[": ..}` flattens to `$.x[`: the wildcard's scan for `]` ran off the end.
+        let a = br#"{"x[": 1, "y": 1}"#;
+        let b = br#"{"x[": 2, "y": 1}"#;
+        let d = diff_bodies("application/json", a, b, &rules(&["$.x[*]"]));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(pattern_covers("$.x[*]", "$.x[1]"));
+        assert!(!pattern_covers("$.x[*]", "$.x["));
+        assert!(!pattern_covers("$.x[*]", "$.x[1"));
+    }
+
+    #[test]
+    fn xml_nested_beyond_the_depth_limit_compares_as_bytes() {
+        // Each level's path is as long as the depth: without a limit, time and memory grow
+        // with its square (100 000 levels took 19 s).
+        let deep = |leaf: &str| format!("{}{leaf}{}", "<a>".repeat(1000), "</a>".repeat(1000));
+        let d = diff_bodies(
+            "text/xml",
+            deep("x").as_bytes(),
+            deep("y").as_bytes(),
+            &rules(&[]),
+        );
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].path, "body");
+        let shallow = |leaf: &str| format!("{}{leaf}{}", "<a>".repeat(100), "</a>".repeat(100));
+        let d = diff_bodies(
+            "text/xml",
+            shallow("x").as_bytes(),
+            shallow("y").as_bytes(),
+            &rules(&[]),
+        );
+        assert!(d[0].path.ends_with("/a/#text"), "{d:?}");
     }
 
     #[test]

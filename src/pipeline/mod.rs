@@ -171,7 +171,14 @@ impl Observation<'_> {
 
 impl Drop for Observation<'_> {
     fn drop(&mut self) {
-        if !self.done {
+        if self.done {
+            return;
+        }
+        // Dropped unanswered: hyper gave up on the request because the client went away, or a
+        // panic is unwinding (`server::contain` answers it with a 500).
+        if std::thread::panicking() {
+            self.record(http::StatusCode::INTERNAL_SERVER_ERROR, Some("internal-error"));
+        } else {
             self.record(crate::error::client_closed(), Some("client-closed"));
         }
     }

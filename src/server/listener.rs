@@ -24,7 +24,7 @@ use crate::config::file::{ClientAuthMode, ListenerConfig, ListenerLimits, PathPa
 use crate::gateway::Shared;
 use crate::identity::client_cert::PeerCert;
 use crate::pipeline::trust::ProxyOnlyHeaders;
-use crate::pipeline::{self, ConnInfo};
+use crate::pipeline::ConnInfo;
 use crate::telemetry::metrics::{Metrics, CONNECTIONS_REJECTED, OPEN_CONNECTIONS, TLS_CERT_EXPIRY};
 
 /// One listener's settings, compiled once per config snapshot.
@@ -290,7 +290,7 @@ async fn serve_connection<I>(
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(pipeline::handle(&shared, &conn, req).await) }
+        async move { Ok::<_, Infallible>(super::contain::handle(&shared, &conn, req).await) }
     });
     let connection = rt
         .builder

@@ -1,5 +1,6 @@
 //! Stage 1: accept connections, terminate TLS, enforce connection-level limits.
 
+pub mod contain;
 pub mod io;
 pub mod listener;
 pub mod tls;

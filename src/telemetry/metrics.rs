@@ -32,6 +32,7 @@ pub const RATELIMIT_DECISIONS: &str = "ficus_ratelimit_decisions_total";
 pub const RATELIMIT_STORE_ERRORS: &str = "ficus_ratelimit_store_errors_total";
 pub const RATELIMIT_REDIS_DURATION: &str = "ficus_ratelimit_redis_duration_seconds";
 pub const INTROSPECTIONS: &str = "ficus_introspection_total";
+pub const PANICS_TOTAL: &str = "ficus_panics_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -47,6 +48,8 @@ pub struct Metrics {
 struct Inner {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Registered up front so the series reads 0, not absent, until something panics.
+    panics: Counter,
 }
 
 impl Default for Metrics {
@@ -63,9 +66,19 @@ impl Metrics {
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
+        let panics = recorder.register_counter(&key(PANICS_TOTAL, &[]), &METADATA);
         Self {
-            inner: Arc::new(Inner { recorder, handle }),
+            inner: Arc::new(Inner {
+                recorder,
+                handle,
+                panics,
+            }),
         }
+    }
+
+    /// Requests whose handling panicked (answered 500 `internal-error`).
+    pub fn panics(&self) -> &Counter {
+        &self.inner.panics
     }
 
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {

@@ -157,13 +157,21 @@ impl DateFormat {
     }
 
     /// Reads a value into epoch milliseconds. Zone-less patterns are read at `offset`.
+    /// Instants outside the years 0000 to 9999 are refused: a backend's epoch number can be
+    /// anything, and the arithmetic that writes it back must not overflow.
     pub fn read(&self, v: &Value, zone: &Zone) -> Result<i64, String> {
-        match self {
-            Self::EpochSeconds => num(v).map(|n| n * 1000),
-            Self::EpochMillis => num(v),
-            Self::Rfc3339 => read_rfc3339(str_of(v)?),
-            Self::Pattern(tokens) => read_pattern(tokens, str_of(v)?, zone),
+        let ms = match self {
+            Self::EpochSeconds => num(v)?
+                .checked_mul(1000)
+                .ok_or_else(|| format!("{v} is out of range"))?,
+            Self::EpochMillis => num(v)?,
+            Self::Rfc3339 => read_rfc3339(str_of(v)?)?,
+            Self::Pattern(tokens) => read_pattern(tokens, str_of(v)?, zone)?,
+        };
+        if !(MIN_MS..=MAX_MS).contains(&ms) {
+            return Err(format!("{v} is outside the years 0000 to 9999"));
         }
+        Ok(ms)
     }
 
     pub fn write(&self, ms: i64, zone: &Zone) -> Value {
@@ -176,6 +184,10 @@ impl DateFormat {
         }
     }
 }
+
+/// 0000-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z.
+const MIN_MS: i64 = -62_167_219_200_000;
+const MAX_MS: i64 = 253_402_300_799_999;
 
 fn str_of(v: &Value) -> Result<&str, String> {
     v.as_str()
@@ -249,7 +261,8 @@ impl Civil {
     }
 
     fn from_millis(ms: i64, offset: i64) -> Self {
-        let local = ms + offset * 1000;
+        // `read` keeps instants in range; saturating keeps `write` panic-free for any caller.
+        let local = ms.saturating_add(offset.saturating_mul(1000));
         let days = local.div_euclid(86_400_000);
         let rem = local.rem_euclid(86_400_000);
         let (y, mo, d) = civil_from_days(days);
@@ -476,6 +489,32 @@ mod tests {
             .unwrap(),
             json!("14/11/2023 17:13")
         );
+    }
+
+    #[test]
+    fn epochs_beyond_year_9999_are_errors_not_overflows() {
+        let utc = Zone::Fixed(0);
+        assert!(DateFormat::EpochSeconds.read(&json!(i64::MAX), &utc).is_err());
+        assert!(DateFormat::EpochSeconds
+            .read(&json!("-9223372036854775"), &utc)
+            .is_err());
+        assert!(DateFormat::EpochMillis.read(&json!(i64::MIN), &utc).is_err());
+        assert_eq!(
+            DateFormat::Rfc3339.read(&json!("0000-01-01T00:00:00Z"), &utc),
+            Ok(MIN_MS)
+        );
+        assert_eq!(
+            DateFormat::Rfc3339.read(&json!("9999-12-31T23:59:59.999Z"), &utc),
+            Ok(MAX_MS)
+        );
+        assert!(DateFormat::Rfc3339
+            .read(&json!("9999-12-31T23:59:59.999-01:00"), &utc)
+            .is_err());
+        // Written back from anything, even what `read` would refuse, without overflowing.
+        let _ = DateFormat::Rfc3339.write(i64::MAX, &Zone::Fixed(50_400));
+        let _ = DateFormat::parse("yyyy-MM-dd")
+            .unwrap()
+            .write(i64::MIN, &Zone::Fixed(-43_200));
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub enum TranslateError {
     TooLarge { limit: u64 },
     #[error("the rewritten path is not valid: {0}")]
     BadPath(String),
+    #[error("the body's charset `{0}` is not supported")]
+    UnsupportedCharset(String),
 }
 
 /// Which way a plan runs; it decides what a failure means to the client.
