@@ -624,6 +624,12 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                         );
                     }
                 }
+                if m.fallback_non_idempotent && !m.fallback_to_legacy {
+                    bad(
+                        format!("{at}.migration.fallback_non_idempotent"),
+                        "needs `fallback_to_legacy: true`".into(),
+                    );
+                }
                 if !m.cohorts.is_empty() && m.sticky.is_none() {
                     bad(
                         format!("{at}.migration.cohorts"),

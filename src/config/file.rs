@@ -486,6 +486,10 @@ pub struct MigrationConfig {
     /// Request bodies up to this size are kept so that the fallback can resend them.
     #[serde(default = "default_retry_max_body")]
     pub fallback_max_body_bytes: ByteSize,
+    /// Also fall back with non-idempotent methods after modern may have received them: only when
+    /// the two sides deduplicate writes between them.
+    #[serde(default)]
+    pub fallback_non_idempotent: bool,
     /// Copies of requests to the side that is not serving, with the answers compared.
     #[serde(default)]
     pub shadow: Option<ShadowConfig>,
@@ -931,6 +935,10 @@ pub struct RetryConfig {
     /// Request bodies up to this size are kept for a retry; larger ones are not retried.
     #[serde(default = "default_retry_max_body")]
     pub max_body_bytes: ByteSize,
+    /// Also retry non-idempotent methods (POST, PATCH...) after the upstream may have received
+    /// them: only for upstreams that deduplicate writes themselves.
+    #[serde(default)]
+    pub non_idempotent: bool,
 }
 
 impl Default for RetryConfig {
@@ -945,6 +953,7 @@ impl Default for RetryConfig {
             budget_min_per_sec: default_retry_budget_min(),
             budget_window: default_retry_budget_window(),
             max_body_bytes: default_retry_max_body(),
+            non_idempotent: false,
         }
     }
 }

@@ -283,10 +283,9 @@ async fn dispatch(
     }
     let upgrade = context::is_upgrade_request(req.headers());
     let shadow = m.shadow.as_ref().filter(|s| !upgrade && s.wanted(req.method()));
-    let fallback = ctx.side == migration::Side::Modern
-        && m.fallback
-        && crate::upstream::retry::RetryPolicy::eligible(req.method(), req.headers())
-        && !upgrade;
+    // Any method may fall back after a connect error, so the request is kept whatever it is;
+    // `may_resend` decides once the failure is known.
+    let fallback = ctx.side == migration::Side::Modern && m.fallback && !upgrade;
     if shadow.is_none() && !fallback {
         let upstream = route.upstream_for(ctx.side).clone();
         return translate::forward(req, route, ctx.side, &upstream, conn, ctx, host, path).await;
@@ -346,15 +345,19 @@ async fn dispatch(
     )
     .await;
     if fallback {
+        use crate::upstream::retry::{may_resend, ResendCause};
         let reason = match &result {
-            Ok(r) if r.status().is_server_error() => Some("5xx"),
-            Err(ProxyError::UpstreamUnreachable { .. }) => Some("connect-error"),
-            Err(ProxyError::UpstreamTimeout { .. }) => Some("timeout"),
-            Err(ProxyError::UpstreamFailed { .. }) => Some("5xx"),
-            Err(ProxyError::CircuitOpen { .. }) => Some("circuit-open"),
+            Ok(r) if r.status().is_server_error() => Some(("5xx", ResendCause::Answered)),
+            Err(ProxyError::UpstreamUnreachable { .. }) => {
+                Some(("connect-error", ResendCause::ConnectFailed))
+            }
+            Err(ProxyError::UpstreamTimeout { .. }) => Some(("timeout", ResendCause::Interrupted)),
+            Err(ProxyError::UpstreamFailed { .. }) => Some(("5xx", ResendCause::Interrupted)),
+            Err(ProxyError::CircuitOpen { .. }) => Some(("circuit-open", ResendCause::BreakerRefused)),
             _ => None,
-        };
-        if let Some(reason) = reason {
+        }
+        .filter(|(_, cause)| may_resend(&again.method, *cause, m.fallback_non_idempotent));
+        if let Some((reason, _)) = reason {
             m.count_fallback(reason);
             tracing::info!(route = %route.name, reason, "modern failed; served by legacy");
             ctx.side = migration::Side::Legacy;
