@@ -715,7 +715,20 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 )
             }
         };
+        let mut idem_scope = None;
         if let Some(idem) = &r.idempotency {
+            if !idem.scope.is_empty() {
+                match crate::pipeline::ratelimit::KeySpec::parse(&idem.scope) {
+                    Ok(k) => idem_scope = Some(k),
+                    Err(reason) => bad(format!("{at}.idempotency.scope"), reason),
+                }
+            } else if r.identity.is_none() {
+                warnings.push(src.problem(
+                    &format!("{at}.idempotency"),
+                    "no `identity` and no `scope`: an Idempotency-Key from a caller without a client certificate gets 400"
+                        .to_string(),
+                ));
+            }
             if idem.ttl.is_zero() || idem.lock_timeout.is_zero() {
                 bad(
                     format!("{at}.idempotency.ttl"),
@@ -878,7 +891,10 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             query: query_conds,
             cookies: cookie_conds,
             migration,
-            idempotency: r.idempotency.as_ref().map(RouteIdempotency::new),
+            idempotency: r
+                .idempotency
+                .as_ref()
+                .map(|i| RouteIdempotency::new(i, idem_scope)),
             name: Arc::from(r.name.as_str()),
             hosts,
             path,

@@ -610,6 +610,10 @@ pub struct IdempotencyConfig {
     /// Outcomes kept for replay: statuses (`201`) or classes (`"2xx"`).
     #[serde(default = "default_idem_statuses")]
     pub store_statuses: Vec<StatusPattern>,
+    /// Whose keys these are when the caller has no verified identity, spelled like a rate-limit
+    /// key (`client_ip`, `header:<name>`...). Unset: such a caller's key is refused.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub scope: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -234,13 +234,13 @@ async fn run(
         // Stage 7: idempotency keys, around the rest of the pipeline.
         Some(idem) => {
             let store = &snap.idempotency_store;
-            // Without a token, a client certificate tells callers apart: otherwise they would all
-            // share the anonymous scope and could replay each other's answers.
-            let sub = ctx
-                .claims
-                .as_ref()
-                .and_then(|c| c.get_str("sub"))
-                .or_else(|| ctx.client_cert_identity().map(|p| format!("x509:{p}")));
+            let sub = idem.caller(&ratelimit::KeySource {
+                client: ctx.client,
+                route: &route.name,
+                headers: req.headers(),
+                claims: ctx.claims.as_deref(),
+                client_cert: ctx.client_cert_identity(),
+            });
             idempotency::handle(idem, store, &route.name, sub.as_deref(), req, |req| {
                 dispatch(req, &route, conn, ctx, host, path)
             })
