@@ -102,6 +102,14 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
     if cfg.listeners.is_empty() {
         bad("listeners".into(), "configure at least one listener".into());
     }
+    for (i, h) in cfg.admin.allowed_hosts.iter().enumerate() {
+        if !crate::admin::valid_host_name(h) {
+            bad(
+                format!("admin.allowed_hosts[{i}]"),
+                format!("`{h}` is not a host name (write it without scheme or port)"),
+            );
+        }
+    }
     // Not errors: valid, but probably not what was meant (or not for production).
     let mut warnings = Vec::new();
     let mut listeners = HashMap::new();

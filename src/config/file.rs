@@ -578,6 +578,10 @@ pub struct ShadowConfig {
     /// Append each mismatch as a JSON line to this file.
     #[serde(default)]
     pub diff_log: Option<PathBuf>,
+    /// Keep response values in diff samples (admin API, diff log). Off: only where the answers
+    /// differ and the kind of value each side had, since values may be personal data.
+    #[serde(default)]
+    pub record_values: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -768,6 +772,9 @@ pub struct AdminConfig {
     /// Name of the environment variable that holds the bearer token for state-changing calls.
     #[serde(default = "default_admin_token_env")]
     pub token_env: String,
+    /// Host names the admin API answers to, besides IP literals and `localhost` (any port).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -775,6 +782,7 @@ impl Default for AdminConfig {
         Self {
             bind: default_admin_bind(),
             token_env: default_admin_token_env(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
