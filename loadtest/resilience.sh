@@ -61,7 +61,7 @@ YAML
 }
 BR='    circuit_breaker: { window: 10s, min_requests: 20, failure_rate: 0.5 }'
 RT='    retry: { attempts: 2, budget: 0.2 }'
-IDEM='    idempotency: { ttl: 1h }'
+IDEM='    idempotency: { ttl: 1h, scope: client_ip }'
 run "plain GET" "" "" ""
 run "GET + breaker + retry" "$BR
 $RT" "" ""

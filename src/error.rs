@@ -75,6 +75,8 @@ pub enum ProxyError {
     IdempotencyKeyInFlight,
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyKeyReused,
+    #[error("an Idempotency-Key on this route needs a verified caller (a token or a client certificate) or the route's scope key")]
+    IdempotencyScopeMissing,
     #[error("the idempotency store is unavailable: {0}")]
     IdempotencyStore(String),
     #[error("the backend's answer could not be translated: {reason}")]
@@ -145,7 +147,9 @@ impl ProxyError {
             Self::InsufficientScope { .. } | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::ClientCert(ClientCertError::Missing) => StatusCode::UNAUTHORIZED,
             Self::ClientCert(ClientCertError::NotAllowed { .. }) => StatusCode::FORBIDDEN,
-            Self::IdempotencyKeyMissing | Self::IdempotencyKeyInvalid => StatusCode::BAD_REQUEST,
+            Self::IdempotencyKeyMissing | Self::IdempotencyKeyInvalid | Self::IdempotencyScopeMissing => {
+                StatusCode::BAD_REQUEST
+            }
             Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
             Self::InternalToken(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -186,6 +190,7 @@ impl ProxyError {
             Self::IdempotencyKeyInvalid => "idempotency-key-invalid",
             Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
             Self::IdempotencyKeyReused => "idempotency-key-reused",
+            Self::IdempotencyScopeMissing => "idempotency-scope-missing",
             Self::IdempotencyStore(_) => "idempotency-store-unavailable",
             Self::TranslationFailed { .. } => "translation-failed",
             Self::RequestTranslation(_) => "request-translation-failed",

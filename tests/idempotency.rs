@@ -53,7 +53,7 @@ fn post(url: String, key: Option<&str>, body: &'static str) -> Request<Body> {
 #[tokio::test]
 async fn completed_key_replays_the_stored_response() {
     let up = counting(Duration::ZERO).await;
-    let f = Ficus::start(&idem_config(&up.url(), "ttl: 1h", "")).await;
+    let f = Ficus::start(&idem_config(&up.url(), "ttl: 1h, scope: client_ip", "")).await;
     let c = client();
     let first = send(&c, post(f.url("/orders"), Some("key-1"), "{\"item\":1}")).await;
     assert_eq!(first.status, 201);
@@ -80,7 +80,7 @@ async fn completed_key_replays_the_stored_response() {
 #[tokio::test]
 async fn same_key_with_a_different_body_gets_422() {
     let up = counting(Duration::ZERO).await;
-    let f = Ficus::start(&idem_config(&up.url(), "ttl: 1h", "")).await;
+    let f = Ficus::start(&idem_config(&up.url(), "ttl: 1h, scope: client_ip", "")).await;
     let c = client();
     assert_eq!(
         send(&c, post(f.url("/orders"), Some("k"), "{\"item\":1}"))
@@ -98,7 +98,7 @@ async fn same_key_with_a_different_body_gets_422() {
 #[tokio::test]
 async fn required_key_is_enforced_and_validated() {
     let up = counting(Duration::ZERO).await;
-    let f = Ficus::start(&idem_config(&up.url(), "required: true", "")).await;
+    let f = Ficus::start(&idem_config(&up.url(), "required: true, scope: client_ip", "")).await;
     let c = client();
     send(&c, post(f.url("/orders"), None, "{}"))
         .await
@@ -129,7 +129,12 @@ async fn outcomes_not_configured_to_be_kept_free_the_key() {
         }
     })
     .await;
-    let f = Ficus::start(&idem_config(&up.url(), "store_statuses: ['2xx']", "")).await;
+    let f = Ficus::start(&idem_config(
+        &up.url(),
+        "store_statuses: ['2xx'], scope: client_ip",
+        "",
+    ))
+    .await;
     let c = client();
     assert_eq!(send(&c, post(f.url("/o"), Some("k"), "{}")).await.status, 500);
     let second = send(&c, post(f.url("/o"), Some("k"), "{}")).await;
@@ -160,7 +165,7 @@ async fn fire_50(urls: &[String]) -> Vec<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_identical_posts_reach_the_upstream_once() {
     let up = counting(Duration::from_millis(500)).await;
-    let f = Ficus::start(&idem_config(&up.url(), "ttl: 1h", "")).await;
+    let f = Ficus::start(&idem_config(&up.url(), "ttl: 1h, scope: client_ip", "")).await;
     let statuses = fire_50(&[f.url("/orders")]).await;
     assert_eq!(up.hits(), 1, "statuses: {statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
@@ -180,8 +185,8 @@ async fn two_instances_sharing_redis_let_exactly_one_through() {
     let redis = Redis::start().await;
     let up = counting(Duration::from_millis(500)).await;
     let store = format!("redis_url: '{}', key_prefix: 'test:'", redis.url);
-    let a = Ficus::start(&idem_config(&up.url(), "ttl: 1h", &store)).await;
-    let b = Ficus::start(&idem_config(&up.url(), "ttl: 1h", &store)).await;
+    let a = Ficus::start(&idem_config(&up.url(), "ttl: 1h, scope: client_ip", &store)).await;
+    let b = Ficus::start(&idem_config(&up.url(), "ttl: 1h, scope: client_ip", &store)).await;
     let statuses = fire_50(&[a.url("/orders"), b.url("/orders")]).await;
     assert_eq!(up.hits(), 1, "statuses: {statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
@@ -214,10 +219,111 @@ async fn unreachable_redis_fails_closed_with_503() {
     let port = free_port();
     let up = counting(Duration::ZERO).await;
     let store = format!("redis_url: 'redis://127.0.0.1:{port}'");
-    let f = Ficus::start(&idem_config(&up.url(), "ttl: 1h", &store)).await;
+    let f = Ficus::start(&idem_config(&up.url(), "ttl: 1h, scope: client_ip", &store)).await;
     send(&client(), post(f.url("/orders"), Some("k"), "{}"))
         .await
         .assert_problem(503, "idempotency-store-unavailable");
     assert_eq!(up.hits(), 0, "never sent without the lock");
     f.shutdown().await;
+}
+
+/// Answers 201 with a session cookie naming the caller (`x-caller`) and the call number.
+async fn cookie_setting() -> Upstream {
+    let n = Arc::new(AtomicUsize::new(0));
+    Upstream::start(move |req: Request<Incoming>| {
+        let call = n.fetch_add(1, Ordering::SeqCst) + 1;
+        let caller = req
+            .headers()
+            .get("x-caller")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("nobody")
+            .to_string();
+        async move {
+            let mut r = Response::new(full(format!("{{\"order\":{call},\"for\":\"{caller}\"}}")));
+            *r.status_mut() = StatusCode::CREATED;
+            r.headers_mut().insert(
+                "set-cookie",
+                format!("session={caller}; HttpOnly").parse().unwrap(),
+            );
+            r
+        }
+    })
+    .await
+}
+
+fn post_as(url: String, caller: &str, tenant: Option<&str>) -> Request<Body> {
+    let mut b = Request::post(url)
+        .header("idempotency-key", "same-key")
+        .header("x-caller", caller);
+    if let Some(t) = tenant {
+        b = b.header("x-tenant", t);
+    }
+    b.body(full("{\"item\":1}")).unwrap()
+}
+
+/// Without a verified identity every caller used to share one scope: the second caller got the
+/// first one's stored answer, session cookie included. Such a key is now refused unless the
+/// route names a scope key.
+#[tokio::test]
+async fn anonymous_callers_with_the_same_key_do_not_get_each_others_response() {
+    let up = cookie_setting().await;
+    let f = Ficus::start(&idem_config(&up.url(), "ttl: 1h", "")).await;
+    let c = client();
+    for caller in ["alice", "mallory"] {
+        let a = send(&c, post_as(f.url("/orders"), caller, None)).await;
+        a.assert_problem(400, "idempotency-scope-missing");
+        assert!(!a.headers.contains_key("set-cookie"), "{caller}");
+    }
+    assert_eq!(up.hits(), 0, "refused before the upstream");
+    // Requests without a key are not idempotency-managed: they pass as before.
+    assert_eq!(send(&c, post(f.url("/orders"), None, "{}")).await.status, 201);
+    f.shutdown().await;
+
+    // With a scope key, each tenant has its own keys.
+    let up = cookie_setting().await;
+    let f = Ficus::start(&idem_config(&up.url(), "ttl: 1h, scope: header:x-tenant", "")).await;
+    let a = send(&c, post_as(f.url("/orders"), "alice", Some("acme"))).await;
+    let m = send(&c, post_as(f.url("/orders"), "mallory", Some("globex"))).await;
+    assert_eq!((a.status.as_u16(), m.status.as_u16()), (201, 201));
+    assert!(!m.headers.contains_key("idempotency-replayed"));
+    assert_eq!(m.headers["set-cookie"], "session=mallory; HttpOnly");
+    assert_eq!(up.hits(), 2, "same key, two scopes: two orders");
+    let again = send(&c, post_as(f.url("/orders"), "alice", Some("acme"))).await;
+    assert_eq!(again.headers["idempotency-replayed"], "true");
+    assert_eq!(again.body, a.body);
+    // The scope key missing from the request: no scope, refused.
+    send(&c, post_as(f.url("/orders"), "alice", None))
+        .await
+        .assert_problem(400, "idempotency-scope-missing");
+    assert_eq!(up.hits(), 2);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replayed_response_carries_no_set_cookie() {
+    let up = cookie_setting().await;
+    let f = Ficus::start(&idem_config(&up.url(), "ttl: 1h, scope: client_ip", "")).await;
+    let c = client();
+    let first = send(&c, post_as(f.url("/orders"), "alice", None)).await;
+    assert_eq!(first.status, 201);
+    assert_eq!(
+        first.headers["set-cookie"], "session=alice; HttpOnly",
+        "the live answer keeps its cookie"
+    );
+    let again = send(&c, post_as(f.url("/orders"), "alice", None)).await;
+    assert_eq!(again.headers["idempotency-replayed"], "true");
+    assert_eq!(again.body, first.body);
+    assert!(!again.headers.contains_key("set-cookie"), "{:?}", again.headers);
+    assert_eq!(up.hits(), 1);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unknown_scope_key_is_a_config_error() {
+    let yaml = idem_config("http://127.0.0.1:9", "scope: [header:x-tenant, tenant]", "");
+    let err = Ficus::try_start(&yaml).await.err().expect("refused").to_string();
+    assert!(
+        err.contains("routes[0].idempotency.scope: `tenant` is not a key part"),
+        "{err}"
+    );
 }

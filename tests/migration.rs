@@ -199,7 +199,7 @@ async fn failed_modern_calls_fall_back_to_legacy_for_retryable_requests() {
     )
     .await;
     assert_eq!((put.status.as_u16(), put.echoed().body_len), (200, 9));
-    // A POST without an Idempotency-Key is not retryable: the client sees modern's answer.
+    // A POST that modern received is never resent: the client sees modern's answer.
     let post = send(&c, Request::post(f.url("/orders")).body(full("{}")).unwrap()).await;
     assert_eq!(post.status, 503);
     assert_eq!(broken.hits(), 3);
@@ -318,4 +318,96 @@ async fn open_breaker_on_modern_falls_back_to_legacy() {
         "{m}"
     );
     f.shutdown().await;
+}
+
+/// A backend that ignores `Idempotency-Key` would execute the write twice: once on modern, once
+/// on legacy. The client gets modern's answer instead.
+#[tokio::test]
+async fn post_is_not_replayed_on_legacy_when_modern_answers_5xx() {
+    let legacy = Upstream::echo_named("legacy").await;
+    let broken = Upstream::start(|_req: Request<Incoming>| async move {
+        let mut r = Response::new(full("modern is down"));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        r
+    })
+    .await;
+    let f = Ficus::start(&migration_config(
+        &legacy.url(),
+        &broken.url(),
+        "modern_percent: 100\n      fallback_to_legacy: true",
+    ))
+    .await;
+    let c = client();
+    let keyed = Request::post(f.url("/orders"))
+        .header("idempotency-key", "order-1")
+        .body(full("{}"))
+        .unwrap();
+    let a = send(&c, keyed).await;
+    assert_eq!((a.status.as_u16(), a.text().as_str()), (503, "modern is down"));
+    assert_eq!((broken.hits(), legacy.hits()), (1, 0));
+    // A GET still falls back.
+    assert_eq!(side_of(&c, f.url("/orders/1"), None).await, "legacy");
+    f.shutdown().await;
+}
+
+/// A refused connection to modern proves the POST never left ficus: legacy may serve it.
+#[tokio::test]
+async fn post_falls_back_to_legacy_when_modern_is_unreachable() {
+    let legacy = Upstream::echo_named("legacy").await;
+    let dead = free_port();
+    let f = Ficus::start(&migration_config(
+        &legacy.url(),
+        &format!("http://127.0.0.1:{dead}"),
+        "modern_percent: 100\n      fallback_to_legacy: true",
+    ))
+    .await;
+    let a = send(
+        &client(),
+        Request::post(f.url("/orders")).body(full("{\"q\":1}")).unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let e = a.echoed();
+    assert_eq!((e.name.as_str(), e.body_len), ("legacy", 7));
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn post_falls_back_on_5xx_when_the_route_opts_in() {
+    let legacy = Upstream::echo_named("legacy").await;
+    let broken = Upstream::start(|_req: Request<Incoming>| async move {
+        let mut r = Response::new(full("modern is down"));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        r
+    })
+    .await;
+    let f = Ficus::start(&migration_config(
+        &legacy.url(),
+        &broken.url(),
+        "modern_percent: 100\n      fallback_to_legacy: true\n      fallback_non_idempotent: true",
+    ))
+    .await;
+    let a = send(
+        &client(),
+        Request::post(f.url("/orders")).body(full("{}")).unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.echoed().name, "legacy");
+    assert_eq!((broken.hits(), legacy.hits()), (1, 1));
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_non_idempotent_fallback_opt_in_needs_the_fallback() {
+    let yaml = migration_config(
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9",
+        "fallback_non_idempotent: true",
+    );
+    let err = Ficus::try_start(&yaml).await.err().expect("refused").to_string();
+    assert!(
+        err.contains("routes[0].migration.fallback_non_idempotent: needs `fallback_to_legacy: true`"),
+        "{err}"
+    );
 }

@@ -701,12 +701,16 @@ fn diff_rules() -> impl Strategy<Value = DiffRules> {
         prop::collection::vec(diff_pattern(), 0..4),
         any::<bool>(),
         prop_oneof![Just(0.0), 0.0f64..10.0],
+        any::<bool>(),
     )
-        .prop_map(|(ignore, ignore_array_order, numeric_tolerance)| DiffRules {
-            ignore,
-            numeric_tolerance,
-            ignore_array_order,
-        })
+        .prop_map(
+            |(ignore, ignore_array_order, numeric_tolerance, redact_values)| DiffRules {
+                ignore,
+                numeric_tolerance,
+                ignore_array_order,
+                redact_values,
+            },
+        )
 }
 
 fn diff_body() -> impl Strategy<Value = Vec<u8>> {

@@ -164,6 +164,59 @@ async fn health_and_readiness_endpoints_answer() {
     f.shutdown().await;
 }
 
+/// DNS rebinding: a page on evil.example re-points its name at 127.0.0.1, and the browser then
+/// reads the admin API as same-origin, but still sends `Host: evil.example`.
+#[tokio::test]
+async fn admin_answers_only_ip_literals_localhost_and_allowed_host_names() {
+    let a = Upstream::echo().await;
+    let yaml = basic_config(&a.url()).replace(
+        "admin:\n  bind: 127.0.0.1:0",
+        "admin:\n  bind: 127.0.0.1:0\n  allowed_hosts: [ficus-admin.internal]",
+    );
+    let f = Ficus::start(&yaml).await;
+    let port = f.admin.port();
+    let c = client();
+    let with_host = |path: &str, host: &str| {
+        Request::get(f.admin_url(path))
+            .header("host", host)
+            .body(empty())
+            .unwrap()
+    };
+    for host in [
+        "evil.example".to_string(),
+        format!("evil.example:{port}"),
+        format!("127.0.0.1.nip.io:{port}"),
+        format!("localhost.evil.example:{port}"),
+        "ficus-admin.internal.evil.example".to_string(),
+        "2130706433".to_string(),
+    ] {
+        for path in ["/admin/config", "/metrics", "/admin/ui"] {
+            let r = send(&c, with_host(path, &host)).await;
+            r.assert_problem(421, "misdirected-request");
+        }
+    }
+    for host in [
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_string(),
+        "localhost".to_string(),
+        format!("LocalHost:{port}"),
+        format!("[::1]:{port}"),
+        "[::1]".to_string(),
+        format!("Ficus-Admin.internal:{port}"),
+    ] {
+        let r = send(&c, with_host("/admin/config", &host)).await;
+        assert_eq!(r.status, 200, "{host}: {}", r.text());
+    }
+    // Two Host headers: whichever one something reads, refuse.
+    let raw_answer = raw(
+        f.admin,
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&raw_answer), 421, "{raw_answer}");
+    f.shutdown().await;
+}
+
 #[tokio::test]
 async fn changed_config_file_is_reloaded_by_the_watcher() {
     let a = Upstream::echo_named("a").await;
@@ -322,4 +375,18 @@ async fn status_page_is_served_self_contained() {
         "no CDN, nothing external"
     );
     f.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_admin_allowed_host_with_a_port_is_a_config_error() {
+    let yaml = basic_config("http://127.0.0.1:9").replace(
+        "admin:\n  bind: 127.0.0.1:0",
+        "admin:\n  bind: 127.0.0.1:0\n  allowed_hosts: [ok.internal, 'admin.internal:9901']",
+    );
+    let err = Ficus::try_start(&yaml).await.err().expect("refused").to_string();
+    assert!(
+        err.contains("admin.allowed_hosts[1]: `admin.internal:9901` is not a host name"),
+        "{err}"
+    );
+    assert!(!err.contains("allowed_hosts[0]"), "{err}");
 }

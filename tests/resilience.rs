@@ -223,27 +223,105 @@ async fn retries_stop_after_the_configured_attempts() {
     f.shutdown().await;
 }
 
+/// An `Idempotency-Key` is a promise the backend may not keep: ficus does not resend a POST
+/// the upstream may have received, key or not.
 #[tokio::test]
-async fn post_is_retried_only_with_an_idempotency_key_and_with_the_same_body() {
+async fn post_with_an_idempotency_key_is_sent_once_to_an_upstream_that_answers_503() {
     let up = fails_first(1).await;
     let f = Ficus::start(&with_retry(&up.url(), &format!("'{}'", up.url()), FAST)).await;
     let c = client();
-    let plain = send(&c, Request::post(f.url("/p")).body(full("0123456789")).unwrap()).await;
-    assert_eq!(plain.status, 503, "a POST without a key is never retried");
-    assert_eq!(up.hits(), 1);
-
-    let up = fails_first(1).await;
-    let f2 = Ficus::start(&with_retry(&up.url(), &format!("'{}'", up.url()), FAST)).await;
-    let keyed = Request::post(f2.url("/p"))
+    let keyed = Request::post(f.url("/p"))
         .header("idempotency-key", "k-1")
         .body(full("0123456789"))
         .unwrap();
-    let a = send(&c, keyed).await;
+    assert_eq!(
+        send(&c, keyed).await.status,
+        503,
+        "modern's answer, not a retry's"
+    );
+    assert_eq!(up.hits(), 1);
+    let plain = send(&c, Request::post(f.url("/p")).body(full("0123456789")).unwrap()).await;
+    assert_eq!(
+        plain.status, 200,
+        "the upstream now answers 200 (the first call failed)"
+    );
+    assert_eq!(up.hits(), 2, "a POST without a key is not retried either");
+    f.shutdown().await;
+}
+
+/// An upstream that reads the request and then resets the connection (RST), counting accepts.
+async fn resetting() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = tcp.read(&mut buf).await;
+            #[allow(deprecated)]
+            let _ = tcp.set_linger(Some(Duration::ZERO));
+            drop(tcp);
+        }
+    });
+    (format!("http://{addr}"), accepted)
+}
+
+#[tokio::test]
+async fn post_with_an_idempotency_key_is_sent_once_to_an_upstream_that_resets() {
+    let (url, accepted) = resetting().await;
+    let f = Ficus::start(&with_retry(&url, &format!("'{url}'"), FAST)).await;
+    let keyed = Request::post(f.url("/p"))
+        .header("idempotency-key", "k-1")
+        .body(full("0123456789"))
+        .unwrap();
+    send(&client(), keyed)
+        .await
+        .assert_problem(502, "upstream-failed");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the reset POST is not resent");
+    // A GET is still retried after a reset.
+    get(&f.url("/g")).await.assert_problem(502, "upstream-failed");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "a GET: the first try and two retries"
+    );
+    f.shutdown().await;
+}
+
+/// A refused connection proves that nothing was sent: any method is retried on another endpoint.
+#[tokio::test]
+async fn post_to_an_unreachable_endpoint_is_retried_on_a_working_one() {
+    let up = Upstream::echo().await;
+    let dead = free_port();
+    let endpoints = format!("'http://127.0.0.1:{dead}', '{}'", up.url());
+    let f = Ficus::start(&with_retry(&up.url(), &endpoints, FAST)).await;
+    let c = client();
+    for _ in 0..4 {
+        let a = send(&c, Request::post(f.url("/p")).body(full("0123456789")).unwrap()).await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(a.echoed().body_len, 10, "the retry carries the whole body");
+    }
+    assert_eq!(up.hits(), 4);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn post_is_retried_after_a_503_when_the_upstream_opts_in() {
+    let up = fails_first(1).await;
+    let retry = format!("{FAST}, non_idempotent: true");
+    let f = Ficus::start(&with_retry(&up.url(), &format!("'{}'", up.url()), &retry)).await;
+    let a = send(
+        &client(),
+        Request::post(f.url("/p")).body(full("0123456789")).unwrap(),
+    )
+    .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.echoed().body_len, 10, "the retry carries the whole body again");
     assert_eq!(up.hits(), 2);
     f.shutdown().await;
-    f2.shutdown().await;
 }
 
 #[tokio::test]

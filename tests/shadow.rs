@@ -79,7 +79,7 @@ async fn mismatches_are_recorded_field_by_field_and_ignore_rules_hold() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("diffs.jsonl");
     let shadow = format!(
-        "percent: 100, ignore: ['$.generatedAt'], diff_log: '{}'",
+        "percent: 100, ignore: ['$.generatedAt'], record_values: true, diff_log: '{}'",
         log.display()
     );
     let f = Ficus::start(&config(&legacy.url(), &modern.url(), &shadow)).await;
@@ -198,4 +198,68 @@ async fn a_hanging_shadow_never_slows_or_fails_the_primary() {
         .await
     );
     f.shutdown().await;
+}
+
+/// Response values may be personal data: by default a diff sample keeps where the answers differ
+/// and what kind of value each side had, not the values, in the admin API and the diff log.
+#[tokio::test]
+async fn diff_samples_show_no_values_unless_the_shadow_records_them() {
+    let legacy = json_upstream(r#"{"email":"alice@example.com","total":10,"vip":true}"#).await;
+    let modern = json_upstream(r#"{"email":"bob@example.org","total":11,"vip":false,"note":null}"#).await;
+    for record in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("diffs.jsonl");
+        let shadow = format!(
+            "percent: 100, record_values: {record}, diff_log: '{}'",
+            log.display()
+        );
+        let f = Ficus::start(&config(&legacy.url(), &modern.url(), &shadow)).await;
+        assert_eq!(get(&f.url("/orders/7")).await.status, 200);
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                comparisons(&f, "mismatch").await == 1.0
+                    && std::fs::read_to_string(&log).is_ok_and(|t| !t.is_empty())
+            })
+            .await
+        );
+        let page = get(&f.admin_url("/admin/diffs?route=orders")).await;
+        let diffs = page.json();
+        let d = &diffs["diffs"][0]["diffs"];
+        let by_path = |p: &str| {
+            d.as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["path"] == p)
+                .unwrap_or_else(|| panic!("no {p} in {d}"))
+                .clone()
+        };
+        let paths: Vec<&str> = d
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["$.email", "$.note", "$.total", "$.vip"], "{diffs}");
+        let logged = std::fs::read_to_string(&log).unwrap();
+        if record {
+            assert_eq!(by_path("$.email")["primary"], "\"alice@example.com\"");
+            assert_eq!(by_path("$.total")["shadow"], "11");
+            assert!(logged.contains("alice@example.com"), "{logged}");
+        } else {
+            let first: serde_json::Value = serde_json::from_str(logged.lines().next().unwrap()).unwrap();
+            for (text, what) in [(d.to_string(), "admin"), (first["diffs"].to_string(), "diff log")] {
+                for value in ["alice", "bob", "10", "11", "true", "false"] {
+                    assert!(!text.contains(value), "{what} shows `{value}`: {text}");
+                }
+            }
+            assert_eq!(by_path("$.email")["primary"], "<string, 17 chars>");
+            assert_eq!(by_path("$.email")["shadow"], "<string, 15 chars>");
+            assert_eq!(by_path("$.total")["primary"], "<number>");
+            assert_eq!(by_path("$.vip")["shadow"], "<boolean>");
+            // Present on one side only: that much is kept.
+            assert_eq!(by_path("$.note")["primary"], serde_json::Value::Null);
+            assert_eq!(by_path("$.note")["shadow"], "null");
+        }
+        f.shutdown().await;
+    }
 }

@@ -103,6 +103,14 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
     if cfg.listeners.is_empty() {
         bad("listeners".into(), "configure at least one listener".into());
     }
+    for (i, h) in cfg.admin.allowed_hosts.iter().enumerate() {
+        if !crate::admin::valid_host_name(h) {
+            bad(
+                format!("admin.allowed_hosts[{i}]"),
+                format!("`{h}` is not a host name (write it without scheme or port)"),
+            );
+        }
+    }
     // Not errors: valid, but probably not what was meant (or not for production).
     let mut warnings = Vec::new();
     let mut listeners = HashMap::new();
@@ -625,6 +633,12 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                         );
                     }
                 }
+                if m.fallback_non_idempotent && !m.fallback_to_legacy {
+                    bad(
+                        format!("{at}.migration.fallback_non_idempotent"),
+                        "needs `fallback_to_legacy: true`".into(),
+                    );
+                }
                 if !m.cohorts.is_empty() && m.sticky.is_none() {
                     bad(
                         format!("{at}.migration.cohorts"),
@@ -710,7 +724,20 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 )
             }
         };
+        let mut idem_scope = None;
         if let Some(idem) = &r.idempotency {
+            if !idem.scope.is_empty() {
+                match crate::pipeline::ratelimit::KeySpec::parse(&idem.scope) {
+                    Ok(k) => idem_scope = Some(k),
+                    Err(reason) => bad(format!("{at}.idempotency.scope"), reason),
+                }
+            } else if r.identity.is_none() {
+                warnings.push(src.problem(
+                    &format!("{at}.idempotency"),
+                    "no `identity` and no `scope`: an Idempotency-Key from a caller without a client certificate gets 400"
+                        .to_string(),
+                ));
+            }
             if idem.ttl.is_zero() || idem.lock_timeout.is_zero() {
                 bad(
                     format!("{at}.idempotency.ttl"),
@@ -873,7 +900,10 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             query: query_conds,
             cookies: cookie_conds,
             migration,
-            idempotency: r.idempotency.as_ref().map(RouteIdempotency::new),
+            idempotency: r
+                .idempotency
+                .as_ref()
+                .map(|i| RouteIdempotency::new(i, idem_scope)),
             name: Arc::from(r.name.as_str()),
             hosts,
             path,

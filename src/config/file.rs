@@ -499,6 +499,10 @@ pub struct MigrationConfig {
     /// Request bodies up to this size are kept so that the fallback can resend them.
     #[serde(default = "default_retry_max_body")]
     pub fallback_max_body_bytes: ByteSize,
+    /// Also fall back with non-idempotent methods after modern may have received them: only when
+    /// the two sides deduplicate writes between them.
+    #[serde(default)]
+    pub fallback_non_idempotent: bool,
     /// Copies of requests to the side that is not serving, with the answers compared.
     #[serde(default)]
     pub shadow: Option<ShadowConfig>,
@@ -587,6 +591,10 @@ pub struct ShadowConfig {
     /// Append each mismatch as a JSON line to this file.
     #[serde(default)]
     pub diff_log: Option<PathBuf>,
+    /// Keep response values in diff samples (admin API, diff log). Off: only where the answers
+    /// differ and the kind of value each side had, since values may be personal data.
+    #[serde(default)]
+    pub record_values: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -619,6 +627,10 @@ pub struct IdempotencyConfig {
     /// Outcomes kept for replay: statuses (`201`) or classes (`"2xx"`).
     #[serde(default = "default_idem_statuses")]
     pub store_statuses: Vec<StatusPattern>,
+    /// Whose keys these are when the caller has no verified identity, spelled like a rate-limit
+    /// key (`client_ip`, `header:<name>`...). Unset: such a caller's key is refused.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub scope: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -807,6 +819,9 @@ pub struct AdminConfig {
     /// Name of the environment variable that holds the bearer token for state-changing calls.
     #[serde(default = "default_admin_token_env")]
     pub token_env: String,
+    /// Host names the admin API answers to, besides IP literals and `localhost` (any port).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -814,6 +829,7 @@ impl Default for AdminConfig {
         Self {
             bind: default_admin_bind(),
             token_env: default_admin_token_env(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -978,6 +994,10 @@ pub struct RetryConfig {
     /// Request bodies up to this size are kept for a retry; larger ones are not retried.
     #[serde(default = "default_retry_max_body")]
     pub max_body_bytes: ByteSize,
+    /// Also retry non-idempotent methods (POST, PATCH...) after the upstream may have received
+    /// them: only for upstreams that deduplicate writes themselves.
+    #[serde(default)]
+    pub non_idempotent: bool,
 }
 
 impl Default for RetryConfig {
@@ -992,6 +1012,7 @@ impl Default for RetryConfig {
             budget_min_per_sec: default_retry_budget_min(),
             budget_window: default_retry_budget_window(),
             max_body_bytes: default_retry_max_body(),
+            non_idempotent: false,
         }
     }
 }

@@ -13,6 +13,9 @@ pub struct DiffRules {
     pub ignore: Vec<String>,
     pub numeric_tolerance: f64,
     pub ignore_array_order: bool,
+    /// Report the kind of each differing value (`<string, 12 chars>`, `<number>`) instead of the
+    /// value: response fields may be personal data.
+    pub redact_values: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -28,6 +31,8 @@ enum Leaf {
     Bool(bool),
     Number(f64),
     Text(String),
+    /// `{}` or `[]`: an empty object or array.
+    Empty(&'static str),
 }
 
 impl Leaf {
@@ -37,8 +42,25 @@ impl Leaf {
             Self::Bool(b) => b.to_string(),
             Self::Number(n) => n.to_string(),
             Self::Text(t) => format!("{t:?}"),
+            Self::Empty(e) => format!("{e:?}"),
         }
     }
+
+    /// What kind of value this is, without the value.
+    fn shape(&self) -> String {
+        match self {
+            Self::Null => "null".into(),
+            Self::Bool(_) => "<boolean>".into(),
+            Self::Number(_) => "<number>".into(),
+            Self::Text(t) => format!("<string, {} chars>", t.chars().count()),
+            Self::Empty(e) => (*e).into(),
+        }
+    }
+}
+
+/// A header or raw body value, redacted to its size.
+pub fn value_size(v: &[u8]) -> String {
+    format!("<{} bytes>", v.len())
 }
 
 /// Compares two bodies; `content_type` decides JSON, XML or bytes.
@@ -59,6 +81,11 @@ pub fn diff_bodies(content_type: &str, primary: &[u8], shadow: &[u8], rules: &Di
     match (flat(primary), flat(shadow)) {
         (Some(a), Some(b)) => compare(&a, &b, rules),
         _ if primary == shadow => Vec::new(),
+        _ if rules.redact_values => vec![FieldDiff {
+            path: "body".into(),
+            primary: Some(value_size(primary)),
+            shadow: Some(value_size(shadow)),
+        }],
         _ => vec![FieldDiff {
             path: "body".into(),
             primary: Some(preview(primary)),
@@ -84,7 +111,7 @@ fn flatten_json(path: &str, v: &serde_json::Value, rules: &DiffRules, out: &mut 
     match v {
         serde_json::Value::Object(m) => {
             if m.is_empty() {
-                out.insert(path.to_string(), Leaf::Text("{}".into()));
+                out.insert(path.to_string(), Leaf::Empty("{}"));
             }
             for (k, v) in m {
                 flatten_json(&format!("{path}.{k}"), v, rules, out);
@@ -92,7 +119,7 @@ fn flatten_json(path: &str, v: &serde_json::Value, rules: &DiffRules, out: &mut 
         }
         serde_json::Value::Array(items) => {
             if items.is_empty() {
-                out.insert(path.to_string(), Leaf::Text("[]".into()));
+                out.insert(path.to_string(), Leaf::Empty("[]"));
             }
             let mut items: Vec<&serde_json::Value> = items.iter().collect();
             if rules.ignore_array_order {
@@ -239,10 +266,15 @@ fn compare(a: &BTreeMap<String, Leaf>, b: &BTreeMap<String, Leaf>, rules: &DiffR
             (x, y) => x == y,
         };
         if !same {
+            let show = if rules.redact_values {
+                Leaf::shape
+            } else {
+                Leaf::show
+            };
             out.push(FieldDiff {
                 path: k.clone(),
-                primary: a.get(k).map(Leaf::show),
-                shadow: b.get(k).map(Leaf::show),
+                primary: a.get(k).map(show),
+                shadow: b.get(k).map(show),
             });
         }
     }
@@ -329,6 +361,35 @@ mod tests {
             &rules(&[]),
         );
         assert!(d[0].path.ends_with("/a/#text"), "{d:?}");
+    }
+
+    #[test]
+    fn redacted_diffs_keep_paths_and_kinds_but_no_values() {
+        let a = br#"{"email":"alice@example.com","n":1,"ok":true,"tags":[],"x":null}"#;
+        let b = br#"{"email":"bob@example.org","n":2,"ok":false,"tags":["vip"],"x":"set"}"#;
+        let r = DiffRules {
+            redact_values: true,
+            ..DiffRules::default()
+        };
+        let d = diff_bodies("application/json", a, b, &r);
+        let shown: Vec<(&str, Option<&str>, Option<&str>)> = d
+            .iter()
+            .map(|f| (f.path.as_str(), f.primary.as_deref(), f.shadow.as_deref()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("$.email", Some("<string, 17 chars>"), Some("<string, 15 chars>")),
+                ("$.n", Some("<number>"), Some("<number>")),
+                ("$.ok", Some("<boolean>"), Some("<boolean>")),
+                ("$.tags", Some("[]"), None),
+                ("$.tags[0]", None, Some("<string, 3 chars>")),
+                ("$.x", Some("null"), Some("<string, 3 chars>")),
+            ]
+        );
+        let raw = diff_bodies("text/plain", b"alice", b"bob", &r);
+        assert_eq!(raw[0].primary.as_deref(), Some("<5 bytes>"));
+        assert_eq!(raw[0].shadow.as_deref(), Some("<3 bytes>"));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::{ConnInfo, RequestCtx, TRACEPARENT, X_REQUEST_ID};
 use crate::error::ProxyError;
 use crate::upstream::balance::Picked;
 use crate::upstream::breaker::{Outcome, Permit};
-use crate::upstream::retry::RetryPolicy;
+use crate::upstream::retry::{self, ResendCause};
 use crate::upstream::Upstream;
 use crate::upstream::UpstreamCallError;
 
@@ -226,7 +226,7 @@ async fn send(
     // A retry needs the request again: the headers, and the body if it is small enough to keep.
     let mut replay: Option<(http::Method, http::HeaderMap, Option<Bytes>)> = None;
     if let Some(policy) = &upstream.retry {
-        if RetryPolicy::eligible(&parts.method, &parts.headers) {
+        if policy.may_retry(&parts.method) {
             policy.record_request();
             let keep = match &body {
                 RequestBody::Empty => Some(None),
@@ -325,8 +325,9 @@ async fn send(
         drop(picked);
 
         let again = match (&upstream.retry, &replay) {
-            (Some(policy), Some(_)) => {
-                retry < policy.attempts && policy.should_retry(&result) && {
+            (Some(policy), Some((method, _, _))) => {
+                let safe = retry::may_resend(method, ResendCause::of(&result), policy.non_idempotent);
+                retry < policy.attempts && safe && policy.should_retry(&result) && {
                     let wait = policy.backoff(retry);
                     started.elapsed() + wait < upstream.request_timeout && policy.withdraw() && {
                         tokio::time::sleep(wait).await;

@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{HeaderName, AUTHORIZATION, CONTENT_LENGTH};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::header::{HeaderName, CONTENT_LENGTH, SET_COOKIE};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::body::{InBody, ResponseBody};
+use super::ratelimit::{KeySource, KeySpec};
 use crate::config::file::{IdempotencyConfig, IdempotencyStoreConfig, StatusPattern};
 use crate::error::ProxyError;
 
@@ -27,6 +28,8 @@ pub const IDEMPOTENCY_REPLAYED: HeaderName = HeaderName::from_static("idempotenc
 /// A route's idempotency settings, compiled.
 pub struct RouteIdempotency {
     pub required: bool,
+    /// `scope`: whose keys these are when the caller has no verified identity.
+    scope: Option<KeySpec>,
     pub ttl: Duration,
     pub lock_ttl: Duration,
     pub max_request_bytes: u64,
@@ -35,15 +38,31 @@ pub struct RouteIdempotency {
 }
 
 impl RouteIdempotency {
-    pub fn new(cfg: &IdempotencyConfig) -> Self {
+    /// `scope` is `cfg.scope`, parsed by the caller (which reports its errors).
+    pub fn new(cfg: &IdempotencyConfig, scope: Option<KeySpec>) -> Self {
         Self {
             required: cfg.required,
+            scope,
             ttl: cfg.ttl,
             lock_ttl: cfg.lock_timeout,
             max_request_bytes: cfg.max_request_bytes.0,
             max_response_bytes: cfg.max_response_bytes.0,
             statuses: cfg.store_statuses.clone(),
         }
+    }
+
+    /// Who the key belongs to: the verified subject (the token's `sub`, else the client
+    /// certificate), else the route's `scope` key. `None` for an anonymous caller on a route
+    /// without a scope (or whose request lacks the scope key): sharing one scope among all such
+    /// callers would replay one caller's answer, cookies and all, to another.
+    pub fn caller(&self, src: &KeySource<'_>) -> Option<String> {
+        if let Some(sub) = src.claims.and_then(|c| c.get_str("sub")) {
+            return Some(format!("sub:{sub}"));
+        }
+        if let Some(p) = src.client_cert {
+            return Some(format!("sub:x509:{p}"));
+        }
+        self.scope.as_ref()?.key(src).map(|k| format!("scope:{k}"))
     }
 
     fn keeps(&self, status: StatusCode) -> bool {
@@ -267,20 +286,12 @@ fn valid_key(v: &HeaderValue) -> bool {
     !b.is_empty() && b.len() <= 255 && b.iter().all(|c| c.is_ascii_graphic())
 }
 
-/// Who the key belongs to when the route has no verified identity: a digest of the
-/// `Authorization` header (anonymous callers share one scope). With identity, it is `sub`.
-fn principal(headers: &HeaderMap) -> String {
-    match headers.get(AUTHORIZATION) {
-        Some(a) => hex(&Sha256::digest(a.as_bytes())[..12]),
-        None => "anonymous".into(),
-    }
-}
-
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Runs `next` (the rest of the pipeline) under the route's idempotency rules.
+/// Runs `next` (the rest of the pipeline) under the route's idempotency rules. `caller` is
+/// [`RouteIdempotency::caller`]: without one, a request that sends a key is refused.
 pub async fn handle<F, Fut>(
     cfg: &RouteIdempotency,
     store: &IdempotencyStore,
@@ -298,6 +309,11 @@ where
         None => return next(req).await,
         Some(k) if !valid_key(k) => return Err(ProxyError::IdempotencyKeyInvalid),
         Some(k) => k.clone(),
+    };
+    // Refused rather than passed on unmanaged: the client asked for at-most-once and would
+    // otherwise believe it has it.
+    let Some(caller) = caller else {
+        return Err(ProxyError::IdempotencyScopeMissing);
     };
 
     // The fingerprint needs the whole body; it is bounded like every buffered body.
@@ -323,7 +339,14 @@ where
                         limit: cfg.max_request_bytes,
                     }
                 } else {
-                    ProxyError::ClientBody(e.to_string())
+                    match e.downcast_ref::<hyper::Error>() {
+                        Some(h) => ProxyError::client_fault(
+                            crate::pipeline::body::ClientFault::of(h),
+                            cfg.max_request_bytes,
+                            e.to_string(),
+                        ),
+                        None => ProxyError::ClientBody(e.to_string()),
+                    }
                 }
             })?
             .to_bytes(),
@@ -346,10 +369,7 @@ where
         let mut s = Sha256::new();
         s.update(route.as_bytes());
         s.update(b"\0");
-        match caller {
-            Some(sub) => s.update(format!("sub:{sub}").as_bytes()),
-            None => s.update(principal(&parts.headers).as_bytes()),
-        }
+        s.update(caller.as_bytes());
         s.update(b"\0");
         s.update(key.as_bytes());
         hex(&s.finalize())
@@ -407,7 +427,8 @@ where
         headers: rparts
             .headers
             .iter()
-            .filter(|(n, _)| *n != super::X_REQUEST_ID && *n != http::header::DATE)
+            // A cookie is the first caller's session: a replay must never hand it to anyone.
+            .filter(|(n, _)| *n != super::X_REQUEST_ID && *n != http::header::DATE && *n != SET_COOKIE)
             .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect(),
         body: base64::engine::general_purpose::STANDARD.encode(&body),

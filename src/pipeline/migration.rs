@@ -106,6 +106,8 @@ pub struct Migration {
     cohorts: HashSet<String>,
     pub fallback: bool,
     pub fallback_max_body: u64,
+    /// `fallback_non_idempotent`: any method may be resent to legacy.
+    pub fallback_non_idempotent: bool,
     salt: String,
     fallbacks: [Counter; 4],
     pub shadow: Option<Arc<super::shadow::Shadow>>,
@@ -226,6 +228,7 @@ impl Migration {
             cohorts: cfg.cohorts.iter().cloned().collect(),
             fallback: cfg.fallback_to_legacy,
             fallback_max_body: cfg.fallback_max_body_bytes.0,
+            fallback_non_idempotent: cfg.fallback_non_idempotent,
             // Per route, so that the same user is not in the first 10% of every route at once.
             salt: route.to_string(),
             fallbacks,

@@ -313,13 +313,13 @@ async fn run(
         // Stage 7: idempotency keys, around the rest of the pipeline.
         Some(idem) => {
             let store = &snap.idempotency_store;
-            // Without a token, a client certificate tells callers apart: otherwise they would all
-            // share the anonymous scope and could replay each other's answers.
-            let sub = ctx
-                .claims
-                .as_ref()
-                .and_then(|c| c.get_str("sub"))
-                .or_else(|| ctx.client_cert_identity().map(|p| format!("x509:{p}")));
+            let sub = idem.caller(&ratelimit::KeySource {
+                client: ctx.client,
+                route: &route.name,
+                headers: req.headers(),
+                claims: ctx.claims.as_deref(),
+                client_cert: ctx.client_cert_identity(),
+            });
             idempotency::handle(idem, store, &route.name, sub.as_deref(), req, |req| {
                 dispatch(req, &route, conn, ctx)
             })
@@ -358,10 +358,9 @@ async fn dispatch(
         .shadow
         .as_ref()
         .filter(|s| !ctx.upgrade && s.wanted(req.method()));
-    let fallback = ctx.side == migration::Side::Modern
-        && m.fallback
-        && crate::upstream::retry::RetryPolicy::eligible(req.method(), req.headers())
-        && !ctx.upgrade;
+    // Any method may fall back after a connect error, so the request is kept whatever it is;
+    // `may_resend` decides once the failure is known.
+    let fallback = ctx.side == migration::Side::Modern && m.fallback && !ctx.upgrade;
     if shadow.is_none() && !fallback {
         return translate::forward(req, conn, ctx).await;
     }
@@ -407,15 +406,19 @@ async fn dispatch(
     )
     .await;
     if fallback {
+        use crate::upstream::retry::{may_resend, ResendCause};
         let reason = match &result {
-            Ok(r) if r.status().is_server_error() => Some("5xx"),
-            Err(ProxyError::UpstreamUnreachable { .. }) => Some("connect-error"),
-            Err(ProxyError::UpstreamTimeout { .. }) => Some("timeout"),
-            Err(ProxyError::UpstreamFailed { .. }) => Some("5xx"),
-            Err(ProxyError::CircuitOpen { .. }) => Some("circuit-open"),
+            Ok(r) if r.status().is_server_error() => Some(("5xx", ResendCause::Answered)),
+            Err(ProxyError::UpstreamUnreachable { .. }) => {
+                Some(("connect-error", ResendCause::ConnectFailed))
+            }
+            Err(ProxyError::UpstreamTimeout { .. }) => Some(("timeout", ResendCause::Interrupted)),
+            Err(ProxyError::UpstreamFailed { .. }) => Some(("5xx", ResendCause::Interrupted)),
+            Err(ProxyError::CircuitOpen { .. }) => Some(("circuit-open", ResendCause::BreakerRefused)),
             _ => None,
-        };
-        if let Some(reason) = reason {
+        }
+        .filter(|(_, cause)| may_resend(&again.method, *cause, m.fallback_non_idempotent));
+        if let Some((reason, _)) = reason {
             m.count_fallback(reason);
             tracing::info!(route = %route.name, reason, "modern failed; served by legacy");
             ctx.side = migration::Side::Legacy;

@@ -97,6 +97,7 @@ impl Shadow {
                 ignore: cfg.ignore.clone(),
                 numeric_tolerance: cfg.numeric_tolerance,
                 ignore_array_order: cfg.ignore_array_order,
+                redact_values: !cfg.record_values,
             },
             timeout: cfg.timeout,
             max_body: cfg.max_body_bytes.0,
@@ -211,8 +212,12 @@ impl Shadow {
         for h in &self.compare_headers {
             let (a, b) = (primary_headers.get(h), shadow_headers.get(h));
             if a != b {
+                let redact = self.rules.redact_values;
                 let show = |v: Option<&http::HeaderValue>| {
-                    v.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    v.map(|v| match redact {
+                        true => super::diff::value_size(v.as_bytes()),
+                        false => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    })
                 };
                 diffs.push(FieldDiff {
                     path: format!("header {h}"),

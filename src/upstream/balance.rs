@@ -170,23 +170,26 @@ impl EndpointSet {
     /// available, all are candidates: sending to a maybe-dead endpoint beats refusing everyone
     /// (Envoy's panic routing). `hash` is the consistent-hash key, when the policy uses one.
     pub fn pick(&self, hash: Option<u64>) -> Option<Picked<'_>> {
+        let now = self.now_ms();
+        self.pick_where(hash, |i| self.available(i, now))
+    }
+
+    /// [`pick`](Self::pick) with the availability reading passed in. Health checks and outlier
+    /// ejection change availability concurrently, so two readings of one endpoint may differ.
+    fn pick_where(&self, hash: Option<u64>, is_available: impl Fn(usize) -> bool) -> Option<Picked<'_>> {
         let n = self.endpoints.len();
         if n == 0 {
             return None;
         }
-        let now = self.now_ms();
-        let any_available = (0..n).any(|i| self.available(i, now));
-        let ok = |i: usize| !any_available || self.available(i, now);
         let index = match (&self.policy, hash) {
-            (BalancePolicy::ConsistentHash, Some(h)) if !self.ring.is_empty() => {
-                let start = self.ring.partition_point(|(p, _)| *p < h);
-                (0..self.ring.len())
-                    .map(|k| self.ring[(start + k) % self.ring.len()].1)
-                    .find(|&i| ok(i))
-                    .unwrap_or(0)
-            }
             (BalancePolicy::LeastRequest, _) if n > 1 => {
-                let candidates: Vec<usize> = (0..n).filter(|&i| ok(i)).collect();
+                // One reading per endpoint: had the last available one gone between a first
+                // reading ("some are available") and a second (the candidate list), there would
+                // be nothing to choose from. With none available, all are candidates.
+                let mut candidates: Vec<usize> = (0..n).filter(|&i| is_available(i)).collect();
+                if candidates.is_empty() {
+                    candidates.extend(0..n);
+                }
                 let a = candidates[fastrand::usize(..candidates.len())];
                 let b = candidates[fastrand::usize(..candidates.len())];
                 let load = |i: usize| self.endpoints[i].in_flight.load(Ordering::Relaxed);
@@ -196,6 +199,26 @@ impl EndpointSet {
                     a
                 }
             }
+            _ => self.pick_in_order(hash, n, &is_available),
+        };
+        self.endpoints[index].in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Picked { set: self, index })
+    }
+
+    /// Round robin, or the consistent-hash ring: the first acceptable endpoint from a starting
+    /// point, else a fixed one, so a change of availability between readings cannot leave
+    /// nothing to pick.
+    fn pick_in_order(&self, hash: Option<u64>, n: usize, is_available: &impl Fn(usize) -> bool) -> usize {
+        let any_available = (0..n).any(is_available);
+        let ok = |i: usize| !any_available || is_available(i);
+        match (&self.policy, hash) {
+            (BalancePolicy::ConsistentHash, Some(h)) if !self.ring.is_empty() => {
+                let start = self.ring.partition_point(|(p, _)| *p < h);
+                (0..self.ring.len())
+                    .map(|k| self.ring[(start + k) % self.ring.len()].1)
+                    .find(|&i| ok(i))
+                    .unwrap_or(0)
+            }
             _ => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 (0..n)
@@ -203,9 +226,7 @@ impl EndpointSet {
                     .find(|&i| ok(i))
                     .unwrap_or(start % n)
             }
-        };
-        self.endpoints[index].in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(Picked { set: self, index })
+        }
     }
 
     fn report(&self, i: usize, failed: bool) {
@@ -428,6 +449,50 @@ mod tests {
         s.report(1, true);
         s.report(1, true);
         assert!(!s.status()[1].ejected);
+    }
+
+    /// The race: the last available endpoint is ejected (or fails its health check) after the
+    /// pick saw it available. Reproduced by an availability reading that says yes once, then no.
+    #[test]
+    fn least_request_survives_the_last_endpoint_going_between_readings() {
+        let s = set(BalancePolicy::LeastRequest, None);
+        let readings = std::cell::Cell::new(0u32);
+        let flaky = |i: usize| {
+            readings.set(readings.get() + 1);
+            i == 0 && readings.get() == 1
+        };
+        let picked = s.pick_where(None, flaky);
+        assert!(
+            picked.is_some(),
+            "an endpoint is still picked (any of them: none is available now)"
+        );
+    }
+
+    /// The same race with real threads: pickers against a thread that takes endpoints in and
+    /// out of service. Bounded in time; any panic in a picker fails the test.
+    #[test]
+    fn least_request_picks_never_panic_while_endpoints_flap() {
+        let s = set(BalancePolicy::LeastRequest, None);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        drop(s.pick(None));
+                    }
+                });
+            }
+            let started = Instant::now();
+            let mut k = 0usize;
+            while started.elapsed() < Duration::from_millis(300) {
+                // Endpoints 1 and 2 stay down; endpoint 0, the last one available, flaps.
+                s.endpoints[1].healthy.store(false, Ordering::Relaxed);
+                s.endpoints[2].healthy.store(false, Ordering::Relaxed);
+                s.endpoints[0].healthy.store(k % 2 == 0, Ordering::Relaxed);
+                k += 1;
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
     }
 
     #[test]

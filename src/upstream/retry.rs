@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, Method, Response};
+use http::{Method, Response};
 use hyper::body::Incoming;
 use metrics::Counter;
 use parking_lot::Mutex;
@@ -13,7 +13,50 @@ use super::UpstreamCallError;
 use crate::config::file::{RetryCondition, RetryConfig};
 use crate::telemetry::metrics::{Metrics, RETRIES_TOTAL, RETRY_BUDGET_EXHAUSTED};
 
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// What is known about a failed try, as far as sending the request again is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResendCause {
+    /// The connection (TCP, or its TLS handshake) was never established: no byte of the
+    /// request left ficus.
+    ConnectFailed,
+    /// A circuit breaker refused before anything was sent.
+    BreakerRefused,
+    /// The upstream answered with a failure status: it received the request, and may have
+    /// acted on it.
+    Answered,
+    /// The connection reset or the try timed out once the request was (maybe partly) sent.
+    Interrupted,
+}
+
+impl ResendCause {
+    /// The cause behind one try's outcome.
+    pub fn of(result: &Result<Response<Incoming>, UpstreamCallError>) -> Self {
+        match result {
+            Ok(_) => Self::Answered,
+            Err(UpstreamCallError::Connect(_)) => Self::ConnectFailed,
+            // A timeout may have struck while connecting or after the request was written: it
+            // proves nothing.
+            Err(
+                UpstreamCallError::Timeout(_) | UpstreamCallError::Request(_) | UpstreamCallError::Body(_),
+            ) => Self::Interrupted,
+        }
+    }
+
+    fn never_sent(self) -> bool {
+        matches!(self, Self::ConnectFailed | Self::BreakerRefused)
+    }
+}
+
+/// The one rule for sending a request a second time, by a retry or by the migration fallback.
+///
+/// Idempotent methods (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE) may always be
+/// resent. Any other method only when the request provably never left ficus, unless `opt_in`
+/// (the upstream's `retry.non_idempotent`, the route's `migration.fallback_non_idempotent`).
+/// An `Idempotency-Key` header is not an opt-in: it is the client's request, and a backend
+/// that ignores it would execute the write twice.
+pub fn may_resend(method: &Method, cause: ResendCause, opt_in: bool) -> bool {
+    method.is_idempotent() || opt_in || cause.never_sent()
+}
 
 pub struct RetryPolicy {
     pub attempts: u32,
@@ -24,6 +67,8 @@ pub struct RetryPolicy {
     on_reset: bool,
     on_timeout: bool,
     statuses: Vec<u16>,
+    /// `retry.non_idempotent`: the upstream dedupes writes, so any method may be resent.
+    pub non_idempotent: bool,
     pub max_body_bytes: u64,
     budget: RetryBudget,
     retried: Counter,
@@ -41,6 +86,7 @@ impl RetryPolicy {
             on_reset: false,
             on_timeout: false,
             statuses: Vec::new(),
+            non_idempotent: cfg.non_idempotent,
             max_body_bytes: cfg.max_body_bytes.0,
             budget: RetryBudget::new(cfg.budget, cfg.budget_min_per_sec, cfg.budget_window),
             retried: metrics.counter(RETRIES_TOTAL, &[("upstream", upstream)]),
@@ -61,9 +107,10 @@ impl RetryPolicy {
         p
     }
 
-    /// Idempotent methods (RFC 9110 §9.2.2), or any request carrying an `Idempotency-Key`.
-    pub fn eligible(method: &Method, headers: &HeaderMap) -> bool {
-        method.is_idempotent() || headers.contains_key(IDEMPOTENCY_KEY)
+    /// Whether a request with this method could be retried at all, so that it is worth keeping
+    /// for a second try: a non-idempotent one (without the opt-in) only after a connect error.
+    pub fn may_retry(&self, method: &Method) -> bool {
+        may_resend(method, ResendCause::Answered, self.non_idempotent) || self.on_connect
     }
 
     pub fn should_retry(&self, result: &Result<Response<Incoming>, UpstreamCallError>) -> bool {
@@ -189,12 +236,29 @@ mod tests {
     }
 
     #[test]
-    fn only_idempotent_requests_or_those_with_a_key_are_eligible() {
-        let mut h = HeaderMap::new();
-        assert!(RetryPolicy::eligible(&Method::GET, &h));
-        assert!(RetryPolicy::eligible(&Method::PUT, &h));
-        assert!(!RetryPolicy::eligible(&Method::POST, &h));
-        h.insert(IDEMPOTENCY_KEY, "k1".parse().unwrap());
-        assert!(RetryPolicy::eligible(&Method::POST, &h));
+    fn non_idempotent_requests_are_resent_only_when_never_sent_or_opted_in() {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::TRACE,
+            Method::PUT,
+            Method::DELETE,
+        ] {
+            assert!(may_resend(&m, ResendCause::Answered, false), "{m}");
+            assert!(may_resend(&m, ResendCause::Interrupted, false), "{m}");
+        }
+        for m in [
+            Method::POST,
+            Method::PATCH,
+            Method::CONNECT,
+            Method::from_bytes(b"LOCK").unwrap(),
+        ] {
+            assert!(!may_resend(&m, ResendCause::Answered, false), "{m}");
+            assert!(!may_resend(&m, ResendCause::Interrupted, false), "{m}");
+            assert!(may_resend(&m, ResendCause::ConnectFailed, false), "{m}");
+            assert!(may_resend(&m, ResendCause::BreakerRefused, false), "{m}");
+            assert!(may_resend(&m, ResendCause::Answered, true), "{m}");
+        }
     }
 }

@@ -246,25 +246,7 @@ impl Policy {
     }
 
     fn key(&self, src: &KeySource<'_>) -> Option<String> {
-        let mut key = String::with_capacity(48);
-        for (i, part) in self.key.iter().enumerate() {
-            if i > 0 {
-                key.push('|');
-            }
-            match part {
-                KeyPart::ClientIp => {
-                    let _ = write!(key, "{}", src.client);
-                }
-                KeyPart::Route => key.push_str(src.route),
-                KeyPart::Claim(name) => key.push_str(&src.claims?.get_str(name)?),
-                KeyPart::ApiKey => {
-                    key.push_str(&src.claims?.get_str(crate::identity::api_keys::KEY_ID_CLAIM)?)
-                }
-                KeyPart::ClientCert => key.push_str(src.client_cert?),
-                KeyPart::Header(h) => key.push_str(src.headers.get(h)?.to_str().ok()?),
-            }
-        }
-        Some(key)
+        compose_key(&self.key, src)
     }
 
     fn exempt(&self, src: &KeySource<'_>) -> bool {
@@ -425,6 +407,50 @@ impl Admitted {
 /// Whole seconds, rounded up: a client that waits this long is never early.
 pub fn secs_up(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `None` when a part is missing from the request (no such header, claim or certificate).
+fn compose_key(parts: &[KeyPart], src: &KeySource<'_>) -> Option<String> {
+    let mut key = String::with_capacity(48);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            key.push('|');
+        }
+        match part {
+            KeyPart::ClientIp => {
+                let _ = write!(key, "{}", src.client);
+            }
+            KeyPart::Route => key.push_str(src.route),
+            KeyPart::Claim(name) => key.push_str(&src.claims?.get_str(name)?),
+            KeyPart::ApiKey => key.push_str(&src.claims?.get_str(crate::identity::api_keys::KEY_ID_CLAIM)?),
+            KeyPart::ClientCert => key.push_str(src.client_cert?),
+            KeyPart::Header(h) => key.push_str(src.headers.get(h)?.to_str().ok()?),
+        }
+    }
+    Some(key)
+}
+
+/// A key spelled as a rate-limit key (`client_ip`, `header:<name>`, `jwt.<claim>`...), compiled
+/// once, for another stage that keys requests (the idempotency scope).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeySpec(Vec<KeyPart>);
+
+impl KeySpec {
+    pub fn parse(parts: &[String]) -> Result<Self, String> {
+        let parts = parts
+            .iter()
+            .map(|k| parse_key(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        if parts.is_empty() {
+            return Err("needs at least one part".into());
+        }
+        Ok(Self(parts))
+    }
+
+    /// `None` when a part is missing from the request.
+    pub fn key(&self, src: &KeySource<'_>) -> Option<String> {
+        compose_key(&self.0, src)
+    }
 }
 
 #[cfg(test)]
