@@ -350,6 +350,41 @@ async fn post_is_not_replayed_on_legacy_when_modern_answers_5xx() {
     f.shutdown().await;
 }
 
+/// A write that reached modern once (503), then failed to connect on its retry, did leave ficus:
+/// the fallback must not send it to legacy as well.
+#[tokio::test]
+async fn a_retried_post_whose_retry_cannot_connect_is_not_replayed_on_legacy() {
+    let legacy = Upstream::echo_named("legacy").await;
+    let broken = Upstream::start(|_req: Request<Incoming>| async move {
+        let mut r = Response::new(full("modern is down"));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        r
+    })
+    .await;
+    let dead = free_port();
+    let yaml = migration_config(
+        &legacy.url(),
+        &broken.url(),
+        "modern_percent: 100\n      fallback_to_legacy: true",
+    )
+    .replace(
+        &format!("modern: {{ endpoints: ['{}'] }}", broken.url()),
+        &format!(
+            "modern: {{ endpoints: ['{}', 'http://127.0.0.1:{dead}'], retry: {{ attempts: 1, backoff: 1ms, max_backoff: 2ms, non_idempotent: true }} }}",
+            broken.url()
+        ),
+    );
+    assert!(yaml.contains("non_idempotent"), "{yaml}");
+    let f = Ficus::start(&yaml).await;
+    let c = client();
+    for _ in 0..4 {
+        let a = send(&c, Request::post(f.url("/orders")).body(full("{}")).unwrap()).await;
+        assert_eq!(a.status.as_u16(), 503, "{}", a.text());
+    }
+    assert_eq!(legacy.hits(), 0, "a write modern had seen was replayed on legacy");
+    f.shutdown().await;
+}
+
 /// A refused connection to modern proves the POST never left ficus: legacy may serve it.
 #[tokio::test]
 async fn post_falls_back_to_legacy_when_modern_is_unreachable() {

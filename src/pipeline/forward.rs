@@ -338,6 +338,12 @@ async fn send(
             _ => false,
         };
         if !again {
+            // A retry that could not even connect says less than the answer before it, and
+            // reporting it would make the request look as if it never reached the upstream
+            // (the migration fallback would then send a write that did reach it once more).
+            if let (Err(UpstreamCallError::Connect(_)), Some(prev)) = (&result, last.take()) {
+                return prev.map_err(SendError::Call);
+            }
             return result.map_err(SendError::Call);
         }
         tracing::debug!(upstream = %upstream.name, retry = retry + 1, "retrying");
