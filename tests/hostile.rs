@@ -441,7 +441,8 @@ async fn sticky_client_ip_uses_the_address_a_trusted_proxy_vouches_for() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shadow_copy_gets_the_normalised_path_and_no_client_forwarded_headers() {
-    let seen: Arc<Mutex<Vec<(String, Vec<(String, String)>)>>> = Arc::default();
+    type Seen = Vec<(String, Vec<(String, String)>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let record = seen.clone();
     let modern = Upstream::start(move |req: Request<Incoming>| {
         let record = record.clone();

@@ -396,7 +396,7 @@ fn remove_cookie(headers: &mut HeaderMap, name: &str) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|kv| !kv.is_empty() && kv.split_once('=').map_or(true, |(k, _)| k != name))
+        .filter(|kv| !kv.is_empty() && kv.split_once('=').is_none_or(|(k, _)| k != name))
         .map(str::to_string)
         .collect();
     headers.remove(COOKIE);
