@@ -3,6 +3,7 @@
 //! request. A Redis failure never becomes a 500: the policy's fallback decides and is counted.
 
 pub mod algorithm;
+pub mod breaker;
 pub mod local;
 pub mod redis;
 
@@ -57,8 +58,8 @@ struct PolicyMetrics {
     skipped: Counter,
     fallback_allowed: Counter,
     fallback_limited: Counter,
-    /// By [`StoreError::reason`]: unavailable, timeout, error.
-    store_errors: [Counter; 3],
+    /// By [`StoreError::reason`]: unavailable, timeout, error, circuit_open.
+    store_errors: [Counter; 4],
 }
 
 /// One compiled policy. Its in-process store is kept across reloads while its config is unchanged.
