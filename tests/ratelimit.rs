@@ -355,6 +355,62 @@ async fn a_killed_redis_opens_the_store_breaker_so_requests_stop_waiting_and_it_
     f.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_six_kib_header_key_becomes_a_bounded_redis_key_and_still_limits() {
+    let redis = Redis::start().await;
+    let up = Upstream::echo().await;
+    let f = Ficus::start(&limited(
+        &up.url(),
+        "per-tenant",
+        &format!(
+            "  store: {{ redis_urls: ['{}'], timeout: 1s, on_error: deny }}\n  policies:\n    per-tenant: {{ key: header:x-tenant, rate: 2/m }}\n",
+            redis.url
+        ),
+    ))
+    .await;
+    let c = client();
+    let ask = |tenant: &str| {
+        Request::get(f.url("/x"))
+            .header("x-tenant", tenant)
+            .body(empty())
+            .unwrap()
+    };
+    // `deny` on error: a 200 proves Redis decided. Wait for the background connection.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let r = ask("warm-up");
+            let c = c.clone();
+            async move { send(&c, r).await.status.as_u16() == 200 }
+        })
+        .await
+    );
+    let long = "t".repeat(6 * 1024);
+    // Same 6 KiB but the last byte: a key must be the whole value, not a prefix of it.
+    let other = format!("{}u", &long[1..]);
+    let mut seen = Vec::new();
+    for t in [&long, &long, &long, &other, &other, &other] {
+        seen.push(send(&c, ask(t)).await.status.as_u16());
+    }
+    assert_eq!(seen, [200, 200, 429, 200, 200, 429]);
+
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+    assert_eq!(keys.len(), 3, "warm-up and the two long tenants: {keys:?}");
+    for k in &keys {
+        assert!(
+            k.starts_with("ficus:rl:per-tenant:") && k.len() <= "ficus:rl:per-tenant:".len() + 64,
+            "unbounded or unprefixed key of {} bytes: {}",
+            k.len(),
+            &k[..k.len().min(80)]
+        );
+        assert!(
+            !k.contains("warm-up") && !k.contains("tttt"),
+            "raw client bytes in {k}"
+        );
+    }
+    f.shutdown().await;
+}
+
 fn hs_token(sub: &str, role: &str) -> String {
     let claims = serde_json::json!({
         "iss": "https://idp.test/", "aud": "orders", "sub": sub, "role": role,
@@ -630,6 +686,19 @@ async fn invalid_rate_limit_config_is_refused_with_its_location() {
     .to_string();
     assert!(
         err.contains("rate_limits.store.breaker.failures: must be at least 1"),
+        "{err}"
+    );
+    let err = Ficus::try_start(&limited(
+        &up.url(),
+        "r",
+        "  policies:\n    r: { rate: 5/s, max_keys: 0 }\n",
+    ))
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("rate_limits.policies.r: max_keys: must be at least 1"),
         "{err}"
     );
 }

@@ -191,6 +191,14 @@ pub struct RateLimitPolicyConfig {
     /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` too.
     #[serde(default)]
     pub legacy_headers: bool,
+    /// Keys the in-process map holds at most (also when it stands in for Redis). When full, it
+    /// drops expired entries, then the eighth that carry the least.
+    #[serde(default = "default_rl_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_rl_max_keys() -> usize {
+    crate::pipeline::ratelimit::local::DEFAULT_MAX_KEYS
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
