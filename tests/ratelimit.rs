@@ -226,7 +226,7 @@ async fn killing_redis_applies_the_fallback_without_500s_and_limiting_recovers()
     assert!(denied.iter().all(|s| *s == 429), "deny fallback: {denied:?}");
 
     let m = get(&metrics_of(&f)).await.text();
-    let errors: f64 = ["unavailable", "timeout", "error"]
+    let errors: f64 = ["unavailable", "timeout", "error", "circuit_open"]
         .iter()
         .map(|r| {
             metric(
@@ -256,6 +256,159 @@ async fn killing_redis_applies_the_fallback_without_500s_and_limiting_recovers()
     for g in [f, fa, fd] {
         g.shutdown().await;
     }
+}
+
+/// Seconds-long store timeout: a request that waited on the dead Redis would take that long, so
+/// a sub-second answer proves the breaker (not a timeout) sent it to the fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_redis_opens_the_store_breaker_so_requests_stop_waiting_and_it_closes_when_redis_returns() {
+    let mut redis = Redis::start().await;
+    let port = redis.port;
+    let up = Upstream::echo().await;
+    let f = Ficus::start(&limited(
+        &up.url(),
+        "shared",
+        &format!(
+            "  store: {{ redis_urls: ['{}'], timeout: 2s, on_error: allow, breaker: {{ failures: 3, open_for: 200ms, max_open_for: 800ms }} }}\n  policies:\n    shared: {{ rate: 1000/s }}\n",
+            redis.url
+        ),
+    ))
+    .await;
+    assert!(store_decides(&f, "/warm", "shared", 0.0, Duration::from_secs(10)).await);
+    let metrics = || async { get(&f.admin_url("/metrics")).await.text() };
+    let m = metrics().await;
+    assert_eq!(
+        metric(&m, r#"ficus_ratelimit_store_breaker_state{store="redis"}"#),
+        Some(0.0),
+        "closed while Redis answers"
+    );
+
+    redis.stop();
+    let c = client();
+    // Spread over about three seconds, so the breaker goes half-open several times meanwhile:
+    // its probes must not hold up requests either.
+    let mut slow = Vec::new();
+    for i in 0..30 {
+        let started = Instant::now();
+        let a = send(&c, get_req(f.url("/x"))).await;
+        let took = started.elapsed();
+        assert_eq!(a.status, 200, "the allow fallback decides");
+        if i >= 3 && took >= Duration::from_secs(1) {
+            slow.push((i, took));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        slow.is_empty(),
+        "requests that waited on the dead Redis: {slow:?}"
+    );
+    let m = metrics().await;
+    let fallbacks = metric(
+        &m,
+        r#"ficus_ratelimit_decisions_total{policy="shared",result="fallback_allowed"}"#,
+    )
+    .unwrap_or(0.0);
+    assert!(fallbacks >= 30.0, "fallback decisions: {fallbacks}");
+    assert!(
+        metric(
+            &m,
+            r#"ficus_ratelimit_store_errors_total{policy="shared",reason="circuit_open"}"#
+        )
+        .unwrap_or(0.0)
+            >= 25.0,
+        "decisions the open breaker sent to the fallback"
+    );
+    assert!(
+        metric(
+            &m,
+            r#"ficus_ratelimit_store_breaker_transitions_total{store="redis",to="open"}"#
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    let state = metric(&m, r#"ficus_ratelimit_store_breaker_state{store="redis"}"#);
+    assert!(
+        matches!(state, Some(s) if s >= 1.0),
+        "open or half-open: {state:?}"
+    );
+
+    // Redis comes back on the same port: a probe closes the breaker and Redis decides again.
+    let _redis = Redis::start_on(port).await;
+    let before = store_decisions(&f, "shared").await;
+    assert!(
+        store_decides(&f, "/x", "shared", before + 1.0, Duration::from_secs(20)).await,
+        "limiting did not go back to Redis"
+    );
+    let m = metrics().await;
+    assert_eq!(
+        metric(&m, r#"ficus_ratelimit_store_breaker_state{store="redis"}"#),
+        Some(0.0)
+    );
+    assert!(
+        metric(
+            &m,
+            r#"ficus_ratelimit_store_breaker_transitions_total{store="redis",to="closed"}"#
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_six_kib_header_key_becomes_a_bounded_redis_key_and_still_limits() {
+    let redis = Redis::start().await;
+    let up = Upstream::echo().await;
+    let f = Ficus::start(&limited(
+        &up.url(),
+        "per-tenant",
+        &format!(
+            "  store: {{ redis_urls: ['{}'], timeout: 1s, on_error: deny }}\n  policies:\n    per-tenant: {{ key: header:x-tenant, rate: 2/m }}\n",
+            redis.url
+        ),
+    ))
+    .await;
+    let c = client();
+    let ask = |tenant: &str| {
+        Request::get(f.url("/x"))
+            .header("x-tenant", tenant)
+            .body(empty())
+            .unwrap()
+    };
+    // `deny` on error: a 200 proves Redis decided. Wait for the background connection.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let r = ask("warm-up");
+            let c = c.clone();
+            async move { send(&c, r).await.status.as_u16() == 200 }
+        })
+        .await
+    );
+    let long = "t".repeat(6 * 1024);
+    // Same 6 KiB but the last byte: a key must be the whole value, not a prefix of it.
+    let other = format!("{}u", &long[1..]);
+    let mut seen = Vec::new();
+    for t in [&long, &long, &long, &other, &other, &other] {
+        seen.push(send(&c, ask(t)).await.status.as_u16());
+    }
+    assert_eq!(seen, [200, 200, 429, 200, 200, 429]);
+
+    let mut conn = redis.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+    assert_eq!(keys.len(), 3, "warm-up and the two long tenants: {keys:?}");
+    for k in &keys {
+        assert!(
+            k.starts_with("ficus:rl:per-tenant:") && k.len() <= "ficus:rl:per-tenant:".len() + 64,
+            "unbounded or unprefixed key of {} bytes: {}",
+            k.len(),
+            &k[..k.len().min(80)]
+        );
+        assert!(
+            !k.contains("warm-up") && !k.contains("tttt"),
+            "raw client bytes in {k}"
+        );
+    }
+    f.shutdown().await;
 }
 
 fn hs_token(sub: &str, role: &str) -> String {
@@ -522,6 +675,32 @@ async fn invalid_rate_limit_config_is_refused_with_its_location() {
     .unwrap()
     .to_string();
     assert!(err.contains("needs rate_limits.store.redis_urls"), "{err}");
+    let err = Ficus::try_start(&limited(
+        &up.url(),
+        "r",
+        "  store: { redis_urls: ['redis://127.0.0.1:1'], breaker: { failures: 0 } }\n  policies:\n    r: { rate: 5/s }\n",
+    ))
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("rate_limits.store.breaker.failures: must be at least 1"),
+        "{err}"
+    );
+    let err = Ficus::try_start(&limited(
+        &up.url(),
+        "r",
+        "  policies:\n    r: { rate: 5/s, max_keys: 0 }\n",
+    ))
+    .await
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("rate_limits.policies.r: max_keys: must be at least 1"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

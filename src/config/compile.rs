@@ -1042,6 +1042,20 @@ fn check_host(h: &str) -> Result<(), String> {
     }
 }
 
+/// The first invalid setting of the store breaker, if any: a breaker that could never open or
+/// never wait would silently bring back the latency it exists to remove.
+fn breaker_problem(b: &super::file::StoreBreakerConfig) -> Option<(&'static str, &'static str)> {
+    if b.failures == 0 {
+        Some(("failures", "must be at least 1"))
+    } else if b.open_for.is_zero() {
+        Some(("open_for", "must be more than 0"))
+    } else if b.max_open_for < b.open_for {
+        Some(("max_open_for", "must be at least open_for"))
+    } else {
+        None
+    }
+}
+
 /// Policies by name. The Redis store is shared by all of them and kept across reloads while the
 /// store section is unchanged; each policy's in-process state is kept while its limit is.
 fn compile_rate_limits(
@@ -1055,25 +1069,23 @@ fn compile_rate_limits(
     } else if store.timeout.is_zero() {
         bad("rate_limits.store.timeout".into(), "must be more than 0".into());
         None
+    } else if let Some((key, reason)) = breaker_problem(&store.breaker) {
+        bad(format!("rate_limits.store.breaker.{key}"), reason.into());
+        None
     } else {
         let mut kept = deps.states.ratelimit_redis.lock();
         match &*kept {
             Some((c, r)) if c == store => Some(r.clone()),
-            _ => {
-                let latency = deps
-                    .metrics
-                    .histogram(crate::telemetry::metrics::RATELIMIT_REDIS_DURATION, &[]);
-                match RedisStore::new(store, latency) {
-                    Ok(r) => {
-                        *kept = Some((store.clone(), r.clone()));
-                        Some(r)
-                    }
-                    Err(reason) => {
-                        bad("rate_limits.store.redis_urls".into(), reason);
-                        None
-                    }
+            _ => match RedisStore::new(store, deps.metrics) {
+                Ok(r) => {
+                    *kept = Some((store.clone(), r.clone()));
+                    Some(r)
                 }
-            }
+                Err(reason) => {
+                    bad("rate_limits.store.redis_urls".into(), reason);
+                    None
+                }
+            },
         }
     };
     let mut out = BTreeMap::new();

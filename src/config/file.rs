@@ -70,6 +70,46 @@ pub struct RateLimitStoreConfig {
     /// What a Redis policy does while Redis is unreachable or slow.
     #[serde(default)]
     pub on_error: RateLimitFallback,
+    /// When to stop asking Redis while it fails, so an outage adds no latency.
+    #[serde(default)]
+    pub breaker: StoreBreakerConfig,
+}
+
+/// A circuit breaker on the Redis store: after `failures` consecutive failures (or one
+/// connection error) decisions take `on_error` without touching Redis for `open_for`, doubled on
+/// every failed probe up to `max_open_for`; then one background probe tries Redis again.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StoreBreakerConfig {
+    #[serde(default = "default_store_breaker_failures")]
+    pub failures: u32,
+    #[serde(default = "default_store_breaker_open_for", with = "humantime_serde_compat")]
+    pub open_for: Duration,
+    #[serde(
+        default = "default_store_breaker_max_open_for",
+        with = "humantime_serde_compat"
+    )]
+    pub max_open_for: Duration,
+}
+
+impl Default for StoreBreakerConfig {
+    fn default() -> Self {
+        Self {
+            failures: default_store_breaker_failures(),
+            open_for: default_store_breaker_open_for(),
+            max_open_for: default_store_breaker_max_open_for(),
+        }
+    }
+}
+
+fn default_store_breaker_failures() -> u32 {
+    3
+}
+fn default_store_breaker_open_for() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_store_breaker_max_open_for() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Default for RateLimitStoreConfig {
@@ -79,6 +119,7 @@ impl Default for RateLimitStoreConfig {
             key_prefix: default_rl_prefix(),
             timeout: default_rl_timeout(),
             on_error: RateLimitFallback::default(),
+            breaker: StoreBreakerConfig::default(),
         }
     }
 }
@@ -150,6 +191,14 @@ pub struct RateLimitPolicyConfig {
     /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` too.
     #[serde(default)]
     pub legacy_headers: bool,
+    /// Keys the in-process map holds at most (also when it stands in for Redis). When full, it
+    /// drops expired entries, then the eighth that carry the least.
+    #[serde(default = "default_rl_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_rl_max_keys() -> usize {
+    crate::pipeline::ratelimit::local::DEFAULT_MAX_KEYS
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

@@ -31,6 +31,8 @@ pub const CIRCUIT_TRANSITIONS: &str = "ficus_circuit_transitions_total";
 pub const RATELIMIT_DECISIONS: &str = "ficus_ratelimit_decisions_total";
 pub const RATELIMIT_STORE_ERRORS: &str = "ficus_ratelimit_store_errors_total";
 pub const RATELIMIT_REDIS_DURATION: &str = "ficus_ratelimit_redis_duration_seconds";
+pub const RATELIMIT_STORE_BREAKER_STATE: &str = "ficus_ratelimit_store_breaker_state";
+pub const RATELIMIT_STORE_BREAKER_TRANSITIONS: &str = "ficus_ratelimit_store_breaker_transitions_total";
 pub const INTROSPECTIONS: &str = "ficus_introspection_total";
 pub const PANICS_TOTAL: &str = "ficus_panics_total";
 

@@ -1,8 +1,14 @@
 //! Stage 5: rate limits. A route lists named policies; each builds its key from the request,
 //! asks its store (in-process, or Redis shared by every instance) and every one must admit the
 //! request. A Redis failure never becomes a 500: the policy's fallback decides and is counted.
+//!
+//! A key is stored as a [`KeyDigest`] (16 bytes of SHA-256 over its length-prefixed parts), in
+//! the in-process map and in Redis (`<prefix><policy>:<32 hex digits>`): whatever a client puts
+//! in a header or a claim, a key costs the same bounded memory, and its bytes are hashed where
+//! they lie, never copied.
 
 pub mod algorithm;
+pub mod breaker;
 pub mod local;
 pub mod redis;
 
@@ -14,6 +20,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use metrics::Counter;
+use sha2::{Digest, Sha256};
 
 use crate::config::file::{
     MissingKey, RateLimitAlgorithm, RateLimitFallback, RateLimitPolicyConfig, RateLimitStoreKind,
@@ -29,6 +36,35 @@ pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-poli
 const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// A rate-limit key as stored: a truncated SHA-256, so collisions are out of any client's reach
+/// (2^64 work) and the same key is the same digest on every instance.
+pub type KeyDigest = [u8; 16];
+
+/// Hashes one key part with its length first, so no choice of bytes in one part can shift the
+/// boundary with the next (`a|b` + `c` vs `a` + `b|c`).
+fn feed(h: &mut Sha256, part: &[u8]) {
+    h.update((part.len() as u64).to_le_bytes());
+    h.update(part);
+}
+
+fn feed_ip(h: &mut Sha256, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(a) => feed(h, &a.octets()),
+        IpAddr::V6(a) => feed(h, &a.octets()),
+    }
+}
+
+fn finish(h: Sha256) -> KeyDigest {
+    let full = h.finalize();
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&full[..16]);
+    d
+}
+
+/// The keys of a policy's own parts and of its `missing_key: client_ip` stand-in never meet.
+const DOMAIN_PARTS: u8 = 0;
+const DOMAIN_MISSING: u8 = 1;
 
 #[derive(Debug, Clone, PartialEq)]
 enum KeyPart {
@@ -57,8 +93,8 @@ struct PolicyMetrics {
     skipped: Counter,
     fallback_allowed: Counter,
     fallback_limited: Counter,
-    /// By [`StoreError::reason`]: unavailable, timeout, error.
-    store_errors: [Counter; 3],
+    /// By [`StoreError::reason`]: unavailable, timeout, error, circuit_open.
+    store_errors: [Counter; 4],
 }
 
 /// One compiled policy. Its in-process store is kept across reloads while its config is unchanged.
@@ -75,6 +111,7 @@ pub struct Policy {
     /// `RateLimit-Policy` item, rendered once.
     policy_item: String,
     local: Arc<LocalStore>,
+    max_keys: usize,
     redis: Option<(Arc<RedisStore>, RateLimitFallback, String)>,
     metrics: PolicyMetrics,
 }
@@ -140,6 +177,9 @@ impl Policy {
         redis: Option<(Arc<RedisStore>, RateLimitFallback, String)>,
         metrics: &Metrics,
     ) -> Result<Self, String> {
+        if cfg.max_keys == 0 {
+            return Err("max_keys: must be at least 1".into());
+        }
         let key = cfg
             .key
             .iter()
@@ -174,6 +214,7 @@ impl Policy {
             legacy_headers: cfg.legacy_headers,
             policy_item,
             local,
+            max_keys: cfg.max_keys,
             redis,
             metrics: PolicyMetrics {
                 allowed: c("allowed"),
@@ -245,8 +286,35 @@ impl Policy {
         }
     }
 
-    fn key(&self, src: &KeySource<'_>) -> Option<String> {
-        compose_key(&self.key, src)
+    /// The digest of the request's key parts; `None` when one is missing. A header value is
+    /// hashed in place (its size is bounded by the listener's `max_header_bytes`); only a claim
+    /// is copied, as the token holds it, and tokens are size-capped before decoding.
+    fn key(&self, src: &KeySource<'_>) -> Option<KeyDigest> {
+        let mut h = Sha256::new();
+        h.update([DOMAIN_PARTS]);
+        for part in &self.key {
+            match part {
+                KeyPart::ClientIp => feed_ip(&mut h, src.client),
+                KeyPart::Route => feed(&mut h, src.route.as_bytes()),
+                KeyPart::Claim(name) => feed(&mut h, src.claims?.get_str(name)?.as_bytes()),
+                KeyPart::ApiKey => feed(
+                    &mut h,
+                    src.claims?
+                        .get_str(crate::identity::api_keys::KEY_ID_CLAIM)?
+                        .as_bytes(),
+                ),
+                KeyPart::ClientCert => feed(&mut h, src.client_cert?.as_bytes()),
+                KeyPart::Header(name) => feed(&mut h, src.headers.get(name)?.to_str().ok()?.as_bytes()),
+            }
+        }
+        Some(finish(h))
+    }
+
+    fn missing_key(client: IpAddr) -> KeyDigest {
+        let mut h = Sha256::new();
+        h.update([DOMAIN_MISSING]);
+        feed_ip(&mut h, client);
+        finish(h)
     }
 
     fn exempt(&self, src: &KeySource<'_>) -> bool {
@@ -266,18 +334,22 @@ impl Policy {
         }
         let key = match (self.key(src), self.missing_key) {
             (Some(k), _) => k,
-            (None, MissingKey::ClientIp) => format!("ip:{}", src.client),
+            (None, MissingKey::ClientIp) => Self::missing_key(src.client),
             (None, MissingKey::Skip) => {
                 self.metrics.skipped.increment(1);
                 return None;
             }
         };
         let Some((store, fallback, prefix)) = &self.redis else {
-            let d = self.local.decide(&key, self.cost);
+            let d = self.local.decide(&key, self.cost, self.max_keys);
             self.count(&d, false);
             return Some(d);
         };
-        let redis_key = format!("{prefix}{key}");
+        let mut redis_key = String::with_capacity(prefix.len() + 32);
+        redis_key.push_str(prefix);
+        for b in key {
+            let _ = write!(redis_key, "{b:02x}");
+        }
         match store.decide(&redis_key, self.limit, self.cost).await {
             Ok(d) => {
                 self.count(&d, false);
@@ -287,7 +359,7 @@ impl Policy {
                 self.metrics.store_errors[e.reason()].increment(1);
                 tracing::debug!(policy = %self.name, error = %e, "rate-limit store failed; fallback applies");
                 let d = match fallback {
-                    RateLimitFallback::Local => self.local.decide(&key, self.cost),
+                    RateLimitFallback::Local => self.local.decide(&key, self.cost, self.max_keys),
                     RateLimitFallback::Allow => Decision {
                         allowed: true,
                         remaining: self.limit.quota().0,
@@ -477,6 +549,22 @@ mod tests {
         );
         assert!(parse_key("cookie:x").is_err());
         assert!(parse_key("jwt.").is_err());
+    }
+
+    #[test]
+    fn key_parts_cannot_shift_into_each_other_and_missing_keys_are_apart() {
+        let mut a = Sha256::new();
+        feed(&mut a, b"a|b");
+        feed(&mut a, b"c");
+        let mut b = Sha256::new();
+        feed(&mut b, b"a");
+        feed(&mut b, b"b|c");
+        assert_ne!(finish(a), finish(b));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mut own = Sha256::new();
+        own.update([DOMAIN_PARTS]);
+        feed_ip(&mut own, ip);
+        assert_ne!(finish(own), Policy::missing_key(ip));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! The connection is made in the background and never on the request path: until it exists, and
 //! whenever a call fails or exceeds the timeout, the caller gets a [`StoreError`] and applies the
 //! policy's fallback. The connection manager (or the cluster connection) reconnects by itself.
+//! A [`StoreBreaker`] stops asking a Redis that keeps failing, so that an outage costs each
+//! decision nothing instead of the timeout; its probes run in the background.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -15,7 +17,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 
 use super::algorithm::{Decision, Limit};
+use super::breaker::{Admit, StoreBreaker};
 use crate::config::file::RateLimitStoreConfig;
+use crate::telemetry::metrics::{Metrics, RATELIMIT_REDIS_DURATION};
 
 const GCRA: &str = r#"
 local interval = tonumber(ARGV[1])
@@ -80,11 +84,13 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("Redis answered with an unexpected reply")]
     Reply,
+    #[error("Redis keeps failing; not asked until the breaker's probe succeeds")]
+    CircuitOpen,
 }
 
 impl StoreError {
     /// The `reason` label values of `ficus_ratelimit_store_errors_total`.
-    pub const REASONS: [&'static str; 3] = ["unavailable", "timeout", "error"];
+    pub const REASONS: [&'static str; 4] = ["unavailable", "timeout", "error", "circuit_open"];
 
     /// This error's index in [`Self::REASONS`].
     pub fn reason(&self) -> usize {
@@ -92,6 +98,20 @@ impl StoreError {
             Self::Unavailable => 0,
             Self::Timeout(_) => 1,
             Self::Redis(_) | Self::Reply => 2,
+            Self::CircuitOpen => 3,
+        }
+    }
+
+    /// The connection itself is gone: the next call would only wait for a reconnect.
+    fn connection_down(&self) -> bool {
+        match self {
+            Self::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_unrecoverable_error()
+            }
+            _ => false,
         }
     }
 }
@@ -115,11 +135,12 @@ pub struct RedisStore {
     gcra: redis::Script,
     sliding: redis::Script,
     latency: Histogram,
+    breaker: StoreBreaker,
 }
 
 impl RedisStore {
     /// Checks the URLs; connecting happens in the background.
-    pub fn new(cfg: &RateLimitStoreConfig, latency: Histogram) -> Result<Arc<Self>, String> {
+    pub fn new(cfg: &RateLimitStoreConfig, metrics: &Metrics) -> Result<Arc<Self>, String> {
         let target = match cfg.redis_urls.as_slice() {
             [] => return Err("no Redis URL".into()),
             [one] => Target::Single(redis::Client::open(one.as_str()).map_err(|e| e.to_string())?),
@@ -137,7 +158,8 @@ impl RedisStore {
             timeout: cfg.timeout,
             gcra: redis::Script::new(GCRA),
             sliding: redis::Script::new(SLIDING),
-            latency,
+            latency: metrics.histogram(RATELIMIT_REDIS_DURATION, &[]),
+            breaker: StoreBreaker::new(cfg.breaker, "redis", metrics),
         });
         store.ensure_connecting();
         Ok(store)
@@ -198,6 +220,51 @@ impl RedisStore {
             self.ensure_connecting();
             return Err(StoreError::Unavailable);
         };
+        match self.breaker.admit() {
+            Admit::Call => {}
+            Admit::Skip => return Err(StoreError::CircuitOpen),
+            Admit::Probe => {
+                self.probe(conn);
+                return Err(StoreError::CircuitOpen);
+            }
+        }
+        let result = self.call(&conn, key, limit, cost).await;
+        match &result {
+            Ok(_) => self.breaker.success(),
+            Err(e) => self.breaker.failure(e.connection_down()),
+        }
+        result
+    }
+
+    /// One PING in the background, within the store timeout: the decision that drew the probe
+    /// takes the fallback like the others, so no request waits on a Redis known to be down.
+    fn probe(self: &Arc<Self>, conn: Arc<Conn>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.breaker.probe_done(false);
+            return;
+        };
+        let store = self.clone();
+        rt.spawn(async move {
+            let mut conn = (*conn).clone();
+            let ping = redis::cmd("PING");
+            let answer = tokio::time::timeout(store.timeout, async {
+                match &mut conn {
+                    Conn::Single(c) => ping.query_async::<String>(c).await,
+                    Conn::Cluster(c) => ping.query_async::<String>(c).await,
+                }
+            })
+            .await;
+            let ok = matches!(answer, Ok(Ok(_)));
+            if !ok {
+                tracing::debug!("rate limits: Redis probe failed; the breaker stays open");
+            } else {
+                tracing::info!("rate limits: Redis answers again; the breaker closes");
+            }
+            store.breaker.probe_done(ok);
+        });
+    }
+
+    async fn call(&self, conn: &Conn, key: &str, limit: Limit, cost: u64) -> Result<Decision, StoreError> {
         let (unit_len, amount) = limit.in_micros();
         let script = match limit {
             Limit::Gcra { .. } => &self.gcra,
@@ -206,7 +273,7 @@ impl RedisStore {
         let mut call = script.key(key);
         call.arg(unit_len).arg(amount).arg(cost);
         let started = Instant::now();
-        let mut conn = (*conn).clone();
+        let mut conn = conn.clone();
         let reply = tokio::time::timeout(self.timeout, async {
             match &mut conn {
                 Conn::Single(c) => call.invoke_async::<Vec<i64>>(c).await,
