@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # What identity costs on the plain route: RS256 and ES256 tokens on a verified-token cache hit
-# and on a miss (the cache disabled, so every request verifies the signature), an internal JWT
-# signed towards legacy, and an RFC 7662 introspection cache hit. ficus pinned to CPU0 (one
-# worker); wrk, the bundled upstream, a tiny JWKS server and an introspection endpoint on CPU1.
+# and on a miss (the cache disabled, so every request verifies the signature), the same RS256
+# token (it carries a `kid`) verified with a static PEM file key instead of the JWKS, an internal
+# JWT signed towards legacy, and an RFC 7662 introspection cache hit. Each run also prints the
+# verified-token cache's hits and misses from /metrics (ficus_jwt_cache_total). ficus pinned to
+# CPU0 (one worker); wrk, the bundled upstream, a tiny JWKS server and an introspection endpoint
+# on CPU1.
 # Usage: loadtest/identity.sh [duration_s=8] [connections=64]. Loopback only; stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +38,9 @@ $pin1 python3 "$W/introspect.py" &
 echo -n "opaque-bench-token-0123456789" > "$W/opaque.token"
 export BENCH_INTROSPECTION_SECRET=bench-secret
 ROUTE_ID='jwt: idp, forward_claims: { sub: X-User-Id }'
-run() { # name, token file, cache entries [, route identity]
-  local route_id=${4:-$ROUTE_ID}
+JWKS_KEYS='jwks_url: "http://127.0.0.1:18091/jwks.json"'
+run() { # name, token file, cache entries [, route identity [, provider keys]]
+  local route_id=${4:-$ROUTE_ID} keys=${5:-$JWKS_KEYS}
   cat > "$W/f.yaml" <<YAML
 log: { level: warn, access_log: false }
 runtime: { worker_threads: 1 }
@@ -48,7 +52,7 @@ routes:
   - { name: plain, match: { path_prefix: / }, upstream: up, identity: { $route_id } }
 identity:
   jwt:
-    idp: { issuer: "https://idp.bench/", audiences: [bench], algorithms: [RS256, ES256], jwks_url: "http://127.0.0.1:18091/jwks.json", cache_entries: $3 }
+    idp: { issuer: "https://idp.bench/", audiences: [bench], algorithms: [RS256, ES256], $keys, cache_entries: $3 }
   introspection:
     opq: { url: "http://127.0.0.1:18092/introspect", client_id: ficus, client_secret_env: BENCH_INTROSPECTION_SECRET }
 YAML
@@ -61,13 +65,17 @@ YAML
   out=$($pin1 wrk -t1 -c"$C" -d"${D}s" -H "Authorization: Bearer $tok" http://127.0.0.1:18084/)
   t1=$(awk '{print $14+$15}' /proc/$P/stat)
   reqs=$(echo "$out" | awk '/requests in/{print $1}')
-  printf '%-28s rps=%-10s cpu_us_per_req=%s non2xx=%s\n' "$1" "$(echo "$out" | awk '/Requests\/sec/{print $2}')" \
+  local cache; cache=$(curl -sf http://127.0.0.1:19901/metrics \
+    | sed -n 's/^ficus_jwt_cache_total{.*result="\([a-z]*\)"} \(.*\)/\1=\2/p' | tr '\n' ' ')
+  printf '%-40s rps=%-10s cpu_us_per_req=%s non2xx=%s jwt_cache: %s\n' "$1" "$(echo "$out" | awk '/Requests\/sec/{print $2}')" \
     "$(awk -v a="$t0" -v b="$t1" -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", (b-a)*1e6/hz/r}')" \
-    "$(echo "$out" | awk '/Non-2xx/{print $5}')"
+    "$(echo "$out" | awk '/Non-2xx/{print $5}')" "${cache:-n/a}"
   kill $P; wait $P 2>/dev/null || true
 }
 run "RS256, cache hit" rs256.token 100000
 run "RS256, cache miss" rs256.token 0
+run "RS256 + kid, PEM file key, cache hit" rs256.token 100000 "$ROUTE_ID" 'pem_file: rs256-public.pem'
+run "RS256 + kid, PEM file key, cache miss" rs256.token 0 "$ROUTE_ID" 'pem_file: rs256-public.pem'
 run "ES256, cache hit" es256.token 100000
 run "ES256, cache miss" es256.token 0
 run "RS256 hit + internal ES256 JWT to legacy" rs256.token 100000 \

@@ -1032,3 +1032,44 @@ async fn jwks_over_https_is_verified_against_the_configured_ca() {
         "the untrusted handshake never reached the JWKS handler"
     );
 }
+
+/// The verified-token cache hits for tokens carrying a `kid` whatever kind of static key
+/// verified them: a PEM key and a JWK-file key without a `kid` are both "anonymous" keys.
+#[tokio::test]
+async fn verified_tokens_are_served_from_the_cache_with_file_keys_and_a_kid() {
+    let r = rsa("rotating-kid");
+    let up = Upstream::echo().await;
+    let mut anonymous = Jwk::from_encoding_key(&r.enc, r.alg).unwrap();
+    anonymous.common.key_id = None;
+    for provider in [
+        "algorithms: [RS256], pem_file: idp.pem",
+        "algorithms: [RS256], jwk_file: idp.jwk.json",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("idp.pem"), &r.public_pem).unwrap();
+        std::fs::write(
+            dir.path().join("idp.jwk.json"),
+            serde_json::to_string(&anonymous).unwrap(),
+        )
+        .unwrap();
+        let f = Ficus::start_in(dir, &config(&up.url(), provider, ROUTE))
+            .await
+            .unwrap();
+        let c = client();
+        let token = sign(&r, &good_claims());
+        for _ in 0..3 {
+            let a = send(&c, with_token(&f, &token)).await;
+            assert_eq!(a.status, 200, "{provider}: {}", a.text());
+        }
+        let m = get(&f.admin_url("/metrics")).await.text();
+        let series = |r: &str| {
+            metric(
+                &m,
+                &format!("ficus_jwt_cache_total{{provider=\"corp\",result=\"{r}\"}}"),
+            )
+        };
+        assert_eq!(series("miss"), Some(1.0), "{provider}: {m}");
+        assert_eq!(series("hit"), Some(2.0), "{provider}: {m}");
+        f.shutdown().await;
+    }
+}

@@ -384,7 +384,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         for file in p.pem_file.iter().chain(p.jwk_file.iter()) {
             watch_files.push(src.base_dir.join(file));
         }
-        match JwtProvider::new(name, p, &src.base_dir) {
+        match JwtProvider::new(name, p, &src.base_dir, deps.metrics) {
             Ok(fresh) => {
                 if let Some(old) = deps.states.jwt.current(name) {
                     fresh.inherit_jwks(&old);

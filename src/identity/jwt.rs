@@ -93,12 +93,40 @@ pub enum TokenError {
     KeysUnavailable(String),
 }
 
+/// A verification key and a digest of its material. A cached token stays valid only while
+/// the key `lookup` would choose for it is still the one that verified it.
+#[derive(Clone)]
+struct Key {
+    key: DecodingKey,
+    id: [u8; 32],
+}
+
+impl Key {
+    fn new(key: DecodingKey, material: &[&[u8]]) -> Self {
+        let mut d = Sha256::new();
+        for m in material {
+            // Length-prefixed, so two different splits of the same bytes differ.
+            d.update((m.len() as u64).to_be_bytes());
+            d.update(m);
+        }
+        Self {
+            key,
+            id: d.finalize().into(),
+        }
+    }
+
+    fn from_jwk(key: DecodingKey, jwk: &jsonwebtoken::jwk::Jwk) -> Self {
+        let json = serde_json::to_vec(jwk).unwrap_or_default();
+        Self::new(key, &[b"jwk", &json])
+    }
+}
+
 /// Keys from config (PEM, JWK file, HMAC secret); replaced on reload when their files change.
 struct StaticKeys {
     /// JWK-file keys that carry a `kid`.
-    by_kid: HashMap<String, DecodingKey>,
+    by_kid: HashMap<String, Key>,
     /// Keys without a `kid`: tried for tokens whose `kid` finds nothing else.
-    anonymous: Vec<DecodingKey>,
+    anonymous: Vec<Key>,
     /// A digest of the key material, to tell whether a reload changed it.
     fingerprint: [u8; 32],
 }
@@ -109,7 +137,7 @@ pub struct JwtProvider {
     algorithms: Vec<Algorithm>,
     static_keys: ArcSwap<StaticKeys>,
     /// The last good JWKS, by `kid`.
-    fetched: ArcSwap<HashMap<String, DecodingKey>>,
+    fetched: ArcSwap<HashMap<String, Key>>,
     /// When keys were last fetched (ms since `epoch`), for the unknown-`kid` refetch limit.
     last_fetch_ms: AtomicU64,
     fetch_lock: tokio::sync::Mutex<()>,
@@ -118,6 +146,9 @@ pub struct JwtProvider {
     jwks_loaded: std::sync::atomic::AtomicBool,
     epoch: Instant,
     cache: moka::sync::Cache<[u8; 32], Cached>,
+    /// `ficus_jwt_cache_total{result="hit"}` and `{result="miss"}`.
+    cache_hits: metrics::Counter,
+    cache_misses: metrics::Counter,
     pub(crate) refresher_started: std::sync::atomic::AtomicBool,
     /// Built once: http, or https verified against the webpki roots or `ca_file`.
     client: hyper_util::client::legacy::Client<
@@ -129,7 +160,10 @@ pub struct JwtProvider {
 #[derive(Clone)]
 struct Cached {
     claims: Arc<Claims>,
+    /// The token's `kid`, to find the key `lookup` would choose for it now.
     kid: Option<String>,
+    /// The key that verified the token.
+    key: [u8; 32],
     ttl: Duration,
 }
 
@@ -148,7 +182,12 @@ pub fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
 
 impl JwtProvider {
     /// Builds the provider and loads static keys. A JWKS is fetched later, by [`refresh`].
-    pub fn new(name: &str, cfg: &JwtProviderConfig, base_dir: &std::path::Path) -> Result<Self, String> {
+    pub fn new(
+        name: &str,
+        cfg: &JwtProviderConfig,
+        base_dir: &std::path::Path,
+        metrics: &crate::telemetry::Metrics,
+    ) -> Result<Self, String> {
         let algorithms = cfg
             .algorithms
             .iter()
@@ -189,6 +228,14 @@ impl JwtProvider {
                 .expire_after(CacheTtl)
                 .build(),
             refresher_started: Default::default(),
+            cache_hits: metrics.counter(
+                crate::telemetry::metrics::JWT_CACHE,
+                &[("provider", name), ("result", "hit")],
+            ),
+            cache_misses: metrics.counter(
+                crate::telemetry::metrics::JWT_CACHE,
+                &[("provider", name), ("result", "miss")],
+            ),
         })
     }
 
@@ -265,7 +312,7 @@ impl JwtProvider {
                 continue;
             };
             if self.algorithms.iter().any(|a| a.family() == key.family()) {
-                by_kid.insert(kid.clone(), key);
+                by_kid.insert(kid.clone(), Key::from_jwk(key, jwk));
             }
         }
         self.fetched.store(Arc::new(by_kid));
@@ -294,18 +341,15 @@ impl JwtProvider {
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(hit) = self.cache.get(&digest) {
-            // An entry must not outlive its key's removal from the JWKS.
-            let live = match &hit.kid {
-                Some(k) => {
-                    self.fetched.load().contains_key(k) || self.static_keys.load().by_kid.contains_key(k)
-                }
-                None => true,
-            };
-            if live {
+            // An entry must not outlive its key: the key this token would be verified with now
+            // must be the one that verified it (not removed from the JWKS, not replaced).
+            if self.lookup_id(hit.kid.as_deref()) == Some(hit.key) {
+                self.cache_hits.increment(1);
                 return Ok(hit.claims);
             }
             self.cache.invalidate(&digest);
         }
+        self.cache_misses.increment(1);
         let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
         if !self.algorithms.contains(&header.alg) {
             return Err(TokenError::Algorithm(header.alg));
@@ -316,7 +360,7 @@ impl JwtProvider {
             self.refetch_for_unknown_kid().await;
             found = self.lookup(header.kid.as_deref());
         }
-        let key = match found {
+        let Key { key, id: key_id } = match found {
             Some(k) => k,
             None if jwks && !self.jwks_loaded() => {
                 return Err(TokenError::KeysUnavailable(format!(
@@ -374,6 +418,7 @@ impl JwtProvider {
                 Cached {
                     claims: claims.clone(),
                     kid: header.kid,
+                    key: key_id,
                     ttl,
                 },
             );
@@ -386,19 +431,28 @@ impl JwtProvider {
         self.jwks_loaded.load(Ordering::Acquire)
     }
 
-    fn lookup(&self, kid: Option<&str>) -> Option<DecodingKey> {
+    /// The key for a token's `kid`: the fetched JWKS, then the static keys by `kid`, then the
+    /// first static key without one.
+    fn lookup_with<R>(&self, kid: Option<&str>, f: impl FnOnce(&Key) -> R) -> Option<R> {
         let statics = self.static_keys.load();
-        match kid {
+        let fetched = self.fetched.load();
+        let key = match kid {
             // Exact match only: a `kid` is a name, never a path, query or URL.
-            Some(k) => self
-                .fetched
-                .load()
+            Some(k) => fetched
                 .get(k)
                 .or_else(|| statics.by_kid.get(k))
-                .or_else(|| statics.anonymous.first())
-                .cloned(),
-            None => statics.anonymous.first().cloned(),
-        }
+                .or_else(|| statics.anonymous.first()),
+            None => statics.anonymous.first(),
+        };
+        key.map(f)
+    }
+
+    fn lookup(&self, kid: Option<&str>) -> Option<Key> {
+        self.lookup_with(kid, Key::clone)
+    }
+
+    fn lookup_id(&self, kid: Option<&str>) -> Option<[u8; 32]> {
+        self.lookup_with(kid, |k| k.id)
     }
 }
 
@@ -431,7 +485,7 @@ fn load_static_keys(
                 F::Hmac => None,
             })
             .ok_or_else(|| format!("{}: not a public key for {:?}", path.display(), cfg.algorithms))?;
-        anonymous.push(key);
+        anonymous.push(Key::new(key, &[b"pem", &bytes]));
     }
     if let Some(file) = &cfg.jwk_file {
         let (path, bytes) = read(file)?;
@@ -444,6 +498,7 @@ fn load_static_keys(
                 continue;
             }
             usable += 1;
+            let key = Key::from_jwk(key, jwk);
             match &jwk.common.key_id {
                 Some(kid) => {
                     by_kid.insert(kid.clone(), key);
@@ -465,7 +520,10 @@ fn load_static_keys(
             return Err(format!("the HMAC secret in {env} must be at least 32 bytes"));
         }
         digest.update(secret.as_bytes());
-        anonymous.push(DecodingKey::from_secret(secret.as_bytes()));
+        anonymous.push(Key::new(
+            DecodingKey::from_secret(secret.as_bytes()),
+            &[b"hmac", secret.as_bytes()],
+        ));
     }
     Ok(StaticKeys {
         by_kid,
@@ -535,13 +593,15 @@ mod tests {
         let cfg: JwtProviderConfig =
             serde_yaml_ng::from_str("{ issuer: i, audiences: [a], algorithms: [ES256], jwk_file: k.json }")
                 .unwrap();
-        let p = JwtProvider::new("p", &cfg, dir.path()).unwrap();
+        let p = JwtProvider::new("p", &cfg, dir.path(), &crate::telemetry::Metrics::new()).unwrap();
         assert!(p.lookup(Some("a")).is_some());
         let rsa_only = JwtProviderConfig {
             algorithms: vec!["RS256".into()],
             ..cfg
         };
-        let err = JwtProvider::new("p", &rsa_only, dir.path()).err().unwrap();
+        let err = JwtProvider::new("p", &rsa_only, dir.path(), &crate::telemetry::Metrics::new())
+            .err()
+            .unwrap();
         assert!(err.contains("no key for the algorithms"), "{err}");
     }
 }
