@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class H(BaseHTTPRequestHandler):
     def do_POST(self):
         self.rfile.read(int(self.headers.get('content-length', 0)))
-        body = json.dumps({"active": True, "sub": "bench-user", "scope": "orders:read", "exp": int(time.time()) + 3600}).encode()
+        body = json.dumps({"active": True, "sub": "bench-user", "scope": "orders:read", "aud": "bench", "exp": int(time.time()) + 3600}).encode()
         self.send_response(200); self.send_header('content-type', 'application/json')
         self.send_header('content-length', str(len(body))); self.end_headers(); self.wfile.write(body)
     def log_message(self, *a): pass
@@ -54,7 +54,7 @@ identity:
   jwt:
     idp: { issuer: "https://idp.bench/", audiences: [bench], algorithms: [RS256, ES256], $keys, cache_entries: $3 }
   introspection:
-    opq: { url: "http://127.0.0.1:18092/introspect", client_id: ficus, client_secret_env: BENCH_INTROSPECTION_SECRET }
+    opq: { url: "http://127.0.0.1:18092/introspect", client_id: ficus, client_secret_env: BENCH_INTROSPECTION_SECRET, audiences: [bench] }
 YAML
   $pin0 target/release/ficus run --config "$W/f.yaml" >/dev/null 2>"$W/ficus.log" & local P=$!
   local tok; tok=$(cat "$W/$2")

@@ -214,6 +214,19 @@ pub struct IntrospectionConfig {
     pub client_id: String,
     /// The environment variable holding ficus's client secret at the IdP.
     pub client_secret_env: String,
+    /// An active answer's `aud` (a string or an array) must hold at least one of these.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// An active answer's `iss` must equal this.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// An active answer's `client_id` (the client the token was issued to) must be one of these.
+    #[serde(default)]
+    pub allowed_client_ids: Vec<String>,
+    /// Without `audiences` or `allowed_client_ids`, the config is refused unless this says
+    /// that any active token of the IdP will do.
+    #[serde(default)]
+    pub allow_any_audience: bool,
     /// How ficus authenticates to the endpoint: `basic` (HTTP Basic) or `post` (form fields).
     #[serde(default)]
     pub auth: IntrospectionAuth,
