@@ -1073,3 +1073,118 @@ async fn verified_tokens_are_served_from_the_cache_with_file_keys_and_a_kid() {
         f.shutdown().await;
     }
 }
+
+/// A body that sends its first bytes, then nothing ever again: a slow-loris IdP.
+struct Stalled(bool);
+
+impl hyper::body::Body for Stalled {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>> {
+        if std::mem::replace(&mut self.0, true) {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+                br#"{"keys":["#,
+            )))))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_body_that_stalls_is_cut_off_by_the_fetch_timeout() {
+    use http_body_util::BodyExt as _;
+    let r = rsa("r1");
+    let stall = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let set = serde_json::to_string(&jwks(&[&r])).unwrap();
+    let s = stall.clone();
+    let idp = Upstream::start(move |_req: Request<Incoming>| {
+        let (stalled, set) = (s.load(Ordering::SeqCst), set.clone());
+        async move {
+            if stalled {
+                let mut resp = Response::new(Stalled(false).boxed_unsync());
+                resp.headers_mut()
+                    .insert("content-length", "100000".parse().unwrap());
+                resp
+            } else {
+                Response::new(full(set))
+            }
+        }
+    })
+    .await;
+    let up = Upstream::echo().await;
+    let provider = format!(
+        "algorithms: [RS256], jwks_url: '{}/jwks', jwks_timeout: 300ms, unknown_kid_refetch: 100ms",
+        idp.url()
+    );
+    let f = Ficus::start(&config(&up.url(), &provider, ROUTE)).await;
+    let c = client();
+    let token = sign(&r, &good_claims());
+    // Never loaded and every body stalls: a prompt 503, not a request stuck behind the fetch
+    // lock that the stalled start-up fetch holds.
+    let started = std::time::Instant::now();
+    let a = tokio::time::timeout(Duration::from_secs(5), send(&c, with_token(&f, &token)))
+        .await
+        .expect("the request hung behind a stalled JWKS fetch");
+    a.assert_problem(503, "identity-unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The IdP recovers: the keys load and the token passes.
+    stall.store(false, Ordering::SeqCst);
+    let p = f.gw().shared().snapshot.load().jwt_providers[0].clone();
+    p.refresh().await.unwrap();
+    assert_eq!(send(&c, with_token(&f, &token)).await.status, 200);
+
+    // It stalls again: the refresh gives up within the timeout and the last good keys serve.
+    stall.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(5), p.refresh())
+        .await
+        .expect("the refresh hung on a stalled body")
+        .unwrap_err();
+    assert!(err.contains("300ms"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut other = good_claims();
+    other["sub"] = "bob".into();
+    let b = send(&c, with_token(&f, &sign(&r, &other))).await;
+    assert_eq!(b.status, 200, "{}", b.text());
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_jwks_refresh_under_a_second_or_a_zero_fetch_timeout_is_a_config_error() {
+    let up = Upstream::echo().await;
+    for (keys, path) in [
+        (
+            "jwks_refresh: 0s",
+            "identity.jwt.corp.jwks_refresh: must be at least 1s",
+        ),
+        (
+            "jwks_refresh: 500ms",
+            "identity.jwt.corp.jwks_refresh: must be at least 1s",
+        ),
+        (
+            "jwks_timeout: 0s",
+            "identity.jwt.corp.jwks_timeout: must be greater than zero",
+        ),
+    ] {
+        let provider = format!("algorithms: [RS256], jwks_url: 'http://127.0.0.1:9/jwks', {keys}");
+        let err = Ficus::try_start(&config(&up.url(), &provider, ROUTE))
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(path), "{keys}: {err}");
+    }
+}

@@ -380,6 +380,19 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 "set `issuer` and at least one audience".into(),
             );
         }
+        let min = crate::identity::jwt::MIN_JWKS_REFRESH;
+        if p.jwks_refresh < min {
+            bad(
+                format!("identity.jwt.{name}.jwks_refresh"),
+                format!("must be at least {min:?}: a shorter interval hammers the identity provider"),
+            );
+        }
+        if p.jwks_timeout.is_zero() {
+            bad(
+                format!("identity.jwt.{name}.jwks_timeout"),
+                "must be greater than zero".into(),
+            );
+        }
         // Built fresh to validate; the kept one (same config) carries the keys and cache over.
         for file in p.pem_file.iter().chain(p.jwk_file.iter()) {
             watch_files.push(src.base_dir.join(file));

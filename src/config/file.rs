@@ -299,8 +299,12 @@ pub struct JwtProviderConfig {
     /// The environment variable holding an HMAC secret (at least 32 bytes).
     #[serde(default)]
     pub hmac_secret_env: Option<String>,
+    /// At least 1s (a shorter interval would hammer the IdP).
     #[serde(default = "default_jwks_refresh", with = "humantime_serde_compat")]
     pub jwks_refresh: Duration,
+    /// Bounds a whole JWKS fetch: connecting, the answer's head and its body.
+    #[serde(default = "default_jwks_timeout", with = "humantime_serde_compat")]
+    pub jwks_timeout: Duration,
     /// A token with an unknown `kid` triggers at most one JWKS refetch per this interval.
     #[serde(default = "default_unknown_kid", with = "humantime_serde_compat")]
     pub unknown_kid_refetch: Duration,
@@ -1227,6 +1231,9 @@ fn default_jwt_leeway() -> Duration {
 }
 fn default_jwks_refresh() -> Duration {
     Duration::from_secs(300)
+}
+fn default_jwks_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_unknown_kid() -> Duration {
     Duration::from_secs(30)

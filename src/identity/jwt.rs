@@ -206,9 +206,12 @@ impl JwtProvider {
         if static_keys.anonymous.is_empty() && static_keys.by_kid.is_empty() && cfg.jwks_url.is_none() {
             return Err("set jwks_url, pem_file, jwk_file or hmac_secret_env".into());
         }
-        let connector =
-            crate::upstream::tls::idp_connector(cfg.ca_file.as_deref(), base_dir, Duration::from_secs(2))
-                .map_err(|e| format!("ca_file: {e}"))?;
+        let connector = crate::upstream::tls::idp_connector(
+            cfg.ca_file.as_deref(),
+            base_dir,
+            cfg.jwks_timeout.min(Duration::from_secs(2)),
+        )
+        .map_err(|e| format!("ca_file: {e}"))?;
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -277,31 +280,36 @@ impl JwtProvider {
         };
         self.last_fetch_ms
             .store(self.epoch.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
-        let client = &self.client;
         let req = http::Request::get(url.as_str())
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
-        let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        // The whole exchange is bounded, body included: this runs under `fetch_lock`, so an
+        // IdP that sends its head and then trickles (or stalls) the body would otherwise
+        // hold up every refetch, and every request waiting for one.
+        let call = async {
+            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("JWKS answered {}", resp.status()));
+            }
+            let max_age = resp
+                .headers()
+                .get(http::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.split(',')
+                        .find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<u64>().ok())
+                })
+                .map(Duration::from_secs);
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_JWKS_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("JWKS body: {e}"))?
+                .to_bytes();
+            Ok((max_age, body))
+        };
+        let (max_age, body) = tokio::time::timeout(self.cfg.jwks_timeout, call)
             .await
-            .map_err(|_| "JWKS fetch timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("JWKS answered {}", resp.status()));
-        }
-        let max_age = resp
-            .headers()
-            .get(http::header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.split(',')
-                    .find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<u64>().ok())
-            })
-            .map(Duration::from_secs);
-        let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+            .map_err(|_| format!("no complete JWKS within {:?}", self.cfg.jwks_timeout))??;
         let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("bad JWKS: {e}"))?;
         let mut by_kid = HashMap::new();
         for jwk in &set.keys {
@@ -544,6 +552,13 @@ fn parse_jwk_file(bytes: &[u8]) -> Result<Vec<jsonwebtoken::jwk::Jwk>, String> {
     }
 }
 
+/// A JWKS larger than this is refused (real ones are a few KiB).
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// The shortest wait between two scheduled JWKS fetches, whatever the config or the IdP say
+/// (the config compiler refuses a shorter `jwks_refresh`; this guards the loop anyway).
+pub const MIN_JWKS_REFRESH: Duration = Duration::from_secs(1);
+
 /// Keeps every provider's JWKS fresh: at start, then every `jwks_refresh` (or sooner when the
 /// IdP's `Cache-Control: max-age` says so). The task ends when the provider is dropped.
 pub fn start_refreshers(providers: &[Arc<JwtProvider>]) {
@@ -555,15 +570,11 @@ pub fn start_refreshers(providers: &[Arc<JwtProvider>]) {
         tokio::spawn(async move {
             loop {
                 let Some(p) = weak.upgrade() else { return };
-                let wait = match p.refresh().await {
-                    Ok(max_age) => max_age.map_or(p.cfg.jwks_refresh, |m| {
-                        m.clamp(Duration::from_secs(10), p.cfg.jwks_refresh)
-                    }),
-                    Err(e) => {
-                        tracing::warn!(provider = %p.name, error = %e, "JWKS fetch failed; keeping the last good keys");
-                        Duration::from_secs(5).min(p.cfg.jwks_refresh)
-                    }
-                };
+                let fetched = p.refresh().await;
+                if let Err(e) = &fetched {
+                    tracing::warn!(provider = %p.name, error = %e, "JWKS fetch failed; keeping the last good keys");
+                }
+                let wait = next_fetch_in(&fetched, p.cfg.jwks_refresh);
                 drop(p);
                 tokio::time::sleep(wait).await;
             }
@@ -571,9 +582,53 @@ pub fn start_refreshers(providers: &[Arc<JwtProvider>]) {
     }
 }
 
+/// How long the refresher waits after a fetch: `jwks_refresh`, or sooner when the IdP's
+/// `max-age` says so; after a failure, a short retry.
+fn next_fetch_in(fetched: &Result<Option<Duration>, String>, every: Duration) -> Duration {
+    let every = every.max(MIN_JWKS_REFRESH);
+    let wait = match fetched {
+        // `max-age` may bring the next fetch forward, never below 10 s (nor past `every`,
+        // so an interval shorter than 10 s stays what it is).
+        Ok(max_age) => max_age.map_or(every, |m| m.max(Duration::from_secs(10)).min(every)),
+        Err(_) => Duration::from_secs(5).min(every),
+    };
+    wait.max(MIN_JWKS_REFRESH)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_refresh_delay_never_panics_and_never_spins() {
+        let s = Duration::from_secs;
+        // The IdP's max-age shortens the interval, down to a floor of 10 s.
+        assert_eq!(next_fetch_in(&Ok(Some(s(60))), s(300)), s(60));
+        assert_eq!(next_fetch_in(&Ok(Some(s(1))), s(300)), s(10));
+        assert_eq!(next_fetch_in(&Ok(Some(s(900))), s(300)), s(300));
+        assert_eq!(next_fetch_in(&Ok(None), s(300)), s(300));
+        assert_eq!(next_fetch_in(&Err("down".into()), s(300)), s(5));
+        // An interval under the 10 s floor (the clamp's bounds were inverted: a panic).
+        assert_eq!(next_fetch_in(&Ok(Some(s(1))), s(5)), s(5));
+        assert_eq!(next_fetch_in(&Ok(Some(s(0))), s(5)), s(5));
+        assert_eq!(next_fetch_in(&Ok(Some(s(60))), s(5)), s(5));
+        assert_eq!(next_fetch_in(&Err("down".into()), s(2)), s(2));
+        // Whatever the config says, never a tight loop.
+        for every in [
+            Duration::ZERO,
+            Duration::from_millis(1),
+            Duration::from_millis(999),
+        ] {
+            for fetched in [
+                Ok(None),
+                Ok(Some(Duration::ZERO)),
+                Ok(Some(s(1))),
+                Err(String::new()),
+            ] {
+                assert!(next_fetch_in(&fetched, every) >= MIN_JWKS_REFRESH, "{every:?}");
+            }
+        }
+    }
 
     const EC_JWK: &str = r#"{"kty":"EC","crv":"P-256","kid":"a","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
 
