@@ -7,18 +7,24 @@
 # CPU0 (one worker); wrk, the bundled upstream, a tiny JWKS server and an introspection endpoint
 # on CPU1.
 # Usage: loadtest/identity.sh [duration_s=8] [connections=64]. Loopback only; stops by itself.
+# Honours CARGO_TARGET_DIR; FICUS_BIN=path measures another ficus binary (e.g. an older build)
+# with the same helpers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${1:-8}; C=${2:-64}
 command -v wrk >/dev/null || { echo "wrk is needed" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
 cargo build --release --locked --bin ficus --example bench_upstream --example mint_token >&2
+T=${CARGO_TARGET_DIR:-target}/release
+BIN=${FICUS_BIN:-$T/ficus}
+# The introspection endpoint's audience check (OPQ_CHECK= for a build that predates it).
+OPQ_CHECK=${OPQ_CHECK-audiences: [bench]}
 W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$W"' EXIT
 pin0=""; pin1=""
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then pin0="taskset -c 0"; pin1="taskset -c 1"; fi
-$pin1 target/release/examples/bench_upstream 127.0.0.1:18090 2>/dev/null &
+$pin1 "$T/examples/bench_upstream" 127.0.0.1:18090 2>/dev/null &
 # Keys, a JWKS and one token per algorithm, from the mint_token example.
-target/release/examples/mint_token "$W" >/dev/null
+"$T/examples/mint_token" "$W" >/dev/null
 (cd "$W" && $pin1 python3 -m http.server 18091 --bind 127.0.0.1 >/dev/null 2>&1) &
 sleep 0.5
 # A minimal RFC 7662 endpoint: every token is active for an hour.
@@ -54,9 +60,9 @@ identity:
   jwt:
     idp: { issuer: "https://idp.bench/", audiences: [bench], algorithms: [RS256, ES256], $keys, cache_entries: $3 }
   introspection:
-    opq: { url: "http://127.0.0.1:18092/introspect", client_id: ficus, client_secret_env: BENCH_INTROSPECTION_SECRET, audiences: [bench] }
+    opq: { url: "http://127.0.0.1:18092/introspect", client_id: ficus, client_secret_env: BENCH_INTROSPECTION_SECRET${OPQ_CHECK:+, $OPQ_CHECK} }
 YAML
-  $pin0 target/release/ficus run --config "$W/f.yaml" >/dev/null 2>"$W/ficus.log" & local P=$!
+  $pin0 "$BIN" run --config "$W/f.yaml" >/dev/null 2>"$W/ficus.log" & local P=$!
   local tok; tok=$(cat "$W/$2")
   for _ in $(seq 50); do curl -sf -o /dev/null -H "Authorization: Bearer $tok" http://127.0.0.1:18084/ && break; sleep 0.1; done
   $pin1 wrk -t1 -c"$C" -d2s -H "Authorization: Bearer $tok" http://127.0.0.1:18084/ >/dev/null
