@@ -1,5 +1,6 @@
-//! Writes an RSA and an EC key pair's JWKS (`jwks.json`) and one long-lived token for each
-//! (`rs256.token`, `es256.token`) into a directory, for `loadtest/identity.sh`.
+//! Writes an RSA and an EC key pair's JWKS (`jwks.json`), the RSA public key in PEM
+//! (`rs256-public.pem`) and one long-lived token for each (`rs256.token`, `es256.token`, both
+//! with a `kid`) into a directory, for `loadtest/identity.sh`.
 //!
 //! `cargo run --release --example mint_token -- /tmp/dir`
 
@@ -32,6 +33,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         serde_json::json!({ "iss": "https://idp.bench/", "aud": "bench", "sub": "bench-user", "exp": exp });
     // A signing key for ficus's own internal JWT towards legacy (loadtest/identity.sh).
     std::fs::write(dir.join("internal-es256.pem"), ec.serialize_pem())?;
+    // The same RSA key as a static file key (`pem_file`), for the file-key cache case.
+    std::fs::write(dir.join("rs256-public.pem"), rsa.public_key_pem())?;
     let mut set = JwkSet { keys: Vec::new() };
     for (kid, alg, key, file) in &keys {
         let mut jwk = Jwk::from_encoding_key(key, *alg)?;
@@ -42,6 +45,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(dir.join(file), jsonwebtoken::encode(&h, &claims, key)?)?;
     }
     std::fs::write(dir.join("jwks.json"), serde_json::to_string(&set)?)?;
-    println!("wrote jwks.json, rs256.token, es256.token to {}", dir.display());
+    println!(
+        "wrote jwks.json, rs256-public.pem, rs256.token, es256.token to {}",
+        dir.display()
+    );
     Ok(())
 }

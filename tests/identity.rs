@@ -1032,3 +1032,159 @@ async fn jwks_over_https_is_verified_against_the_configured_ca() {
         "the untrusted handshake never reached the JWKS handler"
     );
 }
+
+/// The verified-token cache hits for tokens carrying a `kid` whatever kind of static key
+/// verified them: a PEM key and a JWK-file key without a `kid` are both "anonymous" keys.
+#[tokio::test]
+async fn verified_tokens_are_served_from_the_cache_with_file_keys_and_a_kid() {
+    let r = rsa("rotating-kid");
+    let up = Upstream::echo().await;
+    let mut anonymous = Jwk::from_encoding_key(&r.enc, r.alg).unwrap();
+    anonymous.common.key_id = None;
+    for provider in [
+        "algorithms: [RS256], pem_file: idp.pem",
+        "algorithms: [RS256], jwk_file: idp.jwk.json",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("idp.pem"), &r.public_pem).unwrap();
+        std::fs::write(
+            dir.path().join("idp.jwk.json"),
+            serde_json::to_string(&anonymous).unwrap(),
+        )
+        .unwrap();
+        let f = Ficus::start_in(dir, &config(&up.url(), provider, ROUTE))
+            .await
+            .unwrap();
+        let c = client();
+        let token = sign(&r, &good_claims());
+        for _ in 0..3 {
+            let a = send(&c, with_token(&f, &token)).await;
+            assert_eq!(a.status, 200, "{provider}: {}", a.text());
+        }
+        let m = get(&f.admin_url("/metrics")).await.text();
+        let series = |r: &str| {
+            metric(
+                &m,
+                &format!("ficus_jwt_cache_total{{provider=\"corp\",result=\"{r}\"}}"),
+            )
+        };
+        assert_eq!(series("miss"), Some(1.0), "{provider}: {m}");
+        assert_eq!(series("hit"), Some(2.0), "{provider}: {m}");
+        f.shutdown().await;
+    }
+}
+
+/// A body that sends its first bytes, then nothing ever again: a slow-loris IdP.
+struct Stalled(bool);
+
+impl hyper::body::Body for Stalled {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>> {
+        if std::mem::replace(&mut self.0, true) {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+                br#"{"keys":["#,
+            )))))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_body_that_stalls_is_cut_off_by_the_fetch_timeout() {
+    use http_body_util::BodyExt as _;
+    let r = rsa("r1");
+    let stall = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let set = serde_json::to_string(&jwks(&[&r])).unwrap();
+    let s = stall.clone();
+    let idp = Upstream::start(move |_req: Request<Incoming>| {
+        let (stalled, set) = (s.load(Ordering::SeqCst), set.clone());
+        async move {
+            if stalled {
+                let mut resp = Response::new(Stalled(false).boxed_unsync());
+                resp.headers_mut()
+                    .insert("content-length", "100000".parse().unwrap());
+                resp
+            } else {
+                Response::new(full(set))
+            }
+        }
+    })
+    .await;
+    let up = Upstream::echo().await;
+    let provider = format!(
+        "algorithms: [RS256], jwks_url: '{}/jwks', jwks_timeout: 300ms, unknown_kid_refetch: 100ms",
+        idp.url()
+    );
+    let f = Ficus::start(&config(&up.url(), &provider, ROUTE)).await;
+    let c = client();
+    let token = sign(&r, &good_claims());
+    // Never loaded and every body stalls: a prompt 503, not a request stuck behind the fetch
+    // lock that the stalled start-up fetch holds.
+    let started = std::time::Instant::now();
+    let a = tokio::time::timeout(Duration::from_secs(5), send(&c, with_token(&f, &token)))
+        .await
+        .expect("the request hung behind a stalled JWKS fetch");
+    a.assert_problem(503, "identity-unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The IdP recovers: the keys load and the token passes.
+    stall.store(false, Ordering::SeqCst);
+    let p = f.gw().shared().snapshot.load().jwt_providers[0].clone();
+    p.refresh().await.unwrap();
+    assert_eq!(send(&c, with_token(&f, &token)).await.status, 200);
+
+    // It stalls again: the refresh gives up within the timeout and the last good keys serve.
+    stall.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(5), p.refresh())
+        .await
+        .expect("the refresh hung on a stalled body")
+        .unwrap_err();
+    assert!(err.contains("300ms"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut other = good_claims();
+    other["sub"] = "bob".into();
+    let b = send(&c, with_token(&f, &sign(&r, &other))).await;
+    assert_eq!(b.status, 200, "{}", b.text());
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_jwks_refresh_under_a_second_or_a_zero_fetch_timeout_is_a_config_error() {
+    let up = Upstream::echo().await;
+    for (keys, path) in [
+        (
+            "jwks_refresh: 0s",
+            "identity.jwt.corp.jwks_refresh: must be at least 1s",
+        ),
+        (
+            "jwks_refresh: 500ms",
+            "identity.jwt.corp.jwks_refresh: must be at least 1s",
+        ),
+        (
+            "jwks_timeout: 0s",
+            "identity.jwt.corp.jwks_timeout: must be greater than zero",
+        ),
+    ] {
+        let provider = format!("algorithms: [RS256], jwks_url: 'http://127.0.0.1:9/jwks', {keys}");
+        let err = Ficus::try_start(&config(&up.url(), &provider, ROUTE))
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(path), "{keys}: {err}");
+    }
+}

@@ -16,6 +16,7 @@ use support::*;
 
 const SECRET_ENV: &str = "FICUS_TEST_INTROSPECT_SECRET";
 const SECRET: &str = "s3cret";
+const ISSUER: &str = "https://idp.test/";
 
 #[derive(Clone, Copy, PartialEq)]
 enum Auth {
@@ -79,9 +80,27 @@ impl Idp {
                 let answer = match form.get("token").map(String::as_str) {
                     Some("good") => serde_json::json!({
                         "active": true, "sub": "alice", "scope": "orders:read orders:write",
-                        "client_id": "app", "exp": now() + 600,
+                        "client_id": "app", "exp": now() + 600, "iss": ISSUER,
+                        "aud": ["billing", "orders"], "nbf": now() - 5,
                     }),
-                    Some("narrow") => serde_json::json!({ "active": true, "sub": "bob", "scope": "profile", "exp": now() + 600 }),
+                    Some("narrow") => serde_json::json!({ "active": true, "sub": "bob", "scope": "profile", "exp": now() + 600, "aud": "orders", "iss": ISSUER }),
+                    // Active, but issued for another resource server, by another issuer, to
+                    // another client, not valid yet or already expired.
+                    Some(t @ ("other-aud" | "other-iss" | "other-client" | "no-aud" | "not-yet" | "expired")) => {
+                        let mut a = serde_json::json!({
+                            "active": true, "sub": "mallory", "scope": "orders:read",
+                            "client_id": "app", "exp": now() + 600, "iss": ISSUER, "aud": "orders",
+                        });
+                        match t {
+                            "other-aud" => a["aud"] = serde_json::json!(["payments", "billing"]),
+                            "other-iss" => a["iss"] = "https://evil.test/".into(),
+                            "other-client" => a["client_id"] = "rogue".into(),
+                            "no-aud" => drop(a.as_object_mut().unwrap().remove("aud")),
+                            "not-yet" => a["nbf"] = (now() + 600).into(),
+                            _ => a["exp"] = (now() - 5).into(),
+                        }
+                        a
+                    }
                     _ => serde_json::json!({ "active": false }),
                 };
                 Response::new(full(answer.to_string()))
@@ -106,7 +125,7 @@ fn config(upstream: &str, idp: &Idp, provider: &str) -> String {
         "    upstream: app\n",
         "    upstream: app\n    identity: { introspection: corp, scopes: ['orders:read'], forward_claims: { sub: X-User-Id } }\n",
     ) + &format!(
-        "identity:\n  introspection:\n    corp: {{ url: '{}/introspect', client_id: ficus, client_secret_env: {SECRET_ENV}, {provider} }}\n",
+        "identity:\n  introspection:\n    corp: {{ url: '{}/introspect', client_id: ficus, client_secret_env: {SECRET_ENV}, audiences: [orders], {provider} }}\n",
         idp.upstream.url()
     )
 }
@@ -258,7 +277,7 @@ async fn idp_refusing_connections_gives_503() {
         "    upstream: app\n",
         "    upstream: app\n    identity: { introspection: corp }\n",
     ) + &format!(
-        "identity:\n  introspection:\n    corp: {{ url: 'http://{addr}/introspect', client_id: ficus, client_secret_env: {SECRET_ENV} }}\n"
+        "identity:\n  introspection:\n    corp: {{ url: 'http://{addr}/introspect', client_id: ficus, client_secret_env: {SECRET_ENV}, audiences: [orders] }}\n"
     );
     let f = Ficus::start(&yaml).await;
     send(&client(), with_token(&f, "good"))
@@ -274,7 +293,7 @@ async fn introspection_config_errors_name_the_key() {
     let yaml = basic_config(&up.url()).replace(
         "    upstream: app\n",
         "    upstream: app\n    identity: { introspection: nope }\n",
-    ) + "identity:\n  introspection:\n    corp: { url: 'http://127.0.0.1:1/i', client_id: ficus, client_secret_env: FICUS_TEST_UNSET_NOWHERE }\n";
+    ) + "identity:\n  introspection:\n    corp: { url: 'http://127.0.0.1:1/i', client_id: ficus, client_secret_env: FICUS_TEST_UNSET_NOWHERE, audiences: [orders] }\n";
     let err = Ficus::try_start(&yaml).await.err().unwrap().to_string();
     assert!(err.contains("identity.introspection.corp"), "{err}");
     assert!(err.contains("FICUS_TEST_UNSET_NOWHERE"), "{err}");
@@ -295,5 +314,93 @@ async fn concurrent_requests_with_a_new_token_share_one_introspection() {
         assert_eq!(t.await.unwrap(), 200);
     }
     assert_eq!(idp.calls(), 1, "concurrent misses were not coalesced");
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn active_tokens_for_another_audience_issuer_or_client_get_401_and_are_cached() {
+    let idp = Idp::start(Auth::Basic).await;
+    let up = Upstream::echo().await;
+    let f = Ficus::start(&config(
+        &up.url(),
+        &idp,
+        &format!("issuer: '{ISSUER}', allowed_client_ids: [app, other-app]"),
+    ))
+    .await;
+    let c = client();
+    let a = send(&c, with_token(&f, "good")).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.echoed().headers["x-user-id"], vec!["alice".to_string()]);
+    let refused = [
+        "other-aud",
+        "other-iss",
+        "other-client",
+        "no-aud",
+        "not-yet",
+        "expired",
+        // Active, right audience and issuer, but no `client_id` while a list is configured.
+        "narrow",
+    ];
+    for token in refused {
+        let a = send(&c, with_token(&f, token)).await;
+        a.assert_problem(401, "invalid-token");
+        assert_eq!(a.headers["www-authenticate"], r#"Bearer error="invalid_token""#);
+    }
+    let calls = idp.calls();
+    assert_eq!(calls, 1 + refused.len());
+    // A refusal is cached like an inactive answer.
+    for token in refused {
+        send(&c, with_token(&f, token))
+            .await
+            .assert_problem(401, "invalid-token");
+    }
+    assert_eq!(idp.calls(), calls, "refusals were not cached");
+    assert_eq!(up.hits(), 1);
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &m,
+            "ficus_introspection_total{provider=\"corp\",result=\"refused\"}"
+        ),
+        Some(refused.len() as f64),
+        "{m}"
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_without_an_audience_or_client_check_is_refused_unless_any_is_allowed() {
+    let idp = Idp::start(Auth::Basic).await;
+    let up = Upstream::echo().await;
+    let unchecked = config(&up.url(), &idp, "auth: basic").replace("audiences: [orders], ", "");
+    let err = Ficus::try_start(&unchecked).await.err().unwrap().to_string();
+    assert!(
+        err.contains("identity.introspection.corp: set `audiences` or `allowed_client_ids`"),
+        "{err}"
+    );
+    let contradictory = config(&up.url(), &idp, "allow_any_audience: true");
+    let err = Ficus::try_start(&contradictory).await.err().unwrap().to_string();
+    assert!(
+        err.contains("identity.introspection.corp.allow_any_audience"),
+        "{err}"
+    );
+
+    // Checking the client alone is enough; so is saying explicitly that any audience will do.
+    let by_client = config(&up.url(), &idp, "allowed_client_ids: [app]").replace("audiences: [orders], ", "");
+    let f = Ficus::start(&by_client).await;
+    assert_eq!(send(&client(), with_token(&f, "other-aud")).await.status, 200);
+    send(&client(), with_token(&f, "other-client"))
+        .await
+        .assert_problem(401, "invalid-token");
+    f.shutdown().await;
+    let any = config(&up.url(), &idp, "allow_any_audience: true").replace("audiences: [orders], ", "");
+    let f = Ficus::start(&any).await;
+    assert_eq!(send(&client(), with_token(&f, "other-aud")).await.status, 200);
+    // `exp` and `nbf` are honoured whatever the audience policy.
+    for token in ["not-yet", "expired"] {
+        send(&client(), with_token(&f, token))
+            .await
+            .assert_problem(401, "invalid-token");
+    }
     f.shutdown().await;
 }

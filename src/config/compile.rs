@@ -389,11 +389,24 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 "set `issuer` and at least one audience".into(),
             );
         }
+        let min = crate::identity::jwt::MIN_JWKS_REFRESH;
+        if p.jwks_refresh < min {
+            bad(
+                format!("identity.jwt.{name}.jwks_refresh"),
+                format!("must be at least {min:?}: a shorter interval hammers the identity provider"),
+            );
+        }
+        if p.jwks_timeout.is_zero() {
+            bad(
+                format!("identity.jwt.{name}.jwks_timeout"),
+                "must be greater than zero".into(),
+            );
+        }
         // Built fresh to validate; the kept one (same config) carries the keys and cache over.
         for file in p.pem_file.iter().chain(p.jwk_file.iter()) {
             watch_files.push(src.base_dir.join(file));
         }
-        match JwtProvider::new(name, p, &src.base_dir) {
+        match JwtProvider::new(name, p, &src.base_dir, deps.metrics) {
             Ok(fresh) => {
                 if let Some(old) = deps.states.jwt.current(name) {
                     fresh.inherit_jwks(&old);
@@ -425,6 +438,35 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
     let mut introspectors: BTreeMap<String, Arc<crate::identity::introspection::Introspector>> =
         BTreeMap::new();
     for (name, ic) in &cfg.identity.introspection {
+        let at = format!("identity.introspection.{name}");
+        // "Active" only says the IdP issued the token, possibly for another resource server
+        // or client: the answer must be tied to this gateway, unless the operator says not.
+        if ic.allow_any_audience && !ic.audiences.is_empty() {
+            bad(
+                format!("{at}.allow_any_audience"),
+                "contradicts `audiences`: keep one of them".into(),
+            );
+        } else if !ic.allow_any_audience && ic.audiences.is_empty() && ic.allowed_client_ids.is_empty() {
+            bad(
+                at.clone(),
+                "set `audiences` or `allowed_client_ids` (which tokens are meant for this gateway), \
+                 or `allow_any_audience: true` to accept any active token of the IdP"
+                    .into(),
+            );
+        }
+        for (key, list) in [
+            ("audiences", &ic.audiences),
+            ("allowed_client_ids", &ic.allowed_client_ids),
+        ] {
+            for (i, v) in list.iter().enumerate() {
+                if v.is_empty() {
+                    bad(format!("{at}.{key}[{i}]"), "must not be empty".into());
+                }
+            }
+        }
+        if ic.issuer.as_deref() == Some("") {
+            bad(format!("{at}.issuer"), "must not be empty".into());
+        }
         match crate::identity::introspection::Introspector::new(name, ic, &src.base_dir, deps.metrics) {
             Ok(fresh) => {
                 let kept = deps.states.introspection.get_or_make(name, ic, || fresh);

@@ -263,6 +263,19 @@ pub struct IntrospectionConfig {
     pub client_id: String,
     /// The environment variable holding ficus's client secret at the IdP.
     pub client_secret_env: String,
+    /// An active answer's `aud` (a string or an array) must hold at least one of these.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// An active answer's `iss` must equal this.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// An active answer's `client_id` (the client the token was issued to) must be one of these.
+    #[serde(default)]
+    pub allowed_client_ids: Vec<String>,
+    /// Without `audiences` or `allowed_client_ids`, the config is refused unless this says
+    /// that any active token of the IdP will do.
+    #[serde(default)]
+    pub allow_any_audience: bool,
     /// How ficus authenticates to the endpoint: `basic` (HTTP Basic) or `post` (form fields).
     #[serde(default)]
     pub auth: IntrospectionAuth,
@@ -335,8 +348,12 @@ pub struct JwtProviderConfig {
     /// The environment variable holding an HMAC secret (at least 32 bytes).
     #[serde(default)]
     pub hmac_secret_env: Option<String>,
+    /// At least 1s (a shorter interval would hammer the IdP).
     #[serde(default = "default_jwks_refresh", with = "humantime_serde_compat")]
     pub jwks_refresh: Duration,
+    /// Bounds a whole JWKS fetch: connecting, the answer's head and its body.
+    #[serde(default = "default_jwks_timeout", with = "humantime_serde_compat")]
+    pub jwks_timeout: Duration,
     /// A token with an unknown `kid` triggers at most one JWKS refetch per this interval.
     #[serde(default = "default_unknown_kid", with = "humantime_serde_compat")]
     pub unknown_kid_refetch: Duration,
@@ -1331,6 +1348,9 @@ fn default_jwt_leeway() -> Duration {
 }
 fn default_jwks_refresh() -> Duration {
     Duration::from_secs(300)
+}
+fn default_jwks_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_unknown_kid() -> Duration {
     Duration::from_secs(30)

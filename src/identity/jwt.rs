@@ -93,12 +93,40 @@ pub enum TokenError {
     KeysUnavailable(String),
 }
 
+/// A verification key and a digest of its material. A cached token stays valid only while
+/// the key `lookup` would choose for it is still the one that verified it.
+#[derive(Clone)]
+struct Key {
+    key: DecodingKey,
+    id: [u8; 32],
+}
+
+impl Key {
+    fn new(key: DecodingKey, material: &[&[u8]]) -> Self {
+        let mut d = Sha256::new();
+        for m in material {
+            // Length-prefixed, so two different splits of the same bytes differ.
+            d.update((m.len() as u64).to_be_bytes());
+            d.update(m);
+        }
+        Self {
+            key,
+            id: d.finalize().into(),
+        }
+    }
+
+    fn from_jwk(key: DecodingKey, jwk: &jsonwebtoken::jwk::Jwk) -> Self {
+        let json = serde_json::to_vec(jwk).unwrap_or_default();
+        Self::new(key, &[b"jwk", &json])
+    }
+}
+
 /// Keys from config (PEM, JWK file, HMAC secret); replaced on reload when their files change.
 struct StaticKeys {
     /// JWK-file keys that carry a `kid`.
-    by_kid: HashMap<String, DecodingKey>,
+    by_kid: HashMap<String, Key>,
     /// Keys without a `kid`: tried for tokens whose `kid` finds nothing else.
-    anonymous: Vec<DecodingKey>,
+    anonymous: Vec<Key>,
     /// A digest of the key material, to tell whether a reload changed it.
     fingerprint: [u8; 32],
 }
@@ -109,7 +137,7 @@ pub struct JwtProvider {
     algorithms: Vec<Algorithm>,
     static_keys: ArcSwap<StaticKeys>,
     /// The last good JWKS, by `kid`.
-    fetched: ArcSwap<HashMap<String, DecodingKey>>,
+    fetched: ArcSwap<HashMap<String, Key>>,
     /// When keys were last fetched (ms since `epoch`), for the unknown-`kid` refetch limit.
     last_fetch_ms: AtomicU64,
     fetch_lock: tokio::sync::Mutex<()>,
@@ -118,6 +146,9 @@ pub struct JwtProvider {
     jwks_loaded: std::sync::atomic::AtomicBool,
     epoch: Instant,
     cache: moka::sync::Cache<[u8; 32], Cached>,
+    /// `ficus_jwt_cache_total{result="hit"}` and `{result="miss"}`.
+    cache_hits: metrics::Counter,
+    cache_misses: metrics::Counter,
     pub(crate) refresher_started: std::sync::atomic::AtomicBool,
     /// Built once: http, or https verified against the webpki roots or `ca_file`.
     client: hyper_util::client::legacy::Client<
@@ -129,7 +160,10 @@ pub struct JwtProvider {
 #[derive(Clone)]
 struct Cached {
     claims: Arc<Claims>,
+    /// The token's `kid`, to find the key `lookup` would choose for it now.
     kid: Option<String>,
+    /// The key that verified the token.
+    key: [u8; 32],
     ttl: Duration,
 }
 
@@ -148,7 +182,12 @@ pub fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
 
 impl JwtProvider {
     /// Builds the provider and loads static keys. A JWKS is fetched later, by [`refresh`].
-    pub fn new(name: &str, cfg: &JwtProviderConfig, base_dir: &std::path::Path) -> Result<Self, String> {
+    pub fn new(
+        name: &str,
+        cfg: &JwtProviderConfig,
+        base_dir: &std::path::Path,
+        metrics: &crate::telemetry::Metrics,
+    ) -> Result<Self, String> {
         let algorithms = cfg
             .algorithms
             .iter()
@@ -167,9 +206,12 @@ impl JwtProvider {
         if static_keys.anonymous.is_empty() && static_keys.by_kid.is_empty() && cfg.jwks_url.is_none() {
             return Err("set jwks_url, pem_file, jwk_file or hmac_secret_env".into());
         }
-        let connector =
-            crate::upstream::tls::idp_connector(cfg.ca_file.as_deref(), base_dir, Duration::from_secs(2))
-                .map_err(|e| format!("ca_file: {e}"))?;
+        let connector = crate::upstream::tls::idp_connector(
+            cfg.ca_file.as_deref(),
+            base_dir,
+            cfg.jwks_timeout.min(Duration::from_secs(2)),
+        )
+        .map_err(|e| format!("ca_file: {e}"))?;
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -189,6 +231,14 @@ impl JwtProvider {
                 .expire_after(CacheTtl)
                 .build(),
             refresher_started: Default::default(),
+            cache_hits: metrics.counter(
+                crate::telemetry::metrics::JWT_CACHE,
+                &[("provider", name), ("result", "hit")],
+            ),
+            cache_misses: metrics.counter(
+                crate::telemetry::metrics::JWT_CACHE,
+                &[("provider", name), ("result", "miss")],
+            ),
         })
     }
 
@@ -230,31 +280,36 @@ impl JwtProvider {
         };
         self.last_fetch_ms
             .store(self.epoch.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
-        let client = &self.client;
         let req = http::Request::get(url.as_str())
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
-        let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        // The whole exchange is bounded, body included: this runs under `fetch_lock`, so an
+        // IdP that sends its head and then trickles (or stalls) the body would otherwise
+        // hold up every refetch, and every request waiting for one.
+        let call = async {
+            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("JWKS answered {}", resp.status()));
+            }
+            let max_age = resp
+                .headers()
+                .get(http::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.split(',')
+                        .find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<u64>().ok())
+                })
+                .map(Duration::from_secs);
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_JWKS_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("JWKS body: {e}"))?
+                .to_bytes();
+            Ok((max_age, body))
+        };
+        let (max_age, body) = tokio::time::timeout(self.cfg.jwks_timeout, call)
             .await
-            .map_err(|_| "JWKS fetch timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("JWKS answered {}", resp.status()));
-        }
-        let max_age = resp
-            .headers()
-            .get(http::header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.split(',')
-                    .find_map(|d| d.trim().strip_prefix("max-age=")?.parse::<u64>().ok())
-            })
-            .map(Duration::from_secs);
-        let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+            .map_err(|_| format!("no complete JWKS within {:?}", self.cfg.jwks_timeout))??;
         let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("bad JWKS: {e}"))?;
         let mut by_kid = HashMap::new();
         for jwk in &set.keys {
@@ -265,7 +320,7 @@ impl JwtProvider {
                 continue;
             };
             if self.algorithms.iter().any(|a| a.family() == key.family()) {
-                by_kid.insert(kid.clone(), key);
+                by_kid.insert(kid.clone(), Key::from_jwk(key, jwk));
             }
         }
         self.fetched.store(Arc::new(by_kid));
@@ -294,18 +349,15 @@ impl JwtProvider {
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(hit) = self.cache.get(&digest) {
-            // An entry must not outlive its key's removal from the JWKS.
-            let live = match &hit.kid {
-                Some(k) => {
-                    self.fetched.load().contains_key(k) || self.static_keys.load().by_kid.contains_key(k)
-                }
-                None => true,
-            };
-            if live {
+            // An entry must not outlive its key: the key this token would be verified with now
+            // must be the one that verified it (not removed from the JWKS, not replaced).
+            if self.lookup_id(hit.kid.as_deref()) == Some(hit.key) {
+                self.cache_hits.increment(1);
                 return Ok(hit.claims);
             }
             self.cache.invalidate(&digest);
         }
+        self.cache_misses.increment(1);
         let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
         if !self.algorithms.contains(&header.alg) {
             return Err(TokenError::Algorithm(header.alg));
@@ -316,7 +368,7 @@ impl JwtProvider {
             self.refetch_for_unknown_kid().await;
             found = self.lookup(header.kid.as_deref());
         }
-        let key = match found {
+        let Key { key, id: key_id } = match found {
             Some(k) => k,
             None if jwks && !self.jwks_loaded() => {
                 return Err(TokenError::KeysUnavailable(format!(
@@ -374,6 +426,7 @@ impl JwtProvider {
                 Cached {
                     claims: claims.clone(),
                     kid: header.kid,
+                    key: key_id,
                     ttl,
                 },
             );
@@ -386,19 +439,28 @@ impl JwtProvider {
         self.jwks_loaded.load(Ordering::Acquire)
     }
 
-    fn lookup(&self, kid: Option<&str>) -> Option<DecodingKey> {
+    /// The key for a token's `kid`: the fetched JWKS, then the static keys by `kid`, then the
+    /// first static key without one.
+    fn lookup_with<R>(&self, kid: Option<&str>, f: impl FnOnce(&Key) -> R) -> Option<R> {
         let statics = self.static_keys.load();
-        match kid {
+        let fetched = self.fetched.load();
+        let key = match kid {
             // Exact match only: a `kid` is a name, never a path, query or URL.
-            Some(k) => self
-                .fetched
-                .load()
+            Some(k) => fetched
                 .get(k)
                 .or_else(|| statics.by_kid.get(k))
-                .or_else(|| statics.anonymous.first())
-                .cloned(),
-            None => statics.anonymous.first().cloned(),
-        }
+                .or_else(|| statics.anonymous.first()),
+            None => statics.anonymous.first(),
+        };
+        key.map(f)
+    }
+
+    fn lookup(&self, kid: Option<&str>) -> Option<Key> {
+        self.lookup_with(kid, Key::clone)
+    }
+
+    fn lookup_id(&self, kid: Option<&str>) -> Option<[u8; 32]> {
+        self.lookup_with(kid, |k| k.id)
     }
 }
 
@@ -431,7 +493,7 @@ fn load_static_keys(
                 F::Hmac => None,
             })
             .ok_or_else(|| format!("{}: not a public key for {:?}", path.display(), cfg.algorithms))?;
-        anonymous.push(key);
+        anonymous.push(Key::new(key, &[b"pem", &bytes]));
     }
     if let Some(file) = &cfg.jwk_file {
         let (path, bytes) = read(file)?;
@@ -444,6 +506,7 @@ fn load_static_keys(
                 continue;
             }
             usable += 1;
+            let key = Key::from_jwk(key, jwk);
             match &jwk.common.key_id {
                 Some(kid) => {
                     by_kid.insert(kid.clone(), key);
@@ -465,7 +528,10 @@ fn load_static_keys(
             return Err(format!("the HMAC secret in {env} must be at least 32 bytes"));
         }
         digest.update(secret.as_bytes());
-        anonymous.push(DecodingKey::from_secret(secret.as_bytes()));
+        anonymous.push(Key::new(
+            DecodingKey::from_secret(secret.as_bytes()),
+            &[b"hmac", secret.as_bytes()],
+        ));
     }
     Ok(StaticKeys {
         by_kid,
@@ -486,6 +552,13 @@ fn parse_jwk_file(bytes: &[u8]) -> Result<Vec<jsonwebtoken::jwk::Jwk>, String> {
     }
 }
 
+/// A JWKS larger than this is refused (real ones are a few KiB).
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// The shortest wait between two scheduled JWKS fetches, whatever the config or the IdP say
+/// (the config compiler refuses a shorter `jwks_refresh`; this guards the loop anyway).
+pub const MIN_JWKS_REFRESH: Duration = Duration::from_secs(1);
+
 /// Keeps every provider's JWKS fresh: at start, then every `jwks_refresh` (or sooner when the
 /// IdP's `Cache-Control: max-age` says so). The task ends when the provider is dropped.
 pub fn start_refreshers(providers: &[Arc<JwtProvider>]) {
@@ -497,15 +570,11 @@ pub fn start_refreshers(providers: &[Arc<JwtProvider>]) {
         tokio::spawn(async move {
             loop {
                 let Some(p) = weak.upgrade() else { return };
-                let wait = match p.refresh().await {
-                    Ok(max_age) => max_age.map_or(p.cfg.jwks_refresh, |m| {
-                        m.clamp(Duration::from_secs(10), p.cfg.jwks_refresh)
-                    }),
-                    Err(e) => {
-                        tracing::warn!(provider = %p.name, error = %e, "JWKS fetch failed; keeping the last good keys");
-                        Duration::from_secs(5).min(p.cfg.jwks_refresh)
-                    }
-                };
+                let fetched = p.refresh().await;
+                if let Err(e) = &fetched {
+                    tracing::warn!(provider = %p.name, error = %e, "JWKS fetch failed; keeping the last good keys");
+                }
+                let wait = next_fetch_in(&fetched, p.cfg.jwks_refresh);
                 drop(p);
                 tokio::time::sleep(wait).await;
             }
@@ -513,9 +582,53 @@ pub fn start_refreshers(providers: &[Arc<JwtProvider>]) {
     }
 }
 
+/// How long the refresher waits after a fetch: `jwks_refresh`, or sooner when the IdP's
+/// `max-age` says so; after a failure, a short retry.
+fn next_fetch_in(fetched: &Result<Option<Duration>, String>, every: Duration) -> Duration {
+    let every = every.max(MIN_JWKS_REFRESH);
+    let wait = match fetched {
+        // `max-age` may bring the next fetch forward, never below 10 s (nor past `every`,
+        // so an interval shorter than 10 s stays what it is).
+        Ok(max_age) => max_age.map_or(every, |m| m.max(Duration::from_secs(10)).min(every)),
+        Err(_) => Duration::from_secs(5).min(every),
+    };
+    wait.max(MIN_JWKS_REFRESH)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_refresh_delay_never_panics_and_never_spins() {
+        let s = Duration::from_secs;
+        // The IdP's max-age shortens the interval, down to a floor of 10 s.
+        assert_eq!(next_fetch_in(&Ok(Some(s(60))), s(300)), s(60));
+        assert_eq!(next_fetch_in(&Ok(Some(s(1))), s(300)), s(10));
+        assert_eq!(next_fetch_in(&Ok(Some(s(900))), s(300)), s(300));
+        assert_eq!(next_fetch_in(&Ok(None), s(300)), s(300));
+        assert_eq!(next_fetch_in(&Err("down".into()), s(300)), s(5));
+        // An interval under the 10 s floor (the clamp's bounds were inverted: a panic).
+        assert_eq!(next_fetch_in(&Ok(Some(s(1))), s(5)), s(5));
+        assert_eq!(next_fetch_in(&Ok(Some(s(0))), s(5)), s(5));
+        assert_eq!(next_fetch_in(&Ok(Some(s(60))), s(5)), s(5));
+        assert_eq!(next_fetch_in(&Err("down".into()), s(2)), s(2));
+        // Whatever the config says, never a tight loop.
+        for every in [
+            Duration::ZERO,
+            Duration::from_millis(1),
+            Duration::from_millis(999),
+        ] {
+            for fetched in [
+                Ok(None),
+                Ok(Some(Duration::ZERO)),
+                Ok(Some(s(1))),
+                Err(String::new()),
+            ] {
+                assert!(next_fetch_in(&fetched, every) >= MIN_JWKS_REFRESH, "{every:?}");
+            }
+        }
+    }
 
     const EC_JWK: &str = r#"{"kty":"EC","crv":"P-256","kid":"a","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
 
@@ -535,13 +648,15 @@ mod tests {
         let cfg: JwtProviderConfig =
             serde_yaml_ng::from_str("{ issuer: i, audiences: [a], algorithms: [ES256], jwk_file: k.json }")
                 .unwrap();
-        let p = JwtProvider::new("p", &cfg, dir.path()).unwrap();
+        let p = JwtProvider::new("p", &cfg, dir.path(), &crate::telemetry::Metrics::new()).unwrap();
         assert!(p.lookup(Some("a")).is_some());
         let rsa_only = JwtProviderConfig {
             algorithms: vec!["RS256".into()],
             ..cfg
         };
-        let err = JwtProvider::new("p", &rsa_only, dir.path()).err().unwrap();
+        let err = JwtProvider::new("p", &rsa_only, dir.path(), &crate::telemetry::Metrics::new())
+            .err()
+            .unwrap();
         assert!(err.contains("no key for the algorithms"), "{err}");
     }
 }

@@ -35,6 +35,7 @@ pub const RATELIMIT_STORE_BREAKER_STATE: &str = "ficus_ratelimit_store_breaker_s
 pub const RATELIMIT_STORE_BREAKER_TRANSITIONS: &str = "ficus_ratelimit_store_breaker_transitions_total";
 pub const INTROSPECTIONS: &str = "ficus_introspection_total";
 pub const PANICS_TOTAL: &str = "ficus_panics_total";
+pub const JWT_CACHE: &str = "ficus_jwt_cache_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
