@@ -25,7 +25,7 @@ if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then pin0="taskset -c 
 $pin1 "$T/examples/bench_upstream" 127.0.0.1:18090 2>/dev/null &
 # Keys, a JWKS and one token per algorithm, from the mint_token example.
 "$T/examples/mint_token" "$W" >/dev/null
-(cd "$W" && $pin1 python3 -m http.server 18091 --bind 127.0.0.1 >/dev/null 2>&1) &
+(cd "$W" && exec $pin1 python3 -m http.server 18091 --bind 127.0.0.1 >/dev/null 2>&1) &
 sleep 0.5
 # A minimal RFC 7662 endpoint: every token is active for an hour.
 cat > "$W/introspect.py" <<'PY'
