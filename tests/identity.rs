@@ -790,11 +790,13 @@ async fn idp_down_since_start_gives_503_and_later_outages_keep_the_last_good_key
 #[tokio::test]
 async fn idp_refusing_connections_since_start_gives_503_not_401() {
     let r = rsa("r1");
+    // The upstream first: a port freed before it starts could be handed to it, and the
+    // "closed" IdP would then be the echo server.
+    let up = Upstream::echo().await;
     // A port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = closed.local_addr().unwrap();
     drop(closed);
-    let up = Upstream::echo().await;
     let provider = format!("algorithms: [RS256], jwks_url: 'http://{addr}/jwks'");
     let f = Ficus::start(&config(&up.url(), &provider, ROUTE)).await;
     let c = client();
