@@ -12,7 +12,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::body::{BodyError, InBody, RequestBody, ResponseBody};
+use super::body::{InBody, RequestBody, ResponseBody};
 use super::context::{self, ForwardedInfo};
 use super::migration::Side;
 use super::{ConnInfo, RequestCtx, TRACEPARENT, X_REQUEST_ID};
@@ -236,7 +236,7 @@ async fn send(
                         let collected = std::mem::replace(&mut body, RequestBody::Empty)
                             .collect()
                             .await
-                            .map_err(|e| SendError::Proxy(body_error(e)))?
+                            .map_err(|e| SendError::Proxy(ProxyError::from(e)))?
                             .to_bytes();
                         body = RequestBody::Full(Some(collected.clone()));
                         Some(Some(collected))
@@ -350,8 +350,4 @@ async fn send(
         last = Some(result);
         retry += 1;
     }
-}
-
-fn body_error(e: BodyError) -> ProxyError {
-    ProxyError::from(e)
 }
