@@ -82,12 +82,6 @@ impl ClientFault {
 pub struct BodyVerdict(Arc<AtomicU8>);
 
 impl BodyVerdict {
-    pub fn too_large(&self) -> bool {
-        self.0.load(Ordering::Acquire) == VERDICT_TOO_LARGE
-    }
-    pub fn timed_out(&self) -> bool {
-        self.0.load(Ordering::Acquire) == VERDICT_TIMEOUT
-    }
     /// Whether, and how, the client broke its body.
     pub fn fault(&self) -> Option<ClientFault> {
         match self.0.load(Ordering::Acquire) {

@@ -45,21 +45,7 @@ pub async fn forward(
     let (mut parts, body) = req.into_parts();
     upstream_headers(&mut parts.headers, parts.version, conn, ctx, ctx.side)?;
 
-    let path_and_query = match path {
-        None => parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        Some(p) => {
-            let pq = match parts.uri.query() {
-                Some(q) => format!("{p}?{q}"),
-                None => p,
-            };
-            PathAndQuery::try_from(pq)
-                .map_err(|_| ProxyError::BadPath(super::normalize::PathError::BadEscape))?
-        }
-    };
+    let path_and_query = path_and_query(&parts.uri, path.as_deref())?;
     parts.version = Version::HTTP_11;
     let (body, verdict) = RequestBody::from_client(body, limits.max_body_bytes.0, limits.body_read_timeout);
     let hash = upstream
@@ -118,6 +104,22 @@ pub async fn forward(
     }
     resp.headers_mut().insert(X_REQUEST_ID, ctx.request_id.clone());
     Ok(resp.map(ResponseBody::Upstream))
+}
+
+/// The request's path and query, with `path` (the normalised path or a rewrite) in place of
+/// the request's own path when set.
+pub fn path_and_query(uri: &Uri, path: Option<&str>) -> Result<PathAndQuery, ProxyError> {
+    let Some(p) = path else {
+        return Ok(uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")));
+    };
+    let pq = match uri.query() {
+        Some(q) => format!("{p}?{q}"),
+        None => p.to_string(),
+    };
+    PathAndQuery::try_from(pq).map_err(|_| ProxyError::BadPath(super::normalize::PathError::BadEscape))
 }
 
 /// The headers an upstream gets for `side`, built by this one function for the served request,

@@ -453,13 +453,7 @@ fn shadow_request(
     forward::upstream_headers(&mut headers, parts.version, conn, ctx, other)?;
     let uri = match &ctx.path {
         None => parts.uri.clone(),
-        Some(p) => {
-            let pq = match parts.uri.query() {
-                Some(q) => format!("{p}?{q}"),
-                None => p.clone(),
-            };
-            http::Uri::try_from(pq).map_err(|_| ProxyError::BadPath(normalize::PathError::BadEscape))?
-        }
+        Some(p) => http::Uri::from(forward::path_and_query(&parts.uri, Some(p))?),
     };
     Ok(shadow::ShadowRequest {
         method: parts.method.clone(),
