@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ficus::config::compile::{compile, Deps};
+use ficus::config::compile::standalone;
 use ficus::config::ConfigSource;
 use ficus::gateway::Gateway;
 
@@ -194,20 +194,9 @@ fn translate(
 }
 
 fn check(source: ConfigSource) -> ExitCode {
-    let result = source.read().and_then(|text| {
-        let metrics = ficus::telemetry::Metrics::new();
-        let clients = ficus::upstream::ClientCache::default();
-        compile(
-            &text,
-            1,
-            &Deps {
-                metrics: &metrics,
-                clients: &clients,
-                states: &Default::default(),
-            },
-        )
-        .map(|snap| snap.warnings)
-    });
+    let result = source
+        .read()
+        .and_then(|text| standalone(&text).map(|snap| snap.warnings));
     match result {
         Ok(warnings) => {
             // Warnings do not fail the check: the config is valid, just probably not what was meant.
@@ -306,7 +295,7 @@ async fn signals(handle: ficus::gateway::ShutdownHandle) {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                let _ = ficus::config::reload::reload(handle.shared(), "SIGHUP").await;
+                let _ = ficus::gateway::reload::reload(handle.shared(), "SIGHUP").await;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use proptest::prelude::*;
 use serde_json::Value;
 
-use ficus::config::compile::{compile, Deps, Snapshot};
+use ficus::config::compile::{standalone, Snapshot};
 use ficus::config::transform::TransformConfig;
 use ficus::config::ConfigSource;
 use ficus::identity::jwt::Claims;
@@ -279,19 +279,7 @@ fn ip() -> impl Strategy<Value = IpAddr> {
 // ---------------------------------------------------------------- compiled configs
 
 fn compiled(source: ConfigSource) -> Snapshot {
-    let text = source.read().unwrap();
-    let metrics = ficus::telemetry::Metrics::new();
-    let clients = ficus::upstream::ClientCache::default();
-    compile(
-        &text,
-        1,
-        &Deps {
-            metrics: &metrics,
-            clients: &clients,
-            states: &Default::default(),
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    standalone(&source.read().unwrap()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {

@@ -390,3 +390,49 @@ async fn an_admin_allowed_host_with_a_port_is_a_config_error() {
     );
     assert!(!err.contains("allowed_hosts[0]"), "{err}");
 }
+
+/// A refused reload must change nothing that runs, including the state the next good reload
+/// inherits: before reloads were staged, the refused config's new breaker replaced the live
+/// one in the state kept across reloads, and the next good reload closed an open breaker.
+#[tokio::test]
+async fn a_refused_reload_leaves_a_live_breaker_open() {
+    let up = Upstream::start(|_req: Request<Incoming>| async move {
+        let mut r = http::Response::new(full("down"));
+        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        r
+    })
+    .await;
+    let breaker = "circuit_breaker: { window: 10s, min_requests: 5, failure_rate: 0.5, open_for: 30s }";
+    let yaml = basic_config(&up.url()).replace(
+        &format!("    endpoints: [\"{}\"]", up.url()),
+        &format!("    endpoints: [\"{}\"]\n    {breaker}", up.url()),
+    );
+    assert!(yaml.contains("circuit_breaker"), "{yaml}");
+    let f = Ficus::start(&yaml).await;
+    for _ in 0..5 {
+        get(&f.url("/")).await;
+    }
+    get(&f.url("/")).await.assert_problem(503, "circuit-open");
+
+    let broken = format!(
+        "{}  - {{ name: bad, match: {{ path: /bad }}, upstream: nowhere }}\n",
+        yaml.replace("min_requests: 5", "min_requests: 6")
+    );
+    f.write_config(&broken);
+    assert!(f.gw().reload("broken").await.is_err());
+    get(&f.url("/")).await.assert_problem(503, "circuit-open");
+
+    let more = format!("{yaml}  - {{ name: extra, match: {{ path: /extra }}, upstream: app }}\n");
+    f.write_config(&more);
+    f.gw().reload("good").await.unwrap();
+    let hits = up.hits();
+    get(&f.url("/")).await.assert_problem(503, "circuit-open");
+    assert_eq!(up.hits(), hits, "the open breaker let a request through");
+
+    // What is watched is observed: a changed breaker is a new one, closed, and calls the upstream.
+    f.write_config(&more.replace("min_requests: 5", "min_requests: 6"));
+    f.gw().reload("new breaker").await.unwrap();
+    assert_eq!(get(&f.url("/")).await.status, 503);
+    assert_eq!(up.hits(), hits + 1);
+    f.shutdown().await;
+}

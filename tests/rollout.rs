@@ -276,3 +276,66 @@ async fn two_instances_sharing_redis_agree_on_the_stage() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// What defines a rollout is its guards, its start and its two sides. Changing anything else
+/// keeps the stage it reached; a refused reload changes nothing, even the state a later reload
+/// inherits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_keeps_its_stage_across_shadow_edits_and_refused_reloads() {
+    let (l, m) = (legacy().await, modern(Arc::new(AtomicU32::new(0))).await);
+    let clock = Arc::new(ManualClock::default());
+    let yaml = |shadow: u32, step: u32| {
+        let guards = GUARDS.replace("step: 20", &format!("step: {step}"));
+        config(
+            &l.url(),
+            &m.url(),
+            20,
+            &guards,
+            &format!("shadow: {{ percent: {shadow} }}"),
+        )
+    };
+    let f = Ficus::start_with_clock(&yaml(10, 20), clock.clone()).await;
+    drive_modern(&f, &m, 25).await;
+    clock.advance(Duration::from_secs(60));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status(&f).await["modern_percent"] == 40.0
+        })
+        .await
+    );
+
+    f.write_config(&yaml(50, 20));
+    f.gw().reload("shadow edit").await.unwrap();
+    assert_eq!(
+        status(&f).await["modern_percent"],
+        40.0,
+        "a shadow edit restarted the rollout"
+    );
+
+    // Refused: the rollout changes, but an unknown upstream spoils the config.
+    let broken = format!(
+        "{}  - {{ name: bad, match: {{ path: /bad }}, upstream: nowhere }}\n",
+        yaml(50, 30)
+    );
+    f.write_config(&broken);
+    assert!(f.gw().reload("broken").await.is_err());
+    assert_eq!(status(&f).await["modern_percent"], 40.0);
+    // The next good reload finds the running rollout, not the one the refused config built.
+    let more = format!(
+        "{}  - {{ name: other, match: {{ path: /other }}, upstream: legacy }}\n",
+        yaml(50, 20)
+    );
+    f.write_config(&more);
+    f.gw().reload("good").await.unwrap();
+    assert_eq!(
+        status(&f).await["modern_percent"],
+        40.0,
+        "a refused reload reset the rollout"
+    );
+
+    // The stage is observed: a change to the rollout itself does start it again.
+    f.write_config(&yaml(50, 30));
+    f.gw().reload("new rollout").await.unwrap();
+    assert_eq!(status(&f).await["modern_percent"], 20.0);
+    f.shutdown().await;
+}

@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::reload;
 use crate::error::problem;
+use crate::gateway::reload;
 use crate::gateway::Shared;
 use crate::pipeline::body::ResponseBody;
 
@@ -69,7 +69,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(),
+            shared.metrics().render(),
         ),
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {

@@ -1,10 +1,11 @@
 //! Config: the file format (`file`), compilation into an immutable runtime snapshot (`compile`),
 //! and hot reload (`reload`). Errors always name `file:line: key.path: reason`.
 
+pub mod carry;
 pub mod compile;
 pub mod file;
 pub mod locate;
-pub mod reload;
+pub mod problems;
 pub mod transform;
 
 use std::fmt;

@@ -242,14 +242,10 @@ impl JwtProvider {
         })
     }
 
-    /// A reload kept this provider (same config): take the static keys `fresh` read from the
-    /// files now, and forget verified tokens if the key material changed.
-    pub fn adopt_static_keys(&self, fresh: &JwtProvider) {
-        let new = fresh.static_keys.load_full();
-        if new.fingerprint != self.static_keys.load().fingerprint {
-            self.static_keys.store(new);
-            self.cache.invalidate_all();
-        }
+    /// Whether `fresh`, built from the same config, read the same static keys. When a key file
+    /// changed, the reload replaces the provider, and its verified-token cache with it.
+    pub fn static_keys_match(&self, fresh: &JwtProvider) -> bool {
+        self.static_keys.load().fingerprint == fresh.static_keys.load().fingerprint
     }
 
     /// A reload changed this provider's config but not its JWKS URL: start from the keys the

@@ -6,6 +6,7 @@
 
 pub mod api_keys;
 pub mod client_cert;
+pub mod compile;
 pub mod internal_jwt;
 pub mod introspection;
 pub mod jwt;

@@ -38,6 +38,38 @@ pub struct RouteIdempotency {
 }
 
 impl RouteIdempotency {
+    /// A route's `idempotency` section. `has_identity`: whether the route verifies callers.
+    pub fn compile(
+        cfg: &IdempotencyConfig,
+        has_identity: bool,
+        sec: &mut crate::config::problems::Section<'_, '_>,
+    ) -> Option<Self> {
+        let mut scope = None;
+        if !cfg.scope.is_empty() {
+            match KeySpec::parse(&cfg.scope) {
+                Ok(k) => scope = Some(k),
+                Err(reason) => sec.error("scope", reason),
+            }
+        } else if !has_identity {
+            sec.warn(
+                "",
+                "no `identity` and no `scope`: an Idempotency-Key from a caller without a client certificate gets 400",
+            );
+        }
+        if cfg.ttl.is_zero() || cfg.lock_timeout.is_zero() {
+            sec.error("ttl", "ttl and lock_timeout must be greater than zero");
+        }
+        for (j, p) in cfg.store_statuses.iter().enumerate() {
+            if !p.valid() {
+                sec.error(
+                    &format!("store_statuses[{j}]"),
+                    "write a status (201) or a class (\"2xx\")",
+                );
+            }
+        }
+        Some(Self::new(cfg, scope))
+    }
+
     /// `scope` is `cfg.scope`, parsed by the caller (which reports its errors).
     pub fn new(cfg: &IdempotencyConfig, scope: Option<KeySpec>) -> Self {
         Self {

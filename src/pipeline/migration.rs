@@ -4,6 +4,8 @@
 //! allow-list of cohorts, or at random when it carries no key. A failed modern call on a
 //! retryable request can fall back to legacy.
 
+pub mod compile;
+
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;

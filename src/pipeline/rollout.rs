@@ -424,16 +424,12 @@ impl Rollout {
 }
 
 /// Ticks every rollout of the snapshot that has no ticker yet, until its state is dropped.
-pub fn start(snap: &crate::config::compile::Snapshot) {
-    for r in snap.router.routes() {
-        let Some(ro) = r.migration.as_ref().and_then(|m| m.rollout.clone()) else {
-            continue;
-        };
+pub fn start(rollouts: &[Arc<Rollout>]) {
+    for ro in rollouts {
         if ro.ticker_started.swap(true, Ordering::AcqRel) {
             continue;
         }
-        let weak = Arc::downgrade(&ro);
-        drop(ro);
+        let weak = Arc::downgrade(ro);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(50));
             loop {

@@ -4,6 +4,8 @@
 //! wins, as in Envoy's route table within a virtual host: order is the tie-break, and it is the
 //! user's. Matching works on the normalised path only.
 
+pub mod compile;
+
 use std::sync::Arc;
 
 use http::Method;

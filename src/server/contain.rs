@@ -31,7 +31,7 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
                 .filter(|v| context::valid_request_id(v.as_bytes()))
                 .unwrap_or_else(context::new_request_id);
             let e = ProxyError::Internal(panic_message(payload.as_ref()));
-            shared.metrics.panics().increment(1);
+            shared.metrics().panics().increment(1);
             tracing::error!(request_id = ?request_id, error = %e, "a request panicked");
             e.to_response(Some(&request_id))
         }

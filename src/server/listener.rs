@@ -210,9 +210,9 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let open = Arc::new(AtomicUsize::new(0));
-    let open_gauge = shared.metrics.gauge(OPEN_CONNECTIONS, &[("listener", &name)]);
+    let open_gauge = shared.metrics().gauge(OPEN_CONNECTIONS, &[("listener", &name)]);
     let rejected = shared
-        .metrics
+        .metrics()
         .counter(CONNECTIONS_REJECTED, &[("listener", &name)]);
     loop {
         let accepted = tokio::select! {

@@ -7,7 +7,7 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::Direction;
-use crate::config::compile::{compile, Deps};
+use crate::config::compile::standalone;
 use crate::config::ConfigSource;
 use crate::pipeline::migration::Side;
 
@@ -34,18 +34,7 @@ pub struct Output {
 pub fn run(config: &Path, input: &Input<'_>) -> Result<Output, String> {
     let source = ConfigSource::File(config.to_path_buf());
     let text = source.read().map_err(|e| e.to_string())?;
-    let metrics = crate::telemetry::Metrics::new();
-    let clients = crate::upstream::ClientCache::default();
-    let snap = compile(
-        &text,
-        1,
-        &Deps {
-            metrics: &metrics,
-            clients: &clients,
-            states: &Default::default(),
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    let snap = standalone(&text).map_err(|e| e.to_string())?;
     let route = snap
         .router
         .routes()

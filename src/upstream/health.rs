@@ -14,13 +14,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::balance::EndpointSet;
-use crate::config::compile::Snapshot;
 use crate::config::file::HealthCheckConfig;
 
 /// Starts the checker of every upstream in `snap` that has one and whose endpoint set (kept
 /// across reloads) has none running yet. A checker stops once its endpoint set is dropped.
-pub fn start(snap: &Snapshot) {
-    for u in snap.upstreams.values() {
+pub fn start<'a>(upstreams: impl Iterator<Item = &'a Arc<super::Upstream>>) {
+    for u in upstreams {
         let Some(cfg) = &u.health_check else { continue };
         // A running checker picks this up on its next round: a reload that replaced only the
         // certificate files keeps the endpoint set (and its checker) but changes the TLS settings.

@@ -9,6 +9,7 @@
 
 pub mod algorithm;
 pub mod breaker;
+pub mod compile;
 pub mod local;
 pub mod redis;
 

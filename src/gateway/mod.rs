@@ -6,46 +6,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub mod reload;
+pub mod shared;
+
 use arc_swap::ArcSwap;
-use metrics::{Counter, Gauge};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::compile::{compile, Deps, Snapshot};
-use crate::config::reload::{self, ReloadStatus};
+use crate::config::compile::{Carried, Compiler};
 use crate::config::{ConfigErrors, ConfigSource};
 use crate::telemetry::access_log::AccessLog;
-use crate::telemetry::metrics::{
-    Metrics, ACCESS_LOG_DROPPED, CONFIG_LAST_RELOAD_SUCCESS, CONFIG_RELOADS_TOTAL,
-};
-use crate::upstream::ClientCache;
-use crate::upstream::KeptState;
-
-/// State shared by every connection, the admin API and the reload machinery.
-pub struct Shared {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub metrics: Metrics,
-    pub clients: ClientCache,
-    pub states: KeptState,
-    pub access_log: Option<AccessLog>,
-    pub source: ConfigSource,
-    pub status: parking_lot::Mutex<ReloadStatus>,
-    pub reload_lock: tokio::sync::Mutex<()>,
-    pub reload_metrics: ReloadMetrics,
-    /// Listener names and configured addresses, as bound at start; reloads may not change them.
-    pub bound_listeners: Vec<(String, SocketAddr)>,
-    pub admin_bind: SocketAddr,
-    /// The bearer token for state-changing admin calls; `None` disables them.
-    pub admin_token: Option<String>,
-    pub ready: AtomicBool,
-}
-
-pub struct ReloadMetrics {
-    pub ok: Counter,
-    pub failed: Counter,
-    pub last_success: Gauge,
-}
+use crate::telemetry::metrics::{ACCESS_LOG_DROPPED, CONFIG_LAST_RELOAD_SUCCESS, CONFIG_RELOADS_TOTAL};
+pub use shared::{ReloadMetrics, ReloadStatus, Shared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -83,19 +56,9 @@ impl Gateway {
         source: ConfigSource,
         clock: Arc<dyn crate::pipeline::rollout::Clock>,
     ) -> Result<Self, StartError> {
-        let metrics = Metrics::new();
-        let clients = ClientCache::default();
-        let states = KeptState::with_clock(clock);
-        let text = source.read()?;
-        let snap = compile(
-            &text,
-            1,
-            &Deps {
-                metrics: &metrics,
-                clients: &clients,
-                states: &states,
-            },
-        )?;
+        let compiler = Compiler::with_clock(clock);
+        let snap = compiler.compile(&source.read()?, 1, &Carried::default())?;
+        let metrics = compiler.metrics.clone();
 
         let mut bound = Vec::new();
         let mut sockets = Vec::new();
@@ -142,11 +105,10 @@ impl Gateway {
         reload_metrics.last_success.set(1.0);
         let watch_enabled = snap.config.reload.watch;
         let status = ReloadStatus::initial(&snap);
+        let snap = Arc::new(snap);
         let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(snap),
-            metrics,
-            clients,
-            states,
+            snapshot: ArcSwap::new(snap.clone()),
+            compiler,
             access_log,
             source,
             status: parking_lot::Mutex::new(status),
@@ -182,19 +144,14 @@ impl Gateway {
             shared.clone(),
             shutdown_rx.clone(),
         ))];
-        background.push(shared.metrics.spawn_upkeep(Duration::from_secs(5)));
+        background.push(shared.metrics().spawn_upkeep(Duration::from_secs(5)));
         background.push(tokio::spawn(refresh_cert_expiry(shared.clone())));
         let watcher = if watch_enabled {
             Some(reload::spawn_watcher(shared.clone())?)
         } else {
             None
         };
-        crate::upstream::health::start(&shared.snapshot.load());
-        crate::pipeline::rollout::start(&shared.snapshot.load());
-        crate::identity::jwt::start_refreshers(&shared.snapshot.load().jwt_providers);
-        for w in &shared.snapshot.load().warnings {
-            tracing::warn!(warning = %w, "config warning");
-        }
+        reload::activate(&shared, snap);
         shared.ready.store(true, Ordering::Release);
 
         Ok(Self {

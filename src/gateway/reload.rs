@@ -7,77 +7,20 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use notify::{EventKind, RecursiveMode, Watcher};
-use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::compile::{compile, Deps, Snapshot};
-use super::{ConfigErrors, ConfigProblem};
-use crate::gateway::Shared;
-
-/// What `GET /admin/config` reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReloadStatus {
-    pub version: u64,
-    pub hash: String,
-    pub source: String,
-    #[serde(with = "rfc3339")]
-    pub loaded_at: SystemTime,
-    pub reloads_ok: u64,
-    pub reloads_failed: u64,
-    pub last_error: Option<LastError>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LastError {
-    #[serde(with = "rfc3339")]
-    pub at: SystemTime,
-    pub trigger: String,
-    pub problems: Vec<ConfigProblem>,
-    /// The same problems as `ficus check` prints them.
-    pub text: Vec<String>,
-}
-
-mod rfc3339 {
-    use std::time::SystemTime;
-
-    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
-    }
-}
-
-impl ReloadStatus {
-    pub fn initial(snap: &Snapshot) -> Self {
-        Self {
-            version: snap.version,
-            hash: snap.hash.clone(),
-            source: snap.source.clone(),
-            loaded_at: snap.loaded_at,
-            reloads_ok: 0,
-            reloads_failed: 0,
-            last_error: None,
-        }
-    }
-}
+use super::shared::{LastError, Shared};
+use crate::config::compile::Snapshot;
+use crate::config::ConfigErrors;
 
 /// Builds and swaps in a new snapshot. Reloads are serialised so two triggers at once cannot race.
 pub async fn reload(shared: &Shared, trigger: &str) -> Result<u64, ConfigErrors> {
     let _one_at_a_time = shared.reload_lock.lock().await;
     let version = shared.snapshot.load().version + 1;
-    let result = build(shared, version);
-    match result {
+    match build(shared, version) {
         Ok(snap) => {
             let snap = Arc::new(snap);
-            let old = shared.snapshot.swap(snap.clone());
-            shared.clients.retain(&snap.pool_keys());
-            shared.states.breakers.retain(&snap.breakers());
-            shared.states.endpoints.retain(&snap.endpoint_sets());
-            shared.states.rollouts.retain(&snap.rollouts());
-            shared.states.jwt.retain(&snap.jwt_providers);
-            shared.states.rate_limits.retain(&snap.rate_limit_stores);
-            shared.states.introspection.retain(&snap.introspectors);
-            crate::identity::jwt::start_refreshers(&snap.jwt_providers);
-            crate::pipeline::rollout::start(&snap);
-            crate::upstream::health::start(&snap);
+            let old = activate(shared, snap.clone());
             {
                 let mut st = shared.status.lock();
                 st.version = snap.version;
@@ -88,9 +31,6 @@ pub async fn reload(shared: &Shared, trigger: &str) -> Result<u64, ConfigErrors>
             shared.reload_metrics.ok.increment(1);
             shared.reload_metrics.last_success.set(1.0);
             tracing::info!(trigger, version, hash = %snap.hash, previous = old.version, "config reloaded");
-            for w in &snap.warnings {
-                tracing::warn!(warning = %w, "config warning");
-            }
             Ok(version)
         }
         Err(errors) => {
@@ -114,17 +54,27 @@ pub async fn reload(shared: &Shared, trigger: &str) -> Result<u64, ConfigErrors>
     }
 }
 
+/// Makes `snap` the running config, at start and on every reload: swaps it in (the commit
+/// point: the state it carries takes over from the old snapshot's), then starts the background
+/// work it needs (health checks, rollout tickers, JWKS refreshers) that is not running yet, and
+/// lets go of pools no upstream uses any more. Returns the snapshot it replaced.
+pub fn activate(shared: &Shared, snap: Arc<Snapshot>) -> Arc<Snapshot> {
+    let old = shared.snapshot.swap(snap.clone());
+    shared.compiler.clients.retain(&snap.pool_keys());
+    crate::identity::jwt::start_refreshers(&snap.jwt_providers);
+    crate::pipeline::rollout::start(&snap.rollouts());
+    crate::upstream::health::start(snap.upstreams.values());
+    for w in &snap.warnings {
+        tracing::warn!(warning = %w, "config warning");
+    }
+    old
+}
+
 fn build(shared: &Shared, version: u64) -> Result<Snapshot, ConfigErrors> {
     let src = shared.source.read()?;
-    let snap = compile(
-        &src,
-        version,
-        &Deps {
-            metrics: &shared.metrics,
-            clients: &shared.clients,
-            states: &shared.states,
-        },
-    )?;
+    let snap = shared
+        .compiler
+        .compile(&src, version, &shared.snapshot.load().carried)?;
     // Sockets are bound once at start; a reload that moves them would silently not take effect.
     let mut problems = Vec::new();
     let new: Vec<_> = snap

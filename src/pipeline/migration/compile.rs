@@ -1,0 +1,152 @@
+//! Builds a route's `migration` section: both sides, the sticky key and cohorts, the override,
+//! the shadow copy and the progressive rollout.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{Migration, StickyKey};
+use crate::config::carry::Carry;
+use crate::config::file::{MigrationConfig, RolloutConfig, RouteConfig, ShadowConfig, StateStoreConfig};
+use crate::config::problems::Section;
+use crate::pipeline::rollout::{Clock, Rollout, SharedStage};
+use crate::pipeline::shadow::Shadow;
+use crate::telemetry::metrics::Metrics;
+use crate::upstream::compile::find;
+use crate::upstream::Upstream;
+
+pub struct Env<'a> {
+    pub upstreams: &'a BTreeMap<String, Arc<Upstream>>,
+    pub metrics: &'a Metrics,
+    pub clock: &'a Arc<dyn Clock>,
+    pub state_store: &'a StateStoreConfig,
+    pub prev: &'a Carry<RolloutKey, Arc<Rollout>>,
+}
+
+/// What defines a progressive rollout. A reload that changes anything else about the migration
+/// (the shadow percent, the sticky key, a fallback switch) keeps the rollout's stage and clock.
+#[derive(Clone, PartialEq)]
+pub struct RolloutKey {
+    rollout: RolloutConfig,
+    start_percent: f64,
+    legacy: String,
+    modern: String,
+    state_store: StateStoreConfig,
+}
+
+/// The legacy upstream and the migration, or `None` when a side is missing (reported).
+pub fn compile(
+    r: &RouteConfig,
+    m: &MigrationConfig,
+    sec: &mut Section<'_, '_>,
+    env: &Env<'_>,
+    next: &mut Carry<RolloutKey, Arc<Rollout>>,
+) -> Option<(Arc<Upstream>, Migration)> {
+    let legacy = find(env.upstreams, &m.legacy.upstream, sec, "legacy.upstream");
+    let modern = find(env.upstreams, &m.modern.upstream, sec, "modern.upstream");
+    if !(0.0..=100.0).contains(&m.modern_percent) {
+        sec.error("modern_percent", "must be between 0 and 100");
+    }
+    let sticky = m
+        .sticky
+        .as_deref()
+        .map(StickyKey::parse)
+        .transpose()
+        .map_err(|reason| sec.error("sticky", reason))
+        .ok()
+        .flatten();
+    check_options(r, m, sec);
+    let shadow = m
+        .shadow
+        .as_ref()
+        .and_then(|sc| shadow(&r.name, sc, &mut sec.at("shadow"), env.metrics));
+    if let Some(rc) = &m.rollout {
+        check_rollout(rc, &mut sec.at("rollout"));
+    }
+    let (legacy, modern) = (legacy?, modern?);
+    let rollout = m.rollout.as_ref().and_then(|rc| {
+        let key = RolloutKey {
+            rollout: rc.clone(),
+            start_percent: m.modern_percent,
+            legacy: m.legacy.upstream.clone(),
+            modern: m.modern.upstream.clone(),
+            state_store: env.state_store.clone(),
+        };
+        if let Some(kept) = env.prev.get(&r.name, &key) {
+            next.keep(&r.name, &key, kept.clone());
+            return Some(kept);
+        }
+        let shared = match &env.state_store.redis_url {
+            None => None,
+            Some(url) => {
+                let prefix = env.state_store.key_prefix.as_deref().unwrap_or("ficus:");
+                match SharedStage::new(url, format!("{prefix}rollout:{}", r.name)) {
+                    Ok(s) => Some(s),
+                    Err(reason) => {
+                        sec.error("", format!("state_store.redis_url: {reason}"));
+                        return None;
+                    }
+                }
+            }
+        };
+        let made = Arc::new(Rollout::new(
+            &r.name,
+            rc.clone(),
+            m.modern_percent,
+            env.clock.clone(),
+            shared,
+        ));
+        next.keep(&r.name, &key, made.clone());
+        Some(made)
+    });
+    let migration = Migration::new(&r.name, m, modern, sticky, shadow, rollout, env.metrics);
+    Some((legacy, migration))
+}
+
+fn check_options(r: &RouteConfig, m: &MigrationConfig, sec: &mut Section<'_, '_>) {
+    let needs_identity =
+        m.sticky.as_deref().is_some_and(|s| s.starts_with("jwt.")) || m.override_header.is_some();
+    if needs_identity && r.identity.is_none() {
+        sec.error(
+            "",
+            "a `jwt.` sticky key or an `override` needs the route's `identity`",
+        );
+    }
+    if let Some(o) = &m.override_header {
+        if o.require_scope.is_none() && o.require_claim.is_none() {
+            sec.error(
+                "override",
+                "set `require_scope` or `require_claim`: an override open to everyone is a bypass",
+            );
+        }
+    }
+    if m.fallback_non_idempotent && !m.fallback_to_legacy {
+        sec.error("fallback_non_idempotent", "needs `fallback_to_legacy: true`");
+    }
+    if !m.cohorts.is_empty() && m.sticky.is_none() {
+        sec.error("cohorts", "cohorts are sticky-key values: set `sticky`");
+    }
+}
+
+fn shadow(route: &str, sc: &ShadowConfig, sec: &mut Section<'_, '_>, metrics: &Metrics) -> Option<Shadow> {
+    if !(0.0..=100.0).contains(&sc.percent) {
+        sec.error("percent", "must be between 0 and 100");
+    }
+    if sc.max_concurrent == 0 || sc.timeout.is_zero() {
+        sec.error(
+            "max_concurrent",
+            "max_concurrent and timeout must be greater than zero",
+        );
+    }
+    Shadow::new(route, sc, metrics)
+        .map_err(|reason| sec.error("", reason))
+        .ok()
+}
+
+fn check_rollout(rc: &RolloutConfig, sec: &mut Section<'_, '_>) {
+    if !(rc.step > 0.0 && rc.step <= 100.0) {
+        sec.error("step", "must be above 0 and at most 100");
+    }
+    if rc.every.is_zero() {
+        sec.error("every", "must be greater than zero");
+    }
+}
