@@ -326,7 +326,7 @@ fn problem_with(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(id) = request_id {
-        h.insert(crate::pipeline::X_REQUEST_ID, id.clone());
+        h.insert(crate::pipeline::context::X_REQUEST_ID, id.clone());
     }
     resp
 }
@@ -356,7 +356,7 @@ mod tests {
         let resp = ProxyError::NoRoute.to_response(Some(&id));
         assert_eq!(resp.status(), 404);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");
-        assert_eq!(resp.headers()[crate::pipeline::X_REQUEST_ID], "abc");
+        assert_eq!(resp.headers()[crate::pipeline::context::X_REQUEST_ID], "abc");
     }
 
     #[tokio::test]

@@ -160,8 +160,8 @@ fn translate(
             DirectionArg::Response => Direction::Response,
         },
         side: match side {
-            SideArg::Legacy => ficus::pipeline::migration::Side::Legacy,
-            SideArg::Modern => ficus::pipeline::migration::Side::Modern,
+            SideArg::Legacy => ficus::pipeline::context::Side::Legacy,
+            SideArg::Modern => ficus::pipeline::context::Side::Modern,
         },
         content_type,
         status,

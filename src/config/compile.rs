@@ -27,7 +27,7 @@ use crate::pipeline::rollout::{Clock, Rollout, SystemClock};
 use crate::pipeline::route::compile::Env as RouteEnv;
 use crate::pipeline::route::{Route, Router};
 use crate::pipeline::trust::OwnedHeaders;
-use crate::server::listener::ListenerRuntime;
+use crate::server::runtime::ListenerRuntime;
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use crate::translate::Transform;
 use crate::upstream::breaker::Breakers;
@@ -267,7 +267,7 @@ fn top_level(cfg: &FileConfig, p: &mut Problems<'_>) {
         sec.error("listeners", "configure at least one listener");
     }
     for (i, h) in cfg.admin.allowed_hosts.iter().enumerate() {
-        if !crate::admin::valid_host_name(h) {
+        if !crate::admin::host::valid_host_name(h) {
             sec.error(
                 &format!("admin.allowed_hosts[{i}]"),
                 format!("`{h}` is not a host name (write it without scheme or port)"),

@@ -18,8 +18,8 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::config::file::{RouteIdentityConfig, UpstreamAuthSide};
 use crate::error::ProxyError;
-use crate::pipeline::migration::Side;
-use crate::pipeline::route::{cookie_value, query_value};
+use crate::pipeline::context::Side;
+use crate::pipeline::context::{cookie_value, query_value};
 use client_cert::{ClientCertRule, ForwardClientCert, PeerCert};
 use jwt::{Claims, JwtProvider};
 

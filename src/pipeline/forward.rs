@@ -13,9 +13,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::body::{InBody, RequestBody, ResponseBody};
+use super::context::Side;
 use super::context::{self, ForwardedInfo};
-use super::migration::Side;
-use super::{ConnInfo, RequestCtx, TRACEPARENT, X_REQUEST_ID};
+use super::context::{TRACEPARENT, X_REQUEST_ID};
+use super::request::{ConnInfo, RequestCtx};
 use crate::error::ProxyError;
 use crate::upstream::balance::Picked;
 use crate::upstream::breaker::{Outcome, Permit};

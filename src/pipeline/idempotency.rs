@@ -460,7 +460,9 @@ where
             .headers
             .iter()
             // A cookie is the first caller's session: a replay must never hand it to anyone.
-            .filter(|(n, _)| *n != super::X_REQUEST_ID && *n != http::header::DATE && *n != SET_COOKIE)
+            .filter(|(n, _)| {
+                *n != super::context::X_REQUEST_ID && *n != http::header::DATE && *n != SET_COOKIE
+            })
             .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect(),
         body: base64::engine::general_purpose::STANDARD.encode(&body),

@@ -15,32 +15,12 @@ use http::{HeaderMap, HeaderValue};
 use metrics::Counter;
 
 use crate::config::file::MigrationConfig;
-use crate::pipeline::route::{cookie_value, query_value};
+use crate::pipeline::context::{cookie_value, query_value};
 use crate::telemetry::metrics::{Metrics, RouteMetrics, FALLBACKS_TOTAL};
 use crate::upstream::balance::fnv1a;
 use crate::upstream::Upstream;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Legacy,
-    Modern,
-}
-
-impl Side {
-    pub fn other(self) -> Self {
-        match self {
-            Self::Legacy => Self::Modern,
-            Self::Modern => Self::Legacy,
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Legacy => "legacy",
-            Self::Modern => "modern",
-        }
-    }
-}
+pub use super::context::Side;
 
 /// Where the sticky key comes from.
 #[derive(Debug, Clone)]

@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod migration;
 pub mod normalize;
 pub mod ratelimit;
+pub mod request;
 pub mod rollout;
 pub mod route;
 pub mod shadow;
@@ -17,90 +18,22 @@ pub mod translate;
 pub mod trust;
 
 use std::borrow::Cow;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::header::{HeaderName, HOST};
+use http::header::HOST;
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::config::compile::Snapshot;
 use crate::error::ProxyError;
-use crate::gateway::Shared;
-use crate::identity::client_cert::PeerCert;
-use crate::server::listener::ListenerRuntime;
+use crate::gateway::shared::Shared;
 use crate::telemetry::access_log::AccessRecord;
 use body::{InBody, ResponseBody};
+use context::X_REQUEST_ID;
+use request::{ConnInfo, RequestCtx};
 use route::Route;
-
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-
-/// What the pipeline knows about the connection a request arrived on. The listener settings are
-/// those in force when the connection was accepted; routing uses the newest snapshot per request.
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub listener: Arc<ListenerRuntime>,
-    /// Requests still being answered; the idle timeout never closes a connection that has some.
-    pub in_flight: AtomicUsize,
-    /// The verified TLS client certificate, set once right after the handshake.
-    pub client_cert: OnceLock<Arc<PeerCert>>,
-}
-
-/// Per-request state shared by the stages (Pingora's context struct). Each fact is resolved
-/// once, by the stage that owns it, and read from here by every later one.
-pub struct RequestCtx {
-    pub request_id: HeaderValue,
-    /// The client's address: the peer, or behind a trusted proxy the address it vouches for.
-    /// Resolved once, at the trust boundary, for every stage (rate limits, sticky splits, hashing,
-    /// logs).
-    pub client: IpAddr,
-    /// The validated request host (`Host` or the HTTP/2 authority).
-    pub host: Option<HeaderValue>,
-    /// The normalised path, when it differs from the request's own.
-    pub path: Option<String>,
-    /// An allowed protocol upgrade (WebSocket), decided once at the trust boundary.
-    pub upgrade: bool,
-    /// Values of migration override headers, taken out of the request with the other owned
-    /// headers and read by the migration stage only.
-    pub overrides: Vec<(HeaderName, HeaderValue)>,
-    pub route: Option<Arc<Route>>,
-    /// The side of a migration route that served (legacy for routes without one).
-    pub side: migration::Side,
-    /// The caller's verified claims, when the route checks identity and a token was sent.
-    pub claims: Option<Arc<crate::identity::jwt::Claims>>,
-    /// The connection's verified TLS client certificate, if it presented one.
-    pub client_cert: Option<Arc<PeerCert>>,
-}
-
-impl RequestCtx {
-    pub fn new(request_id: HeaderValue, conn: &ConnInfo) -> Self {
-        Self {
-            request_id,
-            client: conn.peer.ip(),
-            host: None,
-            path: None,
-            upgrade: false,
-            overrides: Vec::new(),
-            route: None,
-            side: migration::Side::Legacy,
-            claims: None,
-            client_cert: conn.client_cert.get().cloned(),
-        }
-    }
-
-    /// The client certificate's principal (first SAN, else subject), for logs and rate-limit keys.
-    pub fn client_cert_identity(&self) -> Option<&str> {
-        self.client_cert.as_deref().map(|c| &*c.principal)
-    }
-
-    /// The path the upstream gets: the normalised one.
-    pub fn path<'a>(&'a self, uri: &'a http::Uri) -> &'a str {
-        self.path.as_deref().unwrap_or(uri.path())
-    }
-}
 
 struct InFlight<'a>(&'a AtomicUsize);
 
@@ -136,8 +69,8 @@ impl Observation<'_> {
                     Some(m) if !closed => {
                         let failed = status.is_server_error();
                         match ctx.side {
-                            migration::Side::Legacy => m.legacy_stats.record(failed, elapsed),
-                            migration::Side::Modern => {
+                            context::Side::Legacy => m.legacy_stats.record(failed, elapsed),
+                            context::Side::Modern => {
                                 m.modern_stats.record(failed, elapsed);
                                 if let Some(ro) = &m.rollout {
                                     ro.record(failed, elapsed);
@@ -360,7 +293,7 @@ async fn dispatch(
         .filter(|s| !ctx.upgrade && s.wanted(req.method()));
     // Any method may fall back after a connect error, so the request is kept whatever it is;
     // `may_resend` decides once the failure is known.
-    let fallback = ctx.side == migration::Side::Modern && m.fallback && !ctx.upgrade;
+    let fallback = ctx.side == context::Side::Modern && m.fallback && !ctx.upgrade;
     if shadow.is_none() && !fallback {
         return translate::forward(req, conn, ctx).await;
     }
@@ -421,7 +354,7 @@ async fn dispatch(
         if let Some((reason, _)) = reason {
             m.count_fallback(reason);
             tracing::info!(route = %route.name, reason, "modern failed; served by legacy");
-            ctx.side = migration::Side::Legacy;
+            ctx.side = context::Side::Legacy;
             result = translate::forward(Request::from_parts(again, InBody::Buffered(bytes)), conn, ctx).await;
         }
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use http::Method;
 
+use super::context::{cookie_value, query_value};
 use crate::telemetry::metrics::RouteMetrics;
 use crate::upstream::Upstream;
 
@@ -153,27 +154,6 @@ pub struct RequestView<'a> {
     pub query: Option<&'a str>,
 }
 
-/// The raw value of query parameter `name` (`""` for a bare `?name`), first occurrence.
-pub fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?
-        .split('&')
-        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-/// The value of cookie `name` across all `Cookie` headers, first occurrence.
-pub fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
 pub struct Route {
     pub name: Arc<str>,
     pub hosts: Vec<HostMatch>,
@@ -197,23 +177,23 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn upstream_for(&self, side: super::migration::Side) -> &Arc<Upstream> {
+    pub fn upstream_for(&self, side: super::context::Side) -> &Arc<Upstream> {
         match (side, &self.migration) {
-            (super::migration::Side::Modern, Some(m)) => &m.modern,
+            (super::context::Side::Modern, Some(m)) => &m.modern,
             _ => &self.upstream,
         }
     }
 
-    pub fn transform_for(&self, side: super::migration::Side) -> Option<&Arc<crate::translate::Transform>> {
+    pub fn transform_for(&self, side: super::context::Side) -> Option<&Arc<crate::translate::Transform>> {
         match side {
-            super::migration::Side::Legacy => self.legacy_transform.as_ref(),
-            super::migration::Side::Modern => self.modern_transform.as_ref(),
+            super::context::Side::Legacy => self.legacy_transform.as_ref(),
+            super::context::Side::Modern => self.modern_transform.as_ref(),
         }
     }
 
-    pub fn metrics_for(&self, side: super::migration::Side) -> &RouteMetrics {
+    pub fn metrics_for(&self, side: super::context::Side) -> &RouteMetrics {
         match (side, &self.migration) {
-            (super::migration::Side::Modern, Some(m)) => &m.modern_metrics,
+            (super::context::Side::Modern, Some(m)) => &m.modern_metrics,
             _ => &self.metrics,
         }
     }

@@ -17,8 +17,8 @@ use serde::Serialize;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::body::{RequestBody, ResponseBody, TeeBody};
+use super::context::Side;
 use super::diff::{diff_bodies, DiffRules, FieldDiff};
-use super::migration::Side;
 use crate::config::file::ShadowConfig;
 use crate::telemetry::metrics::{Metrics, SHADOW_COMPARISONS};
 use crate::upstream::Upstream;

@@ -12,8 +12,8 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 
 use super::body::{InBody, RequestBody, ResponseBody};
+use super::request::{ConnInfo, RequestCtx};
 use super::route::Route;
-use super::{ConnInfo, RequestCtx};
 use crate::error::ProxyError;
 use crate::translate::validate::SchemaCheck;
 use crate::translate::{Direction, DirectionPlan, Transform, TranslateError};

@@ -11,9 +11,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
-use crate::gateway::Shared;
+use crate::gateway::shared::Shared;
+use crate::pipeline;
 use crate::pipeline::body::ResponseBody;
-use crate::pipeline::{self, context, ConnInfo, X_REQUEST_ID};
+use crate::pipeline::context::{self, X_REQUEST_ID};
+use crate::pipeline::request::ConnInfo;
 
 /// [`pipeline::handle`], with a panic answered instead of unwinding into hyper.
 ///

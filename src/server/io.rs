@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::pipeline::ConnInfo;
+use crate::pipeline::request::ConnInfo;
 
 pub struct IdleIo<T> {
     inner: T,

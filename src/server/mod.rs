@@ -3,4 +3,5 @@
 pub mod contain;
 pub mod io;
 pub mod listener;
+pub mod runtime;
 pub mod tls;

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use super::Direction;
 use crate::config::compile::standalone;
 use crate::config::ConfigSource;
-use crate::pipeline::migration::Side;
+use crate::pipeline::context::Side;
 
 pub struct Input<'a> {
     pub route: &'a str,
