@@ -764,10 +764,10 @@ proptest! {
         for c in cookies {
             h.append(http::header::COOKIE, c);
         }
-        if let Some(v) = route::cookie_value(&h, name) {
+        if let Some(v) = context::cookie_value(&h, name) {
             prop_assert!(!v.contains(';'));
         }
-        if let Some(v) = route::query_value(Some(&q), name) {
+        if let Some(v) = context::query_value(Some(&q), name) {
             prop_assert!(!v.contains('&'));
         }
     }
