@@ -14,7 +14,7 @@ use super::file::{FileConfig, ShutdownConfig};
 use super::{ConfigErrors, ConfigProblem, SourceText};
 use crate::identity::jwt::JwtProvider;
 use crate::pipeline::idempotency::{IdempotencyStore, RouteIdempotency};
-use crate::pipeline::migration::{Migration, StickyKey};
+use crate::pipeline::migration::Migration;
 use crate::pipeline::normalize::normalize_path;
 use crate::pipeline::ratelimit::local::LocalStore;
 use crate::pipeline::ratelimit::redis::RedisStore;
@@ -25,7 +25,7 @@ use crate::pipeline::shadow::Shadow;
 use crate::server::listener::ListenerRuntime;
 use crate::telemetry::metrics::{Metrics, RouteMetrics, UPSTREAM_REQUEST_DURATION};
 use crate::upstream::balance::Endpoint;
-use crate::upstream::balance::{EndpointSet, HashOn};
+use crate::upstream::balance::EndpointSet;
 use crate::upstream::breaker::Breakers;
 use crate::upstream::client::PoolKey;
 use crate::upstream::retry::RetryPolicy;
@@ -251,8 +251,12 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         }
         let hashing = u.balance == crate::config::file::BalancePolicy::ConsistentHash;
         let hash_on = match (&u.hash_on, hashing) {
-            (Some(h), true) => match HashOn::parse(h) {
-                Ok(h) => Some(h),
+            (Some(h), true) => match crate::upstream::balance::parse_hash_on(h) {
+                Ok(p) => {
+                    let at = format!("{at}.hash_on");
+                    warnings.extend(p.old_spellings(&at).map(|(k, r)| src.problem(&k, r)));
+                    Some(p.key)
+                }
                 Err(reason) => {
                     bad(format!("{at}.hash_on"), reason);
                     None
@@ -261,7 +265,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             (None, true) => {
                 bad(
                     format!("{at}.hash_on"),
-                    "consistent-hash needs hash_on (client-ip, path or header:<name>)".into(),
+                    "consistent-hash needs hash_on (client_ip, path, header:<name>...)".into(),
                 );
                 None
             }
@@ -430,7 +434,9 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             Err(reason) => bad(format!("identity.api_keys.{name}"), reason),
         }
     }
-    let rate_policies = compile_rate_limits(&cfg.rate_limits, deps, &mut bad);
+    let rate_policies = compile_rate_limits(&cfg.rate_limits, deps, &mut bad, &mut |k, r| {
+        warnings.push(src.problem(&k, r))
+    });
     let asks_client_certs = cfg
         .listeners
         .iter()
@@ -651,20 +657,25 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                         "must be between 0 and 100".into(),
                     );
                 }
-                let sticky = match m.sticky.as_deref().map(StickyKey::parse) {
+                let sticky = match m.sticky.as_deref().map(crate::pipeline::migration::parse_sticky) {
                     Some(Err(reason)) => {
                         bad(format!("{at}.migration.sticky"), reason);
                         None
                     }
-                    Some(Ok(k)) => Some(k),
+                    Some(Ok(p)) => {
+                        let at = format!("{at}.migration.sticky");
+                        warnings.extend(p.old_spellings(&at).map(|(k, r)| src.problem(&k, r)));
+                        Some(p.key)
+                    }
                     None => None,
                 };
                 let needs_identity =
-                    m.sticky.as_deref().is_some_and(|s| s.starts_with("jwt.")) || m.override_header.is_some();
+                    sticky.as_ref().is_some_and(|k| k.needs_identity()) || m.override_header.is_some();
                 if needs_identity && r.identity.is_none() {
                     bad(
                         format!("{at}.migration"),
-                        "a `jwt.` sticky key or an `override` needs the route's `identity`".into(),
+                        "a `jwt.` or `api_key` sticky key or an `override` needs the route's `identity`"
+                            .into(),
                     );
                 }
                 if let Some(o) = &m.override_header {
@@ -769,8 +780,12 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         let mut idem_scope = None;
         if let Some(idem) = &r.idempotency {
             if !idem.scope.is_empty() {
-                match crate::pipeline::ratelimit::KeySpec::parse(&idem.scope) {
-                    Ok(k) => idem_scope = Some(k),
+                match crate::pipeline::idempotency::parse_scope(&idem.scope) {
+                    Ok(p) => {
+                        let at = format!("{at}.idempotency.scope");
+                        warnings.extend(p.old_spellings(&at).map(|(k, r)| src.problem(&k, r)));
+                        idem_scope = Some(p.key);
+                    }
                     Err(reason) => bad(format!("{at}.idempotency.scope"), reason),
                 }
             } else if r.identity.is_none() {
@@ -1104,6 +1119,7 @@ fn compile_rate_limits(
     cfg: &super::file::RateLimitsConfig,
     deps: &Deps<'_>,
     bad: &mut impl FnMut(String, String),
+    warn: &mut impl FnMut(String, String),
 ) -> BTreeMap<String, Arc<Policy>> {
     let store = &cfg.store;
     let redis = if store.redis_urls.is_empty() {
@@ -1133,6 +1149,17 @@ fn compile_rate_limits(
     let mut out = BTreeMap::new();
     for (name, p) in &cfg.policies {
         let at = format!("rate_limits.policies.{name}");
+        let key = match crate::pipeline::key::RequestKey::parse_list(&p.key) {
+            Ok(k) => {
+                k.old_spellings(&format!("{at}.key"))
+                    .for_each(|(k, r)| warn(k, r));
+                k.key
+            }
+            Err(reason) => {
+                bad(format!("{at}.key"), reason);
+                continue;
+            }
+        };
         let limit = match Policy::limit(p) {
             Ok(l) => l,
             Err(reason) => {
@@ -1159,7 +1186,7 @@ fn compile_rate_limits(
             .states
             .rate_limits
             .get_or_make(name, &limit, || LocalStore::new(limit));
-        match Policy::new(name, p, limit, local, shared, deps.metrics) {
+        match Policy::new(name, p, key, limit, local, shared, deps.metrics) {
             Ok(policy) => {
                 out.insert(name.clone(), Arc::new(policy));
             }

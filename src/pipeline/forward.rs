@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{InBody, RequestBody, ResponseBody};
 use super::context::{self, ForwardedInfo};
+use super::key::KeyFacts;
 use super::migration::Side;
 use super::{ConnInfo, RequestCtx, TRACEPARENT, X_REQUEST_ID};
 use crate::error::ProxyError;
@@ -48,10 +49,13 @@ pub async fn forward(
     let path_and_query = path_and_query(&parts.uri, path.as_deref())?;
     parts.version = Version::HTTP_11;
     let (body, verdict) = RequestBody::from_client(body, limits.max_body_bytes.0, limits.body_read_timeout);
-    let hash = upstream
-        .hash_on
-        .as_ref()
-        .and_then(|h| h.key(ctx.client, path_and_query.path(), &parts.headers));
+    let hash = upstream.hash_on.as_ref().and_then(|k| {
+        k.hash(&KeyFacts {
+            // The path this upstream is sent, a rewrite included.
+            path: path_and_query.path(),
+            ..KeyFacts::of(ctx, &parts.headers, &parts.uri)
+        })
+    });
     let result = send(upstream, parts, body, path_and_query, hash).await;
     let mut resp = match result {
         Ok(resp) => resp,

@@ -14,6 +14,7 @@ use metrics::{Counter, Gauge};
 use serde::Serialize;
 
 use crate::config::file::{BalancePolicy, OutlierConfig};
+use crate::pipeline::key::{KeySource, Parsed, RequestKey};
 use crate::telemetry::metrics::{Metrics, ENDPOINT_HEALTHY, OUTLIER_EJECTIONS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,39 +309,13 @@ impl EndpointSet {
     }
 }
 
-/// What a consistent-hash upstream hashes on, compiled from `hash_on`.
-#[derive(Debug, Clone)]
-pub enum HashOn {
-    ClientIp,
-    Path,
-    Header(http::header::HeaderName),
-}
-
-impl HashOn {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "client-ip" => Ok(Self::ClientIp),
-            "path" => Ok(Self::Path),
-            _ => match s.strip_prefix("header:") {
-                Some(h) => http::header::HeaderName::from_bytes(h.as_bytes())
-                    .map(Self::Header)
-                    .map_err(|_| format!("`{h}` is not a header name")),
-                None => Err(format!("`{s}`: use client-ip, path, or header:<name>")),
-            },
-        }
-    }
-
-    /// `None` when the header is absent: the request is balanced round robin instead.
-    pub fn key(&self, client: std::net::IpAddr, path: &str, headers: &http::HeaderMap) -> Option<u64> {
-        match self {
-            Self::ClientIp => Some(match client {
-                std::net::IpAddr::V4(v4) => fnv1a(&v4.octets()),
-                std::net::IpAddr::V6(v6) => fnv1a(&v6.octets()),
-            }),
-            Self::Path => Some(fnv1a(path.as_bytes())),
-            Self::Header(h) => headers.get(h).map(|v| fnv1a(v.as_bytes())),
-        }
-    }
+/// Parses `hash_on`, spelled like every request key. `route` is refused: it would put every
+/// request of a route on one endpoint, which is pinning, not balancing.
+pub fn parse_hash_on(s: &str) -> Result<Parsed, String> {
+    RequestKey::parse(s)?.refuse(
+        |k| *k == KeySource::Route,
+        "would send every request of a route to one endpoint: hash on client_ip, path, a header, cookie, query parameter or claim",
+    )
 }
 
 /// The first endpoint of `order` with the lowest rank, reading each rank once as it goes and
@@ -491,6 +466,14 @@ mod tests {
             home,
             "a tried endpoint that is up beats untried ones that are down"
         );
+    }
+
+    #[test]
+    fn hash_on_is_spelled_like_every_request_key_but_route() {
+        assert!(parse_hash_on("client_ip").is_ok());
+        assert!(parse_hash_on("cookie:session").is_ok());
+        let err = parse_hash_on("route").unwrap_err();
+        assert!(err.starts_with("`route` would send every request"), "{err}");
     }
 
     #[test]
