@@ -123,6 +123,15 @@ fn write_config(dir: &Path, yaml: &str) -> std::path::PathBuf {
     p
 }
 
+/// `ficus check --config <p>`.
+fn check(p: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(p)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn version_is_printed() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
@@ -137,17 +146,10 @@ fn version_is_printed() {
 fn check_accepts_a_valid_config_and_the_shipped_ones() {
     let dir = tempfile::tempdir().unwrap();
     let p = write_config(dir.path(), &basic_config("http://127.0.0.1:9"));
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = check(&p);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     for shipped in ["config/ficus.example.yaml", "config/demo.yaml"] {
-        let out = Command::new(BIN)
-            .args(["check", "--config", shipped])
-            .output()
-            .unwrap();
+        let out = check(Path::new(shipped));
         assert!(
             out.status.success(),
             "{shipped}: {}",
@@ -173,11 +175,7 @@ routes:
     upstream: ghost
 ";
     let p = write_config(dir.path(), yaml);
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = check(&p);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     let file = p.display().to_string();
@@ -198,11 +196,7 @@ routes:
         dir.path(),
         "listeners:\n  - name: main\n    bind: 127.0.0.1:0\n    max_conns: 5\n",
     );
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = check(&p);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -212,6 +206,46 @@ routes:
         )),
         "{text}"
     );
+}
+
+#[test]
+fn check_names_the_new_spelling_of_every_old_request_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "\
+listeners:
+  - name: main
+    bind: 127.0.0.1:0
+upstreams:
+  app:
+    endpoints: ['http://127.0.0.1:9', 'http://127.0.0.1:10']
+    balance: consistent-hash
+    hash_on: client-ip
+rate_limits:
+  policies:
+    per-key: { key: [route, api-key, claim.sub], rate: 10/s }
+routes:
+  - name: r
+    rate_limit: [per-key]
+    idempotency: { scope: client-cert }
+    migration:
+      legacy: { upstream: app }
+      modern: { upstream: app }
+      sticky: client-ip
+";
+    let p = write_config(dir.path(), yaml);
+    let out = check(&p);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "old spellings still load:\n{text}");
+    let file = p.display().to_string();
+    for expected in [
+        format!("{file}:8: upstreams.app.hash_on: warning: `client-ip` is the old spelling; write `client_ip`"),
+        format!("{file}:11: rate_limits.policies.per-key.key[1]: warning: `api-key` is the old spelling; write `api_key`"),
+        format!("{file}:11: rate_limits.policies.per-key.key[2]: warning: `claim.sub` is the old spelling; write `jwt.sub`"),
+        format!("{file}:15: routes[0].idempotency.scope[0]: warning: `client-cert` is the old spelling; write `client_cert`"),
+        format!("{file}:19: routes[0].migration.sticky: warning: `client-ip` is the old spelling; write `client_ip`"),
+    ] {
+        assert!(text.lines().any(|l| l == expected), "missing {expected:?} in:\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

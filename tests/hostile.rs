@@ -77,7 +77,7 @@ routes:
       legacy: {{ upstream: legacy }}
       modern: {{ upstream: modern }}
       modern_percent: 0
-      sticky: client-ip
+      sticky: client_ip
       cohorts: ['10.9.8.7']
       override: {{ header: X-Ficus-Backend, require_scope: 'ficus:qa' }}
   - name: admin

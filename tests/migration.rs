@@ -171,6 +171,42 @@ async fn cohort_members_are_always_served_by_modern() {
     f.shutdown().await;
 }
 
+/// `client-ip` was the sticky spelling before keys were spelled alike everywhere: it still
+/// loads and splits by the client address, and the config's warnings name the new spelling.
+#[tokio::test]
+async fn the_old_client_ip_spelling_still_splits_and_warns() {
+    let legacy = Upstream::echo_named("legacy").await;
+    let modern = Upstream::echo_named("modern").await;
+    let f = Ficus::start(&migration_config(
+        &legacy.url(),
+        &modern.url(),
+        "modern_percent: 0\n      sticky: client-ip\n      cohorts: ['127.0.0.1']",
+    ))
+    .await;
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(
+            side_of(&c, f.url("/orders"), None).await,
+            "modern",
+            "127.0.0.1 is a cohort"
+        );
+    }
+    let routes = get(&f.admin_url("/admin/routes")).await.json();
+    let warnings: Vec<&str> = routes["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w.as_str())
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.ends_with(
+            ":15: routes[0].migration.sticky: `client-ip` is the old spelling; write `client_ip`"
+        )),
+        "{warnings:?}"
+    );
+    f.shutdown().await;
+}
+
 #[tokio::test]
 async fn failed_modern_calls_fall_back_to_legacy_for_retryable_requests() {
     let legacy = Upstream::echo_named("legacy").await;

@@ -22,8 +22,8 @@ use ficus::config::ConfigSource;
 use ficus::identity::jwt::Claims;
 use ficus::pipeline::context;
 use ficus::pipeline::diff::{diff_bodies, DiffRules};
+use ficus::pipeline::key::KeyFacts;
 use ficus::pipeline::normalize::normalize_path;
-use ficus::pipeline::ratelimit::KeySource;
 use ficus::pipeline::route::{self, RequestView};
 use ficus::translate::charset::to_utf8;
 use ficus::translate::dates;
@@ -848,13 +848,21 @@ proptest! {
         h.insert(context::X_FORWARDED_FOR, xff);
         h.insert(HeaderName::from_static("x-user-id"), user.clone());
         for r in routing().router.routes() {
+            let facts = KeyFacts {
+                client,
+                route: &r.name,
+                path: "/",
+                query: q.as_deref(),
+                headers: &h,
+                claims: claims.as_ref(),
+                client_cert: None,
+            };
             if let Some(rl) = &r.rate_limits {
-                let src = KeySource { client, route: &r.name, headers: &h, claims: claims.as_ref(), client_cert: None };
-                let _ = runtime().block_on(rl.check(&src));
+                let _ = runtime().block_on(rl.check(&facts));
             }
             if let Some(m) = &r.migration {
                 let overrides = [(HeaderName::from_static("x-ficus-backend"), user.clone())];
-                let _ = m.choose(client, q.as_deref(), &h, claims.as_ref(), &overrides);
+                let _ = m.choose(&facts, &overrides);
             }
         }
     }

@@ -673,3 +673,109 @@ async fn per_endpoint_breaker_takes_out_only_the_failing_endpoint() {
     assert_eq!(metric(&m, &series), Some(1.0), "{m}");
     f.shutdown().await;
 }
+
+/// Three echo upstreams `a`, `b`, `c`, each answering 503 while its flag is set.
+async fn three_that_fail_on_demand() -> (Vec<Upstream>, Vec<Arc<AtomicBool>>) {
+    let mut ups = Vec::new();
+    let mut flags = Vec::new();
+    for name in ["a", "b", "c"] {
+        let failing = Arc::new(AtomicBool::new(false));
+        let flag = failing.clone();
+        ups.push(
+            Upstream::start(move |req: Request<Incoming>| {
+                let failing = flag.load(Ordering::SeqCst);
+                async move {
+                    let mut r = echo_response(req, name).await;
+                    if failing {
+                        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    r
+                }
+            })
+            .await,
+        );
+        flags.push(failing);
+    }
+    (ups, flags)
+}
+
+async fn as_user(cl: &H1Client, f: &Ficus, user: &str) -> Answer {
+    let req = Request::get(f.url("/"))
+        .header("x-user", user)
+        .body(empty())
+        .unwrap();
+    send(cl, req).await
+}
+
+/// The endpoint a key is pinned to, found while every endpoint is healthy.
+async fn home_of(cl: &H1Client, f: &Ficus, user: &str) -> usize {
+    let name = as_user(cl, f, user).await.echoed().name;
+    ["a", "b", "c"].iter().position(|n| *n == name).unwrap()
+}
+
+#[tokio::test]
+async fn consistent_hash_retry_goes_to_another_endpoint_than_the_one_that_failed() {
+    let (ups, flags) = three_that_fail_on_demand().await;
+    let refs: Vec<&Upstream> = ups.iter().collect();
+    let extra =
+        format!("    balance: consistent-hash\n    hash_on: 'header:x-user'\n    retry: {{ {FAST} }}");
+    let f = Ficus::start(&multi(&refs, &extra)).await;
+    let cl = client();
+    for user in ["user-1", "user-2", "user-3", "user-4"] {
+        let home = home_of(&cl, &f, user).await;
+        flags[home].store(true, Ordering::SeqCst);
+        let before = ups[home].hits();
+        let mut served_by = std::collections::HashSet::new();
+        for _ in 0..3 {
+            let a = as_user(&cl, &f, user).await;
+            assert_eq!(a.status, 200, "{user}: the retry was not served elsewhere");
+            served_by.insert(a.echoed().name);
+        }
+        assert_eq!(
+            ups[home].hits() - before,
+            3,
+            "{user}: one try per request on the failing endpoint, the retry went elsewhere"
+        );
+        assert_eq!(
+            served_by.len(),
+            1,
+            "{user}: the fallback endpoint is stable: {served_by:?}"
+        );
+        flags[home].store(false, Ordering::SeqCst);
+    }
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn consistent_hash_passes_over_an_endpoint_whose_breaker_is_open() {
+    let (ups, flags) = three_that_fail_on_demand().await;
+    let refs: Vec<&Upstream> = ups.iter().collect();
+    let extra = "    balance: consistent-hash\n    hash_on: 'header:x-user'\n    \
+        circuit_breaker: { per_endpoint: true, window: 10s, min_requests: 3, failure_rate: 0.5, open_for: 30s }";
+    let f = Ficus::start(&multi(&refs, extra)).await;
+    let cl = client();
+    let home = home_of(&cl, &f, "user-1").await;
+    flags[home].store(true, Ordering::SeqCst);
+    let breaker_open = || async {
+        let st = get(&f.admin_url("/admin/upstreams")).await.json();
+        st["upstreams"][0]["circuit_breaker"]["per_endpoint"][ups[home].url()]["state"] == "open"
+    };
+    let mut failures = 0;
+    while !breaker_open().await {
+        assert!(failures < 5, "the failing endpoint's breaker never opened");
+        let a = as_user(&cl, &f, "user-1").await;
+        assert_eq!(
+            a.status, 503,
+            "no retry configured: the endpoint's 503 passes through"
+        );
+        failures += 1;
+    }
+    let hits = ups[home].hits();
+    for _ in 0..5 {
+        let a = as_user(&cl, &f, "user-1").await;
+        assert_eq!(a.status, 200, "the open breaker's endpoint is passed over");
+        assert_ne!(a.echoed().name, ["a", "b", "c"][home]);
+    }
+    assert_eq!(ups[home].hits(), hits, "an open breaker's endpoint is not called");
+    f.shutdown().await;
+}

@@ -164,8 +164,8 @@ pub enum MissingKey {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitPolicyConfig {
-    /// What is counted: `client_ip`, `route`, `jwt.<claim>`, `api_key`, `header:<name>`, or a
-    /// list of them for a combination.
+    /// What is counted: a request key (`client_ip`, `route`, `jwt.<claim>`, `api_key`,
+    /// `header:<name>`...: see `pipeline::key`), or a list of them for a combination.
     #[serde(default = "default_rl_key", deserialize_with = "one_or_many")]
     pub key: Vec<String>,
     /// `100/s`, `6000/m`, `10/30s`, `1000/h`.
@@ -553,7 +553,7 @@ pub struct MigrationConfig {
     /// Share of keys (or of keyless requests) served by modern, 0 to 100.
     #[serde(default)]
     pub modern_percent: f64,
-    /// `header:<name>`, `cookie:<name>`, `query:<name>` or `client-ip`; unset: random per request.
+    /// A request key (`header:<name>`, `client_ip`...: see `pipeline::key`); unset: random per request.
     #[serde(default)]
     pub sticky: Option<String>,
     /// Sticky-key values always served by modern (users, tenants).
@@ -693,8 +693,8 @@ pub struct IdempotencyConfig {
     /// Outcomes kept for replay: statuses (`201`) or classes (`"2xx"`).
     #[serde(default = "default_idem_statuses")]
     pub store_statuses: Vec<StatusPattern>,
-    /// Whose keys these are when the caller has no verified identity, spelled like a rate-limit
-    /// key (`client_ip`, `header:<name>`...). Unset: such a caller's key is refused.
+    /// Whose keys these are when the caller has no verified identity, spelled like every request
+    /// key (`client_ip`, `header:<name>`...: see `pipeline::key`). Unset: such a caller's key is refused.
     #[serde(default, deserialize_with = "one_or_many")]
     pub scope: Vec<String>,
 }
@@ -953,7 +953,8 @@ pub struct UpstreamConfig {
     pub retry: Option<RetryConfig>,
     #[serde(default)]
     pub balance: BalancePolicy,
-    /// For `balance: consistent-hash`: `client-ip`, `path`, or `header:<name>`.
+    /// For `balance: consistent-hash`: a request key (`client_ip`, `path`, `header:<name>`...:
+    /// see `pipeline::key`).
     #[serde(default)]
     pub hash_on: Option<String>,
     /// Passive outlier ejection; off unless present.

@@ -16,6 +16,7 @@ use super::body::{InBody, RequestBody, ResponseBody};
 use super::context::Side;
 use super::context::{self, ForwardedInfo};
 use super::context::{TRACEPARENT, X_REQUEST_ID};
+use super::key::KeyFacts;
 use super::request::{ConnInfo, RequestCtx};
 use crate::error::ProxyError;
 use crate::upstream::balance::Picked;
@@ -49,10 +50,13 @@ pub async fn forward(
     let path_and_query = path_and_query(&parts.uri, path.as_deref())?;
     parts.version = Version::HTTP_11;
     let (body, verdict) = RequestBody::from_client(body, limits.max_body_bytes.0, limits.body_read_timeout);
-    let hash = upstream
-        .hash_on
-        .as_ref()
-        .and_then(|h| h.key(ctx.client, path_and_query.path(), &parts.headers));
+    let hash = upstream.hash_on.as_ref().and_then(|k| {
+        k.hash(&KeyFacts {
+            // The path this upstream is sent, a rewrite included.
+            path: path_and_query.path(),
+            ..KeyFacts::of(ctx, &parts.headers, &parts.uri)
+        })
+    });
     let result = send(upstream, parts, body, path_and_query, hash).await;
     let mut resp = match result {
         Ok(resp) => resp,
@@ -182,28 +186,31 @@ fn breaker_outcome(
 }
 
 /// An endpoint and, with a breaker, the breaker's admission. With per-endpoint breakers an
-/// endpoint whose breaker is open is passed over for the next one. `Err(Some(wait))`: every
-/// candidate's breaker is open; `Err(None)`: the upstream has no endpoints.
-fn pick_admitted(
-    upstream: &Upstream,
+/// endpoint whose breaker is open is passed over for the next one. `tried` holds the endpoints
+/// this request already went to, which a retry avoids. `Err(Some(wait))`: every candidate's
+/// breaker is open; `Err(None)`: the upstream has no endpoints.
+fn pick_admitted<'u>(
+    upstream: &'u Upstream,
     hash: Option<u64>,
-) -> Result<(Picked<'_>, Option<Permit<'_>>), Option<std::time::Duration>> {
+    tried: &[usize],
+) -> Result<(Picked<'u>, Option<Permit<'u>>), Option<std::time::Duration>> {
     let tries = match &upstream.breaker {
         Some(b) if b.per_endpoint() => upstream.endpoints.states().len().max(1),
         _ => 1,
     };
+    let mut avoid = tried.to_vec();
     let mut wait: Option<std::time::Duration> = None;
-    for k in 0..tries {
-        let picked = upstream
-            .endpoints
-            .pick(hash.map(|h| h.wrapping_add(k as u64)))
-            .ok_or(wait)?;
+    for _ in 0..tries {
+        let picked = upstream.endpoints.pick_avoiding(hash, &avoid).ok_or(wait)?;
         let Some(breakers) = &upstream.breaker else {
             return Ok((picked, None));
         };
         match breakers.for_endpoint(picked.index()).acquire() {
             Ok(permit) => return Ok((picked, Some(permit))),
-            Err(w) => wait = Some(wait.map_or(w, |x| x.min(w))),
+            Err(w) => {
+                wait = Some(wait.map_or(w, |x| x.min(w)));
+                avoid.push(picked.index());
+            }
         }
     }
     Err(wait)
@@ -257,9 +264,11 @@ async fn send(
     let mut first = Some((parts, body));
     let mut last: Option<Result<Response<Incoming>, UpstreamCallError>> = None;
     let mut retry = 0u32;
+    // A retry goes to an endpoint this request has not tried yet, when there is one: with a
+    // hash key, the next distinct endpoint clockwise on the ring.
+    let mut tried: Vec<usize> = Vec::new();
     loop {
-        // A retry with a hash key moves along the ring rather than back to the same endpoint.
-        let (picked, permit) = match pick_admitted(upstream, hash.map(|h| h.wrapping_add(u64::from(retry)))) {
+        let (picked, permit) = match pick_admitted(upstream, hash, &tried) {
             Ok(p) => p,
             Err(None) => {
                 return Err(SendError::Call(UpstreamCallError::Connect(
@@ -325,6 +334,7 @@ async fn send(
             Err(UpstreamCallError::Body(_)) => {}
             Err(_) => picked.report(true),
         }
+        tried.push(picked.index());
         drop(picked);
 
         let again = match (&upstream.retry, &replay) {

@@ -18,18 +18,28 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::body::{InBody, ResponseBody};
-use super::ratelimit::{KeySource, KeySpec};
+use super::key::{KeyFacts, KeySource, Parsed, RequestKey};
 use crate::config::file::{IdempotencyConfig, IdempotencyStoreConfig, StatusPattern};
 use crate::error::ProxyError;
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 pub const IDEMPOTENCY_REPLAYED: HeaderName = HeaderName::from_static("idempotency-replayed");
 
+/// Parses `scope`, spelled like every request key. `route` and `path` are refused: neither tells
+/// callers apart (and the route is part of every stored key already), so one caller's answer
+/// would be replayed to another.
+pub fn parse_scope(parts: &[String]) -> Result<Parsed, String> {
+    RequestKey::parse_list(parts)?.refuse(
+        |k| matches!(k, KeySource::Route | KeySource::Path),
+        "does not tell callers apart: one caller's stored answer would be replayed to another",
+    )
+}
+
 /// A route's idempotency settings, compiled.
 pub struct RouteIdempotency {
     pub required: bool,
     /// `scope`: whose keys these are when the caller has no verified identity.
-    scope: Option<KeySpec>,
+    scope: Option<RequestKey>,
     pub ttl: Duration,
     pub lock_ttl: Duration,
     pub max_request_bytes: u64,
@@ -46,8 +56,13 @@ impl RouteIdempotency {
     ) -> Option<Self> {
         let mut scope = None;
         if !cfg.scope.is_empty() {
-            match KeySpec::parse(&cfg.scope) {
-                Ok(k) => scope = Some(k),
+            match parse_scope(&cfg.scope) {
+                Ok(p) => {
+                    for (key, reason) in p.old_spellings("scope") {
+                        sec.warn(&key, reason);
+                    }
+                    scope = Some(p.key);
+                }
                 Err(reason) => sec.error("scope", reason),
             }
         } else if !has_identity {
@@ -71,7 +86,7 @@ impl RouteIdempotency {
     }
 
     /// `scope` is `cfg.scope`, parsed by the caller (which reports its errors).
-    pub fn new(cfg: &IdempotencyConfig, scope: Option<KeySpec>) -> Self {
+    pub fn new(cfg: &IdempotencyConfig, scope: Option<RequestKey>) -> Self {
         Self {
             required: cfg.required,
             scope,
@@ -87,14 +102,14 @@ impl RouteIdempotency {
     /// certificate), else the route's `scope` key. `None` for an anonymous caller on a route
     /// without a scope (or whose request lacks the scope key): sharing one scope among all such
     /// callers would replay one caller's answer, cookies and all, to another.
-    pub fn caller(&self, src: &KeySource<'_>) -> Option<String> {
+    pub fn caller(&self, src: &KeyFacts<'_>) -> Option<String> {
         if let Some(sub) = src.claims.and_then(|c| c.get_str("sub")) {
             return Some(format!("sub:{sub}"));
         }
         if let Some(p) = src.client_cert {
             return Some(format!("sub:x509:{p}"));
         }
-        self.scope.as_ref()?.key(src).map(|k| format!("scope:{k}"))
+        self.scope.as_ref()?.text(src).map(|k| format!("scope:{k}"))
     }
 
     fn keeps(&self, status: StatusCode) -> bool {
@@ -487,4 +502,23 @@ fn replay(s: Stored) -> Response<ResponseBody> {
     resp.headers_mut()
         .insert(IDEMPOTENCY_REPLAYED, HeaderValue::from_static("true"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scope_must_tell_callers_apart() {
+        let parts = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(parse_scope(&parts(&["client_ip"])).is_ok());
+        assert!(parse_scope(&parts(&["header:x-tenant", "jwt.org"])).is_ok());
+        for refused in ["route", "path"] {
+            let err = parse_scope(&parts(&["client_ip", refused])).unwrap_err();
+            assert!(
+                err.starts_with(&format!("`{refused}` does not tell callers apart")),
+                "{err}"
+            );
+        }
+    }
 }

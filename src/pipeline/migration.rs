@@ -7,76 +7,27 @@
 pub mod compile;
 
 use std::collections::HashSet;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::HeaderName;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
 use metrics::Counter;
 
+use super::key::{KeyFacts, KeySource, Parsed, RequestKey};
 use crate::config::file::MigrationConfig;
-use crate::pipeline::context::{cookie_value, query_value};
 use crate::telemetry::metrics::{Metrics, RouteMetrics, FALLBACKS_TOTAL};
 use crate::upstream::balance::fnv1a;
 use crate::upstream::Upstream;
 
 pub use super::context::Side;
 
-/// Where the sticky key comes from.
-#[derive(Debug, Clone)]
-pub enum StickyKey {
-    Header(HeaderName),
-    Cookie(String),
-    Query(String),
-    ClientIp,
-    /// `jwt.<claim>`: a claim of the verified token (the route needs `identity`).
-    Claim(String),
-}
-
-impl StickyKey {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if s == "client-ip" {
-            return Ok(Self::ClientIp);
-        }
-        if let Some(claim) = s.strip_prefix("jwt.") {
-            if claim.is_empty() {
-                return Err("`jwt.` names no claim".into());
-            }
-            return Ok(Self::Claim(claim.to_string()));
-        }
-        let (kind, name) = s
-            .split_once(':')
-            .ok_or_else(|| format!("`{s}`: use header:<name>, cookie:<name>, query:<name> or client-ip"))?;
-        if name.is_empty() {
-            return Err(format!("`{s}` names nothing after the colon"));
-        }
-        match kind {
-            "header" => HeaderName::from_bytes(name.as_bytes())
-                .map(Self::Header)
-                .map_err(|_| format!("`{name}` is not a header name")),
-            "cookie" => Ok(Self::Cookie(name.to_string())),
-            "query" => Ok(Self::Query(name.to_string())),
-            _ => Err(format!(
-                "`{kind}` is not a key source: use header, cookie, query or client-ip"
-            )),
-        }
-    }
-
-    fn extract(
-        &self,
-        client: IpAddr,
-        query: Option<&str>,
-        headers: &HeaderMap,
-        claims: Option<&crate::identity::jwt::Claims>,
-    ) -> Option<String> {
-        match self {
-            Self::Claim(name) => claims?.get_str(name),
-            Self::ClientIp => Some(client.to_string()),
-            Self::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string),
-            Self::Cookie(name) => cookie_value(headers, name).map(str::to_string),
-            Self::Query(name) => query_value(query, name).map(str::to_string),
-        }
-    }
+/// Parses `sticky`, spelled like every request key. `route` is refused: every request of the
+/// route would land on one side, which `modern_percent` 0 or 100 says plainly.
+pub fn parse_sticky(s: &str) -> Result<Parsed, String> {
+    RequestKey::parse(s)?.refuse(
+        |k| *k == KeySource::Route,
+        "would put every request of the route on one side: use modern_percent 0 or 100 for that",
+    )
 }
 
 pub struct Migration {
@@ -84,7 +35,7 @@ pub struct Migration {
     pub modern_metrics: RouteMetrics,
     /// Out of 10 000.
     modern_basis_points: u32,
-    sticky: Option<StickyKey>,
+    sticky: Option<RequestKey>,
     cohorts: HashSet<String>,
     pub fallback: bool,
     pub fallback_max_body: u64,
@@ -195,7 +146,7 @@ impl Migration {
         route: &str,
         cfg: &MigrationConfig,
         modern: Arc<Upstream>,
-        sticky: Option<StickyKey>,
+        sticky: Option<RequestKey>,
         shadow: Option<super::shadow::Shadow>,
         rollout: Option<Arc<super::rollout::Rollout>>,
         metrics: &Metrics,
@@ -243,23 +194,13 @@ impl Migration {
     }
 
     /// Places one request.
-    pub fn choose(
-        &self,
-        client: IpAddr,
-        query: Option<&str>,
-        headers: &HeaderMap,
-        claims: Option<&crate::identity::jwt::Claims>,
-        overrides: &[(HeaderName, HeaderValue)],
-    ) -> Side {
-        if let (Some(o), Some(c)) = (&self.override_header, claims) {
+    pub fn choose(&self, facts: &KeyFacts<'_>, overrides: &[(HeaderName, HeaderValue)]) -> Side {
+        if let (Some(o), Some(c)) = (&self.override_header, facts.claims) {
             if let Some(side) = o.pick(overrides, c) {
                 return side;
             }
         }
-        let key = self
-            .sticky
-            .as_ref()
-            .and_then(|s| s.extract(client, query, headers, claims));
+        let key = self.sticky.as_ref().and_then(|s| s.text(facts));
         let bucket = match &key {
             Some(k) if self.cohorts.contains(k) => return Side::Modern,
             Some(k) => bucket_of(&self.salt, k),
@@ -334,18 +275,10 @@ mod tests {
     }
 
     #[test]
-    fn sticky_keys_are_read_from_headers_cookies_queries_and_the_client() {
-        let mut h = HeaderMap::new();
-        h.insert("x-user", "u1".parse().unwrap());
-        h.insert(http::header::COOKIE, "a=1; session=s9; b=2".parse().unwrap());
-        let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        let get = |s: &str, q: Option<&str>| StickyKey::parse(s).unwrap().extract(ip, q, &h, None);
-        assert_eq!(get("header:x-user", None).as_deref(), Some("u1"));
-        assert_eq!(get("cookie:session", None).as_deref(), Some("s9"));
-        assert_eq!(get("query:tenant", Some("x=1&tenant=t7")).as_deref(), Some("t7"));
-        assert_eq!(get("client-ip", None).as_deref(), Some("10.1.2.3"));
-        assert_eq!(get("header:x-missing", None), None);
-        assert!(StickyKey::parse("jwt").is_err());
-        assert!(StickyKey::parse("body:x").is_err());
+    fn route_is_no_sticky_key() {
+        let err = parse_sticky("route").unwrap_err();
+        assert!(err.starts_with("`route` would put every request"), "{err}");
+        assert!(parse_sticky("header:x-user").is_ok());
+        assert!(parse_sticky("jwt").is_err());
     }
 }

@@ -7,6 +7,7 @@ pub mod context;
 pub mod diff;
 pub mod forward;
 pub mod idempotency;
+pub mod key;
 pub mod migration;
 pub mod normalize;
 pub mod ratelimit;
@@ -219,14 +220,10 @@ async fn run(
     // Stage 5: rate limits, keyed by the client address resolved at the trust boundary.
     let mut admitted = None;
     if let Some(limits) = &route.rate_limits {
-        let src = ratelimit::KeySource {
-            client: ctx.client,
-            route: &route.name,
-            headers: req.headers(),
-            claims: ctx.claims.as_deref(),
-            client_cert: ctx.client_cert_identity(),
-        };
-        match limits.check(&src).await {
+        match limits
+            .check(&key::KeyFacts::of(ctx, req.headers(), req.uri()))
+            .await
+        {
             Ok(a) => admitted = Some(a).filter(|a| !a.is_empty()),
             Err(refused) => {
                 return Err(ProxyError::RateLimited {
@@ -246,13 +243,7 @@ async fn run(
         // Stage 7: idempotency keys, around the rest of the pipeline.
         Some(idem) => {
             let store = &snap.idempotency_store;
-            let sub = idem.caller(&ratelimit::KeySource {
-                client: ctx.client,
-                route: &route.name,
-                headers: req.headers(),
-                claims: ctx.claims.as_deref(),
-                client_cert: ctx.client_cert_identity(),
-            });
+            let sub = idem.caller(&key::KeyFacts::of(ctx, req.headers(), req.uri()));
             idempotency::handle(idem, store, &route.name, sub.as_deref(), req, |req| {
                 dispatch(req, &route, conn, ctx)
             })
@@ -280,13 +271,7 @@ async fn dispatch(
     let Some(m) = &route.migration else {
         return translate::forward(req, conn, ctx).await;
     };
-    ctx.side = m.choose(
-        ctx.client,
-        req.uri().query(),
-        req.headers(),
-        ctx.claims.as_deref(),
-        &ctx.overrides,
-    );
+    ctx.side = m.choose(&key::KeyFacts::of(ctx, req.headers(), req.uri()), &ctx.overrides);
     let shadow = m
         .shadow
         .as_ref()

@@ -14,6 +14,7 @@ use metrics::{Counter, Gauge};
 use serde::Serialize;
 
 use crate::config::file::{BalancePolicy, OutlierConfig};
+use crate::pipeline::key::{KeySource, Parsed, RequestKey};
 use crate::telemetry::metrics::{Metrics, ENDPOINT_HEALTHY, OUTLIER_EJECTIONS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,26 +171,42 @@ impl EndpointSet {
     /// available, all are candidates: sending to a maybe-dead endpoint beats refusing everyone
     /// (Envoy's panic routing). `hash` is the consistent-hash key, when the policy uses one.
     pub fn pick(&self, hash: Option<u64>) -> Option<Picked<'_>> {
-        let now = self.now_ms();
-        self.pick_where(hash, |i| self.available(i, now))
+        self.pick_avoiding(hash, &[])
     }
 
-    /// [`pick`](Self::pick) with the availability reading passed in. Health checks and outlier
-    /// ejection change availability concurrently, so two readings of one endpoint may differ.
-    fn pick_where(&self, hash: Option<u64>, is_available: impl Fn(usize) -> bool) -> Option<Picked<'_>> {
+    /// [`pick`](Self::pick) for a retry, or after a breaker refused an endpoint: the endpoints in
+    /// `avoid` (by index) are taken only when nothing else is available. On the consistent-hash
+    /// ring this walks clockwise from the key to the next distinct endpoint, so a key's retry
+    /// always lands on the same second choice.
+    pub fn pick_avoiding(&self, hash: Option<u64>, avoid: &[usize]) -> Option<Picked<'_>> {
+        let now = self.now_ms();
+        self.pick_where(hash, avoid, |i| self.available(i, now))
+    }
+
+    /// [`pick_avoiding`](Self::pick_avoiding) with the availability reading passed in. Health
+    /// checks and outlier ejection change availability concurrently, so two readings of one
+    /// endpoint may differ: each candidate is judged on one reading, and there is always one.
+    fn pick_where(
+        &self,
+        hash: Option<u64>,
+        avoid: &[usize],
+        is_available: impl Fn(usize) -> bool,
+    ) -> Option<Picked<'_>> {
         let n = self.endpoints.len();
         if n == 0 {
             return None;
         }
+        // 0: available and not avoided; 1: available; 2: neither (panic routing).
+        let rank = |i: usize| match (is_available(i), avoid.contains(&i)) {
+            (true, false) => 0u8,
+            (true, true) => 1,
+            (false, _) => 2,
+        };
         let index = match (&self.policy, hash) {
             (BalancePolicy::LeastRequest, _) if n > 1 => {
-                // One reading per endpoint: had the last available one gone between a first
-                // reading ("some are available") and a second (the candidate list), there would
-                // be nothing to choose from. With none available, all are candidates.
-                let mut candidates: Vec<usize> = (0..n).filter(|&i| is_available(i)).collect();
-                if candidates.is_empty() {
-                    candidates.extend(0..n);
-                }
+                let ranks: Vec<u8> = (0..n).map(rank).collect();
+                let best = ranks.iter().copied().min().unwrap_or(2);
+                let candidates: Vec<usize> = (0..n).filter(|&i| ranks[i] == best).collect();
                 let a = candidates[fastrand::usize(..candidates.len())];
                 let b = candidates[fastrand::usize(..candidates.len())];
                 let load = |i: usize| self.endpoints[i].in_flight.load(Ordering::Relaxed);
@@ -199,34 +216,18 @@ impl EndpointSet {
                     a
                 }
             }
-            _ => self.pick_in_order(hash, n, &is_available),
-        };
-        self.endpoints[index].in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(Picked { set: self, index })
-    }
-
-    /// Round robin, or the consistent-hash ring: the first acceptable endpoint from a starting
-    /// point, else a fixed one, so a change of availability between readings cannot leave
-    /// nothing to pick.
-    fn pick_in_order(&self, hash: Option<u64>, n: usize, is_available: &impl Fn(usize) -> bool) -> usize {
-        let any_available = (0..n).any(is_available);
-        let ok = |i: usize| !any_available || is_available(i);
-        match (&self.policy, hash) {
             (BalancePolicy::ConsistentHash, Some(h)) if !self.ring.is_empty() => {
                 let start = self.ring.partition_point(|(p, _)| *p < h);
-                (0..self.ring.len())
-                    .map(|k| self.ring[(start + k) % self.ring.len()].1)
-                    .find(|&i| ok(i))
-                    .unwrap_or(0)
+                let len = self.ring.len();
+                first_best((0..len).map(|k| self.ring[(start + k) % len].1), rank).unwrap_or(0)
             }
             _ => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n)
-                    .map(|k| (start + k) % n)
-                    .find(|&i| ok(i))
-                    .unwrap_or(start % n)
+                first_best((0..n).map(|k| (start + k) % n), rank).unwrap_or(start % n)
             }
-        }
+        };
+        self.endpoints[index].in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Picked { set: self, index })
     }
 
     fn report(&self, i: usize, failed: bool) {
@@ -308,39 +309,29 @@ impl EndpointSet {
     }
 }
 
-/// What a consistent-hash upstream hashes on, compiled from `hash_on`.
-#[derive(Debug, Clone)]
-pub enum HashOn {
-    ClientIp,
-    Path,
-    Header(http::header::HeaderName),
+/// Parses `hash_on`, spelled like every request key. `route` is refused: it would put every
+/// request of a route on one endpoint, which is pinning, not balancing.
+pub fn parse_hash_on(s: &str) -> Result<Parsed, String> {
+    RequestKey::parse(s)?.refuse(
+        |k| *k == KeySource::Route,
+        "would send every request of a route to one endpoint: hash on client_ip, path, a header, cookie, query parameter or claim",
+    )
 }
 
-impl HashOn {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "client-ip" => Ok(Self::ClientIp),
-            "path" => Ok(Self::Path),
-            _ => match s.strip_prefix("header:") {
-                Some(h) => http::header::HeaderName::from_bytes(h.as_bytes())
-                    .map(Self::Header)
-                    .map_err(|_| format!("`{h}` is not a header name")),
-                None => Err(format!("`{s}`: use client-ip, path, or header:<name>")),
-            },
+/// The first endpoint of `order` with the lowest rank, reading each rank once as it goes and
+/// stopping at the first rank 0.
+fn first_best(order: impl Iterator<Item = usize>, rank: impl Fn(usize) -> u8) -> Option<usize> {
+    let mut best: Option<(u8, usize)> = None;
+    for i in order {
+        let r = rank(i);
+        if r == 0 {
+            return Some(i);
+        }
+        if best.is_none_or(|(b, _)| r < b) {
+            best = Some((r, i));
         }
     }
-
-    /// `None` when the header is absent: the request is balanced round robin instead.
-    pub fn key(&self, client: std::net::IpAddr, path: &str, headers: &http::HeaderMap) -> Option<u64> {
-        match self {
-            Self::ClientIp => Some(match client {
-                std::net::IpAddr::V4(v4) => fnv1a(&v4.octets()),
-                std::net::IpAddr::V6(v6) => fnv1a(&v6.octets()),
-            }),
-            Self::Path => Some(fnv1a(path.as_bytes())),
-            Self::Header(h) => headers.get(h).map(|v| fnv1a(v.as_bytes())),
-        }
-    }
+    best.map(|(_, i)| i)
 }
 
 /// FNV-1a with a murmur3 finaliser: stable across processes and versions, so every ficus
@@ -431,6 +422,61 @@ mod tests {
     }
 
     #[test]
+    fn consistent_hash_retry_walks_the_ring_to_the_next_distinct_endpoint() {
+        let s = set(BalancePolicy::ConsistentHash, None);
+        let index =
+            |s: &EndpointSet, h: u64, avoid: &[usize]| s.pick_avoiding(Some(h), avoid).unwrap().index();
+        for k in 0..50 {
+            let h = fnv1a(format!("user-{k}").as_bytes());
+            let home = index(&s, h, &[]);
+            // The endpoints in the order the ring meets them, clockwise from the key.
+            let start = s.ring.partition_point(|(p, _)| *p < h);
+            let mut order = Vec::new();
+            for j in 0..s.ring.len() {
+                let i = s.ring[(start + j) % s.ring.len()].1;
+                if !order.contains(&i) {
+                    order.push(i);
+                }
+            }
+            assert_eq!(order[0], home);
+            assert_eq!(index(&s, h, &[home]), order[1], "user-{k}: first retry");
+            assert_eq!(
+                index(&s, h, &[home, order[1]]),
+                order[2],
+                "user-{k}: second retry"
+            );
+            assert_eq!(
+                index(&s, h, &[0, 1, 2]),
+                home,
+                "user-{k}: with every endpoint tried, the key's own comes first again"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tried_endpoint_that_is_up_beats_untried_ones_that_are_down() {
+        let s = set(BalancePolicy::ConsistentHash, None);
+        let h = fnv1a(b"user-1");
+        let home = s.pick(Some(h)).unwrap().index();
+        for e in s.endpoints.iter().enumerate().filter(|(i, _)| *i != home) {
+            e.1.healthy.store(false, Ordering::Relaxed);
+        }
+        assert_eq!(
+            s.pick_avoiding(Some(h), &[home]).unwrap().index(),
+            home,
+            "a tried endpoint that is up beats untried ones that are down"
+        );
+    }
+
+    #[test]
+    fn hash_on_is_spelled_like_every_request_key_but_route() {
+        assert!(parse_hash_on("client_ip").is_ok());
+        assert!(parse_hash_on("cookie:session").is_ok());
+        let err = parse_hash_on("route").unwrap_err();
+        assert!(err.starts_with("`route` would send every request"), "{err}");
+    }
+
+    #[test]
     fn consecutive_failures_eject_up_to_the_cap() {
         let o = OutlierConfig {
             consecutive_failures: 2,
@@ -461,7 +507,7 @@ mod tests {
             readings.set(readings.get() + 1);
             i == 0 && readings.get() == 1
         };
-        let picked = s.pick_where(None, flaky);
+        let picked = s.pick_where(None, &[], flaky);
         assert!(
             picked.is_some(),
             "an endpoint is still picked (any of them: none is available now)"

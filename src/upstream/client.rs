@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use metrics::Histogram;
 use parking_lot::Mutex;
 
-use super::balance::{EndpointSet, HashOn};
+use super::balance::EndpointSet;
 use super::tls::UpstreamTls;
 use crate::config::file::{HealthCheckConfig, PoolConfig};
 use crate::pipeline::body::RequestBody;
@@ -77,7 +77,8 @@ pub enum UpstreamCallError {
 pub struct Upstream {
     pub name: Arc<str>,
     pub endpoints: Arc<EndpointSet>,
-    pub hash_on: Option<HashOn>,
+    /// The consistent-hash key, for `balance: consistent-hash`.
+    pub hash_on: Option<crate::pipeline::key::RequestKey>,
     pub health_check: Option<HealthCheckConfig>,
     pub request_timeout: Duration,
     pub pool_key: PoolKey,
@@ -128,7 +129,7 @@ impl Upstream {
         self
     }
 
-    pub fn with_hash_on(mut self, h: Option<HashOn>) -> Self {
+    pub fn with_hash_on(mut self, h: Option<crate::pipeline::key::RequestKey>) -> Self {
         self.hash_on = h;
         self
     }

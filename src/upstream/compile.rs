@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::uri::{Scheme, Uri};
 
-use super::balance::{Endpoint, EndpointSet, HashOn};
+use super::balance::{parse_hash_on, Endpoint, EndpointSet};
 use super::breaker::Breakers;
 use super::client::PoolKey;
 use super::retry::RetryPolicy;
@@ -20,6 +20,7 @@ use crate::config::file::{
     UpstreamConfig,
 };
 use crate::config::problems::Section;
+use crate::pipeline::key::RequestKey;
 use crate::telemetry::metrics::{Metrics, UPSTREAM_REQUEST_DURATION};
 
 /// An upstream's state that outlives a reload while its config is unchanged.
@@ -134,16 +135,25 @@ pub fn find(
     found
 }
 
-fn hash_on(u: &UpstreamConfig, sec: &mut Section<'_, '_>) -> Option<HashOn> {
+fn hash_on(u: &UpstreamConfig, sec: &mut Section<'_, '_>) -> Option<RequestKey> {
     let hashing = u.balance == BalancePolicy::ConsistentHash;
     match (&u.hash_on, hashing) {
-        (Some(h), true) => HashOn::parse(h)
-            .map_err(|reason| sec.error("hash_on", reason))
-            .ok(),
+        (Some(h), true) => match parse_hash_on(h) {
+            Ok(p) => {
+                for (key, reason) in p.old_spellings("hash_on") {
+                    sec.warn(&key, reason);
+                }
+                Some(p.key)
+            }
+            Err(reason) => {
+                sec.error("hash_on", reason);
+                None
+            }
+        },
         (None, true) => {
             sec.error(
                 "hash_on",
-                "consistent-hash needs hash_on (client-ip, path or header:<name>)",
+                "consistent-hash needs hash_on (client_ip, path, header:<name>...)",
             );
             None
         }

@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Migration, StickyKey};
+use super::{parse_sticky, Migration};
 use crate::config::carry::Carry;
 use crate::config::file::{MigrationConfig, RolloutConfig, RouteConfig, ShadowConfig, StateStoreConfig};
 use crate::config::problems::Section;
+use crate::pipeline::key::RequestKey;
 use crate::pipeline::rollout::{Clock, Rollout, SharedStage};
 use crate::pipeline::shadow::Shadow;
 use crate::telemetry::metrics::Metrics;
@@ -46,15 +47,20 @@ pub fn compile(
     if !(0.0..=100.0).contains(&m.modern_percent) {
         sec.error("modern_percent", "must be between 0 and 100");
     }
-    let sticky = m
-        .sticky
-        .as_deref()
-        .map(StickyKey::parse)
-        .transpose()
-        .map_err(|reason| sec.error("sticky", reason))
-        .ok()
-        .flatten();
-    check_options(r, m, sec);
+    let sticky = match m.sticky.as_deref().map(parse_sticky) {
+        Some(Ok(p)) => {
+            for (key, reason) in p.old_spellings("sticky") {
+                sec.warn(&key, reason);
+            }
+            Some(p.key)
+        }
+        Some(Err(reason)) => {
+            sec.error("sticky", reason);
+            None
+        }
+        None => None,
+    };
+    check_options(r, m, sticky.as_ref(), sec);
     let shadow = m
         .shadow
         .as_ref()
@@ -102,13 +108,17 @@ pub fn compile(
     Some((legacy, migration))
 }
 
-fn check_options(r: &RouteConfig, m: &MigrationConfig, sec: &mut Section<'_, '_>) {
-    let needs_identity =
-        m.sticky.as_deref().is_some_and(|s| s.starts_with("jwt.")) || m.override_header.is_some();
+fn check_options(
+    r: &RouteConfig,
+    m: &MigrationConfig,
+    sticky: Option<&RequestKey>,
+    sec: &mut Section<'_, '_>,
+) {
+    let needs_identity = sticky.is_some_and(|k| k.needs_identity()) || m.override_header.is_some();
     if needs_identity && r.identity.is_none() {
         sec.error(
             "",
-            "a `jwt.` sticky key or an `override` needs the route's `identity`",
+            "a `jwt.` or `api_key` sticky key or an `override` needs the route's `identity`",
         );
     }
     if let Some(o) = &m.override_header {

@@ -10,6 +10,7 @@ use super::Policy;
 use crate::config::carry::Carry;
 use crate::config::file::{RateLimitStoreConfig, RateLimitsConfig, StoreBreakerConfig};
 use crate::config::problems::{Problems, Section};
+use crate::pipeline::key::RequestKey;
 use crate::telemetry::metrics::Metrics;
 
 /// Rate-limit state that outlives a reload: the Redis store (its connection) while
@@ -33,6 +34,18 @@ pub fn compile(
     let mut out = BTreeMap::new();
     for (name, pc) in &cfg.policies {
         let mut sec = p.at(format!("rate_limits.policies.{name}"));
+        let key = match RequestKey::parse_list(&pc.key) {
+            Ok(k) => {
+                for (key, reason) in k.old_spellings("key") {
+                    sec.warn(&key, reason);
+                }
+                k.key
+            }
+            Err(reason) => {
+                sec.error("key", reason);
+                continue;
+            }
+        };
         let limit = match Policy::limit(pc) {
             Ok(l) => l,
             Err(reason) => {
@@ -56,7 +69,7 @@ pub fn compile(
         let local = next
             .local
             .carry_or(&prev.local, name, &limit, || Arc::new(LocalStore::new(limit)));
-        match Policy::new(name, pc, limit, local, shared, metrics) {
+        match Policy::new(name, pc, key, limit, local, shared, metrics) {
             Ok(policy) => {
                 out.insert(name.clone(), Arc::new(policy));
             }

@@ -23,10 +23,10 @@ use ipnet::IpNet;
 use metrics::Counter;
 use sha2::{Digest, Sha256};
 
+use super::key::{KeyFacts, RequestKey};
 use crate::config::file::{
     MissingKey, RateLimitAlgorithm, RateLimitFallback, RateLimitPolicyConfig, RateLimitStoreKind,
 };
-use crate::identity::jwt::Claims;
 use crate::telemetry::metrics::{Metrics, RATELIMIT_DECISIONS, RATELIMIT_STORE_ERRORS};
 use algorithm::{Decision, Limit};
 use local::LocalStore;
@@ -67,26 +67,6 @@ fn finish(h: Sha256) -> KeyDigest {
 const DOMAIN_PARTS: u8 = 0;
 const DOMAIN_MISSING: u8 = 1;
 
-#[derive(Debug, Clone, PartialEq)]
-enum KeyPart {
-    ClientIp,
-    Route,
-    Claim(String),
-    ApiKey,
-    ClientCert,
-    Header(HeaderName),
-}
-
-/// What a key is built from: the resolved client address, the route and the verified identities.
-pub struct KeySource<'a> {
-    pub client: IpAddr,
-    pub route: &'a str,
-    pub headers: &'a HeaderMap,
-    pub claims: Option<&'a Claims>,
-    /// The TLS client certificate's principal (first SAN, else subject).
-    pub client_cert: Option<&'a str>,
-}
-
 struct PolicyMetrics {
     allowed: Counter,
     limited: Counter,
@@ -101,7 +81,7 @@ struct PolicyMetrics {
 /// One compiled policy. Its in-process store is kept across reloads while its config is unchanged.
 pub struct Policy {
     pub name: Arc<str>,
-    key: Vec<KeyPart>,
+    key: RequestKey,
     limit: Limit,
     cost: u64,
     missing_key: MissingKey,
@@ -141,38 +121,14 @@ pub fn parse_rate(s: &str) -> Result<(u64, Duration), String> {
     Ok((n, period))
 }
 
-fn parse_key(part: &str) -> Result<KeyPart, String> {
-    Ok(match part {
-        "client_ip" => KeyPart::ClientIp,
-        "route" => KeyPart::Route,
-        "api_key" => KeyPart::ApiKey,
-        "client_cert" => KeyPart::ClientCert,
-        p => {
-            if let Some(claim) = p.strip_prefix("jwt.").or_else(|| p.strip_prefix("claim.")) {
-                if claim.is_empty() {
-                    return Err("`jwt.` needs a claim name".into());
-                }
-                KeyPart::Claim(claim.to_string())
-            } else if let Some(h) = p.strip_prefix("header:") {
-                KeyPart::Header(
-                    HeaderName::from_bytes(h.trim().as_bytes())
-                        .map_err(|_| format!("`{h}` is not a header name"))?,
-                )
-            } else {
-                return Err(format!(
-                    "`{p}` is not a key part (client_ip, route, jwt.<claim>, api_key, client_cert, header:<name>)"
-                ));
-            }
-        }
-    })
-}
-
 impl Policy {
-    /// `limit` is [`Policy::limit`] of `cfg`; `local` the in-process store for it (kept across
-    /// reloads by the caller); `redis` the shared one.
+    /// `key` is `cfg.key`, parsed by the caller (which reports its old spellings); `limit` is
+    /// [`Policy::limit`] of `cfg`; `local` the in-process store for it (kept across reloads by
+    /// the caller); `redis` the shared one.
     pub fn new(
         name: &str,
         cfg: &RateLimitPolicyConfig,
+        key: RequestKey,
         limit: Limit,
         local: Arc<LocalStore>,
         redis: Option<(Arc<RedisStore>, RateLimitFallback, String)>,
@@ -180,14 +136,6 @@ impl Policy {
     ) -> Result<Self, String> {
         if cfg.max_keys == 0 {
             return Err("max_keys: must be at least 1".into());
-        }
-        let key = cfg
-            .key
-            .iter()
-            .map(|k| parse_key(k))
-            .collect::<Result<Vec<_>, _>>()?;
-        if key.is_empty() {
-            return Err("key: needs at least one part".into());
         }
         let (quota, window) = limit.quota();
         let policy_item = format!(
@@ -287,27 +235,13 @@ impl Policy {
         }
     }
 
-    /// The digest of the request's key parts; `None` when one is missing. A header value is
-    /// hashed in place (its size is bounded by the listener's `max_header_bytes`); only a claim
-    /// is copied, as the token holds it, and tokens are size-capped before decoding.
-    fn key(&self, src: &KeySource<'_>) -> Option<KeyDigest> {
+    /// The digest of the request's key parts; `None` when one is missing. Each part is hashed
+    /// where it lies (a header's size is bounded by the listener's `max_header_bytes`; a claim is
+    /// copied, as the token holds it, and tokens are size-capped before decoding).
+    fn key(&self, f: &KeyFacts<'_>) -> Option<KeyDigest> {
         let mut h = Sha256::new();
         h.update([DOMAIN_PARTS]);
-        for part in &self.key {
-            match part {
-                KeyPart::ClientIp => feed_ip(&mut h, src.client),
-                KeyPart::Route => feed(&mut h, src.route.as_bytes()),
-                KeyPart::Claim(name) => feed(&mut h, src.claims?.get_str(name)?.as_bytes()),
-                KeyPart::ApiKey => feed(
-                    &mut h,
-                    src.claims?
-                        .get_str(crate::identity::api_keys::KEY_ID_CLAIM)?
-                        .as_bytes(),
-                ),
-                KeyPart::ClientCert => feed(&mut h, src.client_cert?.as_bytes()),
-                KeyPart::Header(name) => feed(&mut h, src.headers.get(name)?.to_str().ok()?.as_bytes()),
-            }
-        }
+        self.key.feed(f, |part| feed(&mut h, part))?;
         Some(finish(h))
     }
 
@@ -318,7 +252,7 @@ impl Policy {
         finish(h)
     }
 
-    fn exempt(&self, src: &KeySource<'_>) -> bool {
+    fn exempt(&self, src: &KeyFacts<'_>) -> bool {
         self.exempt_cidrs.iter().any(|n| n.contains(&src.client))
             || src.claims.is_some_and(|c| {
                 self.exempt_claims
@@ -328,7 +262,7 @@ impl Policy {
     }
 
     /// `None`: the policy does not apply to this request (exempt, or no key and `skip`).
-    pub async fn decide(&self, src: &KeySource<'_>) -> Option<Decision> {
+    pub async fn decide(&self, src: &KeyFacts<'_>) -> Option<Decision> {
         if self.exempt(src) {
             self.metrics.exempt.increment(1);
             return None;
@@ -413,7 +347,7 @@ pub struct Refused {
 impl RouteRateLimits {
     /// Policies are asked in order; the first refusal ends the check (units that earlier
     /// policies granted stay used, as in Envoy).
-    pub async fn check(&self, src: &KeySource<'_>) -> Result<Admitted, Refused> {
+    pub async fn check(&self, src: &KeyFacts<'_>) -> Result<Admitted, Refused> {
         let mut admitted = Admitted::default();
         for p in &self.policies {
             let Some(d) = p.decide(src).await else { continue };
@@ -482,50 +416,6 @@ pub fn secs_up(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// `None` when a part is missing from the request (no such header, claim or certificate).
-fn compose_key(parts: &[KeyPart], src: &KeySource<'_>) -> Option<String> {
-    let mut key = String::with_capacity(48);
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            key.push('|');
-        }
-        match part {
-            KeyPart::ClientIp => {
-                let _ = write!(key, "{}", src.client);
-            }
-            KeyPart::Route => key.push_str(src.route),
-            KeyPart::Claim(name) => key.push_str(&src.claims?.get_str(name)?),
-            KeyPart::ApiKey => key.push_str(&src.claims?.get_str(crate::identity::api_keys::KEY_ID_CLAIM)?),
-            KeyPart::ClientCert => key.push_str(src.client_cert?),
-            KeyPart::Header(h) => key.push_str(src.headers.get(h)?.to_str().ok()?),
-        }
-    }
-    Some(key)
-}
-
-/// A key spelled as a rate-limit key (`client_ip`, `header:<name>`, `jwt.<claim>`...), compiled
-/// once, for another stage that keys requests (the idempotency scope).
-#[derive(Debug, Clone, PartialEq)]
-pub struct KeySpec(Vec<KeyPart>);
-
-impl KeySpec {
-    pub fn parse(parts: &[String]) -> Result<Self, String> {
-        let parts = parts
-            .iter()
-            .map(|k| parse_key(k))
-            .collect::<Result<Vec<_>, _>>()?;
-        if parts.is_empty() {
-            return Err("needs at least one part".into());
-        }
-        Ok(Self(parts))
-    }
-
-    /// `None` when a part is missing from the request.
-    pub fn key(&self, src: &KeySource<'_>) -> Option<String> {
-        compose_key(&self.0, src)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,17 +429,6 @@ mod tests {
         assert!(parse_rate("ten/s").is_err());
         assert!(parse_rate("10").is_err());
         assert!(parse_rate("10/fortnight").is_err());
-    }
-
-    #[test]
-    fn key_parts_parse() {
-        assert_eq!(parse_key("jwt.sub").unwrap(), KeyPart::Claim("sub".into()));
-        assert_eq!(
-            parse_key("header:X-Tenant").unwrap(),
-            KeyPart::Header(HeaderName::from_static("x-tenant"))
-        );
-        assert!(parse_key("cookie:x").is_err());
-        assert!(parse_key("jwt.").is_err());
     }
 
     #[test]
