@@ -232,6 +232,9 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
             if r.budget_window < std::time::Duration::from_secs(1) {
                 bad(format!("{rt}.budget_window"), "must be at least 1s".into());
             }
+            for (key, reason) in crate::upstream::retry::validate(r) {
+                bad(format!("{rt}.{key}"), reason);
+            }
             for (j, c) in r.on.iter().enumerate() {
                 match c {
                     crate::config::file::RetryCondition::Status(st) if !(100..=599).contains(st) => {
