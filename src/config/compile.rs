@@ -212,6 +212,9 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 }
             }
         }
+        for (key, reason) in crate::upstream::limit::validate(u) {
+            bad(format!("{at}.{key}"), reason);
+        }
         if let Some(r) = &u.retry {
             let rt = format!("{at}.retry");
             if r.attempts > 10 {
@@ -379,7 +382,8 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                             .get_or_make(name, u, || Breakers::new(b, name, &u.endpoints, deps.metrics))
                     }))
                     .with_health_check(u.health_check.clone())
-                    .with_retry(u.retry.as_ref().map(|r| RetryPolicy::new(r, name, deps.metrics))),
+                    .with_retry(u.retry.as_ref().map(|r| RetryPolicy::new(r, name, deps.metrics)))
+                    .with_concurrency_limit(u, deps.metrics),
             ),
         );
     }

@@ -4,6 +4,7 @@ pub mod balance;
 pub mod breaker;
 pub mod client;
 pub mod health;
+pub mod limit;
 pub mod retry;
 pub mod tls;
 

@@ -37,6 +37,8 @@ impl ResendCause {
         match result {
             Ok(_) => Self::Answered,
             Err(UpstreamCallError::Connect(_)) => Self::ConnectFailed,
+            // Shed by the concurrency limit before anything was sent.
+            Err(UpstreamCallError::Overloaded(_)) => Self::BreakerRefused,
             // A timeout may have struck while connecting or after the request was written: it
             // proves nothing.
             Err(
@@ -124,6 +126,8 @@ impl RetryPolicy {
             Err(UpstreamCallError::Request(_)) => self.on_reset,
             // The client's own body failed: another try cannot help.
             Err(UpstreamCallError::Body(_)) => false,
+            // Another try into a full upstream is the amplification the limit exists to stop.
+            Err(UpstreamCallError::Overloaded(_)) => false,
         }
     }
 
