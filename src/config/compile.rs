@@ -853,7 +853,11 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 }
             }
         };
-        let metrics = RouteMetrics::new(deps.metrics, &r.name, &upstream.name);
+        let side = r
+            .migration
+            .is_some()
+            .then_some(crate::pipeline::migration::Side::Legacy);
+        let metrics = RouteMetrics::new(deps.metrics, &r.name, &upstream.name, side);
         let identity = match &r.identity {
             None => None,
             Some(ic) => {
@@ -1022,7 +1026,7 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
         router: Router::new(routes),
         upstreams,
         listeners,
-        unmatched: RouteMetrics::new(deps.metrics, "unmatched", ""),
+        unmatched: RouteMetrics::new(deps.metrics, "unmatched", "", None),
         shutdown: cfg.shutdown.clone(),
         watch_files,
         config: cfg,
