@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ficus::pipeline::rollout::ManualClock;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use support::*;
@@ -40,7 +41,8 @@ async fn flapping(failing: Arc<AtomicBool>) -> Upstream {
 async fn breaker_trips_on_503s_and_recovers_through_half_open() {
     let failing = Arc::new(AtomicBool::new(true));
     let up = flapping(failing.clone()).await;
-    let f = Ficus::start(&with_breaker(&up.url(), BREAKER)).await;
+    let clock = Arc::new(ManualClock::default());
+    let f = Ficus::start_with_clock(&with_breaker(&up.url(), BREAKER), clock.clone()).await;
 
     for _ in 0..5 {
         assert_eq!(
@@ -70,7 +72,10 @@ async fn breaker_trips_on_503s_and_recovers_through_half_open() {
 
     // The upstream heals; after open_for the probes go through and close the breaker.
     failing.store(false, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    clock.advance(Duration::from_millis(299));
+    get(&f.url("/")).await.assert_problem(503, "circuit-open");
+    assert_eq!(up.hits(), 5, "still open 1 ms before open_for");
+    clock.advance(Duration::from_millis(1));
     assert_eq!(get(&f.url("/")).await.status, 200);
     let status = get(&f.admin_url("/admin/upstreams")).await.json();
     assert_eq!(
@@ -101,11 +106,12 @@ async fn breaker_trips_on_503s_and_recovers_through_half_open() {
 async fn failed_probe_reopens_the_breaker() {
     let failing = Arc::new(AtomicBool::new(true));
     let up = flapping(failing.clone()).await;
-    let f = Ficus::start(&with_breaker(&up.url(), BREAKER)).await;
+    let clock = Arc::new(ManualClock::default());
+    let f = Ficus::start_with_clock(&with_breaker(&up.url(), BREAKER), clock.clone()).await;
     for _ in 0..5 {
         get(&f.url("/")).await;
     }
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    clock.advance(Duration::from_millis(300));
     assert_eq!(
         get(&f.url("/")).await.status,
         503,
@@ -115,6 +121,12 @@ async fn failed_probe_reopens_the_breaker() {
     get(&f.url("/")).await.assert_problem(503, "circuit-open");
     let status = get(&f.admin_url("/admin/upstreams")).await.json();
     assert_eq!(status["upstreams"][0]["circuit_breaker"]["trips"], 2, "{status}");
+    // The second trip opens for twice open_for.
+    clock.advance(Duration::from_millis(599));
+    get(&f.url("/")).await.assert_problem(503, "circuit-open");
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(get(&f.url("/")).await.status, 503, "the next probe goes through");
+    assert_eq!(up.hits(), 7);
     f.shutdown().await;
 }
 

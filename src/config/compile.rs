@@ -377,9 +377,9 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                     .with_hash_on(hash_on)
                     .with_tls(tls)
                     .with_breaker(u.circuit_breaker.as_ref().map(|b| {
-                        deps.states
-                            .breakers
-                            .get_or_make(name, u, || Breakers::new(b, name, &u.endpoints, deps.metrics))
+                        deps.states.breakers.get_or_make(name, u, || {
+                            Breakers::new(b, name, &u.endpoints, deps.metrics, &deps.states.clock)
+                        })
                     }))
                     .with_health_check(u.health_check.clone())
                     .with_retry(u.retry.as_ref().map(|r| RetryPolicy::new(r, name, deps.metrics)))
