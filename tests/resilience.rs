@@ -866,3 +866,41 @@ async fn invalid_concurrency_settings_are_config_errors() {
         "{err}"
     );
 }
+
+/// A shed request never reached the upstream: it is not retried (that would add load where
+/// there is too much) and the breaker learns nothing from it.
+#[tokio::test]
+async fn a_shed_request_is_neither_retried_nor_held_against_the_breaker() {
+    let h = held().await;
+    let f = Ficus::start(&with_limit(
+        &h.up.url(),
+        "    max_concurrent: 1\n    retry: { attempts: 2, backoff: 1ms, max_backoff: 2ms }\n    circuit_breaker: { window: 10s, min_requests: 1, failure_rate: 0.5, open_for: 30s }",
+    ))
+    .await;
+    let first = spawn_get(f.url("/first"));
+    h.reached(1).await;
+    for _ in 0..3 {
+        get(&f.url("/shed"))
+            .await
+            .assert_problem(503, "upstream-overloaded");
+    }
+    h.release.add_permits(1);
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(h.up.hits(), 1);
+
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert_eq!(shed(&m, "queue-full"), Some(3.0), "{m}");
+    assert_eq!(
+        metric(&m, "ficus_upstream_retries_total{upstream=\"app\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    let st = get(&f.admin_url("/admin/upstreams")).await.json();
+    let breaker = &st["upstreams"][0]["circuit_breaker"];
+    assert_eq!(breaker["state"], "closed", "{st}");
+    assert_eq!(
+        breaker["window_requests"], 1,
+        "only the served request counts: {st}"
+    );
+    f.shutdown().await;
+}

@@ -18,6 +18,10 @@
 //!
 //! Permits are held until the response head arrives (the call's future), not while the body
 //! streams: the limit bounds the requests an upstream is working on before it answers.
+//!
+//! A reload builds the limit afresh with the upstream: requests still in flight on the old
+//! snapshot are not counted against the new one, so for the length of one drain an upstream can
+//! see up to twice `max_concurrent`.
 
 use std::future::Future;
 use std::pin::Pin;
