@@ -87,6 +87,9 @@ pub enum ProxyError {
     SchemaViolation(Vec<crate::translate::validate::Violation>),
     #[error("the circuit breaker for upstream `{upstream}` is open; retry in {retry_after_secs} s")]
     CircuitOpen { upstream: String, retry_after_secs: u64 },
+    /// The upstream's concurrency limit and queue are full, or the wait in the queue ran out.
+    #[error("upstream `{upstream}` is at its concurrency limit ({reason}); retry shortly")]
+    UpstreamOverloaded { upstream: String, reason: &'static str },
     #[error("rate limit `{policy}` exceeded; retry in {retry_after_secs} s")]
     RateLimited {
         policy: std::sync::Arc<str>,
@@ -140,9 +143,10 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::CircuitOpen { .. } | Self::IdempotencyStore(_) | Self::IdentityUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::CircuitOpen { .. }
+            | Self::UpstreamOverloaded { .. }
+            | Self::IdempotencyStore(_)
+            | Self::IdentityUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::ClientCert(ClientCertError::Missing) => StatusCode::UNAUTHORIZED,
@@ -177,6 +181,7 @@ impl ProxyError {
             Self::UpstreamFailed { .. } => "upstream-failed",
             Self::UpgradeFailed(_) => "upgrade-failed",
             Self::CircuitOpen { .. } => "circuit-open",
+            Self::UpstreamOverloaded { .. } => "upstream-overloaded",
             Self::RateLimited { .. } => "rate-limited",
             Self::Unauthenticated { invalid: true, .. } => "invalid-token",
             Self::Unauthenticated { invalid: false, .. } => "missing-token",
@@ -206,6 +211,7 @@ impl ProxyError {
             | Self::UpstreamFailed { .. }
             | Self::UpgradeFailed(_)
             | Self::CircuitOpen { .. }
+            | Self::UpstreamOverloaded { .. }
             | Self::TranslationFailed { .. } => Source::Upstream,
             Self::InternalToken(_) | Self::Internal(_) => Source::Internal,
             _ => Source::Downstream,
@@ -242,6 +248,11 @@ impl ProxyError {
             Self::CircuitOpen { retry_after_secs, .. } => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            // Places free up as soon as a response head arrives: a second is a fair hint.
+            Self::UpstreamOverloaded { .. } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::Unauthenticated { invalid, .. } => {
                 let challenge = if *invalid {

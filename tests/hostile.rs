@@ -258,12 +258,12 @@ async fn split_http2_cookies_reach_an_http1_upstream_as_one_line() {
 }
 
 /// Status lines of a raw HTTP/1.1 exchange, and the `status_class` counters after it.
-async fn requests_by_class(f: &Ficus, route: &str, backend: &str, method: &str, class: &str) -> f64 {
+async fn requests_by_class(f: &Ficus, route: &str, upstream: &str, method: &str, class: &str) -> f64 {
     let text = get(&f.admin_url("/metrics")).await.text();
     metric(
         &text,
         &format!(
-            "ficus_requests_total{{route=\"{route}\",backend=\"{backend}\",method=\"{method}\",status_class=\"{class}\"}}"
+            "ficus_requests_total{{route=\"{route}\",upstream=\"{upstream}\",method=\"{method}\",status_class=\"{class}\"}}"
         ),
     )
     .unwrap_or(0.0)

@@ -63,7 +63,7 @@ async fn keyless_requests_split_at_the_configured_ratio() {
     let m = get(&f.admin_url("/metrics")).await.text();
     let served = metric(
         &m,
-        "ficus_requests_total{route=\"orders\",backend=\"modern\",method=\"GET\",status_class=\"2xx\"}",
+        "ficus_requests_total{route=\"orders\",upstream=\"modern\",method=\"GET\",status_class=\"2xx\"}",
     );
     assert_eq!(served, Some(modern.hits() as f64), "{m}");
     f.shutdown().await;
@@ -481,4 +481,48 @@ async fn the_non_idempotent_fallback_opt_in_needs_the_fallback() {
         err.contains("routes[0].migration.fallback_non_idempotent: needs `fallback_to_legacy: true`"),
         "{err}"
     );
+}
+
+/// The request duration is labelled by the side that served: legacy and modern separately on a
+/// migration route, `none` on a route without a migration.
+#[tokio::test]
+async fn request_duration_is_labelled_by_the_side_that_served() {
+    let legacy = Upstream::echo_named("legacy").await;
+    let modern = Upstream::echo_named("modern").await;
+    let yaml = migration_config(&legacy.url(), &modern.url(), "modern_percent: 50").replace(
+        "routes:\n",
+        "routes:\n  - name: plain\n    match: { path_prefix: /plain }\n    upstream: legacy\n",
+    );
+    let f = Ficus::start(&yaml).await;
+    let c = client();
+    let mut served: HashMap<String, usize> = HashMap::new();
+    for _ in 0..40 {
+        *served
+            .entry(side_of(&c, f.url("/orders/1"), None).await)
+            .or_default() += 1;
+    }
+    assert_eq!(side_of(&c, f.url("/plain"), None).await, "legacy");
+    // Binomial(40, 0.5): both sides serve, but for a chance of 2 in 10^12.
+    assert!(served.len() == 2, "{served:?}");
+
+    let m = get(&f.admin_url("/metrics")).await.text();
+    let count = |route: &str, side: &str| {
+        metric(
+            &m,
+            &format!("ficus_request_duration_seconds_count{{route=\"{route}\",side=\"{side}\"}}"),
+        )
+    };
+    assert_eq!(count("orders", "legacy"), Some(served["legacy"] as f64), "{m}");
+    assert_eq!(count("orders", "modern"), Some(served["modern"] as f64), "{m}");
+    assert_eq!(count("plain", "none"), Some(1.0), "{m}");
+    assert_eq!(
+        count("orders", "none"),
+        None,
+        "a migration route has no `none` side: {m}"
+    );
+    assert!(
+        !m.contains("ficus_request_duration_seconds_count{route=\"orders\"}"),
+        "no series merges the sides: {m}"
+    );
+    f.shutdown().await;
 }

@@ -506,7 +506,7 @@ async fn large_bodies_stream_both_ways() {
 }
 
 #[tokio::test]
-async fn request_metrics_are_counted_per_route_backend_method_and_status_class() {
+async fn request_metrics_are_counted_per_route_upstream_method_and_status_class() {
     let up = Upstream::echo().await;
     let yaml = basic_config(&up.url()).replace("path_prefix: /", "path_prefix: /api");
     let f = Ficus::start(&yaml).await;
@@ -523,9 +523,9 @@ async fn request_metrics_are_counted_per_route_backend_method_and_status_class()
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
     };
-    let series = |method: &str, class: &str, route: &str, backend: &str| {
+    let series = |method: &str, class: &str, route: &str, upstream: &str| {
         format!(
-            "ficus_requests_total{{route=\"{route}\",backend=\"{backend}\",method=\"{method}\",status_class=\"{class}\"}}"
+            "ficus_requests_total{{route=\"{route}\",upstream=\"{upstream}\",method=\"{method}\",status_class=\"{class}\"}}"
         )
     };
     assert_eq!(value(&series("GET", "2xx", "all", "app")), Some(3.0), "{m}");
@@ -534,7 +534,7 @@ async fn request_metrics_are_counted_per_route_backend_method_and_status_class()
     // Pre-registered: series exist (at zero) before any such request.
     assert_eq!(value(&series("DELETE", "5xx", "all", "app")), Some(0.0), "{m}");
     assert_eq!(
-        value("ficus_request_duration_seconds_count{route=\"all\"}"),
+        value("ficus_request_duration_seconds_count{route=\"all\",side=\"none\"}"),
         Some(4.0),
         "{m}"
     );

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ficus::pipeline::rollout::ManualClock;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use support::*;
@@ -40,7 +41,8 @@ async fn flapping(failing: Arc<AtomicBool>) -> Upstream {
 async fn breaker_trips_on_503s_and_recovers_through_half_open() {
     let failing = Arc::new(AtomicBool::new(true));
     let up = flapping(failing.clone()).await;
-    let f = Ficus::start(&with_breaker(&up.url(), BREAKER)).await;
+    let clock = Arc::new(ManualClock::default());
+    let f = Ficus::start_with_clock(&with_breaker(&up.url(), BREAKER), clock.clone()).await;
 
     for _ in 0..5 {
         assert_eq!(
@@ -70,7 +72,10 @@ async fn breaker_trips_on_503s_and_recovers_through_half_open() {
 
     // The upstream heals; after open_for the probes go through and close the breaker.
     failing.store(false, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    clock.advance(Duration::from_millis(299));
+    get(&f.url("/")).await.assert_problem(503, "circuit-open");
+    assert_eq!(up.hits(), 5, "still open 1 ms before open_for");
+    clock.advance(Duration::from_millis(1));
     assert_eq!(get(&f.url("/")).await.status, 200);
     let status = get(&f.admin_url("/admin/upstreams")).await.json();
     assert_eq!(
@@ -101,11 +106,12 @@ async fn breaker_trips_on_503s_and_recovers_through_half_open() {
 async fn failed_probe_reopens_the_breaker() {
     let failing = Arc::new(AtomicBool::new(true));
     let up = flapping(failing.clone()).await;
-    let f = Ficus::start(&with_breaker(&up.url(), BREAKER)).await;
+    let clock = Arc::new(ManualClock::default());
+    let f = Ficus::start_with_clock(&with_breaker(&up.url(), BREAKER), clock.clone()).await;
     for _ in 0..5 {
         get(&f.url("/")).await;
     }
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    clock.advance(Duration::from_millis(300));
     assert_eq!(
         get(&f.url("/")).await.status,
         503,
@@ -115,6 +121,12 @@ async fn failed_probe_reopens_the_breaker() {
     get(&f.url("/")).await.assert_problem(503, "circuit-open");
     let status = get(&f.admin_url("/admin/upstreams")).await.json();
     assert_eq!(status["upstreams"][0]["circuit_breaker"]["trips"], 2, "{status}");
+    // The second trip opens for twice open_for.
+    clock.advance(Duration::from_millis(599));
+    get(&f.url("/")).await.assert_problem(503, "circuit-open");
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(get(&f.url("/")).await.status, 503, "the next probe goes through");
+    assert_eq!(up.hits(), 7);
     f.shutdown().await;
 }
 
@@ -777,5 +789,224 @@ async fn consistent_hash_passes_over_an_endpoint_whose_breaker_is_open() {
         assert_ne!(a.echoed().name, ["a", "b", "c"][home]);
     }
     assert_eq!(ups[home].hits(), hits, "an open breaker's endpoint is not called");
+    f.shutdown().await;
+}
+
+fn with_limit(upstream: &str, limit: &str) -> String {
+    basic_config(upstream).replace(
+        &format!("    endpoints: [\"{upstream}\"]"),
+        &format!("    endpoints: [\"{upstream}\"]\n{limit}"),
+    )
+}
+
+/// A slow upstream under the test's control: each request announces its arrival on `arrived`
+/// and is answered only once the test adds a permit to `release`.
+struct Held {
+    up: Upstream,
+    arrived: Arc<tokio::sync::Semaphore>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+async fn held() -> Held {
+    let arrived = Arc::new(tokio::sync::Semaphore::new(0));
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let (a, r) = (arrived.clone(), release.clone());
+    let up = Upstream::start(move |_req: Request<Incoming>| {
+        let (a, r) = (a.clone(), r.clone());
+        async move {
+            a.add_permits(1);
+            r.acquire().await.unwrap().forget();
+            Response::new(full("slow"))
+        }
+    })
+    .await;
+    Held { up, arrived, release }
+}
+
+impl Held {
+    /// Waits until `n` more requests have reached the upstream.
+    async fn reached(&self, n: u32) {
+        tokio::time::timeout(Duration::from_secs(5), self.arrived.acquire_many(n))
+            .await
+            .expect("the requests reached the upstream")
+            .unwrap()
+            .forget();
+    }
+}
+
+fn spawn_get(url: String) -> tokio::task::JoinHandle<Answer> {
+    tokio::spawn(async move { get(&url).await })
+}
+
+fn shed(m: &str, reason: &str) -> Option<f64> {
+    metric(
+        m,
+        &format!("ficus_upstream_shed_total{{upstream=\"app\",reason=\"{reason}\"}}"),
+    )
+}
+
+#[tokio::test]
+async fn a_request_over_max_concurrent_with_no_queue_gets_503_upstream_overloaded() {
+    let h = held().await;
+    let f = Ficus::start(&with_limit(
+        &h.up.url(),
+        "    max_concurrent: 1\n    max_queue: 0",
+    ))
+    .await;
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert_eq!(
+        shed(&m, "queue-full"),
+        Some(0.0),
+        "the counter is registered: {m}"
+    );
+
+    let first = spawn_get(f.url("/first"));
+    h.reached(1).await;
+    let second = get(&f.url("/second")).await;
+    second.assert_problem(503, "upstream-overloaded");
+    assert_eq!(second.headers["retry-after"], "1");
+    assert_eq!(h.up.hits(), 1, "the shed request never reached the upstream");
+
+    h.release.add_permits(1);
+    assert_eq!(
+        first.await.unwrap().status,
+        200,
+        "the request in flight is unaffected"
+    );
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert_eq!(shed(&m, "queue-full"), Some(1.0), "{m}");
+    assert_eq!(shed(&m, "queue-timeout"), Some(0.0), "{m}");
+
+    // The place is free again.
+    let third = spawn_get(f.url("/third"));
+    h.reached(1).await;
+    h.release.add_permits(1);
+    assert_eq!(third.await.unwrap().status, 200);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_queued_request_waits_for_a_place_and_one_beyond_the_queue_is_shed() {
+    let h = held().await;
+    let f = Ficus::start(&with_limit(
+        &h.up.url(),
+        "    max_concurrent: 1\n    max_queue: 1\n    queue_timeout: 10s",
+    ))
+    .await;
+    let first = spawn_get(f.url("/first"));
+    h.reached(1).await;
+    let queued = spawn_get(f.url("/queued"));
+    let admin = f.admin_url("/metrics");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let m = get(&admin).await.text();
+            metric(&m, "ficus_upstream_queued{upstream=\"app\"}") == Some(1.0)
+        })
+        .await,
+        "the second request waits in the queue"
+    );
+    // One in flight, one queued: the next is shed at once.
+    get(&f.url("/third"))
+        .await
+        .assert_problem(503, "upstream-overloaded");
+    assert_eq!(h.up.hits(), 1, "the queued request waits at ficus");
+    h.release.add_permits(1);
+    h.reached(1).await;
+    h.release.add_permits(1);
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(
+        queued.await.unwrap().status,
+        200,
+        "the queued request got its place"
+    );
+    assert_eq!(h.up.hits(), 2);
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert_eq!(shed(&m, "queue-full"), Some(1.0), "{m}");
+    assert_eq!(
+        metric(&m, "ficus_upstream_queued{upstream=\"app\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_that_waits_longer_than_queue_timeout_is_shed() {
+    let h = held().await;
+    let f = Ficus::start(&with_limit(
+        &h.up.url(),
+        "    max_concurrent: 1\n    max_queue: 1\n    queue_timeout: 50ms",
+    ))
+    .await;
+    let first = spawn_get(f.url("/first"));
+    h.reached(1).await;
+    get(&f.url("/second"))
+        .await
+        .assert_problem(503, "upstream-overloaded");
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert_eq!(shed(&m, "queue-timeout"), Some(1.0), "{m}");
+    assert_eq!(shed(&m, "queue-full"), Some(0.0), "{m}");
+    h.release.add_permits(1);
+    assert_eq!(first.await.unwrap().status, 200);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_concurrency_settings_are_config_errors() {
+    let err = Ficus::try_start(&with_limit("http://127.0.0.1:9", "    max_concurrent: 0"))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("upstreams.app.max_concurrent: must be at least 1"),
+        "{err}"
+    );
+    let err = Ficus::try_start(&with_limit("http://127.0.0.1:9", "    max_queue: 5"))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("upstreams.app.max_queue: only with max_concurrent"),
+        "{err}"
+    );
+}
+
+/// A shed request never reached the upstream: it is not retried (that would add load where
+/// there is too much) and the breaker learns nothing from it.
+#[tokio::test]
+async fn a_shed_request_is_neither_retried_nor_held_against_the_breaker() {
+    let h = held().await;
+    let f = Ficus::start(&with_limit(
+        &h.up.url(),
+        "    max_concurrent: 1\n    retry: { attempts: 2, backoff: 1ms, max_backoff: 2ms }\n    circuit_breaker: { window: 10s, min_requests: 1, failure_rate: 0.5, open_for: 30s }",
+    ))
+    .await;
+    let first = spawn_get(f.url("/first"));
+    h.reached(1).await;
+    for _ in 0..3 {
+        get(&f.url("/shed"))
+            .await
+            .assert_problem(503, "upstream-overloaded");
+    }
+    h.release.add_permits(1);
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(h.up.hits(), 1);
+
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert_eq!(shed(&m, "queue-full"), Some(3.0), "{m}");
+    assert_eq!(
+        metric(&m, "ficus_upstream_retries_total{upstream=\"app\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    let st = get(&f.admin_url("/admin/upstreams")).await.json();
+    let breaker = &st["upstreams"][0]["circuit_breaker"];
+    assert_eq!(breaker["state"], "closed", "{st}");
+    assert_eq!(
+        breaker["window_requests"], 1,
+        "only the served request counts: {st}"
+    );
     f.shutdown().await;
 }

@@ -176,7 +176,7 @@ impl Compiler {
             router: Router::new(routes),
             upstreams,
             listeners,
-            unmatched: RouteMetrics::new(&self.metrics, "unmatched", ""),
+            unmatched: RouteMetrics::new(&self.metrics, "unmatched", "", None),
             shutdown: cfg.shutdown.clone(),
             config: cfg,
             carried: next,
@@ -226,6 +226,7 @@ impl Compiler {
         let env = crate::upstream::compile::Env {
             metrics: &self.metrics,
             clients: &self.clients,
+            clock: &self.clock,
             prev: &prev.upstreams,
         };
         cfg.upstreams

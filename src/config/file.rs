@@ -966,6 +966,15 @@ pub struct UpstreamConfig {
     /// For `https://` endpoints; without it they are verified against the webpki roots.
     #[serde(default)]
     pub tls: Option<UpstreamTlsConfig>,
+    /// Requests in flight to this upstream at most; off unless present.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    /// With `max_concurrent`: requests that may wait for a place; more are shed (503). Default 0.
+    #[serde(default)]
+    pub max_queue: Option<u32>,
+    /// With `max_concurrent`: how long a request waits in the queue before it is shed. Default 1s.
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub queue_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]

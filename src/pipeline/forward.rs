@@ -80,6 +80,10 @@ pub async fn forward(
                     upstream: name,
                     timeout_ms: t.as_millis(),
                 },
+                UpstreamCallError::Overloaded(shed) => ProxyError::UpstreamOverloaded {
+                    upstream: name,
+                    reason: shed.label(),
+                },
                 UpstreamCallError::Request(reason) | UpstreamCallError::Body(reason) => {
                     ProxyError::UpstreamFailed {
                         upstream: name,
@@ -181,7 +185,9 @@ fn breaker_outcome(
         Err(UpstreamCallError::Timeout(_)) if cfg.on_timeout => Outcome::Failure,
         Err(UpstreamCallError::Connect(_) | UpstreamCallError::Timeout(_)) => Outcome::Success,
         Err(UpstreamCallError::Request(_)) => Outcome::Failure,
-        Err(UpstreamCallError::Body(_)) => Outcome::Cancelled,
+        // A request ficus shed (Overloaded) or whose client broke its body says nothing about
+        // the upstream.
+        Err(UpstreamCallError::Body(_) | UpstreamCallError::Overloaded(_)) => Outcome::Cancelled,
     }
 }
 
@@ -330,8 +336,9 @@ async fn send(
         }
         match &result {
             Ok(resp) => picked.report(resp.status().is_server_error()),
-            // The client's own body failed: nothing learned about the endpoint.
-            Err(UpstreamCallError::Body(_)) => {}
+            // The client's own body failed, or ficus shed the request: nothing learned about
+            // the endpoint.
+            Err(UpstreamCallError::Body(_) | UpstreamCallError::Overloaded(_)) => {}
             Err(_) => picked.report(true),
         }
         tried.push(picked.index());
@@ -353,8 +360,11 @@ async fn send(
         if !again {
             // A retry that could not even connect says less than the answer before it, and
             // reporting it would make the request look as if it never reached the upstream
-            // (the migration fallback would then send a write that did reach it once more).
-            if let (Err(UpstreamCallError::Connect(_)), Some(prev)) = (&result, last.take()) {
+            // (the migration fallback would then send a write that did reach it once more). The
+            // same holds for a retry the concurrency limit shed.
+            if let (Err(UpstreamCallError::Connect(_) | UpstreamCallError::Overloaded(_)), Some(prev)) =
+                (&result, last.take())
+            {
                 return prev.map_err(SendError::Call);
             }
             return result.map_err(SendError::Call);

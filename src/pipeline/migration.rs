@@ -154,7 +154,7 @@ impl Migration {
         let fallbacks =
             FALLBACK_REASONS.map(|r| metrics.counter(FALLBACKS_TOTAL, &[("route", route), ("reason", r)]));
         Self {
-            modern_metrics: RouteMetrics::new(metrics, route, &modern.name),
+            modern_metrics: RouteMetrics::new(metrics, route, &modern.name, Some(Side::Modern)),
             modern,
             modern_basis_points: (cfg.modern_percent * 100.0).round().clamp(0.0, 10_000.0) as u32,
             sticky,

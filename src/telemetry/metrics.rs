@@ -10,6 +10,8 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use crate::pipeline::migration::Side;
+
 pub const REQUESTS_TOTAL: &str = "ficus_requests_total";
 pub const REQUEST_DURATION: &str = "ficus_request_duration_seconds";
 pub const UPSTREAM_REQUEST_DURATION: &str = "ficus_upstream_request_duration_seconds";
@@ -21,6 +23,8 @@ pub const TLS_CERT_EXPIRY: &str = "ficus_tls_cert_expiry_seconds";
 pub const ACCESS_LOG_DROPPED: &str = "ficus_access_log_dropped_total";
 pub const RETRIES_TOTAL: &str = "ficus_upstream_retries_total";
 pub const RETRY_BUDGET_EXHAUSTED: &str = "ficus_retry_budget_exhausted_total";
+pub const UPSTREAM_SHED: &str = "ficus_upstream_shed_total";
+pub const UPSTREAM_QUEUED: &str = "ficus_upstream_queued";
 pub const ENDPOINT_HEALTHY: &str = "ficus_upstream_endpoint_healthy";
 pub const OUTLIER_EJECTIONS: &str = "ficus_outlier_ejections_total";
 pub const FALLBACKS_TOTAL: &str = "ficus_fallbacks_total";
@@ -148,14 +152,16 @@ pub fn status_class_index(s: http::StatusCode) -> usize {
     (s.as_u16() / 100).clamp(1, 5) as usize - 1
 }
 
-/// Pre-registered handles for one (route, backend) pair.
+/// Pre-registered handles for one route and the upstream serving it (one per migration side).
 pub struct RouteMetrics {
     requests: Vec<Counter>,
     pub duration: Histogram,
 }
 
 impl RouteMetrics {
-    pub fn new(m: &Metrics, route: &str, backend: &str) -> Self {
+    /// `side` is `None` on a route without a migration: its duration is labelled `side="none"`,
+    /// so the label takes three values at most per route.
+    pub fn new(m: &Metrics, route: &str, upstream: &str, side: Option<Side>) -> Self {
         let mut requests = Vec::with_capacity(METHODS.len() * STATUS_CLASSES.len());
         for method in METHODS {
             for class in STATUS_CLASSES {
@@ -163,14 +169,15 @@ impl RouteMetrics {
                     REQUESTS_TOTAL,
                     &[
                         ("route", route),
-                        ("backend", backend),
+                        ("upstream", upstream),
                         ("method", method),
                         ("status_class", class),
                     ],
                 ));
             }
         }
-        let duration = m.histogram(REQUEST_DURATION, &[("route", route)]);
+        let side = side.map_or("none", Side::label);
+        let duration = m.histogram(REQUEST_DURATION, &[("route", route), ("side", side)]);
         Self { requests, duration }
     }
 
@@ -190,7 +197,7 @@ mod tests {
     #[test]
     fn route_metrics_count_by_method_and_status_class() {
         let m = Metrics::new();
-        let rm = RouteMetrics::new(&m, "orders", "orders-legacy");
+        let rm = RouteMetrics::new(&m, "orders", "orders-legacy", Some(Side::Legacy));
         rm.record(&http::Method::GET, http::StatusCode::OK, Duration::from_millis(3));
         rm.record(
             &http::Method::from_bytes(b"PROPFIND").unwrap(),
@@ -199,8 +206,12 @@ mod tests {
         );
         let text = m.render();
         assert!(text.contains(
-            r#"ficus_requests_total{route="orders",backend="orders-legacy",method="GET",status_class="2xx"} 1"#
+            r#"ficus_requests_total{route="orders",upstream="orders-legacy",method="GET",status_class="2xx"} 1"#
         ));
         assert!(text.contains(r#"method="OTHER",status_class="5xx"} 1"#));
+        assert!(
+            text.contains(r#"ficus_request_duration_seconds_count{route="orders",side="legacy"} 2"#),
+            "{text}"
+        );
     }
 }

@@ -4,14 +4,19 @@
 //!
 //! One small mutex per upstream guards the state; a request takes it twice (admit, record), never
 //! across an await.
+//!
+//! Time comes from the gateway's [`Clock`] (the one rollouts read): the system's in production,
+//! a manual one in tests, which advance it rather than sleep through `open_for`.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use metrics::{Counter, Gauge};
 use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::config::file::BreakerConfig;
+use crate::pipeline::rollout::Clock;
 use crate::telemetry::metrics::{Metrics, CIRCUIT_STATE, CIRCUIT_TRANSITIONS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,14 +68,15 @@ struct Inner {
     buckets: Vec<Bucket>,
     /// Consecutive trips without a full recovery; the open time doubles with each.
     trips: u32,
-    open_until: Instant,
+    /// On the clock's time line.
+    open_until: Duration,
     probes_admitted: u32,
     probes_succeeded: u32,
 }
 
 pub struct Breaker {
     cfg: BreakerConfig,
-    epoch: Instant,
+    clock: Arc<dyn Clock>,
     inner: Mutex<Inner>,
     gauge: Gauge,
     to_open: Counter,
@@ -82,7 +88,7 @@ pub struct Breaker {
 pub struct Permit<'a> {
     breaker: &'a Breaker,
     probe: bool,
-    started: Instant,
+    started: Duration,
     recorded: bool,
 }
 
@@ -98,11 +104,16 @@ pub struct BreakerStatus {
 }
 
 impl Breaker {
-    pub fn new(cfg: BreakerConfig, upstream: &str, metrics: &Metrics) -> Self {
-        Self::labelled(cfg, &[("upstream", upstream)], metrics)
+    pub fn new(cfg: BreakerConfig, upstream: &str, metrics: &Metrics, clock: Arc<dyn Clock>) -> Self {
+        Self::labelled(cfg, &[("upstream", upstream)], metrics, clock)
     }
 
-    fn labelled(cfg: BreakerConfig, labels: &[(&'static str, &str)], metrics: &Metrics) -> Self {
+    fn labelled(
+        cfg: BreakerConfig,
+        labels: &[(&'static str, &str)],
+        metrics: &Metrics,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let buckets = vec![Bucket::default(); cfg.window.as_secs().max(1) as usize];
         let gauge = metrics.gauge(CIRCUIT_STATE, labels);
         gauge.set(0.0);
@@ -111,13 +122,13 @@ impl Breaker {
             l.push(("to", to));
             metrics.counter(CIRCUIT_TRANSITIONS, &l)
         };
-        let now = Instant::now();
+        let now = clock.now();
         Self {
             to_open: transition("open"),
             to_half_open: transition("half-open"),
             to_closed: transition("closed"),
             cfg,
-            epoch: now,
+            clock,
             inner: Mutex::new(Inner {
                 state: State::Closed,
                 buckets,
@@ -136,7 +147,7 @@ impl Breaker {
 
     /// Admits a call, or says how long until the breaker lets calls through again.
     pub fn acquire(&self) -> Result<Permit<'_>, Duration> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut g = self.inner.lock();
         let probe = match g.state {
             State::Closed => false,
@@ -165,8 +176,9 @@ impl Breaker {
         })
     }
 
-    fn record(&self, probe: bool, outcome: Outcome, elapsed: Duration) {
-        let now = Instant::now();
+    fn record(&self, probe: bool, outcome: Outcome, started: Duration) {
+        let now = self.clock.now();
+        let elapsed = now.saturating_sub(started);
         let slow = self.cfg.slow_call_duration.is_some_and(|d| elapsed >= d);
         let mut g = self.inner.lock();
         match g.state {
@@ -186,7 +198,7 @@ impl Breaker {
                 }
             },
             State::Closed if outcome != Outcome::Cancelled => {
-                let second = now.duration_since(self.epoch).as_secs();
+                let second = now.as_secs();
                 let n = g.buckets.len();
                 let b = &mut g.buckets[(second % n as u64) as usize];
                 if b.second != second {
@@ -214,7 +226,7 @@ impl Breaker {
         }
     }
 
-    fn trip(&self, g: &mut Inner, now: Instant) {
+    fn trip(&self, g: &mut Inner, now: Duration) {
         let factor = 2u32.saturating_pow(g.trips.min(16));
         let open_for = self
             .cfg
@@ -222,7 +234,7 @@ impl Breaker {
             .saturating_mul(factor)
             .min(self.cfg.max_open_for);
         g.trips = g.trips.saturating_add(1);
-        g.open_until = now + open_for;
+        g.open_until = now.saturating_add(open_for);
         g.probes_admitted = 0;
         g.probes_succeeded = 0;
         self.set_state(g, State::Open);
@@ -248,9 +260,9 @@ impl Breaker {
     }
 
     pub fn status(&self) -> BreakerStatus {
-        let now = Instant::now();
+        let now = self.clock.now();
         let g = self.inner.lock();
-        let (total, failures, slow) = window_totals(&g.buckets, now.duration_since(self.epoch).as_secs());
+        let (total, failures, slow) = window_totals(&g.buckets, now.as_secs());
         BreakerStatus {
             state: g.state,
             window_requests: total,
@@ -258,7 +270,7 @@ impl Breaker {
             window_slow: slow,
             trips: g.trips,
             retry_after_secs: (g.state == State::Open)
-                .then(|| g.open_until.saturating_duration_since(now).as_secs_f64().ceil() as u64),
+                .then(|| g.open_until.saturating_sub(now).as_secs_f64().ceil() as u64),
         }
     }
 }
@@ -271,11 +283,24 @@ pub struct Breakers {
 }
 
 impl Breakers {
-    pub fn new(cfg: &BreakerConfig, upstream: &str, endpoints: &[String], metrics: &Metrics) -> Self {
+    pub fn new(
+        cfg: &BreakerConfig,
+        upstream: &str,
+        endpoints: &[String],
+        metrics: &Metrics,
+        clock: &Arc<dyn Clock>,
+    ) -> Self {
         if cfg.per_endpoint {
             let list = endpoints
                 .iter()
-                .map(|e| Breaker::labelled(cfg.clone(), &[("upstream", upstream), ("endpoint", e)], metrics))
+                .map(|e| {
+                    Breaker::labelled(
+                        cfg.clone(),
+                        &[("upstream", upstream), ("endpoint", e)],
+                        metrics,
+                        clock.clone(),
+                    )
+                })
                 .collect();
             Self {
                 per_endpoint: true,
@@ -285,7 +310,7 @@ impl Breakers {
         } else {
             Self {
                 per_endpoint: false,
-                list: vec![Breaker::new(cfg.clone(), upstream, metrics)],
+                list: vec![Breaker::new(cfg.clone(), upstream, metrics, clock.clone())],
                 endpoints: Vec::new(),
             }
         }
@@ -336,15 +361,14 @@ fn window_totals(buckets: &[Bucket], now_second: u64) -> (u32, u32, u32) {
 impl Permit<'_> {
     pub fn record(mut self, outcome: Outcome) {
         self.recorded = true;
-        self.breaker.record(self.probe, outcome, self.started.elapsed());
+        self.breaker.record(self.probe, outcome, self.started);
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if !self.recorded {
-            self.breaker
-                .record(self.probe, Outcome::Cancelled, self.started.elapsed());
+            self.breaker.record(self.probe, Outcome::Cancelled, self.started);
         }
     }
 }
@@ -352,6 +376,17 @@ impl Drop for Permit<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::rollout::ManualClock;
+
+    /// A breaker on a clock the test moves.
+    fn breaker(cfg: BreakerConfig) -> (Breaker, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        (Breaker::new(cfg, "t", &Metrics::new(), clock.clone()), clock)
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
 
     fn cfg() -> BreakerConfig {
         BreakerConfig {
@@ -382,7 +417,7 @@ mod tests {
 
     #[test]
     fn trips_on_failure_rate_then_recovers_through_half_open() {
-        let b = Breaker::new(cfg(), "t", &Metrics::new());
+        let (b, clock) = breaker(cfg());
         assert!(run(&b, Outcome::Success));
         assert!(run(&b, Outcome::Failure));
         assert!(run(&b, Outcome::Success));
@@ -394,8 +429,10 @@ mod tests {
         assert!(run(&b, Outcome::Failure));
         assert_eq!(b.status().state, State::Open);
         assert!(b.acquire().is_err());
+        clock.advance(ms(49));
+        assert_eq!(b.acquire().err(), Some(ms(1)), "open until open_for has passed");
 
-        std::thread::sleep(Duration::from_millis(60));
+        clock.advance(ms(1));
         let p1 = b.acquire().expect("first probe");
         let p2 = b.acquire().expect("second probe");
         assert!(b.acquire().is_err(), "only two probes at once");
@@ -407,32 +444,34 @@ mod tests {
 
     #[test]
     fn a_failed_probe_reopens_for_twice_as_long_up_to_the_cap() {
-        let b = Breaker::new(cfg(), "t", &Metrics::new());
+        let (b, clock) = breaker(cfg());
         for _ in 0..4 {
             run(&b, Outcome::Failure);
         }
         assert_eq!(b.status().state, State::Open);
-        std::thread::sleep(Duration::from_millis(60));
+        clock.advance(ms(50));
         assert!(run(&b, Outcome::Failure));
         let st = b.status();
         assert_eq!((st.state, st.trips), (State::Open, 2));
-        // Second trip: 100 ms. After 60 ms it is still open.
-        std::thread::sleep(Duration::from_millis(60));
+        // Second trip: 100 ms.
+        clock.advance(ms(99));
         assert!(b.acquire().is_err());
-        std::thread::sleep(Duration::from_millis(60));
+        clock.advance(ms(1));
         assert!(run(&b, Outcome::Failure));
         // Third trip would be 200 ms; the cap is 150 ms.
-        std::thread::sleep(Duration::from_millis(160));
+        clock.advance(ms(149));
+        assert!(b.acquire().is_err());
+        clock.advance(ms(1));
         assert!(b.acquire().is_ok());
     }
 
     #[test]
     fn cancelled_probe_frees_its_slot() {
-        let b = Breaker::new(cfg(), "t", &Metrics::new());
+        let (b, clock) = breaker(cfg());
         for _ in 0..4 {
             run(&b, Outcome::Failure);
         }
-        std::thread::sleep(Duration::from_millis(60));
+        clock.advance(ms(50));
         let p1 = b.acquire().unwrap();
         let p2 = b.acquire().unwrap();
         drop(p2);
@@ -447,12 +486,43 @@ mod tests {
         let mut c = cfg();
         c.slow_call_duration = Some(Duration::from_millis(5));
         c.slow_call_rate = 0.5;
-        let b = Breaker::new(c, "t", &Metrics::new());
+        let (b, clock) = breaker(c);
         for _ in 0..4 {
             let p = b.acquire().unwrap();
-            std::thread::sleep(Duration::from_millis(6));
+            clock.advance(ms(6));
             p.record(Outcome::Success);
         }
         assert_eq!(b.status().state, State::Open);
+    }
+
+    #[test]
+    fn fast_calls_do_not_count_as_slow() {
+        let mut c = cfg();
+        c.slow_call_duration = Some(Duration::from_millis(5));
+        c.slow_call_rate = 0.5;
+        let (b, clock) = breaker(c);
+        for _ in 0..8 {
+            let p = b.acquire().unwrap();
+            clock.advance(ms(4));
+            p.record(Outcome::Success);
+        }
+        let st = b.status();
+        assert_eq!((st.state, st.window_slow), (State::Closed, 0));
+    }
+
+    #[test]
+    fn the_window_forgets_failures_older_than_it() {
+        let (b, clock) = breaker(cfg());
+        for _ in 0..3 {
+            run(&b, Outcome::Failure);
+        }
+        clock.advance(Duration::from_secs(10));
+        assert!(run(&b, Outcome::Failure));
+        let st = b.status();
+        assert_eq!(
+            (st.state, st.window_requests),
+            (State::Closed, 1),
+            "the first three fell out of the 10 s window"
+        );
     }
 }

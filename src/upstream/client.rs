@@ -72,6 +72,9 @@ pub enum UpstreamCallError {
     /// The failure came from the client's own request body (too large, stalled).
     #[error("request body: {0}")]
     Body(String),
+    /// The upstream's concurrency limit shed the request: it was never sent.
+    #[error("over the upstream's concurrency limit ({})", .0.label())]
+    Overloaded(super::limit::Shed),
 }
 
 pub struct Upstream {
@@ -88,6 +91,8 @@ pub struct Upstream {
     duration: Histogram,
     pub breaker: Option<Arc<super::breaker::Breakers>>,
     pub retry: Option<super::retry::RetryPolicy>,
+    /// `max_concurrent` and its queue; without it calls go straight to the pool.
+    limit: Option<super::limit::Limiter>,
 }
 
 impl Upstream {
@@ -111,7 +116,18 @@ impl Upstream {
             duration,
             breaker: None,
             retry: None,
+            limit: None,
         }
+    }
+
+    /// `max_concurrent` and its queue, when the config sets them.
+    pub fn with_concurrency_limit(
+        mut self,
+        cfg: &crate::config::file::UpstreamConfig,
+        metrics: &crate::telemetry::metrics::Metrics,
+    ) -> Self {
+        self.limit = super::limit::Limiter::new(cfg, self.client.clone(), &self.name, metrics);
+        self
     }
 
     pub fn with_retry(mut self, retry: Option<super::retry::RetryPolicy>) -> Self {
@@ -151,21 +167,34 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamCallError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(timeout, self.client.request(req)).await;
-        self.duration.record(started.elapsed().as_secs_f64());
-        match result {
-            Err(_) => Err(UpstreamCallError::Timeout(timeout)),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamCallError::Connect(error_chain(&e))),
-            Ok(Err(e)) => {
-                let chain = error_chain(&e);
-                if has_source::<crate::pipeline::body::BodyError>(&e) {
-                    Err(UpstreamCallError::Body(chain))
-                } else {
-                    Err(UpstreamCallError::Request(chain))
-                }
+        let result = match &self.limit {
+            None => {
+                tokio::time::timeout(timeout, async {
+                    self.client.request(req).await.map_err(|e| classify(&e))
+                })
+                .await
             }
+            Some(limit) => tokio::time::timeout(timeout, limit.call(req)).await,
+        };
+        let result = result.unwrap_or(Err(UpstreamCallError::Timeout(timeout)));
+        // A shed request never reached the upstream: its time says nothing about it.
+        if !matches!(result, Err(UpstreamCallError::Overloaded(_))) {
+            self.duration.record(started.elapsed().as_secs_f64());
         }
+        result
+    }
+}
+
+/// What a failed hyper call means for the proxy.
+pub(super) fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamCallError {
+    if e.is_connect() {
+        return UpstreamCallError::Connect(error_chain(e));
+    }
+    let chain = error_chain(e);
+    if has_source::<crate::pipeline::body::BodyError>(e) {
+        UpstreamCallError::Body(chain)
+    } else {
+        UpstreamCallError::Request(chain)
     }
 }
 

@@ -21,6 +21,7 @@ use crate::config::file::{
 };
 use crate::config::problems::Section;
 use crate::pipeline::key::RequestKey;
+use crate::pipeline::rollout::Clock;
 use crate::telemetry::metrics::{Metrics, UPSTREAM_REQUEST_DURATION};
 
 /// An upstream's state that outlives a reload while its config is unchanged.
@@ -33,6 +34,8 @@ pub struct Kept {
 pub struct Env<'a> {
     pub metrics: &'a Metrics,
     pub clients: &'a ClientCache,
+    /// What breakers read the time from.
+    pub clock: &'a Arc<dyn Clock>,
     pub prev: &'a Carry<UpstreamConfig, Kept>,
 }
 
@@ -66,8 +69,11 @@ pub fn compile(
     if let Some(b) = &u.circuit_breaker {
         check_breaker(b, &mut sec.at("circuit_breaker"));
     }
+    sec.errors(super::limit::validate(u));
     if let Some(r) = &u.retry {
-        check_retry(r, &mut sec.at("retry"));
+        let mut sec = sec.at("retry");
+        check_retry(r, &mut sec);
+        sec.errors(super::retry::validate(r));
     }
     if let Some(o) = &u.outlier {
         check_outlier(o, &mut sec.at("outlier"));
@@ -89,7 +95,7 @@ pub fn compile(
         breakers: u
             .circuit_breaker
             .as_ref()
-            .map(|b| Arc::new(Breakers::new(b, name, &u.endpoints, env.metrics))),
+            .map(|b| Arc::new(Breakers::new(b, name, &u.endpoints, env.metrics, env.clock))),
     });
     let pool_key = PoolKey {
         connect_timeout: u.timeouts.connect,
@@ -113,7 +119,8 @@ pub fn compile(
         .with_tls(tls)
         .with_breaker(kept.breakers)
         .with_health_check(u.health_check.clone())
-        .with_retry(u.retry.as_ref().map(|r| RetryPolicy::new(r, name, env.metrics))),
+        .with_retry(u.retry.as_ref().map(|r| RetryPolicy::new(r, name, env.metrics)))
+        .with_concurrency_limit(u, env.metrics),
     )
 }
 

@@ -5,6 +5,7 @@ pub mod breaker;
 pub mod client;
 pub mod compile;
 pub mod health;
+pub mod limit;
 pub mod retry;
 pub mod tls;
 

@@ -1,13 +1,16 @@
 //! Retries: which requests may be retried, on what, how long to wait, and the budget that keeps
 //! retries from amplifying an outage (at most `budget` × requests over a window, plus a small
-//! floor, as Finagle's and Envoy's budgets do).
+//! floor, as Finagle's and Envoy's budgets do). The budget is tower's [`TpsBudget`], Finagle's
+//! design; the retry loop itself stays in `pipeline::forward`, because a retry is decided on the
+//! response head, against the breaker and the endpoint choice, which `tower::retry::Retry` does
+//! not see.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Method, Response};
 use hyper::body::Incoming;
 use metrics::Counter;
-use parking_lot::Mutex;
+use tower::retry::budget::{Budget as _, TpsBudget};
 
 use super::UpstreamCallError;
 use crate::config::file::{RetryCondition, RetryConfig};
@@ -34,6 +37,8 @@ impl ResendCause {
         match result {
             Ok(_) => Self::Answered,
             Err(UpstreamCallError::Connect(_)) => Self::ConnectFailed,
+            // Shed by the concurrency limit before anything was sent.
+            Err(UpstreamCallError::Overloaded(_)) => Self::BreakerRefused,
             // A timeout may have struck while connecting or after the request was written: it
             // proves nothing.
             Err(
@@ -70,7 +75,7 @@ pub struct RetryPolicy {
     /// `retry.non_idempotent`: the upstream dedupes writes, so any method may be resent.
     pub non_idempotent: bool,
     pub max_body_bytes: u64,
-    budget: RetryBudget,
+    budget: TpsBudget,
     retried: Counter,
     exhausted: Counter,
 }
@@ -88,7 +93,7 @@ impl RetryPolicy {
             statuses: Vec::new(),
             non_idempotent: cfg.non_idempotent,
             max_body_bytes: cfg.max_body_bytes.0,
-            budget: RetryBudget::new(cfg.budget, cfg.budget_min_per_sec, cfg.budget_window),
+            budget: budget(cfg),
             retried: metrics.counter(RETRIES_TOTAL, &[("upstream", upstream)]),
             exhausted: metrics.counter(RETRY_BUDGET_EXHAUSTED, &[("upstream", upstream)]),
         };
@@ -121,6 +126,8 @@ impl RetryPolicy {
             Err(UpstreamCallError::Request(_)) => self.on_reset,
             // The client's own body failed: another try cannot help.
             Err(UpstreamCallError::Body(_)) => false,
+            // Another try into a full upstream is the amplification the limit exists to stop.
+            Err(UpstreamCallError::Overloaded(_)) => false,
         }
     }
 
@@ -151,55 +158,35 @@ impl RetryPolicy {
     }
 }
 
-/// Requests and retries in one-second buckets over a sliding window.
-struct RetryBudget {
-    ratio: f64,
-    floor: f64,
-    epoch: Instant,
-    buckets: Mutex<Vec<(u64, u32, u32)>>,
+/// The bounds [`TpsBudget::new`] asserts (it panics outside them); [`validate`] refuses a
+/// config outside them, so the clamps only guard a policy built from an unchecked config.
+const BUDGET_WINDOW: std::ops::RangeInclusive<Duration> = Duration::from_secs(1)..=Duration::from_secs(60);
+
+fn budget(cfg: &RetryConfig) -> TpsBudget {
+    let window = cfg
+        .budget_window
+        .clamp(*BUDGET_WINDOW.start(), *BUDGET_WINDOW.end());
+    let min_per_sec = cfg.budget_min_per_sec.min(i32::MAX as u32 - 1);
+    // `budget` is at most 1 after validation; tower takes the ratio as an f32 "percent" (0.2 is
+    // 20 %) and spends 1/ratio, rounded down, deposits per retry.
+    let ratio = cfg.budget.clamp(0.0, 1.0) as f32;
+    TpsBudget::new(window, min_per_sec, ratio)
 }
 
-impl RetryBudget {
-    fn new(ratio: f64, min_per_sec: u32, window: Duration) -> Self {
-        let secs = window.as_secs().max(1);
-        Self {
-            ratio,
-            floor: f64::from(min_per_sec) * secs as f64,
-            epoch: Instant::now(),
-            buckets: Mutex::new(vec![(u64::MAX, 0, 0); secs as usize]),
-        }
+/// Checks the `retry` keys whose bounds come from the budget: `(key, reason)`, the key relative
+/// to `retry`.
+pub fn validate(cfg: &RetryConfig) -> Vec<(String, String)> {
+    let mut bad = Vec::new();
+    if cfg.budget_window > *BUDGET_WINDOW.end() {
+        bad.push(("budget_window".to_string(), "must be at most 60s".to_string()));
     }
-
-    fn bucket<'a>(&self, buckets: &'a mut [(u64, u32, u32)]) -> &'a mut (u64, u32, u32) {
-        let second = self.epoch.elapsed().as_secs();
-        let n = buckets.len() as u64;
-        let b = &mut buckets[(second % n) as usize];
-        if b.0 != second {
-            *b = (second, 0, 0);
-        }
-        b
+    if cfg.budget_min_per_sec >= i32::MAX as u32 {
+        bad.push((
+            "budget_min_per_sec".to_string(),
+            format!("must be below {}", i32::MAX),
+        ));
     }
-
-    fn deposit(&self) {
-        let mut g = self.buckets.lock();
-        self.bucket(&mut g).1 += 1;
-    }
-
-    fn withdraw(&self) -> bool {
-        let mut g = self.buckets.lock();
-        let now = self.epoch.elapsed().as_secs();
-        let span = g.len() as u64;
-        let (requests, retries) = g
-            .iter()
-            .filter(|b| b.0 != u64::MAX && now.saturating_sub(b.0) < span)
-            .fold((0u64, 0u64), |(r, t), b| (r + u64::from(b.1), t + u64::from(b.2)));
-        if (retries as f64) < self.ratio * requests as f64 + self.floor {
-            self.bucket(&mut g).2 += 1;
-            true
-        } else {
-            false
-        }
-    }
+    bad
 }
 
 #[cfg(test)]
@@ -208,13 +195,34 @@ mod tests {
 
     #[test]
     fn budget_allows_ratio_of_requests_plus_floor() {
-        let b = RetryBudget::new(0.2, 1, Duration::from_secs(10));
+        let cfg = RetryConfig {
+            budget: 0.2,
+            budget_min_per_sec: 1,
+            budget_window: Duration::from_secs(10),
+            ..RetryConfig::default()
+        };
+        let p = RetryPolicy::new(&cfg, "t", &Metrics::new());
         for _ in 0..100 {
-            b.deposit();
+            p.record_request();
         }
         // 0.2 × 100 + 1 × 10 s = 30 retries.
-        let granted = (0..100).filter(|_| b.withdraw()).count();
+        let granted = (0..100).filter(|_| p.withdraw()).count();
         assert_eq!(granted, 30);
+    }
+
+    #[test]
+    fn a_budget_window_tower_would_refuse_is_a_config_error() {
+        let cfg = RetryConfig {
+            budget_window: Duration::from_secs(61),
+            ..RetryConfig::default()
+        };
+        assert_eq!(
+            validate(&cfg),
+            vec![("budget_window".to_string(), "must be at most 60s".to_string())]
+        );
+        // Built anyway (unchecked), the policy clamps rather than panics.
+        let _ = RetryPolicy::new(&cfg, "t", &Metrics::new());
+        assert!(validate(&RetryConfig::default()).is_empty());
     }
 
     #[test]

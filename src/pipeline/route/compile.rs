@@ -11,6 +11,7 @@ use crate::config::carry::Carry;
 use crate::config::file::{ConditionConfig, MatchConfig, RouteConfig};
 use crate::config::problems::Section;
 use crate::identity::compile::{route_identity, Verifiers};
+use crate::pipeline::context::Side;
 use crate::pipeline::idempotency::RouteIdempotency;
 use crate::pipeline::migration::compile::{self as migration, RolloutKey};
 use crate::pipeline::normalize::normalize_path;
@@ -112,7 +113,12 @@ impl Route {
             headers,
             query,
             cookies,
-            metrics: RouteMetrics::new(env.migration.metrics, &r.name, &upstream.name),
+            metrics: RouteMetrics::new(
+                env.migration.metrics,
+                &r.name,
+                &upstream.name,
+                r.migration.is_some().then_some(Side::Legacy),
+            ),
             migration,
             idempotency,
             name: Arc::from(r.name.as_str()),
