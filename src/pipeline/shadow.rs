@@ -283,15 +283,16 @@ async fn call(
 ) -> Result<Option<(StatusCode, HeaderMap, Bytes)>, String> {
     let mut req = req;
     if let Some(t) = &req.transform {
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = std::mem::take(&mut req.method);
+        parts.uri = std::mem::take(&mut req.uri);
+        parts.headers = std::mem::take(&mut req.headers);
         let body = std::mem::take(&mut req.body);
-        req.body = super::translate::shadow_request(
-            t,
-            &mut req.method,
-            &mut req.uri,
-            &mut req.headers,
-            body,
-            &req.captures,
-        )?;
+        req.body = crate::translate::request::request(t, &mut parts, &req.captures, body)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_bytes();
+        (req.method, req.uri, req.headers) = (parts.method, parts.uri, parts.headers);
     }
     let picked = upstream.endpoints.pick(None).ok_or("no endpoints")?;
     let e = picked.endpoint();

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, ETAG};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, ETAG};
 use http::uri::Uri;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
@@ -15,8 +15,9 @@ use super::body::{InBody, RequestBody, ResponseBody};
 use super::route::Route;
 use super::{ConnInfo, RequestCtx};
 use crate::error::ProxyError;
+use crate::translate::request::{self, Failed, Sent};
 use crate::translate::validate::SchemaCheck;
-use crate::translate::{Direction, DirectionPlan, Transform, TranslateError};
+use crate::translate::{Direction, DirectionPlan, Transform};
 use crate::upstream::Upstream;
 
 /// Forwards to the upstream of `ctx.side`, speaking that side's dialect: its request transform
@@ -48,23 +49,31 @@ async fn translated(
     ctx: &mut RequestCtx,
     path: Option<String>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let mut req = req;
-    if t.response.as_ref().is_some_and(DirectionPlan::has_body_work) {
-        // A compressed answer could not be read; ask the backend for an identity one.
-        req.headers_mut().remove(ACCEPT_ENCODING);
-    }
-    let (req, path) = match &t.request {
-        Some(plan) => {
-            let limits = &conn.listener.limits;
-            let r = translate_request(&t, plan, route, req, path, limits.body_read_timeout).await;
-            if let Err(ProxyError::RequestTranslation(_)) = &r {
+    let (mut parts, body) = req.into_parts();
+    // The driver rewrites the path ficus routed on, so that one goes into the URI first.
+    parts.uri = Uri::from(super::forward::path_and_query(&parts.uri, path.as_deref())?);
+    let caps = route.path.captures(parts.uri.path());
+    let body = ClientBody {
+        body,
+        stall: conn.listener.limits.body_read_timeout,
+    };
+    let body = match request::request(&t, &mut parts, &caps, body).await {
+        Ok(Sent::Untouched(b)) => b.body,
+        Ok(Sent::Read(bytes)) => InBody::Buffered(bytes),
+        Ok(Sent::Translated(bytes)) => {
+            t.count(Direction::Request, true);
+            InBody::Buffered(bytes)
+        }
+        Err(Failed::Body(e)) => return Err(e),
+        Err(Failed::Translate(e)) => {
+            let e = ProxyError::request_translation(e);
+            if let ProxyError::RequestTranslation(_) = &e {
                 t.count(Direction::Request, false);
             }
-            r?
+            return Err(e);
         }
-        None => (req, path),
     };
-    let resp = super::forward::forward(req, upstream, conn, ctx, path).await?;
+    let resp = super::forward::forward(Request::from_parts(parts, body), upstream, conn, ctx, None).await?;
     match &t.response {
         Some(plan) => translate_response(plan, &t, resp, upstream)
             .await
@@ -82,61 +91,25 @@ pub fn captures(route: &Route, uri: &Uri, normalised: Option<&str>) -> Vec<(Stri
     route.path.captures(normalised.unwrap_or(uri.path()))
 }
 
-async fn translate_request(
-    t: &Transform,
-    plan: &DirectionPlan,
-    route: &Route,
-    req: Request<InBody>,
-    path: Option<String>,
+/// A client's body as the request driver sees it: read only when the plan translates it.
+struct ClientBody {
+    body: InBody,
     stall: std::time::Duration,
-) -> Result<(Request<InBody>, Option<String>), ProxyError> {
-    let (mut parts, body) = req.into_parts();
-    plan.apply_headers(&mut parts.headers);
-    let mut path = path;
-    let caps = captures(route, &parts.uri, path.as_deref());
-    let current = path.clone().unwrap_or_else(|| parts.uri.path().to_string());
-    if let Some(pq) = plan
-        .rewrite_uri(&current, parts.uri.query(), &caps)
-        .map_err(|e| ProxyError::RequestTranslation(e.to_string()))?
-    {
-        parts.uri = Uri::from(pq);
-        path = None;
-    }
-    if let Some(m) = &plan.method {
-        parts.method = m.clone();
-    }
-    let empty = match &body {
-        InBody::Stream(s) => s.is_end_stream(),
-        InBody::Buffered(b) => b.is_empty(),
-    };
-    if empty {
-        if let Some(b) = plan.synthesised_body(&caps) {
-            parts.headers.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            let out = plan
-                .translate(None, &mut parts.headers, &b)
-                .map_err(|e| ProxyError::RequestTranslation(e.to_string()))?;
-            t.count(Direction::Request, true);
-            return Ok((Request::from_parts(parts, InBody::Buffered(out.body)), path));
+}
+
+impl request::Body for ClientBody {
+    type Error = ProxyError;
+
+    fn is_empty(&self) -> bool {
+        match &self.body {
+            InBody::Stream(s) => s.is_end_stream(),
+            InBody::Buffered(b) => b.is_empty(),
         }
     }
-    if !plan.wants_body(&parts.headers) {
-        return Ok((Request::from_parts(parts, body), path));
+
+    fn read(self, limit: u64) -> impl std::future::Future<Output = Result<Bytes, ProxyError>> + Send {
+        read_request(self.body, limit, self.stall)
     }
-    let bytes = read_request(body, plan.max_body, stall).await?;
-    if bytes.is_empty() {
-        return Ok((Request::from_parts(parts, InBody::Buffered(bytes)), path));
-    }
-    let out = plan
-        .translate(None, &mut parts.headers, &bytes)
-        .map_err(|e| match e {
-            TranslateError::TooLarge { limit } => ProxyError::BodyTooLarge { limit },
-            other => ProxyError::RequestTranslation(other.to_string()),
-        })?;
-    t.count(Direction::Request, true);
-    Ok((Request::from_parts(parts, InBody::Buffered(out.body)), path))
 }
 
 /// Reads a client body whole, refusing more than `limit` bytes with 413.
@@ -149,10 +122,7 @@ pub async fn read_request(body: InBody, limit: u64, stall: std::time::Duration) 
                 return Err(ProxyError::BodyTooLarge { limit });
             }
             let (guarded, _) = RequestBody::guard(s, limit, stall);
-            match guarded.collect().await {
-                Ok(c) => Ok(c.to_bytes()),
-                Err(e) => Err(ProxyError::from(e)),
-            }
+            Ok(guarded.collect().await?.to_bytes())
         }
     }
 }
@@ -236,49 +206,8 @@ async fn translate_response(
     Ok(Response::from_parts(parts, ResponseBody::full(out.body)))
 }
 
-/// Translates a buffered shadow exchange with the shadow side's transform, so that both answers
-/// are compared in the modern shape. Errors are reported as text (the shadow counts them).
-pub fn shadow_request(
-    t: &Transform,
-    method: &mut Method,
-    uri: &mut Uri,
-    headers: &mut HeaderMap,
-    body: Bytes,
-    captures: &[(String, String)],
-) -> Result<Bytes, String> {
-    let Some(plan) = &t.request else {
-        return Ok(body);
-    };
-    plan.apply_headers(headers);
-    if let Some(pq) = plan
-        .rewrite_uri(uri.path(), uri.query(), captures)
-        .map_err(|e| e.to_string())?
-    {
-        *uri = Uri::from(pq);
-    }
-    if let Some(m) = &plan.method {
-        *method = m.clone();
-    }
-    if body.is_empty() {
-        if let Some(b) = plan.synthesised_body(captures) {
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            return plan
-                .translate(None, headers, &b)
-                .map(|t| t.body)
-                .map_err(|e| e.to_string());
-        }
-    }
-    if body.is_empty() || !plan.wants_body(headers) {
-        return Ok(body);
-    }
-    plan.translate(None, headers, &body)
-        .map(|t| t.body)
-        .map_err(|e| e.to_string())
-}
-
+/// The shadow side's answer, translated back with its transform so that both answers are
+/// compared in the modern shape. Errors are reported as text (the shadow counts them).
 pub fn shadow_response(
     t: &Transform,
     status: &mut StatusCode,

@@ -9,6 +9,7 @@ pub mod form;
 pub mod json_ops;
 pub mod offline;
 pub mod path;
+pub mod request;
 pub mod soap;
 pub mod validate;
 pub mod xml;
