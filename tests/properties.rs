@@ -21,7 +21,7 @@ use ficus::config::transform::TransformConfig;
 use ficus::config::ConfigSource;
 use ficus::identity::jwt::Claims;
 use ficus::pipeline::context;
-use ficus::pipeline::diff::{diff_bodies, DiffRules};
+use ficus::pipeline::diff::{diff_bodies, ignore_rule, DiffRules};
 use ficus::pipeline::normalize::normalize_path;
 use ficus::pipeline::ratelimit::KeySource;
 use ficus::pipeline::route::{self, RequestView};
@@ -683,7 +683,8 @@ const DIFF_PATTERNS: &[&str] = &[
     "$", ".", "[*]", "[", "]", "a", "b", "x[", "/", "@", "#text", "*", "0",
 ];
 
-/// `ignore` patterns: mostly shaped like the paths diffs produce (`$.a[*].b`, `/a/@x`).
+/// `ignore` patterns: mostly shaped like the paths diffs produce, in the old spelling (`$.a[*].b`,
+/// `/a/@x`) and the field-path one (`a.*.b`, `a.@x`).
 fn diff_pattern() -> impl Strategy<Value = String> {
     let step = prop::sample::select(
         &[
@@ -693,6 +694,8 @@ fn diff_pattern() -> impl Strategy<Value = String> {
     prop_oneof![
         3 => (prop::sample::select(&["$", ""][..]), prop::collection::vec(step, 0..5)).prop_map(|(root, s)| format!("{root}{}", s.concat())),
         1 => soup(DIFF_PATTERNS, 8),
+        // The field-path syntax (`items.*.id`, `Order.Item.1.@x`).
+        2 => prop::collection::vec(prop::sample::select(&["a", "b", "x", "x[", "*", "0", "1", "@x", "#text"][..]), 0..5).prop_map(|s| s.join(".")),
     ]
 }
 
@@ -705,7 +708,12 @@ fn diff_rules() -> impl Strategy<Value = DiffRules> {
     )
         .prop_map(
             |(ignore, ignore_array_order, numeric_tolerance, redact_values)| DiffRules {
-                ignore,
+                // Patterns that do not parse are config errors, never rules.
+                ignore: ignore
+                    .iter()
+                    .filter_map(|p| ignore_rule(p).ok())
+                    .map(|r| r.0)
+                    .collect(),
                 numeric_tolerance,
                 ignore_array_order,
                 redact_values,
@@ -742,7 +750,7 @@ proptest! {
         patterns in prop::collection::vec(strict_soup(BRACKETS, 1..4), 1..5),
     ) {
         let doc = |n: u8| serde_json::to_vec(&keys.iter().map(|k| (k.clone(), Value::from(n))).collect::<serde_json::Map<_, _>>()).unwrap();
-        let rules = DiffRules { ignore: patterns.iter().map(|p| format!("$.{p}")).collect(), ..DiffRules::default() };
+        let rules = DiffRules { ignore: patterns.iter().filter_map(|p| ignore_rule(&format!("$.{p}")).ok()).map(|r| r.0).collect(), ..DiffRules::default() };
         let d = diff_bodies("application/json", &doc(1), &doc(2), &rules);
         prop_assert!(d.len() <= keys.len());
     }

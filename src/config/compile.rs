@@ -690,6 +690,9 @@ pub fn compile(src: &SourceText, version: u64, deps: &Deps<'_>) -> Result<Snapsh
                 let shadow = match &m.shadow {
                     None => None,
                     Some(sc) => {
+                        for (key, reason) in crate::pipeline::diff::ignore_warnings(&sc.ignore) {
+                            warnings.push(src.problem(&format!("{at}.migration.shadow.{key}"), reason));
+                        }
                         if !(0.0..=100.0).contains(&sc.percent) {
                             bad(
                                 format!("{at}.migration.shadow.percent"),

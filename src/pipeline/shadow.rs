@@ -77,6 +77,16 @@ impl Shadow {
             .iter()
             .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("`{h}` is not a header name")))
             .collect::<Result<Vec<_>, _>>()?;
+        let ignore = cfg
+            .ignore
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                super::diff::ignore_rule(p)
+                    .map(|(p, _)| p)
+                    .map_err(|e| format!("ignore[{i}]: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let log = match &cfg.diff_log {
             None => None,
             Some(p) => {
@@ -94,7 +104,7 @@ impl Shadow {
             allow_writes: cfg.allow_writes,
             compare_headers,
             rules: DiffRules {
-                ignore: cfg.ignore.clone(),
+                ignore,
                 numeric_tolerance: cfg.numeric_tolerance,
                 ignore_array_order: cfg.ignore_array_order,
                 redact_values: !cfg.record_values,

@@ -27,7 +27,7 @@ use crate::config::file::StatusPattern;
 use crate::config::transform::{DirectionConfig, OpConfig, SoapVersion, TransformConfig};
 use charset::{to_utf8, utf8_content_type};
 use json_ops::JsonOp;
-use path::Path;
+use path::FieldPath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranslateError {
@@ -87,7 +87,7 @@ struct HeaderOps {
 }
 
 struct Condition {
-    json_path: Option<Path>,
+    json_path: Option<FieldPath>,
     equals: Option<Value>,
     body_contains: Option<String>,
     status: Option<StatusPattern>,
@@ -95,8 +95,8 @@ struct Condition {
 
 struct ErrorRule {
     statuses: Vec<StatusPattern>,
-    detail: Option<Path>,
-    code: Option<Path>,
+    detail: Option<FieldPath>,
+    code: Option<FieldPath>,
     type_prefix: String,
 }
 
@@ -349,7 +349,7 @@ impl DirectionPlan {
         }
         for (j, rule) in d.status.iter().enumerate() {
             let w = &rule.when;
-            let json_path = match w.json_path.as_deref().map(Path::parse).transpose() {
+            let json_path = match w.json_path.as_deref().map(FieldPath::parse).transpose() {
                 Ok(p) => p,
                 Err(e) => {
                     errs.push((format!("status[{j}].when.json_path"), e));
@@ -388,7 +388,7 @@ impl DirectionPlan {
             }
         }
         let errors = d.errors.as_ref().map(|e| {
-            let mut p = |key: &str, v: &Option<String>| match v.as_deref().map(Path::parse).transpose() {
+            let mut p = |key: &str, v: &Option<String>| match v.as_deref().map(FieldPath::parse).transpose() {
                 Ok(p) => p,
                 Err(r) => {
                     errs.push((format!("errors.{key}"), r));
@@ -783,7 +783,7 @@ impl DirectionPlan {
         if !rule.statuses.iter().any(|p| p.matches(new_status.as_u16())) {
             return Ok(None);
         }
-        let pick = |p: &Option<Path>| -> Option<String> {
+        let pick = |p: &Option<FieldPath>| -> Option<String> {
             let v = p.as_ref().and_then(|p| json.and_then(|j| p.get(j)))?;
             Some(match v {
                 Value::String(s) => s.clone(),
