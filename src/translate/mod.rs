@@ -71,7 +71,7 @@ enum Step {
         order: Vec<String>,
     },
     SoapUnwrap {
-        array_paths: Vec<String>,
+        read: xml::XmlRead,
         keep_operation: bool,
         fault_status: Vec<(String, StatusCode)>,
     },
@@ -268,7 +268,7 @@ impl DirectionPlan {
                         }
                     }
                     Step::SoapUnwrap {
-                        array_paths: c.array_paths.clone(),
+                        read: soap::reader(&c.array_paths),
                         keep_operation: c.keep_operation,
                         fault_status,
                     }
@@ -648,12 +648,12 @@ impl DirectionPlan {
                     doc = Doc::Json(v);
                 }
                 Step::SoapUnwrap {
-                    array_paths,
+                    read,
                     keep_operation,
                     fault_status,
                 } => {
                     let t = doc.text()?;
-                    match soap::unwrap(t, array_paths, *keep_operation).map_err(|reason| {
+                    match soap::unwrap_with(t, read, *keep_operation).map_err(|reason| {
                         TranslateError::Malformed {
                             format: "SOAP",
                             reason,
