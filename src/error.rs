@@ -123,6 +123,13 @@ impl ProxyError {
         }
     }
 
+    /// A backend's answer that could not be put in the client's dialect: 502.
+    pub fn response_translation(e: crate::translate::TranslateError) -> Self {
+        Self::TranslationFailed {
+            reason: e.to_string(),
+        }
+    }
+
     /// The answer to a client body that broke; `limit` is the listener's body limit.
     pub fn client_fault(fault: crate::pipeline::body::ClientFault, limit: u64, detail: String) -> Self {
         use crate::pipeline::body::ClientFault;

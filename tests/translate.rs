@@ -918,6 +918,49 @@ async fn ficus_translate_prints_exactly_what_the_legacy_backend_receives() {
     }
 }
 
+#[tokio::test]
+async fn ficus_translate_prints_exactly_the_answer_the_client_gets() {
+    for (status, answer) in [
+        (200, "create_order.response.xml"),
+        (500, "create_order.fault.xml"),
+    ] {
+        let (up, _) = legacy(status, "text/xml; charset=utf-8", fixture(answer)).await;
+        let f = Ficus::start(&fixture_config(&up.url())).await;
+        let a = send(
+            &client(),
+            post(
+                &f.url("/api/orders"),
+                "application/json",
+                fixture("create_order.request.json"),
+            ),
+        )
+        .await;
+        let out = ficus::translate::offline::run(
+            &f.config_path,
+            &ficus::translate::offline::Input {
+                route: "orders_create",
+                direction: ficus::translate::Direction::Response,
+                side: ficus::pipeline::migration::Side::Legacy,
+                content_type: Some("text/xml; charset=utf-8"),
+                status,
+                path: None,
+                method: None,
+                headers: &[],
+                body: &fixture(answer),
+            },
+        )
+        .unwrap();
+        assert_eq!(out.status, Some(a.status.as_u16()), "{answer}");
+        assert_eq!(
+            out.headers.get("content-type"),
+            a.headers.get("content-type"),
+            "{answer}"
+        );
+        assert_eq!(out.body, a.body, "{answer}");
+        f.shutdown().await;
+    }
+}
+
 #[test]
 fn ficus_translate_on_the_demo_config_builds_the_getorder_envelope() {
     // The command the issue quotes, on the demo config itself, with nothing on stdin.

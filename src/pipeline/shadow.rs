@@ -298,7 +298,7 @@ async fn call(
         parts.uri = std::mem::take(&mut req.uri);
         parts.headers = std::mem::take(&mut req.headers);
         let body = std::mem::take(&mut req.body);
-        req.body = crate::translate::request::request(t, &mut parts, &req.captures, body)
+        req.body = crate::translate::driver::request(t, &mut parts, &req.captures, body)
             .await
             .map_err(|e| e.to_string())?
             .into_bytes();
@@ -332,11 +332,15 @@ async fn call(
         .await
     {
         Ok(b) => {
-            let (mut status, mut headers, mut body) = (parts.status, parts.headers, b.to_bytes());
+            let (mut parts, mut body) = (parts, b.to_bytes());
             if let Some(t) = &transform {
-                body = super::translate::shadow_response(t, &mut status, &mut headers, body)?;
+                // Translated back, so that both answers are compared in the modern shape.
+                body = crate::translate::driver::response(t, &mut parts, body)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_bytes();
             }
-            Ok(Some((status, headers, body)))
+            Ok(Some((parts.status, parts.headers, body)))
         }
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Ok(None),
         Err(e) => Err(e.to_string()),

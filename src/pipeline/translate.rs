@@ -5,9 +5,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, ETAG};
 use http::uri::Uri;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 
@@ -15,9 +14,9 @@ use super::body::{InBody, RequestBody, ResponseBody};
 use super::route::Route;
 use super::{ConnInfo, RequestCtx};
 use crate::error::ProxyError;
-use crate::translate::request::{self, Failed, Sent};
+use crate::translate::driver::{self, Failed, Sent};
 use crate::translate::validate::SchemaCheck;
-use crate::translate::{Direction, DirectionPlan, Transform};
+use crate::translate::{Direction, Transform, TranslateError};
 use crate::upstream::Upstream;
 
 /// Forwards to the upstream of `ctx.side`, speaking that side's dialect: its request transform
@@ -57,7 +56,7 @@ async fn translated(
         body,
         stall: conn.listener.limits.body_read_timeout,
     };
-    let body = match request::request(&t, &mut parts, &caps, body).await {
+    let body = match driver::request(&t, &mut parts, &caps, body).await {
         Ok(Sent::Untouched(b)) => b.body,
         Ok(Sent::Read(bytes)) => InBody::Buffered(bytes),
         Ok(Sent::Translated(bytes)) => {
@@ -74,16 +73,33 @@ async fn translated(
         }
     };
     let resp = super::forward::forward(Request::from_parts(parts, body), upstream, conn, ctx, None).await?;
-    match &t.response {
-        Some(plan) => translate_response(plan, &t, resp, upstream)
-            .await
-            .inspect_err(|e| {
-                if matches!(e, ProxyError::TranslationFailed { .. }) {
-                    t.count(Direction::Response, false);
-                }
-            }),
-        None => Ok(resp),
+    let (mut parts, body) = resp.into_parts();
+    let answer = Answer {
+        body,
+        upstream: upstream.clone(),
+    };
+    let body = match driver::response(&t, &mut parts, answer).await {
+        Ok(Sent::Untouched(a)) => a.body,
+        Ok(Sent::Read(_)) => ResponseBody::empty(),
+        Ok(Sent::Translated(bytes)) => {
+            t.count(Direction::Response, true);
+            ResponseBody::full(bytes)
+        }
+        Err(Failed::Body(e)) => return Err(response_failed(&t, upstream, e)),
+        Err(Failed::Translate(e)) => {
+            return Err(response_failed(&t, upstream, ProxyError::response_translation(e)))
+        }
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Logs and counts an answer that could not be translated; other errors pass through.
+fn response_failed(t: &Transform, upstream: &Upstream, e: ProxyError) -> ProxyError {
+    if let ProxyError::TranslationFailed { reason } = &e {
+        tracing::warn!(transform = %t.name, upstream = %upstream.name, %reason, "response translation failed");
+        t.count(Direction::Response, false);
     }
+    e
 }
 
 /// Route captures for the path the route matched (the normalised one).
@@ -97,7 +113,7 @@ struct ClientBody {
     stall: std::time::Duration,
 }
 
-impl request::Body for ClientBody {
+impl driver::Body for ClientBody {
     type Error = ProxyError;
 
     fn is_empty(&self) -> bool {
@@ -127,107 +143,43 @@ pub async fn read_request(body: InBody, limit: u64, stall: std::time::Duration) 
     }
 }
 
-async fn translate_response(
-    plan: &DirectionPlan,
-    t: &Transform,
-    resp: Response<ResponseBody>,
-    upstream: &Upstream,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let (mut parts, body) = resp.into_parts();
-    plan.apply_headers(&mut parts.headers);
-    let no_body = matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
-        || parts.status.is_informational()
-        || (body.is_end_stream() && !parts.headers.contains_key(CONTENT_LENGTH));
-    if no_body || !plan.wants_body(&parts.headers) {
-        return Ok(Response::from_parts(parts, body));
-    }
-    let failed = |reason: String| {
-        tracing::warn!(transform = %t.name, upstream = %upstream.name, %reason, "response translation failed");
-        ProxyError::TranslationFailed { reason }
-    };
-    let encoded = parts
-        .headers
-        .get(CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
-        return Err(failed(
-            "the answer is content-encoded (compressed) and cannot be translated".into(),
-        ));
-    }
-    if body.size_hint().lower() > plan.max_body {
-        return Err(failed(format!(
-            "the answer exceeds the {}-byte translation limit",
-            plan.max_body
-        )));
-    }
-    let limited = http_body_util::Limited::new(body, usize::try_from(plan.max_body).unwrap_or(usize::MAX));
-    let bytes = match tokio::time::timeout(upstream.request_timeout, limited.collect()).await {
-        Err(_) => {
-            return Err(ProxyError::UpstreamTimeout {
-                upstream: upstream.name.to_string(),
-                timeout_ms: upstream.request_timeout.as_millis(),
-            })
-        }
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return Err(failed(format!(
-                "the answer exceeds the {}-byte translation limit",
-                plan.max_body
-            )))
-        }
-        Ok(Err(e)) => {
-            return Err(ProxyError::UpstreamFailed {
-                upstream: upstream.name.to_string(),
-                reason: e.to_string(),
-            })
-        }
-    };
-    if bytes.is_empty() {
-        // HEAD, or an empty answer: nothing to translate (the head keeps its length).
-        return Ok(Response::from_parts(parts, ResponseBody::empty()));
-    }
-    let out = plan
-        .translate(Some(parts.status), &mut parts.headers, &bytes)
-        .map_err(|e| failed(e.to_string()))?;
-    t.count(Direction::Response, true);
-    if let Some(s) = out.status {
-        parts.status = s;
-    }
-    // The representation changed: a strong validator of the legacy bytes would lie.
-    if let Some(tag) = parts.headers.get(ETAG).cloned() {
-        if !tag.as_bytes().starts_with(b"W/") {
-            let weak = [b"W/".as_slice(), tag.as_bytes()].concat();
-            match HeaderValue::from_bytes(&weak) {
-                Ok(v) => parts.headers.insert(ETAG, v),
-                Err(_) => parts.headers.remove(ETAG),
-            };
-        }
-    }
-    Ok(Response::from_parts(parts, ResponseBody::full(out.body)))
+/// A backend's answer as the response driver sees it: read only when the plan translates it,
+/// within the upstream's request timeout.
+struct Answer {
+    body: ResponseBody,
+    upstream: Arc<Upstream>,
 }
 
-/// The shadow side's answer, translated back with its transform so that both answers are
-/// compared in the modern shape. Errors are reported as text (the shadow counts them).
-pub fn shadow_response(
-    t: &Transform,
-    status: &mut StatusCode,
-    headers: &mut HeaderMap,
-    body: Bytes,
-) -> Result<Bytes, String> {
-    let Some(plan) = &t.response else {
-        return Ok(body);
-    };
-    plan.apply_headers(headers);
-    if body.is_empty() || !plan.wants_body(headers) {
-        return Ok(body);
+impl driver::Body for Answer {
+    type Error = ProxyError;
+
+    fn is_empty(&self) -> bool {
+        self.body.is_end_stream()
     }
-    let out = plan
-        .translate(Some(*status), headers, &body)
-        .map_err(|e| e.to_string())?;
-    if let Some(s) = out.status {
-        *status = s;
+
+    fn read(self, limit: u64) -> impl std::future::Future<Output = Result<Bytes, ProxyError>> + Send {
+        read_answer(self, limit)
     }
-    Ok(out.body)
+}
+
+async fn read_answer(a: Answer, limit: u64) -> Result<Bytes, ProxyError> {
+    let too_large = || ProxyError::response_translation(TranslateError::TooLarge { limit });
+    if a.body.size_hint().lower() > limit {
+        return Err(too_large());
+    }
+    let limited = http_body_util::Limited::new(a.body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(a.upstream.request_timeout, limited.collect()).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout {
+            upstream: a.upstream.name.to_string(),
+            timeout_ms: a.upstream.request_timeout.as_millis(),
+        }),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(ProxyError::UpstreamFailed {
+            upstream: a.upstream.name.to_string(),
+            reason: e.to_string(),
+        }),
+    }
 }
 
 /// Stage 6: the request body against the route's schema. Requests without a body are checked

@@ -1,15 +1,16 @@
 //! The anti-corruption layer: declarative translation between a backend's dialect and the
 //! modern API. A [`Transform`] is compiled once per config snapshot from `transforms.<name>`;
-//! each direction is a [`DirectionPlan`] whose steps run in order on a buffered body. The same
-//! plans serve traffic (`pipeline::translate`) and the offline `ficus translate` tool.
+//! each direction is a [`DirectionPlan`] whose steps run in order on a buffered body. A request
+//! goes through one driver ([`driver::request`]) for live traffic, the shadow copy and the
+//! offline `ficus translate` tool; field paths have one syntax ([`path::FieldPath`]).
 
 pub mod charset;
 pub mod dates;
+pub mod driver;
 pub mod form;
 pub mod json_ops;
 pub mod offline;
 pub mod path;
-pub mod request;
 pub mod soap;
 pub mod validate;
 pub mod xml;
@@ -41,6 +42,8 @@ pub enum TranslateError {
     BadPath(String),
     #[error("the body's charset `{0}` is not supported")]
     UnsupportedCharset(String),
+    #[error("the answer is content-encoded (compressed) and cannot be translated")]
+    Encoded,
 }
 
 /// Which way a plan runs; it decides what a failure means to the client.
@@ -129,7 +132,8 @@ pub struct Translated {
 
 impl Transform {
     /// Compiles `transforms.<name>`; problems come back as `(key path under the transform, reason)`.
-    /// `captures` are the names the route's `path_template` binds, when known.
+    /// Whether the captures the templates use are bound is checked per route, by the caller
+    /// ([`DirectionPlan::capture_names`]).
     pub fn compile(
         name: &str,
         cfg: &TransformConfig,

@@ -1,7 +1,8 @@
 //! `ficus translate`: one request or answer through a route's transform, without traffic. The
-//! config is compiled exactly as `ficus check` and the server compile it, and a request goes
-//! through the same driver as live traffic ([`super::request`]): method, path, headers and body
-//! are what the backend would receive.
+//! config is compiled exactly as `ficus check` and the server compile it, and both go through the
+//! same driver as live traffic and the shadow copy ([`super::driver`]): a request comes out as
+//! the method, path, headers and body the backend would receive, an answer as the status,
+//! headers and body the client would.
 
 use std::path::Path;
 
@@ -101,27 +102,17 @@ pub fn run(config: &Path, input: &Input<'_>) -> Result<Output, String> {
     match input.direction {
         Direction::Request => request(route, t, input, headers, body),
         Direction::Response => {
-            let status = StatusCode::from_u16(input.status)
+            let mut parts = http::Response::new(()).into_parts().0;
+            parts.status = StatusCode::from_u16(input.status)
                 .map_err(|_| format!("{} is not a status", input.status))?;
-            plan.apply_headers(&mut headers);
-            if !plan.wants_body(&headers) {
-                return Ok(Output {
-                    status: Some(status.as_u16()),
-                    method: None,
-                    headers,
-                    path: None,
-                    body,
-                });
-            }
-            let out = plan
-                .translate(Some(status), &mut headers, &body)
-                .map_err(|e| e.to_string())?;
+            parts.headers = headers;
+            let body = super::driver::response_now(t, &mut parts, body).map_err(|e| e.to_string())?;
             Ok(Output {
-                status: out.status.map(|s| s.as_u16()),
+                status: Some(parts.status.as_u16()),
                 method: None,
-                headers,
+                headers: parts.headers,
                 path: None,
-                body: out.body,
+                body,
             })
         }
     }
@@ -154,7 +145,7 @@ fn request(
     parts.uri = uri;
     parts.headers = headers;
     let caps = route.path.captures(parts.uri.path());
-    let body = super::request::request_now(t, &mut parts, &caps, body).map_err(|e| e.to_string())?;
+    let body = super::driver::request_now(t, &mut parts, &caps, body).map_err(|e| e.to_string())?;
     Ok(Output {
         status: None,
         method: Some(parts.method.to_string()),

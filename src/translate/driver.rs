@@ -1,20 +1,20 @@
-//! The one request driver: what an upstream receives on a translated route. Live traffic
-//! (`pipeline::translate`), the shadow copy (`pipeline::shadow`) and `ficus translate`
-//! (`offline`) all call [`request`], so the three cannot disagree about the method, the path,
-//! the headers or the body.
+//! The one translation driver: what an upstream receives on a translated route ([`request`]),
+//! and what the client gets back ([`response`]). Live traffic (`pipeline::translate`), the
+//! shadow copy (`pipeline::shadow`) and `ficus translate` (`offline`) all call these, so the
+//! three cannot disagree about the method, the path, the status, the headers or the body.
 
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use http::header::{ACCEPT_ENCODING, CONTENT_TYPE};
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG};
 use http::request::Parts;
-use http::{HeaderValue, Uri};
+use http::{HeaderValue, StatusCode, Uri};
 
 use super::{DirectionPlan, Transform, TranslateError};
 
-/// A request body the driver may need whole. Live traffic streams it and reads it only when the
-/// plan translates it; the shadow copy and the offline tool already hold it as bytes.
+/// A body the driver may need whole. Live traffic streams it and reads it only when the plan
+/// translates it; the shadow copy and the offline tool already hold it as bytes.
 pub trait Body: Sized {
     type Error;
     /// Known to be empty without reading it: an empty body gets the plan's synthesised one.
@@ -36,9 +36,9 @@ impl Body for Bytes {
     }
 }
 
-/// What the upstream gets in place of the client's body.
+/// What goes on in place of the body that came in.
 pub enum Sent<B> {
-    /// The client's body as it came (streamed, on live traffic): the plan does not translate it.
+    /// The body as it came (streamed, on live traffic): the plan does not translate it.
     Untouched(B),
     /// Read whole but not translated (it was empty).
     Read(Bytes),
@@ -54,13 +54,13 @@ impl Sent<Bytes> {
     }
 }
 
-/// Why the request could not be put in the backend's dialect.
+/// Why the request or answer could not be put in the other side's dialect.
 #[derive(Debug, thiserror::Error)]
 pub enum Failed<E> {
     #[error(transparent)]
     Translate(#[from] TranslateError),
-    /// Reading the client's body failed (too large, too slow, broken).
-    #[error("the request body could not be read")]
+    /// Reading the body failed (too large, too slow, broken).
+    #[error("the body could not be read")]
     Body(E),
 }
 
@@ -108,6 +108,52 @@ pub async fn request<B: Body>(
     Ok(Sent::Translated(out.body))
 }
 
+/// Rewrites the backend's answer (`parts`: status and headers, and the body) into what the
+/// client gets: the response plan's header ops, status rules and body translation.
+pub async fn response<B: Body>(
+    t: &Transform,
+    parts: &mut http::response::Parts,
+    body: B,
+) -> Result<Sent<B>, Failed<B::Error>> {
+    let Some(plan) = &t.response else {
+        return Ok(Sent::Untouched(body));
+    };
+    plan.apply_headers(&mut parts.headers);
+    let no_body = matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+        || parts.status.is_informational()
+        || (body.is_empty() && !parts.headers.contains_key(CONTENT_LENGTH));
+    if no_body || !plan.wants_body(&parts.headers) {
+        return Ok(Sent::Untouched(body));
+    }
+    let encoded = parts
+        .headers
+        .get(CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(Failed::Translate(TranslateError::Encoded));
+    }
+    let bytes = body.read(plan.max_body).await.map_err(Failed::Body)?;
+    if bytes.is_empty() {
+        // HEAD, or an empty answer: nothing to translate (the head keeps its length).
+        return Ok(Sent::Read(bytes));
+    }
+    let out = plan.translate(Some(parts.status), &mut parts.headers, &bytes)?;
+    if let Some(s) = out.status {
+        parts.status = s;
+    }
+    // The representation changed: a strong validator of the legacy bytes would lie.
+    if let Some(tag) = parts.headers.get(ETAG).cloned() {
+        if !tag.as_bytes().starts_with(b"W/") {
+            let weak = [b"W/".as_slice(), tag.as_bytes()].concat();
+            match HeaderValue::from_bytes(&weak) {
+                Ok(v) => parts.headers.insert(ETAG, v),
+                Err(_) => parts.headers.remove(ETAG),
+            };
+        }
+    }
+    Ok(Sent::Translated(out.body))
+}
+
 /// [`request`] on a body already in memory, without a runtime (`ficus translate`).
 pub fn request_now(
     t: &Transform,
@@ -115,7 +161,22 @@ pub fn request_now(
     captures: &[(String, String)],
     body: Bytes,
 ) -> Result<Bytes, TranslateError> {
-    let mut f = std::pin::pin!(request(t, parts, captures, body));
+    now(request(t, parts, captures, body))
+}
+
+/// [`response`] on a body already in memory, without a runtime (`ficus translate`).
+pub fn response_now(
+    t: &Transform,
+    parts: &mut http::response::Parts,
+    body: Bytes,
+) -> Result<Bytes, TranslateError> {
+    now(response(t, parts, body))
+}
+
+fn now(
+    f: impl Future<Output = Result<Sent<Bytes>, Failed<std::convert::Infallible>>>,
+) -> Result<Bytes, TranslateError> {
+    let mut f = std::pin::pin!(f);
     // In-memory bytes are read at once, so the driver never waits.
     match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(Ok(sent)) => Ok(sent.into_bytes()),
