@@ -75,8 +75,9 @@ enum Command {
         /// The backend's status, for the response `status` and `errors` rules.
         #[arg(long, default_value_t = 200)]
         status: u16,
-        /// The request's path and query as the client sends it (default `/`); the route's
-        /// `path_template` captures come from it. Request direction.
+        /// The request's path and query as the client sends it (default `/`). It is normalised
+        /// as ficus normalises it, and the route's `path_template` captures come from that.
+        /// Request direction.
         #[arg(long)]
         path: Option<String>,
         /// The request's method (default: GET without a body, POST with one). Request direction.

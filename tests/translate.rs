@@ -791,6 +791,15 @@ const AGREE: &[Case] = &[
         headers: &[("accept-encoding", "gzip")],
         body: "",
     },
+    // Routed on the normalised path (`%37` is `7`), and the capture is taken from it.
+    Case {
+        config: demo_orders_config,
+        route: "orders",
+        method: "GET",
+        path: "/api/./orders/%37",
+        headers: &[],
+        body: "",
+    },
     Case {
         config: fixture_config,
         route: "orders_create",

@@ -24,7 +24,8 @@ pub struct Input<'a> {
     pub content_type: Option<&'a str>,
     /// The backend's status (responses).
     pub status: u16,
-    /// The request's path and query as ficus routes it (`/` when absent). Requests only.
+    /// The request's path and query as the client sends it (`/` when absent); normalised as
+    /// ficus normalises it before routing. Requests only.
     pub path: Option<&'a str>,
     /// The request's method: GET without a body, POST with one, when absent. Requests only.
     pub method: Option<&'a str>,
@@ -100,7 +101,14 @@ pub fn run(config: &Path, input: &Input<'_>) -> Result<Output, String> {
     }
     let body = bytes::Bytes::copy_from_slice(input.body);
     match input.direction {
-        Direction::Request => request(route, t, input, headers, body),
+        Direction::Request => {
+            // Routed and sent as a listener would: `;params` only where some listener keeps them.
+            let keep_params = snap
+                .listeners
+                .values()
+                .any(|l| l.path_params == crate::config::file::PathParamsMode::Keep);
+            request(route, t, input, keep_params, headers, body)
+        }
         Direction::Response => {
             let mut parts = http::Response::new(()).into_parts().0;
             parts.status = StatusCode::from_u16(input.status)
@@ -123,6 +131,7 @@ fn request(
     route: &Route,
     t: &Transform,
     input: &Input<'_>,
+    keep_params: bool,
     headers: HeaderMap,
     body: bytes::Bytes,
 ) -> Result<Output, String> {
@@ -132,14 +141,16 @@ fn request(
         None if body.is_empty() => Method::GET,
         None => Method::POST,
     };
-    let uri: Uri = input
-        .path
-        .unwrap_or("/")
-        .parse()
-        .map_err(|e| format!("`{}` is not a path: {e}", input.path.unwrap_or("/")))?;
-    if uri.scheme().is_some() || !uri.path().starts_with('/') {
-        return Err(format!("`{uri}` is not a path (write `/api/...`)"));
-    }
+    let raw = input.path.unwrap_or("/");
+    let (path, query) = raw.split_once('?').map_or((raw, None), |(p, q)| (p, Some(q)));
+    // The normalised path, as ficus routes it and sends it on.
+    let path = crate::pipeline::normalize::normalize_path(path, keep_params)
+        .map_err(|e| format!("`{path}` (write `/api/...`): {e}"))?;
+    let pq = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.into_owned(),
+    };
+    let uri: Uri = pq.parse().map_err(|e| format!("`{pq}` is not a path: {e}"))?;
     let (mut parts, ()) = http::Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
