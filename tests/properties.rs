@@ -755,6 +755,25 @@ proptest! {
         prop_assert!(d.len() <= keys.len());
     }
 
+    /// One syntax, one printer: the spelling `ficus check` suggests for an old `ignore` rule
+    /// parses back to the same path, and old-spelling rules (`$.a[*].b`) load as that path.
+    #[test]
+    fn field_paths_print_as_they_parse_and_old_spellings_name_the_same_path(
+        segs in prop::collection::vec(prop::sample::select(&["a", "b", "x[", "*", "0", "12", "@x", "#text"][..]), 1..5),
+    ) {
+        let new = segs.join(".");
+        let p = ficus::translate::path::FieldPath::parse(&new).unwrap();
+        prop_assert_eq!(p.to_string(), new.clone());
+        let old: String = segs.iter().map(|s| match *s {
+            "*" => "[*]".to_string(),
+            n if n.bytes().all(|b| b.is_ascii_digit()) => format!("[{n}]"),
+            k => format!(".{k}"),
+        }).collect();
+        if !old.contains("x[") {
+            prop_assert_eq!(ignore_rule(&format!("${old}")).unwrap(), (p, true));
+        }
+    }
+
     #[test]
     fn diffs_never_panic_and_a_body_equals_itself(
         ct in prop::sample::select(&["application/json", "text/xml", "text/plain", "application/problem+json; charset=utf-8"][..]),
