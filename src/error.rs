@@ -117,6 +117,22 @@ impl From<crate::pipeline::body::BodyError> for ProxyError {
 }
 
 impl ProxyError {
+    /// A request that could not be put in the backend's dialect: 400, or 413 past the plan's
+    /// bound. The one mapping for live traffic; the shadow copy and `ficus translate` report text.
+    pub fn request_translation(e: crate::translate::TranslateError) -> Self {
+        match e {
+            crate::translate::TranslateError::TooLarge { limit } => Self::BodyTooLarge { limit },
+            other => Self::RequestTranslation(other.to_string()),
+        }
+    }
+
+    /// A backend's answer that could not be put in the client's dialect: 502.
+    pub fn response_translation(e: crate::translate::TranslateError) -> Self {
+        Self::TranslationFailed {
+            reason: e.to_string(),
+        }
+    }
+
     /// The answer to a client body that broke; `limit` is the listener's body limit.
     pub fn client_fault(fault: crate::pipeline::body::ClientFault, limit: u64, detail: String) -> Self {
         use crate::pipeline::body::ClientFault;

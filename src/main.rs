@@ -40,24 +40,52 @@ enum Command {
         #[command(subcommand)]
         action: Option<DemoAction>,
     },
+    /// Run one request or answer through a route's transform, offline, and print what the other
+    /// side receives.
+    ///
+    /// The body is read from stdin (none when stdin is a terminal). The translated body goes to
+    /// stdout, byte for byte; the rest goes to stderr: for a request, the request line the
+    /// backend gets (`POST /OrderService.asmx`) and its headers; for an answer, `status: N` and
+    /// the headers the client gets. A request goes through the same code as live traffic
+    /// (method override, path and query rewrite, body built from path captures, header ops,
+    /// body ops). Headers ficus adds to every upstream request (X-Forwarded-*, X-Request-Id,
+    /// traceparent, identity headers) are not shown.
+    ///
+    /// Example (the demo's GET, which the legacy side gets as a SOAP GetOrder POST):
+    ///   ficus translate -c config/demo.yaml --route orders --direction request --path /api/orders/7
+    #[command(verbatim_doc_comment)]
     Translate {
+        /// The config file (compiled as `ficus check` compiles it).
         #[arg(long, short)]
         config: PathBuf,
+        /// The route's `name`; its transform for `--side` is used.
         #[arg(long)]
         route: String,
+        /// `request`: client -> backend; `response`: backend -> client.
         #[arg(long, value_enum)]
         direction: DirectionArg,
+        /// Whose dialect: the route's legacy or modern side (a migration route may translate
+        /// for either).
         #[arg(long, value_enum, default_value = "legacy")]
         side: SideArg,
-        /// The input's media type (default: the first `content_types` entry).
+        /// The input body's media type (default for a body: the first `content_types` entry;
+        /// a request without a body has none).
         #[arg(long)]
         content_type: Option<String>,
-        /// The backend status, for response rules.
+        /// The backend's status, for the response `status` and `errors` rules.
         #[arg(long, default_value_t = 200)]
         status: u16,
-        /// A request path, to print its rewrite (request direction).
+        /// The request's path and query as the client sends it (default `/`). It is normalised
+        /// as ficus normalises it, and the route's `path_template` captures come from that.
+        /// Request direction.
         #[arg(long)]
         path: Option<String>,
+        /// The request's method (default: GET without a body, POST with one). Request direction.
+        #[arg(long)]
+        method: Option<String>,
+        /// A header of the input, as `Name: value`; repeat for more.
+        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+        headers: Vec<String>,
     },
 }
 
@@ -105,14 +133,20 @@ fn main() -> ExitCode {
             content_type,
             status,
             path,
+            method,
+            headers,
         } => translate(
             &config,
-            &route,
-            direction,
-            side,
-            content_type.as_deref(),
-            status,
-            path.as_deref(),
+            TranslateArgs {
+                route: &route,
+                direction,
+                side,
+                content_type: content_type.as_deref(),
+                status,
+                path: path.as_deref(),
+                method: method.as_deref(),
+                headers: &headers,
+            },
         ),
     }
 }
@@ -137,45 +171,64 @@ fn demo_token(sub: &str, scope: &str, ttl: std::time::Duration) -> ExitCode {
     }
 }
 
-fn translate(
-    config: &std::path::Path,
-    route: &str,
+struct TranslateArgs<'a> {
+    route: &'a str,
     direction: DirectionArg,
     side: SideArg,
-    content_type: Option<&str>,
+    content_type: Option<&'a str>,
     status: u16,
-    path: Option<&str>,
-) -> ExitCode {
+    path: Option<&'a str>,
+    method: Option<&'a str>,
+    headers: &'a [String],
+}
+
+fn translate(config: &std::path::Path, a: TranslateArgs<'_>) -> ExitCode {
     use ficus::translate::{offline, Direction};
-    use std::io::{Read as _, Write as _};
+    use std::io::{IsTerminal as _, Read as _, Write as _};
     let mut body = Vec::new();
-    if let Err(e) = std::io::stdin().read_to_end(&mut body) {
-        eprintln!("reading stdin: {e}");
-        return ExitCode::FAILURE;
+    let stdin = std::io::stdin();
+    // Nothing piped in: a request without a body (the demo's GET), not a wait for typing.
+    if !stdin.is_terminal() {
+        if let Err(e) = stdin.lock().read_to_end(&mut body) {
+            eprintln!("reading stdin: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let mut headers = Vec::new();
+    for h in a.headers {
+        match h.split_once(':') {
+            Some((k, v)) => headers.push((k, v)),
+            None => {
+                eprintln!("error: `--header {h}`: write `Name: value`");
+                return ExitCode::FAILURE;
+            }
+        }
     }
     let input = offline::Input {
-        route,
-        direction: match direction {
+        route: a.route,
+        direction: match a.direction {
             DirectionArg::Request => Direction::Request,
             DirectionArg::Response => Direction::Response,
         },
-        side: match side {
+        side: match a.side {
             SideArg::Legacy => ficus::pipeline::context::Side::Legacy,
             SideArg::Modern => ficus::pipeline::context::Side::Modern,
         },
-        content_type,
-        status,
-        path,
+        content_type: a.content_type,
+        status: a.status,
+        path: a.path,
+        method: a.method,
+        headers: &headers,
         body: &body,
     };
     match offline::run(config, &input) {
         Ok(out) => {
             // Metadata on stderr so that stdout is exactly the translated body.
+            if let (Some(m), Some(p)) = (&out.method, &out.path) {
+                eprintln!("{m} {p}");
+            }
             if let Some(s) = out.status {
                 eprintln!("status: {s}");
-            }
-            if let Some(p) = &out.path {
-                eprintln!("path: {p}");
             }
             for (k, v) in &out.headers {
                 eprintln!("{k}: {}", String::from_utf8_lossy(v.as_bytes()));

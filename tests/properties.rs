@@ -21,7 +21,7 @@ use ficus::config::transform::TransformConfig;
 use ficus::config::ConfigSource;
 use ficus::identity::jwt::Claims;
 use ficus::pipeline::context;
-use ficus::pipeline::diff::{diff_bodies, DiffRules};
+use ficus::pipeline::diff::{diff_bodies, ignore_rule, DiffRules};
 use ficus::pipeline::key::KeyFacts;
 use ficus::pipeline::normalize::normalize_path;
 use ficus::pipeline::route::{self, RequestView};
@@ -671,7 +671,8 @@ const DIFF_PATTERNS: &[&str] = &[
     "$", ".", "[*]", "[", "]", "a", "b", "x[", "/", "@", "#text", "*", "0",
 ];
 
-/// `ignore` patterns: mostly shaped like the paths diffs produce (`$.a[*].b`, `/a/@x`).
+/// `ignore` patterns: mostly shaped like the paths diffs produce, in the old spelling (`$.a[*].b`,
+/// `/a/@x`) and the field-path one (`a.*.b`, `a.@x`).
 fn diff_pattern() -> impl Strategy<Value = String> {
     let step = prop::sample::select(
         &[
@@ -681,6 +682,8 @@ fn diff_pattern() -> impl Strategy<Value = String> {
     prop_oneof![
         3 => (prop::sample::select(&["$", ""][..]), prop::collection::vec(step, 0..5)).prop_map(|(root, s)| format!("{root}{}", s.concat())),
         1 => soup(DIFF_PATTERNS, 8),
+        // The field-path syntax (`items.*.id`, `Order.Item.1.@x`).
+        2 => prop::collection::vec(prop::sample::select(&["a", "b", "x", "x[", "*", "0", "1", "@x", "#text"][..]), 0..5).prop_map(|s| s.join(".")),
     ]
 }
 
@@ -693,7 +696,12 @@ fn diff_rules() -> impl Strategy<Value = DiffRules> {
     )
         .prop_map(
             |(ignore, ignore_array_order, numeric_tolerance, redact_values)| DiffRules {
-                ignore,
+                // Patterns that do not parse are config errors, never rules.
+                ignore: ignore
+                    .iter()
+                    .filter_map(|p| ignore_rule(p).ok())
+                    .map(|r| r.0)
+                    .collect(),
                 numeric_tolerance,
                 ignore_array_order,
                 redact_values,
@@ -730,9 +738,28 @@ proptest! {
         patterns in prop::collection::vec(strict_soup(BRACKETS, 1..4), 1..5),
     ) {
         let doc = |n: u8| serde_json::to_vec(&keys.iter().map(|k| (k.clone(), Value::from(n))).collect::<serde_json::Map<_, _>>()).unwrap();
-        let rules = DiffRules { ignore: patterns.iter().map(|p| format!("$.{p}")).collect(), ..DiffRules::default() };
+        let rules = DiffRules { ignore: patterns.iter().filter_map(|p| ignore_rule(&format!("$.{p}")).ok()).map(|r| r.0).collect(), ..DiffRules::default() };
         let d = diff_bodies("application/json", &doc(1), &doc(2), &rules);
         prop_assert!(d.len() <= keys.len());
+    }
+
+    /// One syntax, one printer: the spelling `ficus check` suggests for an old `ignore` rule
+    /// parses back to the same path, and old-spelling rules (`$.a[*].b`) load as that path.
+    #[test]
+    fn field_paths_print_as_they_parse_and_old_spellings_name_the_same_path(
+        segs in prop::collection::vec(prop::sample::select(&["a", "b", "x[", "*", "0", "12", "@x", "#text"][..]), 1..5),
+    ) {
+        let new = segs.join(".");
+        let p = ficus::translate::path::FieldPath::parse(&new).unwrap();
+        prop_assert_eq!(p.to_string(), new.clone());
+        let old: String = segs.iter().map(|s| match *s {
+            "*" => "[*]".to_string(),
+            n if n.bytes().all(|b| b.is_ascii_digit()) => format!("[{n}]"),
+            k => format!(".{k}"),
+        }).collect();
+        if !old.contains("x[") {
+            prop_assert_eq!(ignore_rule(&format!("${old}")).unwrap(), (p, true));
+        }
     }
 
     #[test]

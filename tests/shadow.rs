@@ -79,7 +79,7 @@ async fn mismatches_are_recorded_field_by_field_and_ignore_rules_hold() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("diffs.jsonl");
     let shadow = format!(
-        "percent: 100, ignore: ['$.generatedAt'], record_values: true, diff_log: '{}'",
+        "percent: 100, ignore: [generatedAt], record_values: true, diff_log: '{}'",
         log.display()
     );
     let f = Ficus::start(&config(&legacy.url(), &modern.url(), &shadow)).await;
@@ -124,6 +124,43 @@ async fn mismatches_are_recorded_field_by_field_and_ignore_rules_hold() {
             .unwrap()
             .len(),
         0
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_old_ignore_spelling_still_ignores_and_check_names_the_new_one() {
+    let legacy = json_upstream(r#"{"id":7,"items":[{"id":1,"n":1}],"generatedAt":"a"}"#).await;
+    let modern = json_upstream(r#"{"id":7,"items":[{"id":2,"n":1}],"generatedAt":"b"}"#).await;
+    let shadow = "percent: 100, ignore: ['$.generatedAt', '$.items[*].id']";
+    let f = Ficus::start(&config(&legacy.url(), &modern.url(), shadow)).await;
+    assert_eq!(get(&f.url("/orders/7")).await.status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            comparisons(&f, "match").await == 1.0
+        })
+        .await,
+        "both answers differ only where the old-spelling rules ignore"
+    );
+    assert_eq!(comparisons(&f, "mismatch").await, 0.0);
+    let warnings = get(&f.admin_url("/admin/routes")).await.json()["warnings"].to_string();
+    assert!(
+        warnings.contains(
+            "routes[0].migration.shadow.ignore[1]: `$.items[*].id` is the old spelling; write `items.*.id`"
+        ),
+        "{warnings}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ficus"))
+        .args(["check", "--config"])
+        .arg(&f.config_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the old spelling still loads");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("routes[0].migration.shadow.ignore[0]: warning: `$.generatedAt` is the old spelling; write `generatedAt`"),
+        "{text}"
     );
     f.shutdown().await;
 }

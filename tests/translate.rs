@@ -671,6 +671,8 @@ fn golden_fixtures_translate_to_their_expected_modern_and_legacy_forms() {
                 content_type: Some(g.content_type),
                 status: g.status,
                 path: None,
+                method: None,
+                headers: &[],
                 body: &body,
             },
         )
@@ -701,6 +703,8 @@ fn soap_request_round_trips_back_to_the_modern_json() {
             content_type: None,
             status: 200,
             path: None,
+            method: None,
+            headers: &[],
             body: &body,
         },
     )
@@ -740,6 +744,252 @@ fn the_ficus_translate_binary_runs_the_same_engine() {
     let want: Value = serde_json::from_slice(&fixture("customer.error.expected.json")).unwrap();
     assert_eq!(got, want);
     assert!(String::from_utf8_lossy(&out.stderr).contains("status: 404"));
+}
+
+// ------------------------------------------------------------------ offline == live
+
+/// The demo's transforms (config/demo.yaml, embedded in the binary) under its `orders` route,
+/// served by the legacy side alone.
+fn demo_orders_config(url: &str) -> String {
+    let demo = ficus::demo::DEMO_CONFIG;
+    let transforms = &demo[demo.find("\ntransforms:\n").unwrap()..demo.find("\nroutes:\n").unwrap()];
+    format!(
+        "\
+log: {{ level: warn, access_log: false }}
+listeners: [{{ name: main, bind: '127.0.0.1:0' }}]
+admin: {{ bind: '127.0.0.1:0' }}
+reload: {{ watch: false }}
+upstreams:
+  legacy: {{ endpoints: ['{url}'] }}
+{transforms}
+routes:
+  - name: orders
+    match: {{ path_template: '/api/orders/{{id}}' }}
+    upstream: legacy
+    transform: legacy-orders
+"
+    )
+}
+
+/// One request as a client sends it, and the route that serves it.
+struct Case {
+    config: fn(&str) -> String,
+    route: &'static str,
+    method: &'static str,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    body: &'static str,
+}
+
+const AGREE: &[Case] = &[
+    // The demo's GET becomes a SOAP GetOrder POST whose envelope is built from the path.
+    Case {
+        config: demo_orders_config,
+        route: "orders",
+        method: "GET",
+        path: "/api/orders/7",
+        headers: &[("accept-encoding", "gzip")],
+        body: "",
+    },
+    // Routed on the normalised path (`%37` is `7`), and the capture is taken from it.
+    Case {
+        config: demo_orders_config,
+        route: "orders",
+        method: "GET",
+        path: "/api/./orders/%37",
+        headers: &[],
+        body: "",
+    },
+    Case {
+        config: fixture_config,
+        route: "orders_create",
+        method: "POST",
+        path: "/api/orders",
+        headers: &[("content-type", "application/json")],
+        body: "create_order.request.json",
+    },
+    Case {
+        config: fixture_config,
+        route: "order",
+        method: "GET",
+        path: "/api/v2/orders/42?debug=1&expand=lines",
+        headers: &[],
+        body: "",
+    },
+    Case {
+        config: fixture_config,
+        route: "signup",
+        method: "POST",
+        path: "/api/signup",
+        headers: &[("content-type", "application/json")],
+        body: "signup.request.json",
+    },
+];
+
+/// What `ficus translate` printed: the request line and headers on stderr, the body on stdout.
+fn offline_binary(config: &std::path::Path, c: &Case, body: &[u8]) -> Seen {
+    use std::io::Write as _;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ficus"));
+    cmd.args(["translate", "--config"])
+        .arg(config)
+        .args(["--route", c.route, "--direction", "request", "--side", "legacy"])
+        .args(["--method", c.method, "--path", c.path]);
+    for (k, v) in c.headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let meta = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{meta}");
+    let mut lines = meta.lines();
+    let (method, path) = lines.next().unwrap().split_once(' ').unwrap();
+    let mut headers = http::HeaderMap::new();
+    for l in lines {
+        let (k, v) = l.split_once(": ").unwrap();
+        headers.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    Seen {
+        method: method.to_string(),
+        path_and_query: path.to_string(),
+        headers,
+        body: Bytes::from(out.stdout),
+    }
+}
+
+fn assert_same_request(live: &Seen, offline: &Seen, what: &str) {
+    assert_eq!(offline.method, live.method, "{what}: method");
+    assert_eq!(offline.path_and_query, live.path_and_query, "{what}: path");
+    for h in [
+        "content-type",
+        "soapaction",
+        "content-length",
+        "accept",
+        "accept-encoding",
+    ] {
+        assert_eq!(offline.headers.get(h), live.headers.get(h), "{what}: {h}");
+    }
+    assert_eq!(offline.body, live.body, "{what}: body");
+}
+
+#[tokio::test]
+async fn ficus_translate_prints_exactly_what_the_legacy_backend_receives() {
+    for c in AGREE {
+        let body = if c.body.is_empty() {
+            Vec::new()
+        } else {
+            fixture(c.body)
+        };
+        let (up, seen) = legacy(200, "text/plain", Vec::new()).await;
+        let f = Ficus::start(&(c.config)(&up.url())).await;
+        let mut req = Request::builder().method(c.method).uri(f.url(c.path));
+        for (k, v) in c.headers {
+            req = req.header(*k, *v);
+        }
+        let a = send(&client(), req.body(full(body.clone())).unwrap()).await;
+        assert_eq!(a.status, 200, "{} {}: {}", c.method, c.path, a.text());
+        let live = seen.lock().unwrap()[0].clone();
+
+        // The library function the CLI calls, on the same config file.
+        let out = ficus::translate::offline::run(
+            &f.config_path,
+            &ficus::translate::offline::Input {
+                route: c.route,
+                direction: ficus::translate::Direction::Request,
+                side: ficus::pipeline::migration::Side::Legacy,
+                content_type: None,
+                status: 200,
+                path: Some(c.path),
+                method: Some(c.method),
+                headers: c.headers,
+                body: &body,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{} {}: {e}", c.method, c.path));
+        let offline = Seen {
+            method: out.method.unwrap(),
+            path_and_query: out.path.unwrap(),
+            headers: out.headers,
+            body: out.body,
+        };
+        assert_same_request(&live, &offline, &format!("library, {} {}", c.method, c.path));
+        let binary = offline_binary(&f.config_path, c, &body);
+        assert_same_request(&live, &binary, &format!("binary, {} {}", c.method, c.path));
+        f.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn ficus_translate_prints_exactly_the_answer_the_client_gets() {
+    for (status, answer) in [
+        (200, "create_order.response.xml"),
+        (500, "create_order.fault.xml"),
+    ] {
+        let (up, _) = legacy(status, "text/xml; charset=utf-8", fixture(answer)).await;
+        let f = Ficus::start(&fixture_config(&up.url())).await;
+        let a = send(
+            &client(),
+            post(
+                &f.url("/api/orders"),
+                "application/json",
+                fixture("create_order.request.json"),
+            ),
+        )
+        .await;
+        let out = ficus::translate::offline::run(
+            &f.config_path,
+            &ficus::translate::offline::Input {
+                route: "orders_create",
+                direction: ficus::translate::Direction::Response,
+                side: ficus::pipeline::migration::Side::Legacy,
+                content_type: Some("text/xml; charset=utf-8"),
+                status,
+                path: None,
+                method: None,
+                headers: &[],
+                body: &fixture(answer),
+            },
+        )
+        .unwrap();
+        assert_eq!(out.status, Some(a.status.as_u16()), "{answer}");
+        assert_eq!(
+            out.headers.get("content-type"),
+            a.headers.get("content-type"),
+            "{answer}"
+        );
+        assert_eq!(out.body, a.body, "{answer}");
+        f.shutdown().await;
+    }
+}
+
+#[test]
+fn ficus_translate_on_the_demo_config_builds_the_getorder_envelope() {
+    // The command the issue quotes, on the demo config itself, with nothing on stdin.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ficus"))
+        .args(["translate", "--config"])
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/demo.yaml"))
+        .args(["--route", "orders", "--direction", "request", "--side", "legacy"])
+        .args(["--path", "/api/orders/7"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let meta = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{meta}");
+    assert!(meta.starts_with("POST /OrderService.asmx\n"), "{meta}");
+    assert!(meta.contains("soapaction: \"urn:orders#GetOrder\"\n"), "{meta}");
+    let body = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        body.contains(r#"<GetOrder xmlns="urn:orders"><OrderId>7</OrderId></GetOrder>"#),
+        "{body}"
+    );
 }
 
 // ------------------------------------------------------------------ properties

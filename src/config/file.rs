@@ -638,7 +638,8 @@ pub struct ShadowConfig {
     /// Response headers compared besides status and body.
     #[serde(default = "default_shadow_headers")]
     pub compare_headers: Vec<String>,
-    /// JSONPath-like patterns ignored in the body comparison (`$.meta.generatedAt`, `$.items[*].id`).
+    /// Fields ignored in the body comparison, in the field-path syntax of transform ops
+    /// (`meta.generatedAt`, `items.*.id`); the old `$.items[*].id` spelling loads with a warning.
     #[serde(default)]
     pub ignore: Vec<String>,
     #[serde(default)]

@@ -153,7 +153,8 @@ impl<'de> Deserialize<'de> for OpEntry {
 }
 
 /// One body operation. Paths are dot-separated keys; a number indexes an array and `*` means
-/// every element (`items.*.price`).
+/// every element (`items.*.price`): the one field-path syntax (`translate::path::FieldPath`),
+/// shared with shadow `ignore` rules.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum OpConfig {

@@ -6,16 +6,43 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::translate::path::{FieldPath, Step};
+
 /// How bodies are compared.
 #[derive(Debug, Clone, Default)]
 pub struct DiffRules {
-    /// JSONPath-like patterns (`$.meta.generatedAt`, `$.items[*].id`) whose values are ignored.
-    pub ignore: Vec<String>,
+    /// Fields whose values are ignored, with everything below them (`meta.generatedAt`,
+    /// `items.*.id`; in XML `Order.Item.@id`, `Order.Note.#text`), compiled by [`ignore_rule`].
+    pub ignore: Vec<FieldPath>,
     pub numeric_tolerance: f64,
     pub ignore_array_order: bool,
     /// Report the kind of each differing value (`<string, 12 chars>`, `<number>`) instead of the
     /// value: response fields may be personal data.
     pub redact_values: bool,
+}
+
+/// One `ignore` entry, in the field-path syntax (`items.*.id`) or in the old JSONPath-like
+/// spelling (`$.items[*].id`, `/Order/@id`), which still loads: `true` says it was the old one.
+pub fn ignore_rule(s: &str) -> Result<(FieldPath, bool), String> {
+    match FieldPath::parse_old_spelling(s) {
+        Some(old) => old.map(|p| (p, true)),
+        None => FieldPath::parse(s).map(|p| (p, false)),
+    }
+}
+
+/// `shadow.ignore` entries in the old spelling, as (key suffix, warning naming the new one).
+pub fn ignore_warnings(patterns: &[String]) -> Vec<(String, String)> {
+    patterns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match ignore_rule(s) {
+            Ok((p, true)) => Some((
+                format!("ignore[{i}]"),
+                format!("`{s}` is the old spelling; write `{p}`"),
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -70,10 +97,10 @@ pub fn diff_bodies(content_type: &str, primary: &[u8], shadow: &[u8], rules: &Di
         if ct.contains("json") {
             let v: serde_json::Value = serde_json::from_slice(b).ok()?;
             let mut out = BTreeMap::new();
-            flatten_json("$", &v, rules, &mut out);
+            flatten_json("$", &mut Vec::new(), &v, rules, &mut out);
             Some(out)
         } else if ct.contains("xml") {
-            flatten_xml(b)
+            flatten_xml(b, rules)
         } else {
             None
         }
@@ -107,14 +134,25 @@ fn preview(b: &[u8]) -> String {
     }
 }
 
-fn flatten_json(path: &str, v: &serde_json::Value, rules: &DiffRules, out: &mut BTreeMap<String, Leaf>) {
+fn flatten_json<'v>(
+    path: &str,
+    at: &mut Vec<Step<'v>>,
+    v: &'v serde_json::Value,
+    rules: &DiffRules,
+    out: &mut BTreeMap<String, Leaf>,
+) {
+    if ignored(at, rules) {
+        return;
+    }
     match v {
         serde_json::Value::Object(m) => {
             if m.is_empty() {
                 out.insert(path.to_string(), Leaf::Empty("{}"));
             }
             for (k, v) in m {
-                flatten_json(&format!("{path}.{k}"), v, rules, out);
+                at.push(Step::Key(k));
+                flatten_json(&format!("{path}.{k}"), at, v, rules, out);
+                at.pop();
             }
         }
         serde_json::Value::Array(items) => {
@@ -126,7 +164,9 @@ fn flatten_json(path: &str, v: &serde_json::Value, rules: &DiffRules, out: &mut 
                 items.sort_by_cached_key(|v| v.to_string());
             }
             for (i, v) in items.into_iter().enumerate() {
-                flatten_json(&format!("{path}[{i}]"), v, rules, out);
+                at.push(Step::Index(i));
+                flatten_json(&format!("{path}[{i}]"), at, v, rules, out);
+                at.pop();
             }
         }
         serde_json::Value::Null => {
@@ -149,14 +189,36 @@ const MAX_XML_DEPTH: usize = 256;
 
 /// XML as leaves: `/Order/@id`, `/Order/Item[1]/#text`. Whitespace between elements, comments
 /// and attribute order do not count.
-fn flatten_xml(b: &[u8]) -> Option<BTreeMap<String, Leaf>> {
+fn flatten_xml(b: &[u8], rules: &DiffRules) -> Option<BTreeMap<String, Leaf>> {
     use quick_xml::events::Event;
     let text = std::str::from_utf8(b).ok()?;
     let mut reader = quick_xml::Reader::from_str(text);
     reader.config_mut().trim_text(true);
     let mut out = BTreeMap::new();
-    // (path of the element, per-child-name counters)
-    let mut stack: Vec<(String, BTreeMap<String, usize>)> = vec![(String::new(), BTreeMap::new())];
+    // (path of the element, per-child-name counters, its name and occurrence for `ignore`)
+    let mut stack: Vec<(String, BTreeMap<String, usize>, String, usize)> =
+        vec![(String::new(), BTreeMap::new(), String::new(), 0)];
+    let mut leaf = |stack: &[(String, BTreeMap<String, usize>, String, usize)],
+                    below: Option<(&str, usize)>,
+                    last: Option<&str>,
+                    path: String,
+                    value: Leaf| {
+        if !rules.ignore.is_empty() {
+            let mut at: Vec<Step<'_>> = Vec::new();
+            let elements = stack[1..]
+                .iter()
+                .map(|(_, _, n, o)| (n.as_str(), *o))
+                .chain(below);
+            for (name, occurrence) in elements {
+                at.extend([Step::Key(name), Step::Occurrence(occurrence)]);
+            }
+            at.extend(last.map(Step::Key));
+            if ignored(&at, rules) {
+                return;
+            }
+        }
+        out.insert(path, value);
+    };
     loop {
         match reader.read_event().ok()? {
             Event::Start(e) => {
@@ -165,40 +227,64 @@ fn flatten_xml(b: &[u8]) -> Option<BTreeMap<String, Leaf>> {
                     return None;
                 }
                 let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
-                let path = child_path(&mut stack, &name);
+                let (path, n) = child_path(&mut stack, &name);
                 for a in e.attributes().flatten() {
-                    let k = String::from_utf8_lossy(a.key.as_ref()).into_owned();
+                    let k = format!("@{}", String::from_utf8_lossy(a.key.as_ref()));
                     let v = a.unescape_value().ok()?.into_owned();
-                    out.insert(format!("{path}/@{k}"), Leaf::Text(v));
+                    leaf(
+                        &stack,
+                        Some((&name, n)),
+                        Some(&k),
+                        format!("{path}/{k}"),
+                        Leaf::Text(v),
+                    );
                 }
-                stack.push((path, BTreeMap::new()));
+                stack.push((path, BTreeMap::new(), name, n));
             }
             Event::Empty(e) => {
                 let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
-                let path = child_path(&mut stack, &name);
+                let (path, n) = child_path(&mut stack, &name);
                 let mut any = false;
                 for a in e.attributes().flatten() {
                     any = true;
-                    let k = String::from_utf8_lossy(a.key.as_ref()).into_owned();
+                    let k = format!("@{}", String::from_utf8_lossy(a.key.as_ref()));
                     let v = a.unescape_value().ok()?.into_owned();
-                    out.insert(format!("{path}/@{k}"), Leaf::Text(v));
+                    leaf(
+                        &stack,
+                        Some((&name, n)),
+                        Some(&k),
+                        format!("{path}/{k}"),
+                        Leaf::Text(v),
+                    );
                 }
                 if !any {
-                    out.insert(path, Leaf::Null);
+                    leaf(&stack, Some((&name, n)), None, path, Leaf::Null);
                 }
             }
             Event::Text(t) => {
                 let raw = t.decode().ok()?;
                 let v = quick_xml::escape::unescape(&raw).ok()?.trim().to_string();
                 if !v.is_empty() {
-                    let path = stack.last().map(|(p, _)| p.clone()).unwrap_or_default();
-                    out.insert(format!("{path}/#text"), Leaf::Text(v));
+                    let path = stack.last().map(|e| e.0.clone()).unwrap_or_default();
+                    leaf(
+                        &stack,
+                        None,
+                        Some("#text"),
+                        format!("{path}/#text"),
+                        Leaf::Text(v),
+                    );
                 }
             }
             Event::CData(c) => {
                 let v = String::from_utf8_lossy(&c).trim().to_string();
-                let path = stack.last().map(|(p, _)| p.clone()).unwrap_or_default();
-                out.insert(format!("{path}/#text"), Leaf::Text(v));
+                let path = stack.last().map(|e| e.0.clone()).unwrap_or_default();
+                leaf(
+                    &stack,
+                    None,
+                    Some("#text"),
+                    format!("{path}/#text"),
+                    Leaf::Text(v),
+                );
             }
             Event::End(_) => {
                 stack.pop();
@@ -210,57 +296,31 @@ fn flatten_xml(b: &[u8]) -> Option<BTreeMap<String, Leaf>> {
     Some(out)
 }
 
-fn child_path(stack: &mut [(String, BTreeMap<String, usize>)], name: &str) -> String {
-    let Some((parent, counts)) = stack.last_mut() else {
-        return format!("/{name}");
+/// The path of the next child called `name`, and which of its parent's children of that name
+/// it is (0 for the first).
+fn child_path(stack: &mut [(String, BTreeMap<String, usize>, String, usize)], name: &str) -> (String, usize) {
+    let Some((parent, counts, _, _)) = stack.last_mut() else {
+        return (format!("/{name}"), 0);
     };
     let n = counts.entry(name.to_string()).or_insert(0);
-    let path = if *n == 0 {
+    let at = *n;
+    let path = if at == 0 {
         format!("{parent}/{name}")
     } else {
-        format!("{parent}/{name}[{n}]")
+        format!("{parent}/{name}[{at}]")
     };
     *n += 1;
-    path
+    (path, at)
 }
 
-fn ignored(path: &str, rules: &DiffRules) -> bool {
-    rules.ignore.iter().any(|pattern| pattern_covers(pattern, path))
-}
-
-/// `$.a[*].b` covers `$.a[3].b` and everything below it.
-fn pattern_covers(pattern: &str, path: &str) -> bool {
-    let (p, s) = (pattern.as_bytes(), path.as_bytes());
-    let (mut i, mut j) = (0, 0);
-    while i < p.len() {
-        if p[i..].starts_with(b"[*]") {
-            if s.get(j) != Some(&b'[') {
-                return false;
-            }
-            // Keys come from the backend's body: `{"x[": 1}` leaves a bracket unclosed.
-            let Some(close) = s[j..].iter().position(|b| *b == b']') else {
-                return false;
-            };
-            j += close + 1;
-            i += 3;
-        } else {
-            if s.get(j) != Some(&p[i]) {
-                return false;
-            }
-            i += 1;
-            j += 1;
-        }
-    }
-    j == s.len() || matches!(s.get(j), Some(b'.' | b'[' | b'/'))
+fn ignored(at: &[Step<'_>], rules: &DiffRules) -> bool {
+    rules.ignore.iter().any(|p| p.covers(at))
 }
 
 fn compare(a: &BTreeMap<String, Leaf>, b: &BTreeMap<String, Leaf>, rules: &DiffRules) -> Vec<FieldDiff> {
     let mut out = Vec::new();
     let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     for k in keys {
-        if ignored(k, rules) {
-            continue;
-        }
         let same = match (a.get(k), b.get(k)) {
             (Some(Leaf::Number(x)), Some(Leaf::Number(y))) => (x - y).abs() <= rules.numeric_tolerance,
             (x, y) => x == y,
@@ -287,7 +347,7 @@ mod tests {
 
     fn rules(ignore: &[&str]) -> DiffRules {
         DiffRules {
-            ignore: ignore.iter().map(|s| s.to_string()).collect(),
+            ignore: ignore.iter().map(|s| ignore_rule(s).unwrap().0).collect(),
             ..DiffRules::default()
         }
     }
@@ -335,9 +395,81 @@ mod tests {
         let b = br#"{"x[": 2, "y": 1}"#;
         let d = diff_bodies("application/json", a, b, &rules(&["$.x[*]"]));
         assert_eq!(d.len(), 1, "{d:?}");
-        assert!(pattern_covers("$.x[*]", "$.x[1]"));
-        assert!(!pattern_covers("$.x[*]", "$.x["));
-        assert!(!pattern_covers("$.x[*]", "$.x[1"));
+        let (p, _) = ignore_rule("$.x[*]").unwrap();
+        assert!(p.covers(&[Step::Key("x"), Step::Index(1)]));
+        assert!(!p.covers(&[Step::Key("x[")]));
+        assert!(!p.covers(&[Step::Key("x[1")]));
+    }
+
+    #[test]
+    fn ignore_rules_use_the_field_path_syntax_of_translation_ops() {
+        let a = br#"{"items":[{"id":1,"p":1},{"id":2,"p":2}],"meta":{"at":"x"},"n":1}"#;
+        let b = br#"{"items":[{"id":9,"p":1},{"id":8,"p":3}],"meta":{"at":"y"},"n":1}"#;
+        let paths = |ignore: &[&str]| -> Vec<String> {
+            diff_bodies("application/json", a, b, &rules(ignore))
+                .into_iter()
+                .map(|d| d.path)
+                .collect()
+        };
+        assert_eq!(paths(&["items.*.id", "meta"]), ["$.items[1].p"]);
+        assert_eq!(
+            paths(&["items.0.id", "meta.at"]),
+            ["$.items[1].id", "$.items[1].p"]
+        );
+        // The old spelling still loads, to the same path.
+        assert_eq!(
+            paths(&["$.items[*].id", "$.meta"]),
+            paths(&["items.*.id", "meta"])
+        );
+        assert_eq!(
+            ignore_rule("$.items[*].id").unwrap(),
+            (FieldPath::parse("items.*.id").unwrap(), true)
+        );
+        assert!(!ignore_rule("items.*.id").unwrap().1);
+        assert!(ignore_rule("$.x[").is_err() && ignore_rule("a..b").is_err());
+    }
+
+    #[test]
+    fn xml_ignore_rules_name_elements_attributes_and_text() {
+        let a = b"<Order id=\"7\"><Item>a</Item><Item>b</Item><At>1</At></Order>";
+        let b = b"<Order id=\"8\"><Item>c</Item><Item>d</Item><At>2</At></Order>";
+        let paths = |ignore: &[&str]| -> Vec<String> {
+            diff_bodies("text/xml", a, b, &rules(ignore))
+                .into_iter()
+                .map(|d| d.path)
+                .collect()
+        };
+        assert_eq!(paths(&["Order.Item", "Order.@id"]), ["/Order/At/#text"]);
+        assert_eq!(
+            paths(&["Order.Item.1.#text", "Order.At"]),
+            ["/Order/@id", "/Order/Item/#text"]
+        );
+        assert_eq!(
+            paths(&["/Order/Item[*]", "/Order/@id"]),
+            paths(&["Order.Item.*", "Order.@id"])
+        );
+    }
+
+    #[test]
+    fn old_spellings_warn_with_the_new_one() {
+        let w = ignore_warnings(&[
+            "meta.at".into(),
+            "$.items[*].id".into(),
+            "/Order/Item[1]/@id".into(),
+        ]);
+        assert_eq!(
+            w,
+            [
+                (
+                    "ignore[1]".to_string(),
+                    "`$.items[*].id` is the old spelling; write `items.*.id`".to_string()
+                ),
+                (
+                    "ignore[2]".to_string(),
+                    "`/Order/Item[1]/@id` is the old spelling; write `Order.Item.1.@id`".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -77,6 +77,16 @@ impl Shadow {
             .iter()
             .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("`{h}` is not a header name")))
             .collect::<Result<Vec<_>, _>>()?;
+        let ignore = cfg
+            .ignore
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                super::diff::ignore_rule(p)
+                    .map(|(p, _)| p)
+                    .map_err(|e| format!("ignore[{i}]: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let log = match &cfg.diff_log {
             None => None,
             Some(p) => {
@@ -94,7 +104,7 @@ impl Shadow {
             allow_writes: cfg.allow_writes,
             compare_headers,
             rules: DiffRules {
-                ignore: cfg.ignore.clone(),
+                ignore,
                 numeric_tolerance: cfg.numeric_tolerance,
                 ignore_array_order: cfg.ignore_array_order,
                 redact_values: !cfg.record_values,
@@ -283,15 +293,16 @@ async fn call(
 ) -> Result<Option<(StatusCode, HeaderMap, Bytes)>, String> {
     let mut req = req;
     if let Some(t) = &req.transform {
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = std::mem::take(&mut req.method);
+        parts.uri = std::mem::take(&mut req.uri);
+        parts.headers = std::mem::take(&mut req.headers);
         let body = std::mem::take(&mut req.body);
-        req.body = super::translate::shadow_request(
-            t,
-            &mut req.method,
-            &mut req.uri,
-            &mut req.headers,
-            body,
-            &req.captures,
-        )?;
+        req.body = crate::translate::driver::request(t, &mut parts, &req.captures, body)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_bytes();
+        (req.method, req.uri, req.headers) = (parts.method, parts.uri, parts.headers);
     }
     let picked = upstream.endpoints.pick(None).ok_or("no endpoints")?;
     let e = picked.endpoint();
@@ -321,11 +332,15 @@ async fn call(
         .await
     {
         Ok(b) => {
-            let (mut status, mut headers, mut body) = (parts.status, parts.headers, b.to_bytes());
+            let (mut parts, mut body) = (parts, b.to_bytes());
             if let Some(t) = &transform {
-                body = super::translate::shadow_response(t, &mut status, &mut headers, body)?;
+                // Translated back, so that both answers are compared in the modern shape.
+                body = crate::translate::driver::response(t, &mut parts, body)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_bytes();
             }
-            Ok(Some((status, headers, body)))
+            Ok(Some((parts.status, parts.headers, body)))
         }
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Ok(None),
         Err(e) => Err(e.to_string()),

@@ -5,9 +5,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, ETAG};
 use http::uri::Uri;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 
@@ -15,8 +14,9 @@ use super::body::{InBody, RequestBody, ResponseBody};
 use super::request::{ConnInfo, RequestCtx};
 use super::route::Route;
 use crate::error::ProxyError;
+use crate::translate::driver::{self, Failed, Sent};
 use crate::translate::validate::SchemaCheck;
-use crate::translate::{Direction, DirectionPlan, Transform, TranslateError};
+use crate::translate::{Direction, Transform, TranslateError};
 use crate::upstream::Upstream;
 
 /// Forwards to the upstream of `ctx.side`, speaking that side's dialect: its request transform
@@ -48,33 +48,58 @@ async fn translated(
     ctx: &mut RequestCtx,
     path: Option<String>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let mut req = req;
-    if t.response.as_ref().is_some_and(DirectionPlan::has_body_work) {
-        // A compressed answer could not be read; ask the backend for an identity one.
-        req.headers_mut().remove(ACCEPT_ENCODING);
-    }
-    let (req, path) = match &t.request {
-        Some(plan) => {
-            let limits = &conn.listener.limits;
-            let r = translate_request(&t, plan, route, req, path, limits.body_read_timeout).await;
-            if let Err(ProxyError::RequestTranslation(_)) = &r {
+    let (mut parts, body) = req.into_parts();
+    // The driver rewrites the path ficus routed on, so that one goes into the URI first.
+    parts.uri = Uri::from(super::forward::path_and_query(&parts.uri, path.as_deref())?);
+    let caps = route.path.captures(parts.uri.path());
+    let body = ClientBody {
+        body,
+        stall: conn.listener.limits.body_read_timeout,
+    };
+    let body = match driver::request(&t, &mut parts, &caps, body).await {
+        Ok(Sent::Untouched(b)) => b.body,
+        Ok(Sent::Read(bytes)) => InBody::Buffered(bytes),
+        Ok(Sent::Translated(bytes)) => {
+            t.count(Direction::Request, true);
+            InBody::Buffered(bytes)
+        }
+        Err(Failed::Body(e)) => return Err(e),
+        Err(Failed::Translate(e)) => {
+            let e = ProxyError::request_translation(e);
+            if let ProxyError::RequestTranslation(_) = &e {
                 t.count(Direction::Request, false);
             }
-            r?
+            return Err(e);
         }
-        None => (req, path),
     };
-    let resp = super::forward::forward(req, upstream, conn, ctx, path).await?;
-    match &t.response {
-        Some(plan) => translate_response(plan, &t, resp, upstream)
-            .await
-            .inspect_err(|e| {
-                if matches!(e, ProxyError::TranslationFailed { .. }) {
-                    t.count(Direction::Response, false);
-                }
-            }),
-        None => Ok(resp),
+    let resp = super::forward::forward(Request::from_parts(parts, body), upstream, conn, ctx, None).await?;
+    let (mut parts, body) = resp.into_parts();
+    let answer = Answer {
+        body,
+        upstream: upstream.clone(),
+    };
+    let body = match driver::response(&t, &mut parts, answer).await {
+        Ok(Sent::Untouched(a)) => a.body,
+        Ok(Sent::Read(_)) => ResponseBody::empty(),
+        Ok(Sent::Translated(bytes)) => {
+            t.count(Direction::Response, true);
+            ResponseBody::full(bytes)
+        }
+        Err(Failed::Body(e)) => return Err(response_failed(&t, upstream, e)),
+        Err(Failed::Translate(e)) => {
+            return Err(response_failed(&t, upstream, ProxyError::response_translation(e)))
+        }
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Logs and counts an answer that could not be translated; other errors pass through.
+fn response_failed(t: &Transform, upstream: &Upstream, e: ProxyError) -> ProxyError {
+    if let ProxyError::TranslationFailed { reason } = &e {
+        tracing::warn!(transform = %t.name, upstream = %upstream.name, %reason, "response translation failed");
+        t.count(Direction::Response, false);
     }
+    e
 }
 
 /// Route captures for the path the route matched (the normalised one).
@@ -82,61 +107,25 @@ pub fn captures(route: &Route, uri: &Uri, normalised: Option<&str>) -> Vec<(Stri
     route.path.captures(normalised.unwrap_or(uri.path()))
 }
 
-async fn translate_request(
-    t: &Transform,
-    plan: &DirectionPlan,
-    route: &Route,
-    req: Request<InBody>,
-    path: Option<String>,
+/// A client's body as the request driver sees it: read only when the plan translates it.
+struct ClientBody {
+    body: InBody,
     stall: std::time::Duration,
-) -> Result<(Request<InBody>, Option<String>), ProxyError> {
-    let (mut parts, body) = req.into_parts();
-    plan.apply_headers(&mut parts.headers);
-    let mut path = path;
-    let caps = captures(route, &parts.uri, path.as_deref());
-    let current = path.clone().unwrap_or_else(|| parts.uri.path().to_string());
-    if let Some(pq) = plan
-        .rewrite_uri(&current, parts.uri.query(), &caps)
-        .map_err(|e| ProxyError::RequestTranslation(e.to_string()))?
-    {
-        parts.uri = Uri::from(pq);
-        path = None;
-    }
-    if let Some(m) = &plan.method {
-        parts.method = m.clone();
-    }
-    let empty = match &body {
-        InBody::Stream(s) => s.is_end_stream(),
-        InBody::Buffered(b) => b.is_empty(),
-    };
-    if empty {
-        if let Some(b) = plan.synthesised_body(&caps) {
-            parts.headers.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            let out = plan
-                .translate(None, &mut parts.headers, &b)
-                .map_err(|e| ProxyError::RequestTranslation(e.to_string()))?;
-            t.count(Direction::Request, true);
-            return Ok((Request::from_parts(parts, InBody::Buffered(out.body)), path));
+}
+
+impl driver::Body for ClientBody {
+    type Error = ProxyError;
+
+    fn is_empty(&self) -> bool {
+        match &self.body {
+            InBody::Stream(s) => s.is_end_stream(),
+            InBody::Buffered(b) => b.is_empty(),
         }
     }
-    if !plan.wants_body(&parts.headers) {
-        return Ok((Request::from_parts(parts, body), path));
+
+    fn read(self, limit: u64) -> impl std::future::Future<Output = Result<Bytes, ProxyError>> + Send {
+        read_request(self.body, limit, self.stall)
     }
-    let bytes = read_request(body, plan.max_body, stall).await?;
-    if bytes.is_empty() {
-        return Ok((Request::from_parts(parts, InBody::Buffered(bytes)), path));
-    }
-    let out = plan
-        .translate(None, &mut parts.headers, &bytes)
-        .map_err(|e| match e {
-            TranslateError::TooLarge { limit } => ProxyError::BodyTooLarge { limit },
-            other => ProxyError::RequestTranslation(other.to_string()),
-        })?;
-    t.count(Direction::Request, true);
-    Ok((Request::from_parts(parts, InBody::Buffered(out.body)), path))
 }
 
 /// Reads a client body whole, refusing more than `limit` bytes with 413.
@@ -149,156 +138,48 @@ pub async fn read_request(body: InBody, limit: u64, stall: std::time::Duration) 
                 return Err(ProxyError::BodyTooLarge { limit });
             }
             let (guarded, _) = RequestBody::guard(s, limit, stall);
-            match guarded.collect().await {
-                Ok(c) => Ok(c.to_bytes()),
-                Err(e) => Err(ProxyError::from(e)),
-            }
+            Ok(guarded.collect().await?.to_bytes())
         }
     }
 }
 
-async fn translate_response(
-    plan: &DirectionPlan,
-    t: &Transform,
-    resp: Response<ResponseBody>,
-    upstream: &Upstream,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let (mut parts, body) = resp.into_parts();
-    plan.apply_headers(&mut parts.headers);
-    let no_body = matches!(parts.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
-        || parts.status.is_informational()
-        || (body.is_end_stream() && !parts.headers.contains_key(CONTENT_LENGTH));
-    if no_body || !plan.wants_body(&parts.headers) {
-        return Ok(Response::from_parts(parts, body));
-    }
-    let failed = |reason: String| {
-        tracing::warn!(transform = %t.name, upstream = %upstream.name, %reason, "response translation failed");
-        ProxyError::TranslationFailed { reason }
-    };
-    let encoded = parts
-        .headers
-        .get(CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
-        return Err(failed(
-            "the answer is content-encoded (compressed) and cannot be translated".into(),
-        ));
-    }
-    if body.size_hint().lower() > plan.max_body {
-        return Err(failed(format!(
-            "the answer exceeds the {}-byte translation limit",
-            plan.max_body
-        )));
-    }
-    let limited = http_body_util::Limited::new(body, usize::try_from(plan.max_body).unwrap_or(usize::MAX));
-    let bytes = match tokio::time::timeout(upstream.request_timeout, limited.collect()).await {
-        Err(_) => {
-            return Err(ProxyError::UpstreamTimeout {
-                upstream: upstream.name.to_string(),
-                timeout_ms: upstream.request_timeout.as_millis(),
-            })
-        }
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return Err(failed(format!(
-                "the answer exceeds the {}-byte translation limit",
-                plan.max_body
-            )))
-        }
-        Ok(Err(e)) => {
-            return Err(ProxyError::UpstreamFailed {
-                upstream: upstream.name.to_string(),
-                reason: e.to_string(),
-            })
-        }
-    };
-    if bytes.is_empty() {
-        // HEAD, or an empty answer: nothing to translate (the head keeps its length).
-        return Ok(Response::from_parts(parts, ResponseBody::empty()));
-    }
-    let out = plan
-        .translate(Some(parts.status), &mut parts.headers, &bytes)
-        .map_err(|e| failed(e.to_string()))?;
-    t.count(Direction::Response, true);
-    if let Some(s) = out.status {
-        parts.status = s;
-    }
-    // The representation changed: a strong validator of the legacy bytes would lie.
-    if let Some(tag) = parts.headers.get(ETAG).cloned() {
-        if !tag.as_bytes().starts_with(b"W/") {
-            let weak = [b"W/".as_slice(), tag.as_bytes()].concat();
-            match HeaderValue::from_bytes(&weak) {
-                Ok(v) => parts.headers.insert(ETAG, v),
-                Err(_) => parts.headers.remove(ETAG),
-            };
-        }
-    }
-    Ok(Response::from_parts(parts, ResponseBody::full(out.body)))
+/// A backend's answer as the response driver sees it: read only when the plan translates it,
+/// within the upstream's request timeout.
+struct Answer {
+    body: ResponseBody,
+    upstream: Arc<Upstream>,
 }
 
-/// Translates a buffered shadow exchange with the shadow side's transform, so that both answers
-/// are compared in the modern shape. Errors are reported as text (the shadow counts them).
-pub fn shadow_request(
-    t: &Transform,
-    method: &mut Method,
-    uri: &mut Uri,
-    headers: &mut HeaderMap,
-    body: Bytes,
-    captures: &[(String, String)],
-) -> Result<Bytes, String> {
-    let Some(plan) = &t.request else {
-        return Ok(body);
-    };
-    plan.apply_headers(headers);
-    if let Some(pq) = plan
-        .rewrite_uri(uri.path(), uri.query(), captures)
-        .map_err(|e| e.to_string())?
-    {
-        *uri = Uri::from(pq);
+impl driver::Body for Answer {
+    type Error = ProxyError;
+
+    fn is_empty(&self) -> bool {
+        self.body.is_end_stream()
     }
-    if let Some(m) = &plan.method {
-        *method = m.clone();
+
+    fn read(self, limit: u64) -> impl std::future::Future<Output = Result<Bytes, ProxyError>> + Send {
+        read_answer(self, limit)
     }
-    if body.is_empty() {
-        if let Some(b) = plan.synthesised_body(captures) {
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            return plan
-                .translate(None, headers, &b)
-                .map(|t| t.body)
-                .map_err(|e| e.to_string());
-        }
-    }
-    if body.is_empty() || !plan.wants_body(headers) {
-        return Ok(body);
-    }
-    plan.translate(None, headers, &body)
-        .map(|t| t.body)
-        .map_err(|e| e.to_string())
 }
 
-pub fn shadow_response(
-    t: &Transform,
-    status: &mut StatusCode,
-    headers: &mut HeaderMap,
-    body: Bytes,
-) -> Result<Bytes, String> {
-    let Some(plan) = &t.response else {
-        return Ok(body);
-    };
-    plan.apply_headers(headers);
-    if body.is_empty() || !plan.wants_body(headers) {
-        return Ok(body);
+async fn read_answer(a: Answer, limit: u64) -> Result<Bytes, ProxyError> {
+    let too_large = || ProxyError::response_translation(TranslateError::TooLarge { limit });
+    if a.body.size_hint().lower() > limit {
+        return Err(too_large());
     }
-    let out = plan
-        .translate(Some(*status), headers, &body)
-        .map_err(|e| e.to_string())?;
-    if let Some(s) = out.status {
-        *status = s;
+    let limited = http_body_util::Limited::new(a.body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(a.upstream.request_timeout, limited.collect()).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout {
+            upstream: a.upstream.name.to_string(),
+            timeout_ms: a.upstream.request_timeout.as_millis(),
+        }),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(ProxyError::UpstreamFailed {
+            upstream: a.upstream.name.to_string(),
+            reason: e.to_string(),
+        }),
     }
-    Ok(out.body)
 }
 
 /// Stage 6: the request body against the route's schema. Requests without a body are checked

@@ -5,63 +5,63 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::dates::{parse_zone, DateFormat, Zone};
-use super::path::{kind, Path, Seg};
+use super::path::{kind, FieldPath, Seg};
 use crate::config::transform::{ConvertTo, MoneyTo, OpConfig};
 
 #[derive(Debug)]
 pub enum JsonOp {
     Rename {
-        parent: Path,
+        parent: FieldPath,
         from: String,
         to: String,
     },
     Move {
-        base: Path,
-        from: Path,
-        to: Path,
+        base: FieldPath,
+        from: FieldPath,
+        to: FieldPath,
         keep: bool,
     },
     Set {
-        path: Path,
+        path: FieldPath,
         value: Value,
         only_missing: bool,
     },
     Delete {
-        parent: Path,
+        parent: FieldPath,
         last: Seg,
     },
     Wrap(String),
     Unwrap(String),
     Map {
-        path: Path,
+        path: FieldPath,
         values: BTreeMap<String, Value>,
         default: Option<Value>,
     },
     Convert {
-        path: Path,
+        path: FieldPath,
         to: ConvertTo,
     },
     Date {
-        path: Path,
+        path: FieldPath,
         from: DateFormat,
         to: DateFormat,
         zone: Zone,
     },
     Split {
-        path: Path,
+        path: FieldPath,
         sep: String,
     },
     Join {
-        path: Path,
+        path: FieldPath,
         sep: String,
     },
     Money {
-        path: Path,
+        path: FieldPath,
         to: MoneyTo,
         scale: u32,
     },
     Each {
-        path: Path,
+        path: FieldPath,
         ops: Vec<JsonOp>,
     },
 }
@@ -72,7 +72,7 @@ pub type OpError = String;
 impl JsonOp {
     /// `None` for the format conversions, which `mod.rs` compiles itself.
     pub fn compile(op: &OpConfig) -> Result<Option<Self>, String> {
-        let p = |s: &str| Path::parse(s);
+        let p = |s: &str| FieldPath::parse(s);
         Ok(Some(match op {
             OpConfig::XmlToJson(_)
             | OpConfig::JsonToXml(_)
@@ -99,11 +99,14 @@ impl JsonOp {
                 // A wildcard is allowed only in a prefix both paths share: the move happens
                 // inside each element.
                 let split = from.0.iter().rposition(|s| *s == Seg::All).map_or(0, |i| i + 1);
-                let base = Path(from.0[..split].to_vec());
+                let base = FieldPath(from.0[..split].to_vec());
                 if to.0.len() < split || to.0[..split] != base.0[..] {
                     return Err("a `*` must be in a prefix `from` and `to` share (or use `each`)".into());
                 }
-                let (from, to) = (Path(from.0[split..].to_vec()), Path(to.0[split..].to_vec()));
+                let (from, to) = (
+                    FieldPath(from.0[split..].to_vec()),
+                    FieldPath(to.0[split..].to_vec()),
+                );
                 if from.0.is_empty() || to.has_wildcard() {
                     return Err("`from` and `to` must name fields".into());
                 }

@@ -1,10 +1,12 @@
 //! The anti-corruption layer: declarative translation between a backend's dialect and the
 //! modern API. A [`Transform`] is compiled once per config snapshot from `transforms.<name>`;
-//! each direction is a [`DirectionPlan`] whose steps run in order on a buffered body. The same
-//! plans serve traffic (`pipeline::translate`) and the offline `ficus translate` tool.
+//! each direction is a [`DirectionPlan`] whose steps run in order on a buffered body. A request
+//! goes through one driver ([`driver::request`]) for live traffic, the shadow copy and the
+//! offline `ficus translate` tool; field paths have one syntax ([`path::FieldPath`]).
 
 pub mod charset;
 pub mod dates;
+pub mod driver;
 pub mod form;
 pub mod json_ops;
 pub mod offline;
@@ -26,7 +28,7 @@ use crate::config::file::StatusPattern;
 use crate::config::transform::{DirectionConfig, OpConfig, SoapVersion, TransformConfig};
 use charset::{to_utf8, utf8_content_type};
 use json_ops::JsonOp;
-use path::Path;
+use path::FieldPath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranslateError {
@@ -40,6 +42,8 @@ pub enum TranslateError {
     BadPath(String),
     #[error("the body's charset `{0}` is not supported")]
     UnsupportedCharset(String),
+    #[error("the answer is content-encoded (compressed) and cannot be translated")]
+    Encoded,
 }
 
 /// Which way a plan runs; it decides what a failure means to the client.
@@ -70,7 +74,7 @@ enum Step {
         order: Vec<String>,
     },
     SoapUnwrap {
-        array_paths: Vec<String>,
+        read: xml::XmlRead,
         keep_operation: bool,
         fault_status: Vec<(String, StatusCode)>,
     },
@@ -86,7 +90,7 @@ struct HeaderOps {
 }
 
 struct Condition {
-    json_path: Option<Path>,
+    json_path: Option<FieldPath>,
     equals: Option<Value>,
     body_contains: Option<String>,
     status: Option<StatusPattern>,
@@ -94,8 +98,8 @@ struct Condition {
 
 struct ErrorRule {
     statuses: Vec<StatusPattern>,
-    detail: Option<Path>,
-    code: Option<Path>,
+    detail: Option<FieldPath>,
+    code: Option<FieldPath>,
     type_prefix: String,
 }
 
@@ -128,7 +132,8 @@ pub struct Translated {
 
 impl Transform {
     /// Compiles `transforms.<name>`; problems come back as `(key path under the transform, reason)`.
-    /// `captures` are the names the route's `path_template` binds, when known.
+    /// Whether the captures the templates use are bound is checked per route, by the caller
+    /// ([`DirectionPlan::capture_names`]).
     pub fn compile(
         name: &str,
         cfg: &TransformConfig,
@@ -215,179 +220,224 @@ fn header_name(s: &str) -> Result<HeaderName, String> {
         .map_err(|_| format!("`{s}` is not a header name"))
 }
 
-impl DirectionPlan {
-    pub fn compile(d: &DirectionConfig, dir: Direction) -> Result<Self, Vec<(String, String)>> {
-        let mut errs: Vec<(String, String)> = Vec::new();
-        let mut steps = Vec::new();
-        for (i, op) in d.ops.iter().enumerate() {
-            let step = match &op.0 {
-                OpConfig::XmlToJson(c) => Step::XmlToJson(xml::XmlRead::new(&c.array_paths, c.keep_prefixes)),
-                OpConfig::JsonToXml(c) => {
-                    if let Some(r) = &c.root {
-                        if let Err(e) = xml::check_name(r) {
-                            errs.push((format!("ops[{i}].json_to_xml.root"), e));
-                        }
-                    }
-                    Step::JsonToXml(xml::XmlWrite {
-                        root: c.root.clone(),
-                        namespaces: c.namespaces.iter().map(|(p, u)| (p.clone(), u.clone())).collect(),
-                        order: c.order.clone(),
-                    })
-                }
-                OpConfig::SoapWrap(c) => {
-                    if let Err(e) = xml::check_name(&c.body_element) {
-                        errs.push((format!("ops[{i}].soap_wrap.body_element"), e));
-                    }
-                    if c.action
-                        .as_deref()
-                        .is_some_and(|a| HeaderValue::from_str(a).is_err() || a.contains('"'))
-                    {
-                        errs.push((
-                            format!("ops[{i}].soap_wrap.action"),
-                            "not a valid header value".into(),
-                        ));
-                    }
-                    Step::SoapWrap {
-                        version: c.version,
-                        action: c.action.clone(),
-                        element: c.body_element.clone(),
-                        namespace: c.namespace.clone(),
-                        order: c.order.clone(),
+fn compile_steps(ops: &[crate::config::transform::OpEntry], errs: &mut Vec<(String, String)>) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let step = match &op.0 {
+            OpConfig::XmlToJson(c) => Step::XmlToJson(xml::XmlRead::new(&c.array_paths, c.keep_prefixes)),
+            OpConfig::JsonToXml(c) => {
+                if let Some(r) = &c.root {
+                    if let Err(e) = xml::check_name(r) {
+                        errs.push((format!("ops[{i}].json_to_xml.root"), e));
                     }
                 }
-                OpConfig::SoapUnwrap(c) => {
-                    let mut fault_status = Vec::new();
-                    for (code, s) in &c.fault_status {
-                        match StatusCode::from_u16(*s) {
-                            Ok(st) if (400..=599).contains(s) => fault_status.push((code.clone(), st)),
-                            _ => errs.push((
-                                format!("ops[{i}].soap_unwrap.fault_status.{code}"),
-                                "a fault maps to a 4xx or 5xx status".into(),
-                            )),
-                        }
-                    }
-                    Step::SoapUnwrap {
-                        array_paths: c.array_paths.clone(),
-                        keep_operation: c.keep_operation,
-                        fault_status,
+                Step::JsonToXml(xml::XmlWrite {
+                    root: c.root.clone(),
+                    namespaces: c.namespaces.iter().map(|(p, u)| (p.clone(), u.clone())).collect(),
+                    order: c.order.clone(),
+                })
+            }
+            OpConfig::SoapWrap(c) => {
+                if let Err(e) = xml::check_name(&c.body_element) {
+                    errs.push((format!("ops[{i}].soap_wrap.body_element"), e));
+                }
+                if c.action
+                    .as_deref()
+                    .is_some_and(|a| HeaderValue::from_str(a).is_err() || a.contains('"'))
+                {
+                    errs.push((
+                        format!("ops[{i}].soap_wrap.action"),
+                        "not a valid header value".into(),
+                    ));
+                }
+                Step::SoapWrap {
+                    version: c.version,
+                    action: c.action.clone(),
+                    element: c.body_element.clone(),
+                    namespace: c.namespace.clone(),
+                    order: c.order.clone(),
+                }
+            }
+            OpConfig::SoapUnwrap(c) => {
+                let mut fault_status = Vec::new();
+                for (code, s) in &c.fault_status {
+                    match StatusCode::from_u16(*s) {
+                        Ok(st) if (400..=599).contains(s) => fault_status.push((code.clone(), st)),
+                        _ => errs.push((
+                            format!("ops[{i}].soap_unwrap.fault_status.{code}"),
+                            "a fault maps to a 4xx or 5xx status".into(),
+                        )),
                     }
                 }
-                OpConfig::FormToJson(_) => Step::FormToJson,
-                OpConfig::JsonToForm(_) => Step::JsonToForm,
-                other => match JsonOp::compile(other) {
-                    Ok(Some(j)) => Step::Json(j),
-                    Ok(None) => continue,
-                    Err(e) => {
-                        errs.push((format!("ops[{i}]"), e));
-                        continue;
-                    }
-                },
-            };
-            steps.push(step);
-        }
-        let mut headers = HeaderOps {
-            add: Vec::new(),
-            rename: Vec::new(),
-            remove: Vec::new(),
-        };
-        for (k, v) in &d.headers.add {
-            match (header_name(k), HeaderValue::from_str(v)) {
-                (Ok(n), Ok(v)) => headers.add.push((n, v)),
-                (Err(e), _) => errs.push((format!("headers.add.{k}"), e)),
-                (_, Err(_)) => errs.push((format!("headers.add.{k}"), "not a valid header value".into())),
+                Step::SoapUnwrap {
+                    read: soap::reader(&c.array_paths),
+                    keep_operation: c.keep_operation,
+                    fault_status,
+                }
             }
-        }
-        for (k, v) in &d.headers.rename {
-            match (header_name(k), header_name(v)) {
-                (Ok(a), Ok(b)) => headers.rename.push((a, b)),
-                (Err(e), _) | (_, Err(e)) => errs.push((format!("headers.rename.{k}"), e)),
-            }
-        }
-        for (j, k) in d.headers.remove.iter().enumerate() {
-            match header_name(k) {
-                Ok(n) => headers.remove.push(n),
-                Err(e) => errs.push((format!("headers.remove[{j}]"), e)),
-            }
-        }
-        let path = match (&d.path, dir) {
-            (None, _) => None,
-            (Some(_), Direction::Response) => {
-                errs.push(("path".into(), "only a request can rewrite the path".into()));
-                None
-            }
-            (Some(p), Direction::Request) if !p.starts_with('/') => {
-                errs.push(("path".into(), "must start with `/`".into()));
-                None
-            }
-            (Some(p), Direction::Request) => match pieces(p) {
-                Ok(ps) => Some(ps),
+            OpConfig::FormToJson(_) => Step::FormToJson,
+            OpConfig::JsonToForm(_) => Step::JsonToForm,
+            other => match JsonOp::compile(other) {
+                Ok(Some(j)) => Step::Json(j),
+                Ok(None) => continue,
                 Err(e) => {
-                    errs.push(("path".into(), e));
-                    None
+                    errs.push((format!("ops[{i}]"), e));
+                    continue;
                 }
             },
         };
-        let mut query_add = Vec::new();
-        let (mut query_rename, mut query_remove) = (Vec::new(), Vec::new());
-        if let Some(q) = &d.query {
-            if dir == Direction::Response {
-                errs.push(("query".into(), "only a request has a query".into()));
-            }
-            for (k, v) in &q.add {
-                match pieces(v) {
-                    Ok(p) => query_add.push((k.clone(), p)),
-                    Err(e) => errs.push((format!("query.add.{k}"), e)),
-                }
-            }
-            query_rename = q.rename.iter().map(|(a, b)| (a.clone(), b.clone())).collect();
-            query_remove = q.remove.clone();
+        steps.push(step);
+    }
+    steps
+}
+
+fn compile_headers(
+    h: &crate::config::transform::HeaderOpsConfig,
+    errs: &mut Vec<(String, String)>,
+) -> HeaderOps {
+    let mut headers = HeaderOps {
+        add: Vec::new(),
+        rename: Vec::new(),
+        remove: Vec::new(),
+    };
+    for (k, v) in &h.add {
+        match (header_name(k), HeaderValue::from_str(v)) {
+            (Ok(n), Ok(v)) => headers.add.push((n, v)),
+            (Err(e), _) => errs.push((format!("headers.add.{k}"), e)),
+            (_, Err(_)) => errs.push((format!("headers.add.{k}"), "not a valid header value".into())),
         }
-        let mut status = Vec::new();
-        if dir == Direction::Request && (!d.status.is_empty() || d.errors.is_some()) {
-            errs.push(("status".into(), "`status` and `errors` apply to responses".into()));
+    }
+    for (k, v) in &h.rename {
+        match (header_name(k), header_name(v)) {
+            (Ok(a), Ok(b)) => headers.rename.push((a, b)),
+            (Err(e), _) | (_, Err(e)) => errs.push((format!("headers.rename.{k}"), e)),
         }
-        for (j, rule) in d.status.iter().enumerate() {
-            let w = &rule.when;
-            let json_path = match w.json_path.as_deref().map(Path::parse).transpose() {
-                Ok(p) => p,
-                Err(e) => {
-                    errs.push((format!("status[{j}].when.json_path"), e));
-                    None
-                }
-            };
-            if w.json_path.is_none() && w.body_contains.is_none() && w.status.is_none() {
-                errs.push((
-                    format!("status[{j}].when"),
-                    "set `json_path`, `body_contains` or `status`".into(),
-                ));
+    }
+    for (j, k) in h.remove.iter().enumerate() {
+        match header_name(k) {
+            Ok(n) => headers.remove.push(n),
+            Err(e) => errs.push((format!("headers.remove[{j}]"), e)),
+        }
+    }
+    headers
+}
+
+/// The path template and query edits (requests only).
+struct UriRewrite {
+    path: Option<Vec<Piece>>,
+    query_add: Vec<(String, Vec<Piece>)>,
+    query_rename: Vec<(String, String)>,
+    query_remove: Vec<String>,
+}
+
+fn compile_uri(d: &DirectionConfig, dir: Direction, errs: &mut Vec<(String, String)>) -> UriRewrite {
+    let path = match (&d.path, dir) {
+        (None, _) => None,
+        (Some(_), Direction::Response) => {
+            errs.push(("path".into(), "only a request can rewrite the path".into()));
+            None
+        }
+        (Some(p), Direction::Request) if !p.starts_with('/') => {
+            errs.push(("path".into(), "must start with `/`".into()));
+            None
+        }
+        (Some(p), Direction::Request) => match pieces(p) {
+            Ok(ps) => Some(ps),
+            Err(e) => {
+                errs.push(("path".into(), e));
+                None
             }
-            if w.equals.is_some() && w.json_path.is_none() {
-                errs.push((
-                    format!("status[{j}].when.equals"),
-                    "`equals` needs `json_path`".into(),
-                ));
-            }
-            if w.status.as_ref().is_some_and(|s| !s.valid()) {
-                errs.push((
-                    format!("status[{j}].when.status"),
-                    "write a status (200) or a class (\"2xx\")".into(),
-                ));
-            }
-            match StatusCode::from_u16(rule.status) {
-                Ok(s) if (100..=599).contains(&rule.status) => status.push((
-                    Condition {
-                        json_path,
-                        equals: w.equals.clone(),
-                        body_contains: w.body_contains.clone(),
-                        status: w.status.clone(),
-                    },
-                    s,
-                )),
-                _ => errs.push((format!("status[{j}].status"), "not an HTTP status".into())),
+        },
+    };
+    let mut query_add = Vec::new();
+    let (mut query_rename, mut query_remove) = (Vec::new(), Vec::new());
+    if let Some(q) = &d.query {
+        if dir == Direction::Response {
+            errs.push(("query".into(), "only a request has a query".into()));
+        }
+        for (k, v) in &q.add {
+            match pieces(v) {
+                Ok(p) => query_add.push((k.clone(), p)),
+                Err(e) => errs.push((format!("query.add.{k}"), e)),
             }
         }
+        query_rename = q.rename.iter().map(|(a, b)| (a.clone(), b.clone())).collect();
+        query_remove = q.remove.clone();
+    }
+    UriRewrite {
+        path,
+        query_add,
+        query_rename,
+        query_remove,
+    }
+}
+
+fn compile_status(
+    d: &DirectionConfig,
+    dir: Direction,
+    errs: &mut Vec<(String, String)>,
+) -> Vec<(Condition, StatusCode)> {
+    let mut status = Vec::new();
+    if dir == Direction::Request && (!d.status.is_empty() || d.errors.is_some()) {
+        errs.push(("status".into(), "`status` and `errors` apply to responses".into()));
+    }
+    for (j, rule) in d.status.iter().enumerate() {
+        let w = &rule.when;
+        let json_path = match w.json_path.as_deref().map(FieldPath::parse).transpose() {
+            Ok(p) => p,
+            Err(e) => {
+                errs.push((format!("status[{j}].when.json_path"), e));
+                None
+            }
+        };
+        if w.json_path.is_none() && w.body_contains.is_none() && w.status.is_none() {
+            errs.push((
+                format!("status[{j}].when"),
+                "set `json_path`, `body_contains` or `status`".into(),
+            ));
+        }
+        if w.equals.is_some() && w.json_path.is_none() {
+            errs.push((
+                format!("status[{j}].when.equals"),
+                "`equals` needs `json_path`".into(),
+            ));
+        }
+        if w.status.as_ref().is_some_and(|s| !s.valid()) {
+            errs.push((
+                format!("status[{j}].when.status"),
+                "write a status (200) or a class (\"2xx\")".into(),
+            ));
+        }
+        match StatusCode::from_u16(rule.status) {
+            Ok(s) if (100..=599).contains(&rule.status) => status.push((
+                Condition {
+                    json_path,
+                    equals: w.equals.clone(),
+                    body_contains: w.body_contains.clone(),
+                    status: w.status.clone(),
+                },
+                s,
+            )),
+            _ => errs.push((format!("status[{j}].status"), "not an HTTP status".into())),
+        }
+    }
+    status
+}
+
+impl DirectionPlan {
+    pub fn compile(d: &DirectionConfig, dir: Direction) -> Result<Self, Vec<(String, String)>> {
+        let mut errs: Vec<(String, String)> = Vec::new();
+        let steps = compile_steps(&d.ops, &mut errs);
+        let headers = compile_headers(&d.headers, &mut errs);
+        let UriRewrite {
+            path,
+            query_add,
+            query_rename,
+            query_remove,
+        } = compile_uri(d, dir, &mut errs);
+        let status = compile_status(d, dir, &mut errs);
         let errors = d.errors.as_ref().map(|e| {
-            let mut p = |key: &str, v: &Option<String>| match v.as_deref().map(Path::parse).transpose() {
+            let mut p = |key: &str, v: &Option<String>| match v.as_deref().map(FieldPath::parse).transpose() {
                 Ok(p) => p,
                 Err(r) => {
                     errs.push((format!("errors.{key}"), r));
@@ -647,12 +697,12 @@ impl DirectionPlan {
                     doc = Doc::Json(v);
                 }
                 Step::SoapUnwrap {
-                    array_paths,
+                    read,
                     keep_operation,
                     fault_status,
                 } => {
                     let t = doc.text()?;
-                    match soap::unwrap(t, array_paths, *keep_operation).map_err(|reason| {
+                    match soap::unwrap_with(t, read, *keep_operation).map_err(|reason| {
                         TranslateError::Malformed {
                             format: "SOAP",
                             reason,
@@ -782,7 +832,7 @@ impl DirectionPlan {
         if !rule.statuses.iter().any(|p| p.matches(new_status.as_u16())) {
             return Ok(None);
         }
-        let pick = |p: &Option<Path>| -> Option<String> {
+        let pick = |p: &Option<FieldPath>| -> Option<String> {
             let v = p.as_ref().and_then(|p| json.and_then(|j| p.get(j)))?;
             Some(match v {
                 Value::String(s) => s.clone(),

@@ -50,8 +50,18 @@ pub fn wrap(
 
 /// `array_paths` are relative to the operation element's content.
 pub fn unwrap(text: &str, array_paths: &[String], keep_operation: bool) -> Result<Unwrapped, String> {
+    unwrap_with(text, &reader(array_paths), keep_operation)
+}
+
+/// How [`unwrap_with`] reads an envelope whose operation content has these `array_paths`; built
+/// once per plan, so a request never parses them.
+pub fn reader(array_paths: &[String]) -> XmlRead {
     let paths: Vec<String> = array_paths.iter().map(|p| format!("Body.*.{p}")).collect();
-    let (root, env) = xml_to_json(text, &XmlRead::new(&paths, false))?;
+    XmlRead::new(&paths, false)
+}
+
+pub fn unwrap_with(text: &str, read: &XmlRead, keep_operation: bool) -> Result<Unwrapped, String> {
+    let (root, env) = xml_to_json(text, read)?;
     if root != "Envelope" {
         return Err(format!("expected a SOAP Envelope, found `{root}`"));
     }

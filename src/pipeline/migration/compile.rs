@@ -138,6 +138,9 @@ fn check_options(
 }
 
 fn shadow(route: &str, sc: &ShadowConfig, sec: &mut Section<'_, '_>, metrics: &Metrics) -> Option<Shadow> {
+    for (key, reason) in crate::pipeline::diff::ignore_warnings(&sc.ignore) {
+        sec.warn(&key, reason);
+    }
     if !(0.0..=100.0).contains(&sc.percent) {
         sec.error("percent", "must be between 0 and 100");
     }
