@@ -128,7 +128,6 @@ pub struct Translated {
 
 impl Transform {
     /// Compiles `transforms.<name>`; problems come back as `(key path under the transform, reason)`.
-    /// `captures` are the names the route's `path_template` binds, when known.
     pub fn compile(
         name: &str,
         cfg: &TransformConfig,
