@@ -12,25 +12,16 @@ use hyper::body::Incoming;
 use support::*;
 
 fn config(legacy: &str, modern: &str, shadow: &str) -> String {
-    format!(
-        "\
-log: {{ level: warn, access_log: false }}
-listeners: [{{ name: main, bind: '127.0.0.1:0' }}]
-admin: {{ bind: '127.0.0.1:0' }}
-reload: {{ watch: false }}
-upstreams:
-  legacy: {{ endpoints: ['{legacy}'] }}
-  modern: {{ endpoints: ['{modern}'] }}
-routes:
-  - name: orders
-    match: {{ path_prefix: /orders }}
-    migration:
-      legacy: {{ upstream: legacy }}
-      modern: {{ upstream: modern }}
-      modern_percent: 0
-      shadow: {{ {shadow} }}
-"
-    )
+    let shadow = format!("shadow: {{ {shadow} }}");
+    yaml::Config::new()
+        .upstream("legacy", legacy)
+        .upstream("modern", modern)
+        .route(&yaml::migration_route(
+            "orders",
+            "/orders",
+            &["modern_percent: 0", &shadow],
+        ))
+        .build()
 }
 
 /// Answers every request with this JSON.
