@@ -181,6 +181,9 @@ async fn missing_token_gets_401_and_missing_scope_gets_403() {
         r#"Bearer error="insufficient_scope", scope="orders:admin""#
     );
     assert_eq!(up.hits(), 0);
+    let mut admin = good_claims();
+    admin["scope"] = "orders:admin".into();
+    assert_reaches(&up, send(&c, with_token(&f, &sign(&r, &admin)))).await;
     f.shutdown().await;
 }
 
@@ -347,6 +350,7 @@ async fn attack_tokens_are_refused_and_never_reach_the_upstream() {
     q.assert_problem(401, "missing-token");
 
     assert_eq!(up.hits(), 0, "an attack reached the upstream");
+    assert_reaches(&up, send(&c, with_token(&f, &signed))).await;
     f.shutdown().await;
 }
 
@@ -389,6 +393,7 @@ async fn a_flood_of_unknown_kids_fetches_the_jwks_at_most_once_per_interval() {
     let extra = idp.fetches.load(Ordering::SeqCst) - before;
     assert!(extra <= 1, "{extra} JWKS fetches for 1000 unknown kids");
     assert_eq!(up.hits(), 0);
+    assert_reaches(&up, send(&client(), with_token(&f, &sign(&r, &good_claims())))).await;
     f.shutdown().await;
 }
 

@@ -111,6 +111,7 @@ async fn unmatched_request_gets_404_problem() {
     let f = Ficus::start(&yaml).await;
     get(&f.url("/elsewhere")).await.assert_problem(404, "no-route");
     assert_eq!(up.hits(), 0);
+    assert_reaches(&up, get(&f.url("/only"))).await;
     f.shutdown().await;
 }
 
