@@ -497,33 +497,25 @@ async fn migration_sticks_on_jwt_sub_and_honours_the_override_only_with_the_scop
     let idp = Idp::start(&[&r]).await;
     let legacy = Upstream::echo_named("legacy").await;
     let modern = Upstream::echo_named("modern").await;
-    let yaml = format!(
-        "\
-log: {{ level: warn, access_log: false }}
-listeners: [{{ name: main, bind: '127.0.0.1:0' }}]
-admin: {{ bind: '127.0.0.1:0' }}
-reload: {{ watch: false }}
-upstreams:
-  legacy: {{ endpoints: ['{}'] }}
-  modern: {{ endpoints: ['{}'] }}
-routes:
-  - name: orders
-    match: {{ path_prefix: /orders }}
-    identity: {{ jwt: corp }}
-    migration:
-      legacy: {{ upstream: legacy }}
-      modern: {{ upstream: modern }}
-      modern_percent: 50
-      sticky: jwt.sub
-      override: {{ header: X-Ficus-Backend, require_scope: 'ficus:qa' }}
-identity:
-  jwt:
-    corp: {{ issuer: 'https://idp.test/', audiences: [orders], algorithms: [RS256], jwks_url: '{}/jwks' }}
-",
-        legacy.url(),
-        modern.url(),
-        idp.upstream.url()
-    );
+    let yaml = yaml::Config::new()
+        .upstream("legacy", &legacy.url())
+        .upstream("modern", &modern.url())
+        .route(&yaml::migration_route(
+            "orders",
+            "/orders",
+            &[
+                "modern_percent: 50",
+                "sticky: jwt.sub",
+                "override: { header: X-Ficus-Backend, require_scope: 'ficus:qa' }",
+            ],
+        ))
+        // One more key of the route, after its migration block.
+        .route("    identity: { jwt: corp }")
+        .section(&format!(
+            "identity:\n  jwt:\n    corp: {{ issuer: 'https://idp.test/', audiences: [orders], algorithms: [RS256], jwks_url: '{}/jwks' }}\n",
+            idp.upstream.url()
+        ))
+        .build();
     let f = Ficus::start(&yaml).await;
     let c = client();
     let token_for = |sub: &str, scope: &str| {

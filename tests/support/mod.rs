@@ -282,6 +282,7 @@ pub mod yaml {
         admin_extra: String,
         upstreams: String,
         routes: String,
+        sections: String,
     }
 
     impl Config {
@@ -315,6 +316,15 @@ pub mod yaml {
             self
         }
 
+        /// A top-level section (`identity:`, `rate_limits:` ...), written after the routes.
+        pub fn section(mut self, yaml: &str) -> Self {
+            self.sections.push_str(yaml);
+            if !yaml.ends_with('\n') {
+                self.sections.push('\n');
+            }
+            self
+        }
+
         pub fn build(&self) -> String {
             format!(
                 "log: {{ level: warn, access_log: false }}\n\
@@ -322,11 +332,12 @@ pub mod yaml {
                  admin: {{ bind: '127.0.0.1:0'{} }}\n\
                  reload: {{ watch: false }}\n\
                  upstreams:\n{}\
-                 routes:\n{}",
+                 routes:\n{}{}",
                 listener("main", &self.listener_extra),
                 self.admin_extra,
                 self.upstreams,
-                self.routes
+                self.routes,
+                self.sections
             )
         }
     }
