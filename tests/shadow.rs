@@ -122,16 +122,21 @@ async fn mismatches_are_recorded_field_by_field_and_ignore_rules_hold() {
 #[tokio::test]
 async fn writes_are_not_shadowed_unless_allowed() {
     let legacy = json_upstream("{}").await;
-    let modern = json_upstream("{}").await;
-    let f = Ficus::start(&config(&legacy.url(), &modern.url(), "percent: 100")).await;
-    send(
-        &client(),
-        Request::post(f.url("/orders")).body(full("{}")).unwrap(),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(modern.hits(), 0);
+    let watched = json_upstream("{}").await;
+    let f = Ficus::start(&config(&legacy.url(), &watched.url(), "percent: 100")).await;
+    let c = client();
+    let read = || Request::get(f.url("/orders")).body(empty()).unwrap();
+    // Reads are shadowed: copies are seen arriving where a copy of the write would land.
+    send(&c, read()).await;
+    assert!(eventually(Duration::from_secs(5), || async { watched.hits() == 1 }).await);
+    send(&c, Request::post(f.url("/orders")).body(full("{}")).unwrap()).await;
+    // Once the copy of a later read has arrived, the write's copy had its turn before it.
+    send(&c, read()).await;
+    assert!(eventually(Duration::from_secs(5), || async { watched.hits() >= 2 }).await);
+    assert_eq!(watched.hits(), 2, "the write was shadowed");
     f.shutdown().await;
+
+    let modern = json_upstream("{}").await;
 
     let f = Ficus::start(&config(
         &legacy.url(),
