@@ -483,6 +483,19 @@ mod tests {
     }
 
     #[test]
+    fn a_leap_second_reads_as_the_second_before_it() {
+        let utc = Zone::Fixed(0);
+        let before = DateFormat::Rfc3339.read(&json!("2016-12-31T23:59:59Z"), &utc);
+        assert_eq!(
+            DateFormat::Rfc3339.read(&json!("2016-12-31T23:59:60Z"), &utc),
+            before
+        );
+        let f = DateFormat::parse("yyyyMMddHHmmss").unwrap();
+        assert_eq!(f.read(&json!("20161231235960"), &utc), before);
+        assert!(f.read(&json!("20161231235961"), &utc).is_err());
+    }
+
+    #[test]
     fn bad_patterns_and_offsets_are_refused() {
         assert!(DateFormat::parse("yy-MM-dd").is_err());
         assert!(DateFormat::parse("HH:mm").is_err());
