@@ -10,14 +10,6 @@ use crate::identity::client_cert::ClientCertError;
 use crate::pipeline::body::ResponseBody;
 use crate::pipeline::normalize::PathError;
 
-/// Where an error came from, as in Pingora: it tells logs and metrics whose fault it was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Downstream,
-    Upstream,
-    Internal,
-}
-
 /// nginx's "client closed request": a status for logs and metrics, never sent.
 pub fn client_closed() -> StatusCode {
     StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
@@ -53,8 +45,6 @@ pub enum ProxyError {
     UpstreamTimeout { upstream: String, timeout_ms: u128 },
     #[error("upstream `{upstream}` failed: {reason}")]
     UpstreamFailed { upstream: String, reason: String },
-    #[error("the protocol upgrade failed: {0}")]
-    UpgradeFailed(String),
     #[error("authentication failed: {reason}")]
     Unauthenticated { reason: String, invalid: bool },
     #[error("the token lacks a required scope ({scope})")]
@@ -155,9 +145,7 @@ impl ProxyError {
             Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::ClientClosed => client_closed(),
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::UpstreamUnreachable { .. } | Self::UpstreamFailed { .. } | Self::UpgradeFailed(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::UpstreamUnreachable { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::CircuitOpen { .. }
             | Self::UpstreamOverloaded { .. }
@@ -195,7 +183,6 @@ impl ProxyError {
             Self::UpstreamUnreachable { .. } => "upstream-unreachable",
             Self::UpstreamTimeout { .. } => "upstream-timeout",
             Self::UpstreamFailed { .. } => "upstream-failed",
-            Self::UpgradeFailed(_) => "upgrade-failed",
             Self::CircuitOpen { .. } => "circuit-open",
             Self::UpstreamOverloaded { .. } => "upstream-overloaded",
             Self::RateLimited { .. } => "rate-limited",
@@ -217,20 +204,6 @@ impl ProxyError {
             Self::RequestTranslation(_) => "request-translation-failed",
             Self::SchemaViolation(_) => "schema-validation-failed",
             Self::Internal(_) => "internal-error",
-        }
-    }
-
-    pub fn source(&self) -> Source {
-        match self {
-            Self::UpstreamUnreachable { .. }
-            | Self::UpstreamTimeout { .. }
-            | Self::UpstreamFailed { .. }
-            | Self::UpgradeFailed(_)
-            | Self::CircuitOpen { .. }
-            | Self::UpstreamOverloaded { .. }
-            | Self::TranslationFailed { .. } => Source::Upstream,
-            Self::InternalToken(_) | Self::Internal(_) => Source::Internal,
-            _ => Source::Downstream,
         }
     }
 
@@ -374,7 +347,6 @@ mod tests {
             timeout_ms: 5,
         };
         assert_eq!(e.status(), StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(e.source(), Source::Upstream);
     }
 
     #[test]
@@ -392,7 +364,6 @@ mod tests {
         let e = ProxyError::Internal("index out of bounds: secret=hunter2".into());
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(e.kind(), "internal-error");
-        assert_eq!(e.source(), Source::Internal);
         let resp = e.to_response(None);
         assert_eq!(resp.status(), 500);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");

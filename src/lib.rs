@@ -1,8 +1,10 @@
 //! ficus: an HTTP gateway for strangler-fig migrations.
 //!
 //! The modules follow the request pipeline: `server` (accept, TLS, limits), `pipeline` (context,
-//! routing, and the stages that later capabilities add), `upstream` (pools and balancing), with
-//! `config` (file, compile, reload), `admin`, `telemetry` and `error` around them.
+//! routing and every stage after it), `identity` and `translate` (what those stages call),
+//! `upstream` (pools, balancing, breakers, retries), with `config` (file, compile, reload),
+//! `gateway` (start and reload), `admin`, `telemetry` and `error` around them; `demo` is the
+//! embedded demo config and its identity provider.
 
 pub mod admin;
 pub mod config;

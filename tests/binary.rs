@@ -270,7 +270,8 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // All four are at the upstream: the drain has something to wait for.
+    assert!(eventually(Duration::from_secs(10), || async { slow.hits() == 4 }).await);
     p.signal("TERM");
     for r in in_flight {
         let a = r.await.unwrap();
@@ -304,7 +305,7 @@ async fn drain_stops_at_the_deadline() {
     let url = format!("http://{}/", p.addr);
     let _in_flight =
         tokio::spawn(async move { client().request(Request::get(url).body(empty()).unwrap()).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(eventually(Duration::from_secs(10), || async { stuck.hits() == 1 }).await);
     let started = Instant::now();
     p.signal("TERM");
     let exit = tokio::task::spawn_blocking(move || p.wait_exit(Duration::from_secs(10)))

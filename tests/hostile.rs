@@ -44,20 +44,12 @@ fn token(sub: &str) -> String {
 fn trust_config(legacy: &str, modern: &str, listener_extra: &str) -> String {
     std::env::set_var(HMAC_ENV, HMAC);
     std::env::set_var(LEGACY_KEY_ENV, "legacy-secret");
-    format!(
-        "\
-log: {{ level: warn, access_log: false }}
-listeners: [{{ name: main, bind: '127.0.0.1:0' {listener_extra} }}]
-admin: {{ bind: '127.0.0.1:0' }}
-reload: {{ watch: false }}
-identity:
-  jwt:
-    corp: {{ issuer: 'https://idp.test/', audiences: [orders], algorithms: [HS256], hmac_secret_env: {HMAC_ENV} }}
-upstreams:
-  legacy: {{ endpoints: ['{legacy}'] }}
-  modern: {{ endpoints: ['{modern}'] }}
-routes:
-  - name: claims
+    yaml::Config::new()
+        .listener_extra(listener_extra)
+        .upstream("legacy", legacy)
+        .upstream("modern", modern)
+        .route(&format!(
+            "  - name: claims
     match: {{ path_prefix: /claims }}
     upstream: legacy
     identity:
@@ -90,7 +82,15 @@ routes:
     match: {{ path_prefix: / }}
     upstream: legacy
 "
-    )
+        ))
+        .section(&format!(
+            "\
+identity:
+  jwt:
+    corp: {{ issuer: 'https://idp.test/', audiences: [orders], algorithms: [HS256], hmac_secret_env: {HMAC_ENV} }}
+"
+        ))
+        .build()
 }
 
 const OWNED: [&str; 8] = [
@@ -207,7 +207,7 @@ async fn path_parameters_are_refused_unless_kept_and_dot_parameters_are_dot_segm
     assert_eq!(legacy.hits() + modern.hits(), 0);
     f.shutdown().await;
 
-    let f = Ficus::start(&trust_config(&legacy.url(), &modern.url(), ", path_params: keep")).await;
+    let f = Ficus::start(&trust_config(&legacy.url(), &modern.url(), "path_params: keep")).await;
     // `/admin;x/users` is `/admin/users` to a servlet container: it must take the admin route.
     let seen = get(&f.url("/admin;x/users")).await.echoed();
     assert_eq!(
@@ -313,27 +313,18 @@ async fn garbage_from_clients_cannot_roll_a_rollout_back() {
     let legacy = Upstream::echo_named("legacy").await;
     let modern = Upstream::echo_named("modern").await;
     let clock = Arc::new(ficus::pipeline::rollout::ManualClock::default());
-    let yaml = format!(
-        "\
-log: {{ level: warn, access_log: false }}
-listeners: [{{ name: main, bind: '127.0.0.1:0' }}]
-admin: {{ bind: '127.0.0.1:0' }}
-reload: {{ watch: false }}
-upstreams:
-  legacy: {{ endpoints: ['{}'] }}
-  modern: {{ endpoints: ['{}'] }}
-routes:
-  - name: orders
-    match: {{ path_prefix: /orders }}
-    migration:
-      legacy: {{ upstream: legacy }}
-      modern: {{ upstream: modern }}
-      modern_percent: 50
-      rollout: {{ step: 25, every: 1m, min_requests: 10, max_error_rate: 0.05 }}
-",
-        legacy.url(),
-        modern.url()
-    );
+    let yaml = yaml::Config::new()
+        .upstream("legacy", &legacy.url())
+        .upstream("modern", &modern.url())
+        .route(&yaml::migration_route(
+            "orders",
+            "/orders",
+            &[
+                "modern_percent: 50",
+                "rollout: { step: 25, every: 1m, min_requests: 10, max_error_rate: 0.05 }",
+            ],
+        ))
+        .build();
     let f = Ficus::start_with_clock(&yaml, clock.clone()).await;
     let c = client();
     // Half of these reach modern with a body that breaks mid-way.
@@ -427,7 +418,7 @@ async fn sticky_client_ip_uses_the_address_a_trusted_proxy_vouches_for() {
     let f = Ficus::start(&trust_config(
         &legacy.url(),
         &modern.url(),
-        ", trusted_proxies: [127.0.0.1/32]",
+        "trusted_proxies: [127.0.0.1/32]",
     ))
     .await;
     // 10.9.8.7 is a modern cohort; the peer, 127.0.0.1, is not.

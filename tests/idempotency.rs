@@ -110,6 +110,7 @@ async fn required_key_is_enforced_and_validated() {
         .unwrap();
     send(&c, req).await.assert_problem(400, "idempotency-key-invalid");
     assert_eq!(up.hits(), 0);
+    assert_reaches(&up, send(&c, post(f.url("/orders"), Some("k-1"), "{}"))).await;
     f.shutdown().await;
 }
 
@@ -224,6 +225,8 @@ async fn unreachable_redis_fails_closed_with_503() {
         .await
         .assert_problem(503, "idempotency-store-unavailable");
     assert_eq!(up.hits(), 0, "never sent without the lock");
+    // Without a key the store is not needed, and the upstream is there.
+    assert_reaches(&up, send(&client(), post(f.url("/orders"), None, "{}"))).await;
     f.shutdown().await;
 }
 
@@ -277,6 +280,7 @@ async fn anonymous_callers_with_the_same_key_do_not_get_each_others_response() {
     assert_eq!(up.hits(), 0, "refused before the upstream");
     // Requests without a key are not idempotency-managed: they pass as before.
     assert_eq!(send(&c, post(f.url("/orders"), None, "{}")).await.status, 201);
+    assert_eq!(up.hits(), 1, "the keyless request reached the upstream");
     f.shutdown().await;
 
     // With a scope key, each tenant has its own keys.

@@ -181,6 +181,9 @@ async fn missing_token_gets_401_and_missing_scope_gets_403() {
         r#"Bearer error="insufficient_scope", scope="orders:admin""#
     );
     assert_eq!(up.hits(), 0);
+    let mut admin = good_claims();
+    admin["scope"] = "orders:admin".into();
+    assert_reaches(&up, send(&c, with_token(&f, &sign(&r, &admin)))).await;
     f.shutdown().await;
 }
 
@@ -347,6 +350,7 @@ async fn attack_tokens_are_refused_and_never_reach_the_upstream() {
     q.assert_problem(401, "missing-token");
 
     assert_eq!(up.hits(), 0, "an attack reached the upstream");
+    assert_reaches(&up, send(&c, with_token(&f, &signed))).await;
     f.shutdown().await;
 }
 
@@ -389,6 +393,7 @@ async fn a_flood_of_unknown_kids_fetches_the_jwks_at_most_once_per_interval() {
     let extra = idp.fetches.load(Ordering::SeqCst) - before;
     assert!(extra <= 1, "{extra} JWKS fetches for 1000 unknown kids");
     assert_eq!(up.hits(), 0);
+    assert_reaches(&up, send(&client(), with_token(&f, &sign(&r, &good_claims())))).await;
     f.shutdown().await;
 }
 
@@ -492,33 +497,25 @@ async fn migration_sticks_on_jwt_sub_and_honours_the_override_only_with_the_scop
     let idp = Idp::start(&[&r]).await;
     let legacy = Upstream::echo_named("legacy").await;
     let modern = Upstream::echo_named("modern").await;
-    let yaml = format!(
-        "\
-log: {{ level: warn, access_log: false }}
-listeners: [{{ name: main, bind: '127.0.0.1:0' }}]
-admin: {{ bind: '127.0.0.1:0' }}
-reload: {{ watch: false }}
-upstreams:
-  legacy: {{ endpoints: ['{}'] }}
-  modern: {{ endpoints: ['{}'] }}
-routes:
-  - name: orders
-    match: {{ path_prefix: /orders }}
-    identity: {{ jwt: corp }}
-    migration:
-      legacy: {{ upstream: legacy }}
-      modern: {{ upstream: modern }}
-      modern_percent: 50
-      sticky: jwt.sub
-      override: {{ header: X-Ficus-Backend, require_scope: 'ficus:qa' }}
-identity:
-  jwt:
-    corp: {{ issuer: 'https://idp.test/', audiences: [orders], algorithms: [RS256], jwks_url: '{}/jwks' }}
-",
-        legacy.url(),
-        modern.url(),
-        idp.upstream.url()
-    );
+    let yaml = yaml::Config::new()
+        .upstream("legacy", &legacy.url())
+        .upstream("modern", &modern.url())
+        .route(&yaml::migration_route(
+            "orders",
+            "/orders",
+            &[
+                "modern_percent: 50",
+                "sticky: jwt.sub",
+                "override: { header: X-Ficus-Backend, require_scope: 'ficus:qa' }",
+            ],
+        ))
+        // One more key of the route, after its migration block.
+        .route("    identity: { jwt: corp }")
+        .section(&format!(
+            "identity:\n  jwt:\n    corp: {{ issuer: 'https://idp.test/', audiences: [orders], algorithms: [RS256], jwks_url: '{}/jwks' }}\n",
+            idp.upstream.url()
+        ))
+        .build();
     let f = Ficus::start(&yaml).await;
     let c = client();
     let token_for = |sub: &str, scope: &str| {

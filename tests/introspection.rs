@@ -225,6 +225,7 @@ async fn inactive_tokens_get_401_and_the_negative_answer_is_cached_briefly() {
         .assert_problem(401, "invalid-token");
     assert_eq!(idp.calls(), 2, "the negative answer outlived negative_ttl");
     assert_eq!(up.hits(), 0);
+    assert_reaches(&up, send(&c, with_token(&f, "good"))).await;
     f.shutdown().await;
 }
 

@@ -119,6 +119,7 @@ async fn slowloris_headers_are_cut_off_at_the_header_read_timeout() {
         started.elapsed()
     );
     assert_eq!(up.hits(), 0);
+    assert_reaches(&up, get(&f.url("/"))).await;
     f.shutdown().await;
 }
 
@@ -188,5 +189,6 @@ async fn request_without_host_gets_400_problem() {
     .await;
     assert_eq!(raw_status(&a), 400, "{a}");
     assert_eq!(up.hits(), 0);
+    assert_reaches(&up, get(&f.url("/"))).await;
     f.shutdown().await;
 }

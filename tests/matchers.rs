@@ -8,20 +8,11 @@ use http::Request;
 use support::*;
 
 fn config(routes: &str, a: &Upstream, b: &Upstream) -> String {
-    format!(
-        "\
-log: {{ level: warn, access_log: false }}
-listeners: [{{ name: main, bind: '127.0.0.1:0' }}]
-admin: {{ bind: '127.0.0.1:0' }}
-reload: {{ watch: false }}
-upstreams:
-  a: {{ endpoints: ['{}'] }}
-  b: {{ endpoints: ['{}'] }}
-routes:
-{routes}",
-        a.url(),
-        b.url()
-    )
+    yaml::Config::new()
+        .upstream("a", &a.url())
+        .upstream("b", &b.url())
+        .route(routes)
+        .build()
 }
 
 async fn who(c: &H1Client, req: Request<Body>) -> String {

@@ -49,34 +49,26 @@ async fn routes_match_by_host_path_and_method_in_file_order() {
     let legacy = Upstream::echo_named("legacy").await;
     let modern = Upstream::echo_named("modern").await;
     let admin = Upstream::echo_named("admin").await;
-    let yaml = format!(
-        "\
-log: {{ level: warn, access_log: false }}
-listeners: [{{ name: main, bind: '127.0.0.1:0' }}]
-admin: {{ bind: '127.0.0.1:0' }}
-reload: {{ watch: false }}
-upstreams:
-  legacy: {{ endpoints: ['{}'] }}
-  modern: {{ endpoints: ['{}'] }}
-  admin: {{ endpoints: ['{}'] }}
-routes:
-  - name: admin-host
-    match: {{ hosts: ['*.internal.test'] }}
+    let yaml = yaml::Config::new()
+        .upstream("legacy", &legacy.url())
+        .upstream("modern", &modern.url())
+        .upstream("admin", &admin.url())
+        .route(
+            "  - name: admin-host
+    match: { hosts: ['*.internal.test'] }
     upstream: admin
   - name: orders-read
-    match: {{ path_prefix: /api/orders, methods: [GET] }}
+    match: { path_prefix: /api/orders, methods: [GET] }
     upstream: modern
   - name: health
-    match: {{ path: /health }}
+    match: { path: /health }
     upstream: modern
   - name: rest
-    match: {{ path_prefix: / }}
+    match: { path_prefix: / }
     upstream: legacy
 ",
-        legacy.url(),
-        modern.url(),
-        admin.url()
-    );
+        )
+        .build();
     let f = Ficus::start(&yaml).await;
     let c = client();
     let who = |a: Answer| a.echoed().name;
@@ -111,6 +103,7 @@ async fn unmatched_request_gets_404_problem() {
     let f = Ficus::start(&yaml).await;
     get(&f.url("/elsewhere")).await.assert_problem(404, "no-route");
     assert_eq!(up.hits(), 0);
+    assert_reaches(&up, get(&f.url("/only"))).await;
     f.shutdown().await;
 }
 
@@ -313,26 +306,19 @@ async fn traceparent_is_passed_through_or_created() {
 async fn path_normalisation_defeats_traversal_bypasses() {
     let public = Upstream::echo_named("public").await;
     let admin = Upstream::echo_named("admin").await;
-    let yaml = format!(
-        "\
-log: {{ level: warn, access_log: false }}
-listeners: [{{ name: main, bind: '127.0.0.1:0' }}]
-admin: {{ bind: '127.0.0.1:0' }}
-reload: {{ watch: false }}
-upstreams:
-  public: {{ endpoints: ['{}'] }}
-  admin: {{ endpoints: ['{}'] }}
-routes:
-  - name: admin
-    match: {{ path_prefix: /admin }}
+    let yaml = yaml::Config::new()
+        .upstream("public", &public.url())
+        .upstream("admin", &admin.url())
+        .route(
+            "  - name: admin
+    match: { path_prefix: /admin }
     upstream: admin
   - name: public
-    match: {{ path_prefix: /public }}
+    match: { path_prefix: /public }
     upstream: public
 ",
-        public.url(),
-        admin.url()
-    );
+        )
+        .build();
     let f = Ficus::start(&yaml).await;
     for attempt in [
         "/public/../admin",

@@ -266,7 +266,8 @@ async fn in_flight_request_finishes_on_the_snapshot_it_started_with() {
     let f = Ficus::start(&basic_config(&slow.url())).await;
     let url = f.url("/slow");
     let in_flight = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The request is at the old upstream, so it was routed on the old snapshot.
+    assert!(eventually(Duration::from_secs(5), || async { slow.hits() == 1 }).await);
     f.write_config(&basic_config(&new.url()));
     f.gw().reload("test").await.unwrap();
     assert_eq!(get(&f.url("/")).await.echoed().name, "new");
@@ -313,8 +314,18 @@ async fn twenty_reloads_under_load_lose_no_request() {
     }
 
     let (mut applied, mut refused) = (0, 0);
+    // Before each reload, and before stopping, the clients get through more requests, so every
+    // config in turn serves load (and the reloads are not all bunched before the first request).
+    let load_moves_on = |ok: Arc<AtomicUsize>| async move {
+        let before = ok.load(Ordering::Relaxed);
+        let moved = eventually(Duration::from_secs(10), || async {
+            ok.load(Ordering::Relaxed) >= before + 20
+        })
+        .await;
+        assert!(moved, "the load stalled at {before} requests");
+    };
     for i in 0..20 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        load_moves_on(ok.clone()).await;
         let yaml = match i % 4 {
             0 => basic_config(&b.url()),
             1 => "listeners: [ {{ broken\n".to_string(),
@@ -327,7 +338,7 @@ async fn twenty_reloads_under_load_lose_no_request() {
             Err(_) => refused += 1,
         }
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    load_moves_on(ok.clone()).await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();

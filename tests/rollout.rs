@@ -17,26 +17,18 @@ use support::*;
 const TOKEN_ENV: &str = "FICUS_TEST_ROLLOUT_TOKEN";
 
 fn config(legacy: &str, modern: &str, percent: u32, rollout: &str, shadow: &str) -> String {
-    format!(
-        "\
-log: {{ level: warn, access_log: false }}
-listeners: [{{ name: main, bind: '127.0.0.1:0' }}]
-admin: {{ bind: '127.0.0.1:0', token_env: {TOKEN_ENV} }}
-reload: {{ watch: false }}
-upstreams:
-  legacy: {{ endpoints: ['{legacy}'] }}
-  modern: {{ endpoints: ['{modern}'] }}
-routes:
-  - name: orders
-    match: {{ path_prefix: /orders }}
-    migration:
-      legacy: {{ upstream: legacy }}
-      modern: {{ upstream: modern }}
-      modern_percent: {percent}
-      rollout: {{ {rollout} }}
-      {shadow}
-"
-    )
+    let percent = format!("modern_percent: {percent}");
+    let rollout = format!("rollout: {{ {rollout} }}");
+    yaml::Config::new()
+        .admin_extra(&format!("token_env: {TOKEN_ENV}"))
+        .upstream("legacy", legacy)
+        .upstream("modern", modern)
+        .route(&yaml::migration_route(
+            "orders",
+            "/orders",
+            &[&percent, &rollout, shadow],
+        ))
+        .build()
 }
 
 /// Modern behaves as `mode` says: 0 healthy, 1 answers 500, 2 answers slowly, 3 answers other JSON.

@@ -12,25 +12,16 @@ use hyper::body::Incoming;
 use support::*;
 
 fn config(legacy: &str, modern: &str, shadow: &str) -> String {
-    format!(
-        "\
-log: {{ level: warn, access_log: false }}
-listeners: [{{ name: main, bind: '127.0.0.1:0' }}]
-admin: {{ bind: '127.0.0.1:0' }}
-reload: {{ watch: false }}
-upstreams:
-  legacy: {{ endpoints: ['{legacy}'] }}
-  modern: {{ endpoints: ['{modern}'] }}
-routes:
-  - name: orders
-    match: {{ path_prefix: /orders }}
-    migration:
-      legacy: {{ upstream: legacy }}
-      modern: {{ upstream: modern }}
-      modern_percent: 0
-      shadow: {{ {shadow} }}
-"
-    )
+    let shadow = format!("shadow: {{ {shadow} }}");
+    yaml::Config::new()
+        .upstream("legacy", legacy)
+        .upstream("modern", modern)
+        .route(&yaml::migration_route(
+            "orders",
+            "/orders",
+            &["modern_percent: 0", &shadow],
+        ))
+        .build()
 }
 
 /// Answers every request with this JSON.
@@ -168,16 +159,21 @@ async fn the_old_ignore_spelling_still_ignores_and_check_names_the_new_one() {
 #[tokio::test]
 async fn writes_are_not_shadowed_unless_allowed() {
     let legacy = json_upstream("{}").await;
-    let modern = json_upstream("{}").await;
-    let f = Ficus::start(&config(&legacy.url(), &modern.url(), "percent: 100")).await;
-    send(
-        &client(),
-        Request::post(f.url("/orders")).body(full("{}")).unwrap(),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(modern.hits(), 0);
+    let watched = json_upstream("{}").await;
+    let f = Ficus::start(&config(&legacy.url(), &watched.url(), "percent: 100")).await;
+    let c = client();
+    let read = || Request::get(f.url("/orders")).body(empty()).unwrap();
+    // Reads are shadowed: copies are seen arriving where a copy of the write would land.
+    send(&c, read()).await;
+    assert!(eventually(Duration::from_secs(5), || async { watched.hits() == 1 }).await);
+    send(&c, Request::post(f.url("/orders")).body(full("{}")).unwrap()).await;
+    // Once the copy of a later read has arrived, the write's copy had its turn before it.
+    send(&c, read()).await;
+    assert!(eventually(Duration::from_secs(5), || async { watched.hits() >= 2 }).await);
+    assert_eq!(watched.hits(), 2, "the write was shadowed");
     f.shutdown().await;
+
+    let modern = json_upstream("{}").await;
 
     let f = Ficus::start(&config(
         &legacy.url(),

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::SystemTime;
 
+use aws_lc_rs::constant_time::verify_slices_are_equal;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -106,7 +107,7 @@ impl ApiKeySet {
         // Every entry is compared, in constant time, so timing says nothing about which matched.
         let mut found: Option<&Key> = None;
         for k in &self.keys {
-            if super::digests_equal(&k.hash, &digest) {
+            if verify_slices_are_equal(&k.hash, &digest).is_ok() {
                 found = Some(k);
             }
         }

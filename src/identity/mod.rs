@@ -23,12 +23,6 @@ use crate::pipeline::context::{cookie_value, query_value};
 use client_cert::{ClientCertRule, ForwardClientCert, PeerCert};
 use jwt::{Claims, JwtProvider};
 
-/// Compares two SHA-256 digests in constant time (every byte is looked at), so timing says
-/// nothing about how much of a secret was right. Used for API keys and the admin token.
-pub fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// How a route verifies its callers.
 pub enum Verifier {
     Jwt(Arc<JwtProvider>),
@@ -410,7 +404,7 @@ fn remove_cookie(headers: &mut HeaderMap, name: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::{digests_equal, remove_cookie, without_query_param};
+    use super::{remove_cookie, without_query_param};
     use http::{HeaderMap, Uri};
 
     #[test]
@@ -432,17 +426,5 @@ mod tests {
         h.insert("cookie", "session=tok".parse().unwrap());
         remove_cookie(&mut h, "session");
         assert!(h.get("cookie").is_none());
-    }
-
-    #[test]
-    fn digests_compare_equal_only_when_every_byte_matches() {
-        let a = [7u8; 32];
-        let mut b = a;
-        assert!(digests_equal(&a, &b));
-        b[31] ^= 1;
-        assert!(!digests_equal(&a, &b));
-        b = a;
-        b[0] = 0;
-        assert!(!digests_equal(&a, &b));
     }
 }

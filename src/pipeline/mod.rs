@@ -1,6 +1,7 @@
 //! The request pipeline. Its stage order is the architecture, so it is written out once, here,
-//! in [`handle`]: context, route, (identity, rate limit, validation, idempotency, migration and
-//! translation as they land), then the upstream call, then observation.
+//! in [`handle`]: header limits, the trust boundary, context, route, identity, rate limits,
+//! validation, idempotency, the migration split (with shadow copy and fallback), translation,
+//! then the upstream call, then observation.
 
 pub mod body;
 pub mod context;

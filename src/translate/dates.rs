@@ -1,7 +1,12 @@
 //! Date and time conversion between legacy patterns, epoch numbers and RFC 3339, in a fixed UTC
 //! offset or an IANA time zone (with its daylight-saving rules, from the tz database bundled by
-//! `jiff`). Civil-date arithmetic is Howard Hinnant's `days_from_civil`.
+//! `jiff`). The calendar, RFC 3339 and the zone rules are jiff's; this module only reads and writes
+//! the legacy pattern letters.
 
+use jiff::civil::DateTime;
+use jiff::fmt::temporal::{DateTimePrinter, Pieces, PiecesOffset};
+use jiff::tz::{Offset, TimeZone};
+use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +54,7 @@ pub fn parse_offset(s: &str) -> Result<i64, String> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Zone {
     Fixed(i64),
-    Named(jiff::tz::TimeZone),
+    Named(TimeZone),
 }
 
 impl Default for Zone {
@@ -63,7 +68,7 @@ pub fn parse_zone(s: &str) -> Result<Zone, String> {
     if let Ok(offset) = parse_offset(s) {
         return Ok(Zone::Fixed(offset));
     }
-    jiff::tz::TimeZone::get(s).map(Zone::Named).map_err(|_| {
+    TimeZone::get(s).map(Zone::Named).map_err(|_| {
         format!("`{s}` is not `UTC`, an offset such as `+01:00`, or an IANA zone such as `Europe/Paris`")
     })
 }
@@ -73,30 +78,23 @@ impl Zone {
     fn offset_at(&self, ms: i64) -> i64 {
         match self {
             Zone::Fixed(o) => *o,
-            Zone::Named(tz) => jiff::Timestamp::from_millisecond(ms)
-                .map(|ts| i64::from(tz.to_offset(ts).seconds()))
-                .unwrap_or(0),
+            Zone::Named(tz) => {
+                // jiff's instants stop a day short of the civil calendar's ends; the offset there
+                // is the one at the nearest instant jiff has.
+                let ms = ms.clamp(Timestamp::MIN.as_millisecond(), Timestamp::MAX.as_millisecond());
+                Timestamp::from_millisecond(ms)
+                    .map(|ts| i64::from(tz.to_offset(ts).seconds()))
+                    .unwrap_or(0)
+            }
         }
     }
 
     /// The offset of a local (wall-clock) time. In a gap or a fold (daylight-saving changes)
     /// the earlier offset is taken, as java.time and jiff's `compatible` do.
-    fn offset_of_local(&self, c: &Civil) -> Result<i64, String> {
+    fn offset_of_local(&self, dt: DateTime) -> Result<i64, String> {
         match self {
             Zone::Fixed(o) => Ok(*o),
             Zone::Named(tz) => {
-                let narrow =
-                    |v: i64| i8::try_from(v).map_err(|_| "not a valid calendar date or time".to_string());
-                let dt = jiff::civil::DateTime::new(
-                    i16::try_from(c.y).map_err(|_| "year out of range".to_string())?,
-                    narrow(c.mo)?,
-                    narrow(c.d)?,
-                    narrow(c.h)?,
-                    narrow(c.mi)?,
-                    narrow(c.s.min(59))?,
-                    0,
-                )
-                .map_err(|_| "not a valid calendar date or time".to_string())?;
                 let ts = tz
                     .to_ambiguous_timestamp(dt)
                     .compatible()
@@ -189,6 +187,10 @@ impl DateFormat {
 const MIN_MS: i64 = -62_167_219_200_000;
 const MAX_MS: i64 = 253_402_300_799_999;
 
+/// Instants are counted from here in civil (not `Timestamp`) arithmetic: jiff's `Timestamp`
+/// ends on 9999-12-30, a day before the last date a legacy pattern can hold.
+const EPOCH: DateTime = DateTime::constant(1970, 1, 1, 0, 0, 0, 0);
+
 fn str_of(v: &Value) -> Result<&str, String> {
     v.as_str()
         .ok_or_else(|| format!("expected a date string, got {v}"))
@@ -202,80 +204,24 @@ fn num(v: &Value) -> Result<i64, String> {
     }
 }
 
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// Epoch milliseconds of a wall-clock time at `offset` seconds east of UTC.
+fn to_millis(dt: DateTime, offset: i64) -> i64 {
+    // Both ends of jiff's civil range are within ±2^49 ms, so neither conversion can fail.
+    let local = i64::try_from(dt.duration_since(EPOCH).as_millis()).unwrap_or(i64::MAX);
+    local.saturating_sub(offset.saturating_mul(1000))
 }
 
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// The wall-clock time of an instant at `offset` seconds east of UTC. `read` keeps instants in
+/// range; beyond jiff's calendar this saturates, so that `write` never panics for any caller.
+fn from_millis(ms: i64, offset: i64) -> DateTime {
+    let local = ms.saturating_add(offset.saturating_mul(1000));
+    EPOCH
+        .checked_add(SignedDuration::from_millis(local))
+        .unwrap_or(if local < 0 { DateTime::MIN } else { DateTime::MAX })
 }
 
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        _ => 28,
-    }
-}
-
-struct Civil {
-    y: i64,
-    mo: i64,
-    d: i64,
-    h: i64,
-    mi: i64,
-    s: i64,
-    ms: i64,
-}
-
-impl Civil {
-    fn to_millis(&self, offset: i64) -> Result<i64, String> {
-        if !(1..=12).contains(&self.mo)
-            || self.d < 1
-            || self.d > days_in_month(self.y, self.mo)
-            || self.h > 23
-            || self.mi > 59
-            || self.s > 60
-        {
-            return Err("not a valid calendar date or time".into());
-        }
-        let days = days_from_civil(self.y, self.mo, self.d);
-        let secs = days * 86_400 + self.h * 3600 + self.mi * 60 + self.s - offset;
-        Ok(secs * 1000 + self.ms)
-    }
-
-    fn from_millis(ms: i64, offset: i64) -> Self {
-        // `read` keeps instants in range; saturating keeps `write` panic-free for any caller.
-        let local = ms.saturating_add(offset.saturating_mul(1000));
-        let days = local.div_euclid(86_400_000);
-        let rem = local.rem_euclid(86_400_000);
-        let (y, mo, d) = civil_from_days(days);
-        Self {
-            y,
-            mo,
-            d,
-            h: rem / 3_600_000,
-            mi: rem / 60_000 % 60,
-            s: rem / 1000 % 60,
-            ms: rem % 1000,
-        }
-    }
+fn millis_of(dt: DateTime) -> i32 {
+    dt.subsec_nanosecond() / 1_000_000
 }
 
 fn digits(s: &[u8], at: &mut usize, n: usize) -> Result<i64, String> {
@@ -292,24 +238,17 @@ fn digits(s: &[u8], at: &mut usize, n: usize) -> Result<i64, String> {
 fn read_pattern(tokens: &[Token], s: &str, zone: &Zone) -> Result<i64, String> {
     let b = s.trim().as_bytes();
     let mut at = 0;
-    let mut c = Civil {
-        y: 0,
-        mo: 0,
-        d: 0,
-        h: 0,
-        mi: 0,
-        s: 0,
-        ms: 0,
-    };
+    // Year, month, day, hour, minute, second, millisecond.
+    let mut f = [0i64; 7];
     for t in tokens {
         match t {
-            Token::Year4 => c.y = digits(b, &mut at, 4)?,
-            Token::Month => c.mo = digits(b, &mut at, 2)?,
-            Token::Day => c.d = digits(b, &mut at, 2)?,
-            Token::Hour => c.h = digits(b, &mut at, 2)?,
-            Token::Minute => c.mi = digits(b, &mut at, 2)?,
-            Token::Second => c.s = digits(b, &mut at, 2)?,
-            Token::Millis => c.ms = digits(b, &mut at, 3)?,
+            Token::Year4 => f[0] = digits(b, &mut at, 4)?,
+            Token::Month => f[1] = digits(b, &mut at, 2)?,
+            Token::Day => f[2] = digits(b, &mut at, 2)?,
+            Token::Hour => f[3] = digits(b, &mut at, 2)?,
+            Token::Minute => f[4] = digits(b, &mut at, 2)?,
+            Token::Second => f[5] = digits(b, &mut at, 2)?,
+            Token::Millis => f[6] = digits(b, &mut at, 3)?,
             Token::Lit(ch) => {
                 let mut buf = [0u8; 4];
                 let lit = ch.encode_utf8(&mut buf).as_bytes();
@@ -323,99 +262,76 @@ fn read_pattern(tokens: &[Token], s: &str, zone: &Zone) -> Result<i64, String> {
     if at != b.len() {
         return Err(format!("`{s}` has trailing characters"));
     }
-    let offset = zone.offset_of_local(&c).map_err(|e| format!("`{s}`: {e}"))?;
-    c.to_millis(offset).map_err(|e| format!("`{s}`: {e}"))
+    let invalid = || format!("`{s}`: not a valid calendar date or time");
+    // Every field has at most four digits, so none overflows its jiff type.
+    let narrow = |v: i64| i8::try_from(v).map_err(|_| invalid());
+    // A leap second is read as the second before it, as jiff reads one in RFC 3339.
+    let second = if f[5] == 60 { 59 } else { f[5] };
+    let dt = DateTime::new(
+        i16::try_from(f[0]).map_err(|_| invalid())?,
+        narrow(f[1])?,
+        narrow(f[2])?,
+        narrow(f[3])?,
+        narrow(f[4])?,
+        narrow(second)?,
+        i32::try_from(f[6] * 1_000_000).map_err(|_| invalid())?,
+    )
+    .map_err(|_| invalid())?;
+    let offset = zone.offset_of_local(dt).map_err(|e| format!("`{s}`: {e}"))?;
+    Ok(to_millis(dt, offset))
 }
 
 fn write_pattern(tokens: &[Token], ms: i64, offset: i64) -> String {
-    let c = Civil::from_millis(ms, offset);
+    let dt = from_millis(ms, offset);
     let mut out = String::new();
     for t in tokens {
         match t {
-            Token::Year4 => out.push_str(&format!("{:04}", c.y)),
-            Token::Month => out.push_str(&format!("{:02}", c.mo)),
-            Token::Day => out.push_str(&format!("{:02}", c.d)),
-            Token::Hour => out.push_str(&format!("{:02}", c.h)),
-            Token::Minute => out.push_str(&format!("{:02}", c.mi)),
-            Token::Second => out.push_str(&format!("{:02}", c.s)),
-            Token::Millis => out.push_str(&format!("{:03}", c.ms)),
+            Token::Year4 => out.push_str(&format!("{:04}", dt.year())),
+            Token::Month => out.push_str(&format!("{:02}", dt.month())),
+            Token::Day => out.push_str(&format!("{:02}", dt.day())),
+            Token::Hour => out.push_str(&format!("{:02}", dt.hour())),
+            Token::Minute => out.push_str(&format!("{:02}", dt.minute())),
+            Token::Second => out.push_str(&format!("{:02}", dt.second())),
+            Token::Millis => out.push_str(&format!("{:03}", millis_of(dt))),
             Token::Lit(ch) => out.push(*ch),
         }
     }
     out
 }
 
+/// A date-time with a time and an offset (`Z` or numeric), read by jiff; the fraction is cut to
+/// milliseconds. jiff reads what RFC 3339 allows and a little more of ISO 8601 (`+0100`, a
+/// trailing `[zone]` annotation), which a legacy backend may well send.
 fn read_rfc3339(s: &str) -> Result<i64, String> {
     let bad = || format!("`{s}` is not an RFC 3339 date-time");
-    let b = s.as_bytes();
-    let mut at = 0;
-    let num = |n: usize, at: &mut usize| digits(b, at, n).map_err(|_| bad());
-    let y = num(4, &mut at)?;
-    let sep = |at: &mut usize, c: &[u8]| -> Result<(), String> {
-        match b.get(*at) {
-            Some(x) if c.contains(x) => {
-                *at += 1;
-                Ok(())
-            }
-            _ => Err(bad()),
-        }
-    };
-    sep(&mut at, b"-")?;
-    let mo = num(2, &mut at)?;
-    sep(&mut at, b"-")?;
-    let d = num(2, &mut at)?;
-    sep(&mut at, b"Tt ")?;
-    let h = num(2, &mut at)?;
-    sep(&mut at, b":")?;
-    let mi = num(2, &mut at)?;
-    sep(&mut at, b":")?;
-    let sec = num(2, &mut at)?;
-    let mut ms = 0;
-    if b.get(at) == Some(&b'.') {
-        at += 1;
-        let start = at;
-        while b.get(at).is_some_and(u8::is_ascii_digit) {
-            at += 1;
-        }
-        let frac = &s[start..at];
-        if frac.is_empty() {
-            return Err(bad());
-        }
-        let padded = format!("{:0<3}", &frac[..frac.len().min(3)]);
-        ms = padded.parse().map_err(|_| bad())?;
-    }
-    let offset = parse_offset(&s[at..]).map_err(|_| bad())?;
-    Civil {
-        y,
-        mo,
-        d,
-        h,
-        mi,
-        s: sec,
-        ms,
-    }
-    .to_millis(offset)
-    .map_err(|e| format!("`{s}`: {e}"))
+    let pieces = Pieces::parse(s).map_err(|_| bad())?;
+    let time = pieces.time().ok_or_else(bad)?;
+    let offset = pieces.to_numeric_offset().ok_or_else(bad)?;
+    let dt = pieces.date().to_datetime(time);
+    let dt = dt
+        .with()
+        .subsec_nanosecond(millis_of(dt) * 1_000_000)
+        .build()
+        .map_err(|_| bad())?;
+    Ok(to_millis(dt, i64::from(offset.seconds())))
 }
 
 fn write_rfc3339(ms: i64, offset: i64) -> String {
-    let c = Civil::from_millis(ms, offset);
-    let frac = if c.ms == 0 {
-        String::new()
-    } else {
-        format!(".{:03}", c.ms)
+    let dt = from_millis(ms, offset);
+    let zone = match i32::try_from(offset)
+        .ok()
+        .and_then(|o| Offset::from_seconds(o).ok())
+    {
+        Some(o) if o != Offset::UTC => PiecesOffset::from(o),
+        _ => PiecesOffset::Zulu,
     };
-    let zone = if offset == 0 {
-        "Z".to_string()
-    } else {
-        let sign = if offset < 0 { '-' } else { '+' };
-        let a = offset.abs();
-        format!("{sign}{:02}:{:02}", a / 3600, a / 60 % 60)
-    };
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{frac}{zone}",
-        c.y, c.mo, c.d, c.h, c.mi, c.s
-    )
+    let precision = if millis_of(dt) == 0 { None } else { Some(3) };
+    let mut out = String::new();
+    // Writing into a `String` cannot fail.
+    let _ = DateTimePrinter::new()
+        .precision(precision)
+        .print_pieces(&Pieces::from(dt).with_offset(zone), &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -515,6 +431,68 @@ mod tests {
         let _ = DateFormat::parse("yyyy-MM-dd")
             .unwrap()
             .write(i64::MIN, &Zone::Fixed(-43_200));
+    }
+
+    #[test]
+    fn leap_days_exist_only_in_leap_years() {
+        let f = "dd/MM/yyyy";
+        for ok in ["29/02/2024", "29/02/2000", "29/02/0000"] {
+            assert!(convert(json!(ok), f, "yyyy-MM-dd", 0).is_ok(), "{ok}");
+        }
+        for bad in [
+            "29/02/2023",
+            "29/02/1900",
+            "29/02/2100",
+            "31/04/2024",
+            "00/01/2024",
+            "01/13/2024",
+        ] {
+            assert!(convert(json!(bad), f, "yyyy-MM-dd", 0).is_err(), "{bad}");
+        }
+        assert!(DateFormat::Rfc3339
+            .read(&json!("2023-02-29T00:00:00Z"), &Zone::Fixed(0))
+            .is_err());
+    }
+
+    #[test]
+    fn offsets_move_the_instant_and_the_written_wall_clock() {
+        let utc = Zone::Fixed(0);
+        let read = |s: &str| DateFormat::Rfc3339.read(&json!(s), &utc).unwrap();
+        // One instant in three spellings, across a day and a year boundary.
+        let ms = read("2024-01-01T00:30:00Z");
+        assert_eq!(read("2024-01-01T02:00:00+01:30"), ms);
+        assert_eq!(read("2023-12-31T19:30:00-05:00"), ms);
+        assert_eq!(
+            DateFormat::Rfc3339.write(ms, &Zone::Fixed(-5 * 3600)),
+            json!("2023-12-31T19:30:00-05:00")
+        );
+        assert_eq!(
+            convert(json!(ms), "epoch_millis", "yyyy-MM-dd HH:mm", 14 * 3600).unwrap(),
+            json!("2024-01-01 14:30")
+        );
+        // Milliseconds are kept; finer digits are cut, before 1970 as after.
+        assert_eq!(read("1969-12-31T23:59:59.5007Z"), -500);
+        assert_eq!(
+            DateFormat::Rfc3339.write(-500, &utc),
+            json!("1969-12-31T23:59:59.500Z")
+        );
+        assert!(DateFormat::Rfc3339
+            .read(&json!("2024-01-01T00:30:00"), &utc)
+            .is_err());
+        assert!(DateFormat::Rfc3339.read(&json!("2024-01-01Z"), &utc).is_err());
+    }
+
+    #[test]
+    fn a_leap_second_reads_as_the_second_before_it() {
+        let utc = Zone::Fixed(0);
+        let before = DateFormat::Rfc3339.read(&json!("2016-12-31T23:59:59Z"), &utc);
+        assert_eq!(
+            DateFormat::Rfc3339.read(&json!("2016-12-31T23:59:60Z"), &utc),
+            before
+        );
+        let f = DateFormat::parse("yyyyMMddHHmmss").unwrap();
+        assert_eq!(f.read(&json!("20161231235960"), &utc), before);
+        assert!(f.read(&json!("20161231235961"), &utc).is_err());
     }
 
     #[test]

@@ -132,8 +132,6 @@ pub struct Translated {
 
 impl Transform {
     /// Compiles `transforms.<name>`; problems come back as `(key path under the transform, reason)`.
-    /// Whether the captures the templates use are bound is checked per route, by the caller
-    /// ([`DirectionPlan::capture_names`]).
     pub fn compile(
         name: &str,
         cfg: &TransformConfig,

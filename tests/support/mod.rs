@@ -241,6 +241,108 @@ routes:
     )
 }
 
+/// The YAML every test config repeats, so that a test's own YAML shows only what it is about.
+pub mod yaml {
+    /// A listener on an ephemeral loopback port; `extra` is more flow-map entries
+    /// (`"max_conns: 5"`), or empty.
+    pub fn listener(name: &str, extra: &str) -> String {
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(", {extra}")
+        };
+        format!("{{ name: {name}, bind: '127.0.0.1:0'{extra} }}")
+    }
+
+    /// An `upstreams:` entry with one endpoint.
+    pub fn upstream(name: &str, url: &str) -> String {
+        format!("  {name}: {{ endpoints: ['{url}'] }}\n")
+    }
+
+    /// A route on `path_prefix` that splits between the upstreams `legacy` and `modern`; each of
+    /// `migration` is one more line (or block) under `migration:`.
+    pub fn migration_route(name: &str, prefix: &str, migration: &[&str]) -> String {
+        let mut out = format!(
+            "  - name: {name}\n    match: {{ path_prefix: {prefix} }}\n    migration:\n      \
+             legacy: {{ upstream: legacy }}\n      modern: {{ upstream: modern }}\n"
+        );
+        for block in migration {
+            for line in block.lines() {
+                out.push_str(&format!("      {line}\n"));
+            }
+        }
+        out
+    }
+
+    /// A whole config: quiet logs, no file watching, the admin API and listener `main` on
+    /// ephemeral ports, then the upstreams and routes added.
+    #[derive(Default)]
+    pub struct Config {
+        listener_extra: String,
+        admin_extra: String,
+        upstreams: String,
+        routes: String,
+        sections: String,
+    }
+
+    impl Config {
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// More flow-map entries for listener `main`.
+        pub fn listener_extra(mut self, extra: &str) -> Self {
+            self.listener_extra = extra.to_string();
+            self
+        }
+
+        /// More flow-map entries for `admin` (`"token_env: X"`).
+        pub fn admin_extra(mut self, extra: &str) -> Self {
+            self.admin_extra = format!(", {extra}");
+            self
+        }
+
+        pub fn upstream(mut self, name: &str, url: &str) -> Self {
+            self.upstreams.push_str(&upstream(name, url));
+            self
+        }
+
+        /// One or more `routes:` entries, as YAML indented by two spaces.
+        pub fn route(mut self, route: &str) -> Self {
+            self.routes.push_str(route);
+            if !route.ends_with('\n') {
+                self.routes.push('\n');
+            }
+            self
+        }
+
+        /// A top-level section (`identity:`, `rate_limits:` ...), written after the routes.
+        pub fn section(mut self, yaml: &str) -> Self {
+            self.sections.push_str(yaml);
+            if !yaml.ends_with('\n') {
+                self.sections.push('\n');
+            }
+            self
+        }
+
+        pub fn build(&self) -> String {
+            format!(
+                "log: {{ level: warn, access_log: false }}\n\
+                 listeners: [{}]\n\
+                 admin: {{ bind: '127.0.0.1:0'{} }}\n\
+                 reload: {{ watch: false }}\n\
+                 upstreams:\n{}\
+                 routes:\n{}{}",
+                listener("main", &self.listener_extra),
+                self.admin_extra,
+                self.upstreams,
+                self.routes,
+                self.sections
+            )
+        }
+    }
+}
+
 /// ficus running in this test's runtime on a config file in its own temp dir.
 pub struct Ficus {
     pub gateway: Option<Gateway>,
@@ -654,6 +756,24 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The control for "nothing reached the upstream": a request that should pass does reach `up`,
+/// so a count that stayed put meant the upstream was watched and left alone.
+pub async fn assert_reaches(up: &Upstream, request: impl Future<Output = Answer>) {
+    let before = up.hits();
+    let a = request.await;
+    assert!(
+        a.status.as_u16() < 400,
+        "the control request failed: {} {}",
+        a.status,
+        a.text()
+    );
+    assert_eq!(
+        up.hits(),
+        before + 1,
+        "the control request did not reach the upstream"
+    );
 }
 
 /// A loopback port nobody listens on right now (bound, read, released): for servers the test
