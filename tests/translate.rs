@@ -667,7 +667,7 @@ fn golden_fixtures_translate_to_their_expected_modern_and_legacy_forms() {
             &ficus::translate::offline::Input {
                 route: g.route,
                 direction: g.direction,
-                side: ficus::pipeline::migration::Side::Legacy,
+                side: ficus::pipeline::context::Side::Legacy,
                 content_type: Some(g.content_type),
                 status: g.status,
                 path: None,
@@ -699,7 +699,7 @@ fn soap_request_round_trips_back_to_the_modern_json() {
         &ficus::translate::offline::Input {
             route: "orders_create",
             direction: ficus::translate::Direction::Request,
-            side: ficus::pipeline::migration::Side::Legacy,
+            side: ficus::pipeline::context::Side::Legacy,
             content_type: None,
             status: 200,
             path: None,
@@ -904,7 +904,7 @@ async fn ficus_translate_prints_exactly_what_the_legacy_backend_receives() {
             &ficus::translate::offline::Input {
                 route: c.route,
                 direction: ficus::translate::Direction::Request,
-                side: ficus::pipeline::migration::Side::Legacy,
+                side: ficus::pipeline::context::Side::Legacy,
                 content_type: None,
                 status: 200,
                 path: Some(c.path),
@@ -949,7 +949,7 @@ async fn ficus_translate_prints_exactly_the_answer_the_client_gets() {
             &ficus::translate::offline::Input {
                 route: "orders_create",
                 direction: ficus::translate::Direction::Response,
-                side: ficus::pipeline::migration::Side::Legacy,
+                side: ficus::pipeline::context::Side::Legacy,
                 content_type: Some("text/xml; charset=utf-8"),
                 status,
                 path: None,

@@ -1,7 +1,5 @@
 //! Stage 10: hand the request to the upstream and stream its answer back.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::{PathAndQuery, Uri};
@@ -25,15 +23,16 @@ use crate::upstream::retry::{self, ResendCause};
 use crate::upstream::Upstream;
 use crate::upstream::UpstreamCallError;
 
-/// Sends `req` to `upstream` for `ctx.side`. `path` is the path to send when it is not the
-/// request's own: the normalised one, or a transform's rewrite.
+/// Sends `req` to the upstream of `ctx.side`. `path` is the path to send when it is not the
+/// URI's own: the normalised one (a transform folds its rewrite into the URI instead).
 pub async fn forward(
     mut req: Request<InBody>,
-    upstream: &Arc<Upstream>,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
-    path: Option<String>,
+    path: Option<&str>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let upstream = ctx.upstream().ok_or(ProxyError::NoRoute)?.clone();
+    let upstream = &upstream;
     let limits = &conn.listener.limits;
     if let Some(len) = content_length(req.headers()) {
         if len > limits.max_body_bytes.0 {
@@ -47,7 +46,7 @@ pub async fn forward(
     let (mut parts, body) = req.into_parts();
     upstream_headers(&mut parts.headers, parts.version, conn, ctx, ctx.side)?;
 
-    let path_and_query = path_and_query(&parts.uri, path.as_deref())?;
+    let path_and_query = path_and_query(&parts.uri, path)?;
     parts.version = Version::HTTP_11;
     let (body, verdict) = RequestBody::from_client(body, limits.max_body_bytes.0, limits.body_read_timeout);
     let hash = upstream.hash_on.as_ref().and_then(|k| {

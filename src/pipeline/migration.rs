@@ -13,13 +13,12 @@ use http::header::HeaderName;
 use http::HeaderValue;
 use metrics::Counter;
 
+use super::context::Side;
 use super::key::{KeyFacts, KeySource, Parsed, RequestKey};
 use crate::config::file::MigrationConfig;
 use crate::telemetry::metrics::{Metrics, RouteMetrics, FALLBACKS_TOTAL};
 use crate::upstream::balance::fnv1a;
 use crate::upstream::Upstream;
-
-pub use super::context::Side;
 
 /// Parses `sticky`, spelled like every request key. `route` is refused: every request of the
 /// route would land on one side, which `modern_percent` 0 or 100 says plainly.

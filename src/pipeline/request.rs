@@ -71,6 +71,11 @@ impl RequestCtx {
         self.client_cert.as_deref().map(|c| &*c.principal)
     }
 
+    /// The upstream of the side serving the request, once it is routed.
+    pub fn upstream(&self) -> Option<&Arc<crate::upstream::Upstream>> {
+        Some(self.route.as_ref()?.upstream_for(self.side))
+    }
+
     /// The path the upstream gets: the normalised one.
     pub fn path<'a>(&'a self, uri: &'a http::Uri) -> &'a str {
         self.path.as_deref().unwrap_or(uri.path())

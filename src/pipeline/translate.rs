@@ -29,28 +29,29 @@ pub async fn forward(
     let Some(route) = ctx.route.clone() else {
         return Err(ProxyError::NoRoute);
     };
-    let upstream = route.upstream_for(ctx.side).clone();
-    let path = ctx.path.clone();
     match route.transform_for(ctx.side).cloned() {
-        None => super::forward::forward(req, &upstream, conn, ctx, path).await,
+        None => {
+            let path = ctx.path.clone();
+            super::forward::forward(req, conn, ctx, path.as_deref()).await
+        }
         // Boxed: the translation's state would otherwise make every request's future larger,
         // and moving it showed up as memmove in profiles of the plain route.
-        Some(t) => Box::pin(translated(t, req, &route, &upstream, conn, ctx, path)).await,
+        Some(t) => Box::pin(translated(t, &route, req, conn, ctx)).await,
     }
 }
 
 async fn translated(
     t: Arc<Transform>,
-    req: Request<InBody>,
     route: &Route,
-    upstream: &Arc<Upstream>,
+    req: Request<InBody>,
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
-    path: Option<String>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let upstream = route.upstream_for(ctx.side).clone();
+    let upstream = &upstream;
     let (mut parts, body) = req.into_parts();
     // The driver rewrites the path ficus routed on, so that one goes into the URI first.
-    parts.uri = Uri::from(super::forward::path_and_query(&parts.uri, path.as_deref())?);
+    parts.uri = Uri::from(super::forward::path_and_query(&parts.uri, ctx.path.as_deref())?);
     let caps = route.path.captures(parts.uri.path());
     let body = ClientBody {
         body,
@@ -72,7 +73,7 @@ async fn translated(
             return Err(e);
         }
     };
-    let resp = super::forward::forward(Request::from_parts(parts, body), upstream, conn, ctx, None).await?;
+    let resp = super::forward::forward(Request::from_parts(parts, body), conn, ctx, None).await?;
     let (mut parts, body) = resp.into_parts();
     let answer = Answer {
         body,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::pipeline::migration::Side;
+use crate::pipeline::context::Side;
 
 pub const REQUESTS_TOTAL: &str = "ficus_requests_total";
 pub const REQUEST_DURATION: &str = "ficus_request_duration_seconds";
