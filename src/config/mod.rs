@@ -7,6 +7,7 @@ pub mod file;
 pub mod locate;
 pub mod problems;
 pub mod transform;
+pub mod values;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

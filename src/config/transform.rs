@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::file::{ByteSize, StatusPattern};
+use super::values::{ByteSize, StatusPattern};
 
 /// A named translation between a backend's dialect and the modern API, per direction.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

@@ -16,7 +16,6 @@ use http::{HeaderMap, Uri};
 use super::context::{cookie_value, query_value};
 use super::RequestCtx;
 use crate::identity::jwt::Claims;
-use crate::upstream::balance::fnv1a;
 
 /// Where one part of a key comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,6 +315,22 @@ impl RequestKey {
         }
         Some(key)
     }
+}
+
+/// FNV-1a with a murmur3 finaliser: stable across processes and versions, so every ficus
+/// instance maps a key to the same endpoint. (Plain FNV leaves similar short keys clustered in
+/// the high bits, which is where a ring position is decided.)
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 #[cfg(test)]

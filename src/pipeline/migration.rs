@@ -14,10 +14,10 @@ use http::HeaderValue;
 use metrics::Counter;
 
 use super::context::Side;
+use super::key::fnv1a;
 use super::key::{KeyFacts, KeySource, Parsed, RequestKey};
 use crate::config::file::MigrationConfig;
 use crate::telemetry::metrics::{Metrics, RouteMetrics, FALLBACKS_TOTAL};
-use crate::upstream::balance::fnv1a;
 use crate::upstream::Upstream;
 
 /// Parses `sticky`, spelled like every request key. `route` is refused: every request of the

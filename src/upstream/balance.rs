@@ -14,7 +14,7 @@ use metrics::{Counter, Gauge};
 use serde::Serialize;
 
 use crate::config::file::{BalancePolicy, OutlierConfig};
-use crate::pipeline::key::{KeySource, Parsed, RequestKey};
+use crate::pipeline::key::{fnv1a, KeySource, Parsed, RequestKey};
 use crate::telemetry::metrics::{Metrics, ENDPOINT_HEALTHY, OUTLIER_EJECTIONS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,22 +332,6 @@ fn first_best(order: impl Iterator<Item = usize>, rank: impl Fn(usize) -> u8) ->
         }
     }
     best.map(|(_, i)| i)
-}
-
-/// FNV-1a with a murmur3 finaliser: stable across processes and versions, so every ficus
-/// instance maps a key to the same endpoint. (Plain FNV leaves similar short keys clustered in
-/// the high bits, which is where a ring position is decided.)
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
 }
 
 /// Shared by the snapshot's upstreams and the health checker.

@@ -1,21 +1,16 @@
 //! The pooled keep-alive client, and one upstream's runtime form.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use metrics::Histogram;
 use parking_lot::Mutex;
 
-use super::balance::EndpointSet;
 use super::tls::UpstreamTls;
-use crate::config::file::{HealthCheckConfig, PoolConfig};
+use crate::config::file::PoolConfig;
 use crate::pipeline::body::RequestBody;
 
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
@@ -74,114 +69,24 @@ pub enum UpstreamCallError {
     Body(String),
     /// The upstream's concurrency limit shed the request: it was never sent.
     #[error("over the upstream's concurrency limit ({})", .0.label())]
-    Overloaded(super::limit::Shed),
+    Overloaded(Shed),
 }
 
-pub struct Upstream {
-    pub name: Arc<str>,
-    pub endpoints: Arc<EndpointSet>,
-    /// The consistent-hash key, for `balance: consistent-hash`.
-    pub hash_on: Option<crate::pipeline::key::RequestKey>,
-    pub health_check: Option<HealthCheckConfig>,
-    pub request_timeout: Duration,
-    pub pool_key: PoolKey,
-    /// Set when an endpoint is `https://`; health checks use it too.
-    pub tls: Option<Arc<UpstreamTls>>,
-    client: HttpClient,
-    duration: Histogram,
-    pub breaker: Option<Arc<super::breaker::Breakers>>,
-    pub retry: Option<super::retry::RetryPolicy>,
-    /// `max_concurrent` and its queue; without it calls go straight to the pool.
-    limit: Option<super::limit::Limiter>,
+/// Why a request was refused without being sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// `max_concurrent` requests in flight and `max_queue` waiting.
+    QueueFull,
+    /// It waited `queue_timeout` in the queue without getting a place.
+    QueueTimeout,
 }
 
-impl Upstream {
-    pub fn new(
-        name: &str,
-        endpoints: Arc<EndpointSet>,
-        request_timeout: Duration,
-        pool_key: PoolKey,
-        client: HttpClient,
-        duration: Histogram,
-    ) -> Self {
-        Self {
-            name: Arc::from(name),
-            endpoints,
-            hash_on: None,
-            health_check: None,
-            request_timeout,
-            pool_key,
-            tls: None,
-            client,
-            duration,
-            breaker: None,
-            retry: None,
-            limit: None,
+impl Shed {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue-full",
+            Self::QueueTimeout => "queue-timeout",
         }
-    }
-
-    /// `max_concurrent` and its queue, when the config sets them.
-    pub fn with_concurrency_limit(
-        mut self,
-        cfg: &crate::config::file::UpstreamConfig,
-        metrics: &crate::telemetry::metrics::Metrics,
-    ) -> Self {
-        self.limit = super::limit::Limiter::new(cfg, self.client.clone(), &self.name, metrics);
-        self
-    }
-
-    pub fn with_retry(mut self, retry: Option<super::retry::RetryPolicy>) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    pub fn with_health_check(mut self, hc: Option<HealthCheckConfig>) -> Self {
-        self.health_check = hc;
-        self
-    }
-
-    pub fn with_tls(mut self, tls: Option<Arc<UpstreamTls>>) -> Self {
-        self.tls = tls;
-        self
-    }
-
-    pub fn with_hash_on(mut self, h: Option<crate::pipeline::key::RequestKey>) -> Self {
-        self.hash_on = h;
-        self
-    }
-
-    pub fn with_breaker(mut self, breaker: Option<Arc<super::breaker::Breakers>>) -> Self {
-        self.breaker = breaker;
-        self
-    }
-
-    /// Sends a request whose URI already names the endpoint; waits for the response head only.
-    pub async fn call(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, UpstreamCallError> {
-        self.call_within(req, self.request_timeout).await
-    }
-
-    /// One try, bounded by `timeout` (a retry's share of the request timeout).
-    pub async fn call_within(
-        &self,
-        req: Request<RequestBody>,
-        timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamCallError> {
-        let started = Instant::now();
-        let result = match &self.limit {
-            None => {
-                tokio::time::timeout(timeout, async {
-                    self.client.request(req).await.map_err(|e| classify(&e))
-                })
-                .await
-            }
-            Some(limit) => tokio::time::timeout(timeout, limit.call(req)).await,
-        };
-        let result = result.unwrap_or(Err(UpstreamCallError::Timeout(timeout)));
-        // A shed request never reached the upstream: its time says nothing about it.
-        if !matches!(result, Err(UpstreamCallError::Overloaded(_))) {
-            self.duration.record(started.elapsed().as_secs_f64());
-        }
-        result
     }
 }
 

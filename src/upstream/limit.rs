@@ -36,7 +36,7 @@ use tower::load_shed::error::Overloaded;
 use tower::load_shed::LoadShed;
 use tower::{BoxError, Service, ServiceExt as _};
 
-use super::client::{classify, HttpClient};
+use super::client::{classify, HttpClient, Shed};
 use super::UpstreamCallError;
 use crate::config::file::UpstreamConfig;
 use crate::pipeline::body::RequestBody;
@@ -44,24 +44,6 @@ use crate::telemetry::metrics::{Metrics, UPSTREAM_QUEUED, UPSTREAM_SHED};
 
 /// How long a queued request waits for a place when `queue_timeout` is not set.
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Why a request was refused without being sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shed {
-    /// `max_concurrent` requests in flight and `max_queue` waiting.
-    QueueFull,
-    /// It waited `queue_timeout` in the queue without getting a place.
-    QueueTimeout,
-}
-
-impl Shed {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::QueueFull => "queue-full",
-            Self::QueueTimeout => "queue-timeout",
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 #[error("waited {0:?} for a place at the upstream")]
