@@ -353,6 +353,13 @@ mod tests {
     use super::*;
     use crate::config::ConfigSource;
 
+    fn assert_line(lines: &[String], start: &str) {
+        assert!(
+            lines.iter().any(|l| l.starts_with(start)),
+            "no `{start}` in {lines:?}"
+        );
+    }
+
     fn compile_text(text: &'static str) -> Result<Snapshot, ConfigErrors> {
         compile_text_in(text, ".")
     }
@@ -385,23 +392,11 @@ mod tests {
         .err()
         .unwrap();
         let lines: Vec<String> = err.0.iter().map(ToString::to_string).collect();
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("test.yaml:6: upstreams.app.endpoints[0]: scheme `ftp`")),
-            "{lines:?}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("test.yaml:9: routes[0].match.path_prefix:")),
-            "{lines:?}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("test.yaml:10: routes[0].upstream: no upstream named `nope`")),
-            "{lines:?}"
+        assert_line(&lines, "test.yaml:6: upstreams.app.endpoints[0]: scheme `ftp`");
+        assert_line(&lines, "test.yaml:9: routes[0].match.path_prefix:");
+        assert_line(
+            &lines,
+            "test.yaml:10: routes[0].upstream: no upstream named `nope`",
         );
     }
 
@@ -480,18 +475,10 @@ mod tests {
         .err()
         .unwrap();
         let lines: Vec<String> = err.0.iter().map(ToString::to_string).collect();
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("test.yaml:1: log.level: not a valid log filter")),
-            "{lines:?}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|l| l
-                    .starts_with("test.yaml:5: listeners[0].limits.idle_timeout: must be greater than zero")),
-            "{lines:?}"
+        assert_line(&lines, "test.yaml:1: log.level: not a valid log filter");
+        assert_line(
+            &lines,
+            "test.yaml:5: listeners[0].limits.idle_timeout: must be greater than zero",
         );
     }
 }

@@ -57,13 +57,7 @@ fn write(
 }
 
 fn scalar(v: &Value, key: &str) -> Result<String, String> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(b.to_string()),
-        Value::Null => Ok(String::new()),
-        _ => Err(format!("`{key}`: nested arrays have no form encoding")),
-    }
+    super::xml::scalar_text(v).ok_or_else(|| format!("`{key}`: nested arrays have no form encoding"))
 }
 
 #[cfg(test)]

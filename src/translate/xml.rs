@@ -340,12 +340,17 @@ pub fn write_element(
 }
 
 fn scalar(v: &Value, key: &str) -> Result<String, String> {
+    scalar_text(v).ok_or_else(|| format!("`{key}` must be a plain value"))
+}
+
+/// A JSON scalar written as text (`null` as nothing); `None` for an array or an object.
+pub(super) fn scalar_text(v: &Value) -> Option<String> {
     match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(b.to_string()),
-        Value::Null => Ok(String::new()),
-        _ => Err(format!("`{key}` must be a plain value")),
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null => Some(String::new()),
+        _ => None,
     }
 }
 
