@@ -447,3 +447,44 @@ async fn a_refused_reload_leaves_a_live_breaker_open() {
     assert_eq!(up.hits(), hits + 1);
     f.shutdown().await;
 }
+
+/// Kubernetes mounts a ConfigMap as a folder: `ficus.yaml -> ..data/ficus.yaml`, `..data -> ..<ts>`.
+/// An update writes a new `..<ts>` folder and renames a new `..data` link over the old one, so the
+/// path ficus was given never changes. (Mount the folder, not a `subPath`: a `subPath` mount never
+/// updates.)
+#[tokio::test]
+async fn a_kubernetes_configmap_update_is_reloaded() {
+    use std::os::unix::fs::symlink;
+    let a = Upstream::echo_named("a").await;
+    let b = Upstream::echo_named("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let version = |name: &str, upstream: &Upstream| {
+        let folder = dir.path().join(name);
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::write(
+            folder.join("ficus.yaml"),
+            config(&upstream.url(), "UNUSED_TOKEN", true),
+        )
+        .unwrap();
+    };
+    version("..2026_11_30_10_00_00.1", &a);
+    symlink("..2026_11_30_10_00_00.1", dir.path().join("..data")).unwrap();
+    symlink("..data/ficus.yaml", dir.path().join("ficus.yaml")).unwrap();
+    let gw = ficus::gateway::Gateway::start(ficus::config::ConfigSource::File(dir.path().join("ficus.yaml")))
+        .await
+        .unwrap();
+    let url = format!("http://{}/", gw.addr("main").unwrap());
+    assert_eq!(get(&url).await.echoed().name, "a");
+
+    // The kubelet's swap: a new folder, a new link beside the old one, renamed over it.
+    version("..2026_11_30_10_05_00.2", &b);
+    symlink("..2026_11_30_10_05_00.2", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    std::fs::remove_dir_all(dir.path().join("..2026_11_30_10_00_00.1")).unwrap();
+    let switched = eventually(Duration::from_secs(10), || async {
+        get(&url).await.echoed().name == "b"
+    })
+    .await;
+    assert!(switched, "the ..data swap was not picked up");
+    gw.shutdown().await;
+}

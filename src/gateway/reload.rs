@@ -149,19 +149,48 @@ pub fn spawn_watcher(shared: Arc<Shared>) -> notify::Result<notify::RecommendedW
     }
     tokio::spawn(async move {
         let mut files = files;
+        let mut seen = stamps(&files);
         while let Some(first) = rx.recv().await {
-            if !files.contains(&first) {
-                continue;
-            }
             // Let a burst of writes (truncate, write, rename) settle into one reload.
             let debounce = shared.snapshot.load().config.reload.debounce;
             tokio::time::sleep(debounce).await;
-            while rx.try_recv().is_ok() {}
+            let mut hit = files.contains(&first);
+            while let Ok(p) = rx.try_recv() {
+                hit |= files.contains(&p);
+            }
+            // An event on another name in a watched folder matters when it re-points a link a
+            // watched file goes through: the kubelet swaps a ConfigMap's or Secret's `..data`
+            // link, and the file's own path never sees an event.
+            let now = stamps(&files);
+            if !hit && now == seen {
+                continue;
+            }
             let _ = reload(&shared, "file change").await;
             files = watched(&shared);
+            seen = stamps(&files);
         }
     });
     Ok(watcher)
+}
+
+/// What a file is now, without reading it: where its links lead, and the inode, size and
+/// modification time found there (`None` while it cannot be read).
+type Stamp = Option<(PathBuf, u64, u64, SystemTime)>;
+
+fn stamps(files: &HashSet<PathBuf>) -> Vec<(PathBuf, Stamp)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut out: Vec<_> = files
+        .iter()
+        .map(|f| {
+            let stamp = std::fs::canonicalize(f).ok().and_then(|target| {
+                let m = std::fs::metadata(&target).ok()?;
+                Some((target, m.ino(), m.len(), m.modified().ok()?))
+            });
+            (f.clone(), stamp)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 fn watched(shared: &Shared) -> HashSet<PathBuf> {
