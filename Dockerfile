@@ -44,14 +44,15 @@ WORKDIR /build
 # - the manifest and lock file;
 # - src/;
 # - config/, because src/demo.rs embeds config/demo.yaml with include_str! (and the runtime
-#   stage copies the example config from the build context).
-# Cargo.toml has no [[bench]] or [[test]] entries and there is no build.rs or benches/ dir, so
-# nothing else is needed. Cargo auto-discovers tests/ and benches/ but does not need them to
-# build the binary. If an explicit [[bench]]/[[test]] target or a build.rs is added later,
-# copy its files here too: Cargo refuses a manifest whose target paths are missing.
+#   stage copies the example config from the build context);
+# - benches/, because Cargo.toml names the `translate` bench explicitly and Cargo refuses a
+#   manifest whose target paths are missing, even to build another target.
+# `scripts/check-image-context.sh` (run by CI) copies exactly these COPY lines into an empty
+# folder and builds there, so a missing one fails CI rather than `docker build`.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY config ./config
+COPY benches ./benches
 
 # The registry and target dirs are cache mounts, so rebuilds reuse downloaded crates and
 # compiled dependencies. A cache mount is not part of the image, so the binary is copied out
