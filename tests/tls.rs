@@ -254,3 +254,43 @@ async fn missing_certificate_is_a_config_error_with_its_line() {
         "{msg}"
     );
 }
+
+/// A certificate mounted from a Kubernetes Secret (cert-manager's rotation): `tls.pem ->
+/// ..data/tls.pem`, and the kubelet renames a new `..data` link over the old one. The path in
+/// the config never changes; where it leads does.
+#[tokio::test]
+async fn a_certificate_rotated_in_a_kubernetes_secret_is_served() {
+    use std::os::unix::fs::symlink;
+    let up = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("tls-secret");
+    let version = |name: &str| {
+        let folder = secret.join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        make_cert(&folder, "tls", &["a.test"])
+    };
+    let old = version("..2026_11_30_10_00_00.1");
+    symlink("..2026_11_30_10_00_00.1", secret.join("..data")).unwrap();
+    symlink("..data/tls.pem", secret.join("tls.pem")).unwrap();
+    symlink("..data/tls.key", secret.join("tls.key")).unwrap();
+    let mounted = TestCert {
+        cert_path: secret.join("tls.pem"),
+        key_path: secret.join("tls.key"),
+        der: old.der.clone(),
+        key_der: None,
+    };
+    let f = Ficus::start_in(dir, &tls_config(&up.url(), &[&mounted], "", true))
+        .await
+        .unwrap();
+    assert!(tls_connect(f.addr, "a.test", &[&old.der], &[]).await.is_ok());
+
+    let new = version("..2026_11_30_11_00_00.2");
+    symlink("..2026_11_30_11_00_00.2", secret.join("..data_tmp")).unwrap();
+    std::fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
+    let switched = eventually(Duration::from_secs(10), || async {
+        tls_connect(f.addr, "a.test", &[&new.der], &[]).await.is_ok()
+    })
+    .await;
+    assert!(switched, "the rotated certificate was not served within 10 s");
+    f.shutdown().await;
+}
