@@ -6,14 +6,17 @@
 # ratio (issue 14's target: at most 1.05).
 # Usage: loadtest/routes.sh [duration_s=8] [connections=64] [rounds=2]
 # Ports (override if they are taken): UP_PORT=18180 GW_PORT=18184 ADMIN_PORT=19911
+# FICUS_BIN=<path> measures that binary instead of building this checkout (e.g. a before/after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${1:-8}; C=${2:-64}; ROUNDS=${3:-2}
 UP=${UP_PORT:-18180}; GW=${GW_PORT:-18184}; ADMIN=${ADMIN_PORT:-19911}
 N=1000
 for b in nginx wrk taskset curl; do command -v $b >/dev/null || { echo "$b is needed (apt-get install -y nginx-light wrk)" >&2; exit 1; }; done
-cargo build --release --locked --bin ficus >&2
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/ficus
+if [ -n "${FICUS_BIN:-}" ]; then BIN=$FICUS_BIN; else
+  cargo build --release --locked --bin ficus >&2
+  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/ficus
+fi
 W=$(mktemp -d /tmp/routebench.XXXXXX)
 TCK=$(getconf CLK_TCK)
 
