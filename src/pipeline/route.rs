@@ -6,6 +6,7 @@
 
 pub mod compile;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::Method;
@@ -256,22 +257,120 @@ impl Route {
 #[derive(Default)]
 pub struct Router {
     routes: Vec<Arc<Route>>,
+    index: PathIndex,
 }
 
 impl Router {
     pub fn new(routes: Vec<Route>) -> Self {
+        let index = PathIndex::new(routes.iter().map(|r| &r.path));
         Self {
             routes: routes.into_iter().map(Arc::new).collect(),
+            index,
         }
     }
 
-    /// The first route, in config order, whose every condition holds.
+    /// The first route, in config order, whose every condition holds. Only the routes whose
+    /// path can match are tested, so the cost does not grow with the length of the table.
     pub fn find(&self, req: &RequestView<'_>) -> Option<&Arc<Route>> {
+        let i = self
+            .index
+            .first(req.path, |i| self.routes.get(i).is_some_and(|r| r.matches(req)))?;
+        self.routes.get(i)
+    }
+
+    /// What [`Router::find`] must always agree with: every route, in order.
+    #[doc(hidden)]
+    pub fn find_linear(&self, req: &RequestView<'_>) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| r.matches(req))
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {
         &self.routes
+    }
+}
+
+/// Route positions by the shape of their path, so that a lookup yields every route whose path
+/// can match (and few others) without visiting the rest.
+///
+/// One combined `matchit` tree cannot do this: it returns a single match and prefers static
+/// segments, while the table's answer is the earliest route in file order, and two routes with
+/// the same template are a conflict to matchit but legitimate here (they may differ by host or
+/// method). So every path shape is reduced to a literal that any matching path must contain at
+/// a known place, candidates are gathered from those literals, and the full [`Route::matches`]
+/// decides, in ascending position.
+#[derive(Default)]
+struct PathIndex {
+    /// `Exact` paths, and templates without a parameter (matchit matches those literally).
+    exact: HashMap<Box<str>, Vec<usize>>,
+    /// `Prefix` paths as written, and templates under the literal text before their first
+    /// brace, cut after a `/`: a path can only match `/orders/{id}` if it starts with
+    /// `/orders/`.
+    prefix: HashMap<Box<str>, Vec<usize>>,
+    longest_prefix: usize,
+    /// `Any`, regexes, and templates with no literal directory before their first brace.
+    always: Vec<usize>,
+}
+
+impl PathIndex {
+    fn new<'a>(paths: impl IntoIterator<Item = &'a PathMatch>) -> Self {
+        let mut index = Self::default();
+        for (i, path) in paths.into_iter().enumerate() {
+            match path {
+                PathMatch::Exact(p) => index.exact.entry(p.as_str().into()).or_default().push(i),
+                PathMatch::Prefix(p) => index.add_prefix(p, i),
+                PathMatch::Template(t, _) => match t.find(['{', '}']) {
+                    None => index.exact.entry(t.as_str().into()).or_default().push(i),
+                    Some(brace) => match t[..brace].rfind('/') {
+                        Some(slash) => index.add_prefix(&t[..=slash], i),
+                        None => index.always.push(i),
+                    },
+                },
+                PathMatch::Any | PathMatch::Regex(_) => index.always.push(i),
+            }
+        }
+        index
+    }
+
+    fn add_prefix(&mut self, p: &str, i: usize) {
+        self.longest_prefix = self.longest_prefix.max(p.len());
+        self.prefix.entry(p.into()).or_default().push(i);
+    }
+
+    /// The smallest position among the candidates for `path` that `accept` takes. Each
+    /// candidate list is ascending, so a list is left at its first accepted position or as soon
+    /// as it passes the best one found so far.
+    fn first(&self, path: &str, mut accept: impl FnMut(usize) -> bool) -> Option<usize> {
+        let mut best = usize::MAX;
+        let mut scan = |list: &[usize]| {
+            for &i in list {
+                if i >= best {
+                    break;
+                }
+                if accept(i) {
+                    best = i;
+                    break;
+                }
+            }
+        };
+        scan(&self.always);
+        if let Some(list) = self.exact.get(path) {
+            scan(list);
+        }
+        if !self.prefix.is_empty() {
+            // A prefix without a trailing `/` matches up to a `/` or the end; one with a
+            // trailing `/` matches up to any point just after a `/`.
+            let b = path.as_bytes();
+            for k in 0..=b.len().min(self.longest_prefix) {
+                let boundary = k == b.len() || b[k] == b'/' || (k > 0 && b[k - 1] == b'/');
+                if !boundary {
+                    continue;
+                }
+                if let Some(list) = path.get(..k).and_then(|key| self.prefix.get(key)) {
+                    scan(list);
+                }
+            }
+        }
+        (best != usize::MAX).then_some(best)
     }
 }
 
@@ -312,6 +411,142 @@ mod tests {
         assert!(!h.matches("example.com"));
         assert!(!h.matches("badexample.com"));
         assert!(HostMatch::parse("api.example.com").matches("API.example.com"));
+    }
+
+    fn template(t: &str) -> PathMatch {
+        PathMatch::template(t).unwrap()
+    }
+
+    /// The index's answer when `accept` stands for a route's other conditions, checked
+    /// against the plain scan of the same table.
+    fn first_both_ways(paths: &[PathMatch], path: &str, accept: impl Fn(usize) -> bool) -> Option<usize> {
+        let linear = paths
+            .iter()
+            .enumerate()
+            .position(|(i, p)| p.matches(path) && accept(i));
+        let indexed = PathIndex::new(paths).first(path, |i| paths[i].matches(path) && accept(i));
+        assert_eq!(indexed, linear, "index and scan disagree on {path}");
+        indexed
+    }
+
+    fn first(paths: &[PathMatch], path: &str) -> Option<usize> {
+        first_both_ways(paths, path, |_| true)
+    }
+
+    #[test]
+    fn a_prefix_listed_before_an_exact_path_wins_for_that_path() {
+        let paths = [PathMatch::Prefix("/api".into()), PathMatch::Exact("/api".into())];
+        assert_eq!(first(&paths, "/api"), Some(0));
+        assert_eq!(first(&paths, "/api/x"), Some(0));
+        let paths = [PathMatch::Exact("/api".into()), PathMatch::Prefix("/api".into())];
+        assert_eq!(first(&paths, "/api"), Some(0));
+        assert_eq!(first(&paths, "/api/x"), Some(1));
+        assert_eq!(first(&paths, "/apix"), None);
+    }
+
+    #[test]
+    fn templates_matchit_would_refuse_together_all_stay_candidates() {
+        // One matchit tree refuses `{id}` beside `{key}` and prefers `new` to `{id}`; here the
+        // earlier route wins, and a later one is reached when the earlier one's other
+        // conditions fail.
+        let paths = [
+            template("/orders/{id}"),
+            template("/orders/{key}"),
+            template("/orders/{id}"),
+            template("/orders/new"),
+            template("/orders/{*rest}"),
+        ];
+        assert_eq!(first(&paths, "/orders/new"), Some(0));
+        assert_eq!(first_both_ways(&paths, "/orders/7", |i| i > 0), Some(1));
+        assert_eq!(first_both_ways(&paths, "/orders/7", |i| i > 1), Some(2));
+        assert_eq!(first_both_ways(&paths, "/orders/new", |i| i > 2), Some(3));
+        assert_eq!(first_both_ways(&paths, "/orders/new", |i| i > 3), Some(4));
+        assert_eq!(first(&paths, "/orders/7/lines"), Some(4));
+        assert_eq!(first(&paths, "/orders"), None);
+    }
+
+    #[test]
+    fn templates_with_a_parameter_inside_a_segment_or_at_the_root_are_found() {
+        let paths = [
+            template("/img/i{id}.png"),
+            template("/{tenant}/orders"),
+            template("/{*all}"),
+        ];
+        assert_eq!(first(&paths, "/img/i1.png"), Some(0));
+        assert_eq!(first(&paths, "/img/orders"), Some(1));
+        assert_eq!(first(&paths, "/img/x.png"), Some(2));
+        assert_eq!(first(&paths, "/"), None);
+    }
+
+    #[test]
+    fn a_root_prefix_and_any_match_every_path_in_table_order() {
+        let paths = [
+            PathMatch::Exact("/a".into()),
+            PathMatch::Prefix("/".into()),
+            PathMatch::Any,
+        ];
+        assert_eq!(first(&paths, "/"), Some(1));
+        assert_eq!(first(&paths, "/a"), Some(0));
+        assert_eq!(first(&paths, "/a/b/"), Some(1));
+        assert_eq!(first_both_ways(&paths, "/a/b", |i| i != 1), Some(2));
+        assert_eq!(first(&paths, ""), Some(2));
+    }
+
+    #[test]
+    fn trailing_slashes_are_part_of_the_path() {
+        let paths = [
+            PathMatch::Exact("/a/".into()),
+            PathMatch::Prefix("/b/".into()),
+            template("/c/{id}/"),
+            PathMatch::Prefix("/d".into()),
+            PathMatch::Exact("/e".into()),
+        ];
+        assert_eq!(first(&paths, "/a/"), Some(0));
+        assert_eq!(first(&paths, "/a"), None);
+        assert_eq!(first(&paths, "/b"), None);
+        assert_eq!(first(&paths, "/b/"), Some(1));
+        assert_eq!(first(&paths, "/b/x/"), Some(1));
+        assert_eq!(first(&paths, "/c/1/"), Some(2));
+        assert_eq!(first(&paths, "/c/1"), None);
+        assert_eq!(first(&paths, "/d/"), Some(3));
+        assert_eq!(first(&paths, "/e/"), None);
+    }
+
+    #[test]
+    fn every_small_table_agrees_with_the_scan_on_every_path() {
+        let shapes = || {
+            vec![
+                PathMatch::Exact("/a".into()),
+                PathMatch::Exact("/a/b".into()),
+                PathMatch::Prefix("/a".into()),
+                PathMatch::Prefix("/a/".into()),
+                template("/a/{x}"),
+                template("/{x}/b"),
+                template("/a/{*r}"),
+                template("/a/b"),
+                PathMatch::Regex(regex::Regex::new("^(?:/a/.*)$").unwrap()),
+                PathMatch::Any,
+            ]
+        };
+        let requests = [
+            "", "/", "/a", "/a/", "/a/b", "/a/b/", "/a/c", "/ab", "/c/b", "/a/b/c", "a",
+        ];
+        let n = shapes().len();
+        // Every rotation and its reverse, each with every one route's other conditions failing.
+        for start in 0..n {
+            for reverse in [false, true] {
+                let mut paths = shapes();
+                paths.rotate_left(start);
+                if reverse {
+                    paths.reverse();
+                }
+                for path in requests {
+                    for refused in 0..=n {
+                        first_both_ways(&paths, path, |i| i != refused);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
