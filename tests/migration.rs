@@ -201,12 +201,7 @@ async fn the_old_client_ip_spelling_still_splits_and_warns() {
 #[tokio::test]
 async fn failed_modern_calls_fall_back_to_legacy_for_retryable_requests() {
     let legacy = Upstream::echo_named("legacy").await;
-    let broken = Upstream::start(|_req: Request<Incoming>| async move {
-        let mut r = Response::new(full("modern is down"));
-        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        r
-    })
-    .await;
+    let broken = Upstream::failing(StatusCode::SERVICE_UNAVAILABLE, "modern is down").await;
     let f = Ficus::start(&migration_config(
         &legacy.url(),
         &broken.url(),
@@ -352,12 +347,7 @@ async fn open_breaker_on_modern_falls_back_to_legacy() {
 #[tokio::test]
 async fn post_is_not_replayed_on_legacy_when_modern_answers_5xx() {
     let legacy = Upstream::echo_named("legacy").await;
-    let broken = Upstream::start(|_req: Request<Incoming>| async move {
-        let mut r = Response::new(full("modern is down"));
-        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        r
-    })
-    .await;
+    let broken = Upstream::failing(StatusCode::SERVICE_UNAVAILABLE, "modern is down").await;
     let f = Ficus::start(&migration_config(
         &legacy.url(),
         &broken.url(),
@@ -382,12 +372,7 @@ async fn post_is_not_replayed_on_legacy_when_modern_answers_5xx() {
 #[tokio::test]
 async fn a_retried_post_whose_retry_cannot_connect_is_not_replayed_on_legacy() {
     let legacy = Upstream::echo_named("legacy").await;
-    let broken = Upstream::start(|_req: Request<Incoming>| async move {
-        let mut r = Response::new(full("modern is down"));
-        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        r
-    })
-    .await;
+    let broken = Upstream::failing(StatusCode::SERVICE_UNAVAILABLE, "modern is down").await;
     let dead = free_port();
     let yaml = migration_config(
         &legacy.url(),
@@ -439,12 +424,7 @@ async fn post_falls_back_to_legacy_when_modern_is_unreachable() {
 #[tokio::test]
 async fn post_falls_back_on_5xx_when_the_route_opts_in() {
     let legacy = Upstream::echo_named("legacy").await;
-    let broken = Upstream::start(|_req: Request<Incoming>| async move {
-        let mut r = Response::new(full("modern is down"));
-        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        r
-    })
-    .await;
+    let broken = Upstream::failing(StatusCode::SERVICE_UNAVAILABLE, "modern is down").await;
     let f = Ficus::start(&migration_config(
         &legacy.url(),
         &broken.url(),

@@ -407,12 +407,7 @@ async fn an_admin_allowed_host_with_a_port_is_a_config_error() {
 /// one in the state kept across reloads, and the next good reload closed an open breaker.
 #[tokio::test]
 async fn a_refused_reload_leaves_a_live_breaker_open() {
-    let up = Upstream::start(|_req: Request<Incoming>| async move {
-        let mut r = http::Response::new(full("down"));
-        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-        r
-    })
-    .await;
+    let up = Upstream::failing(http::StatusCode::SERVICE_UNAVAILABLE, "down").await;
     let breaker = "circuit_breaker: { window: 10s, min_requests: 5, failure_rate: 0.5, open_for: 30s }";
     let yaml = basic_config(&up.url()).replace(
         &format!("    endpoints: [\"{}\"]", up.url()),

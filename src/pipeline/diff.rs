@@ -401,16 +401,19 @@ mod tests {
         assert!(!p.covers(&[Step::Key("x[1")]));
     }
 
+    /// The paths that differ between `a` and `b` once `ignore` applies.
+    fn diff_paths(content_type: &str, a: &[u8], b: &[u8], ignore: &[&str]) -> Vec<String> {
+        diff_bodies(content_type, a, b, &rules(ignore))
+            .into_iter()
+            .map(|d| d.path)
+            .collect()
+    }
+
     #[test]
     fn ignore_rules_use_the_field_path_syntax_of_translation_ops() {
         let a = br#"{"items":[{"id":1,"p":1},{"id":2,"p":2}],"meta":{"at":"x"},"n":1}"#;
         let b = br#"{"items":[{"id":9,"p":1},{"id":8,"p":3}],"meta":{"at":"y"},"n":1}"#;
-        let paths = |ignore: &[&str]| -> Vec<String> {
-            diff_bodies("application/json", a, b, &rules(ignore))
-                .into_iter()
-                .map(|d| d.path)
-                .collect()
-        };
+        let paths = |ignore: &[&str]| diff_paths("application/json", a, b, ignore);
         assert_eq!(paths(&["items.*.id", "meta"]), ["$.items[1].p"]);
         assert_eq!(
             paths(&["items.0.id", "meta.at"]),
@@ -433,12 +436,7 @@ mod tests {
     fn xml_ignore_rules_name_elements_attributes_and_text() {
         let a = b"<Order id=\"7\"><Item>a</Item><Item>b</Item><At>1</At></Order>";
         let b = b"<Order id=\"8\"><Item>c</Item><Item>d</Item><At>2</At></Order>";
-        let paths = |ignore: &[&str]| -> Vec<String> {
-            diff_bodies("text/xml", a, b, &rules(ignore))
-                .into_iter()
-                .map(|d| d.path)
-                .collect()
-        };
+        let paths = |ignore: &[&str]| diff_paths("text/xml", a, b, ignore);
         assert_eq!(paths(&["Order.Item", "Order.@id"]), ["/Order/At/#text"]);
         assert_eq!(
             paths(&["Order.Item.1.#text", "Order.At"]),

@@ -119,6 +119,16 @@ impl Upstream {
         Self::start(move |req: Request<Incoming>| async move { echo_response(req, name).await }).await
     }
 
+    /// An upstream that answers every request with `status` and `body`.
+    pub async fn failing(status: StatusCode, body: &'static str) -> Self {
+        Self::start(move |_req: Request<Incoming>| async move {
+            let mut r = Response::new(full(body));
+            *r.status_mut() = status;
+            r
+        })
+        .await
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
