@@ -30,7 +30,6 @@ use crate::pipeline::trust::OwnedHeaders;
 use crate::server::runtime::ListenerRuntime;
 use crate::telemetry::metrics::{Metrics, RouteMetrics};
 use crate::translate::Transform;
-use crate::upstream::breaker::Breakers;
 use crate::upstream::client::PoolKey;
 use crate::upstream::{ClientCache, Upstream};
 
@@ -64,13 +63,6 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn pool_keys(&self) -> Vec<PoolKey> {
         self.upstreams.values().map(|u| u.pool_key.clone()).collect()
-    }
-
-    pub fn breakers(&self) -> Vec<Arc<Breakers>> {
-        self.upstreams
-            .values()
-            .filter_map(|u| u.breaker.clone())
-            .collect()
     }
 
     pub fn rollouts(&self) -> Vec<Arc<Rollout>> {

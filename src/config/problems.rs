@@ -39,14 +39,6 @@ impl<'s> Problems<'s> {
         }
     }
 
-    pub fn source(&self) -> &'s SourceText {
-        self.src
-    }
-
-    pub fn has_errors(&self) -> bool {
-        !self.errors.is_empty()
-    }
-
     /// The errors, if any; otherwise the warnings and the files read.
     pub fn finish(self) -> Result<Findings, ConfigErrors> {
         if self.errors.is_empty() {
@@ -138,7 +130,6 @@ mod tests {
         up.warn("", "whole section");
         let f = p.at("routes").file("schema.json");
         assert_eq!(f, PathBuf::from("/etc/ficus/schema.json"));
-        assert!(p.has_errors());
         let errs = p.finish().err().unwrap().0;
         assert_eq!(
             errs[0].to_string(),

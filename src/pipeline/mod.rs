@@ -376,7 +376,7 @@ fn shadow_request(
     };
     Ok(shadow::ShadowRequest {
         method: parts.method.clone(),
-        captures: translate::captures(route, &uri, None),
+        captures: route.path.captures(uri.path()),
         uri,
         headers,
         body: body.clone(),

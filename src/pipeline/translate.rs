@@ -103,11 +103,6 @@ fn response_failed(t: &Transform, upstream: &Upstream, e: ProxyError) -> ProxyEr
     e
 }
 
-/// Route captures for the path the route matched (the normalised one).
-pub fn captures(route: &Route, uri: &Uri, normalised: Option<&str>) -> Vec<(String, String)> {
-    route.path.captures(normalised.unwrap_or(uri.path()))
-}
-
 /// A client's body as the request driver sees it: read only when the plan translates it.
 struct ClientBody {
     body: InBody,

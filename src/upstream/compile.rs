@@ -15,10 +15,7 @@ use super::retry::RetryPolicy;
 use super::tls::UpstreamTls;
 use super::{ClientCache, Upstream};
 use crate::config::carry::Carry;
-use crate::config::file::{
-    BalancePolicy, BreakerConfig, HealthCheckConfig, OutlierConfig, RetryCondition, RetryConfig,
-    UpstreamConfig,
-};
+use crate::config::file::{BalancePolicy, BreakerConfig, HealthCheckConfig, OutlierConfig, UpstreamConfig};
 use crate::config::problems::Section;
 use crate::pipeline::key::RequestKey;
 use crate::pipeline::rollout::Clock;
@@ -71,9 +68,7 @@ pub fn compile(
     }
     sec.errors(super::limit::validate(u));
     if let Some(r) = &u.retry {
-        let mut sec = sec.at("retry");
-        check_retry(r, &mut sec);
-        sec.errors(super::retry::validate(r));
+        sec.at("retry").errors(super::retry::validate(r));
     }
     if let Some(o) = &u.outlier {
         check_outlier(o, &mut sec.at("outlier"));
@@ -230,38 +225,6 @@ fn check_breaker(b: &BreakerConfig, sec: &mut Section<'_, '_>) {
                 &format!("failure_statuses[{j}]"),
                 format!("{st} is not an HTTP status"),
             );
-        }
-    }
-}
-
-fn check_retry(r: &RetryConfig, sec: &mut Section<'_, '_>) {
-    if r.attempts > 10 {
-        sec.error("attempts", "at most 10");
-    }
-    if !(0.0..=1.0).contains(&r.budget) {
-        sec.error("budget", "must be between 0 and 1");
-    }
-    if r.per_try_timeout.is_some_and(|t| t.is_zero()) {
-        sec.error("per_try_timeout", "must be greater than zero");
-    }
-    if r.max_backoff < r.backoff {
-        sec.error("max_backoff", "must be at least backoff");
-    }
-    if r.budget_window < Duration::from_secs(1) {
-        sec.error("budget_window", "must be at least 1s");
-    }
-    for (j, c) in r.on.iter().enumerate() {
-        match c {
-            RetryCondition::Status(st) if !(100..=599).contains(st) => {
-                sec.error(&format!("on[{j}]"), format!("{st} is not an HTTP status"));
-            }
-            RetryCondition::Named(n) if !matches!(n.as_str(), "connect-error" | "reset" | "timeout") => {
-                sec.error(
-                    &format!("on[{j}]"),
-                    format!("`{n}` is not a retry condition: use connect-error, reset, timeout or a status"),
-                );
-            }
-            _ => {}
         }
     }
 }

@@ -173,18 +173,43 @@ fn budget(cfg: &RetryConfig) -> TpsBudget {
     TpsBudget::new(window, min_per_sec, ratio)
 }
 
-/// Checks the `retry` keys whose bounds come from the budget: `(key, reason)`, the key relative
-/// to `retry`.
+/// Checks an upstream's `retry` section: `(key, reason)`, the key relative to `retry`. The
+/// budget's bounds are tower's, which panics outside them.
 pub fn validate(cfg: &RetryConfig) -> Vec<(String, String)> {
     let mut bad = Vec::new();
+    let mut add = |key: &str, reason: String| bad.push((key.to_string(), reason));
+    if cfg.attempts > 10 {
+        add("attempts", "at most 10".into());
+    }
+    if !(0.0..=1.0).contains(&cfg.budget) {
+        add("budget", "must be between 0 and 1".into());
+    }
+    if cfg.per_try_timeout.is_some_and(|t| t.is_zero()) {
+        add("per_try_timeout", "must be greater than zero".into());
+    }
+    if cfg.max_backoff < cfg.backoff {
+        add("max_backoff", "must be at least backoff".into());
+    }
+    if cfg.budget_window < *BUDGET_WINDOW.start() {
+        add("budget_window", "must be at least 1s".into());
+    }
+    for (j, c) in cfg.on.iter().enumerate() {
+        match c {
+            RetryCondition::Status(st) if !(100..=599).contains(st) => {
+                add(&format!("on[{j}]"), format!("{st} is not an HTTP status"));
+            }
+            RetryCondition::Named(n) if !matches!(n.as_str(), "connect-error" | "reset" | "timeout") => add(
+                &format!("on[{j}]"),
+                format!("`{n}` is not a retry condition: use connect-error, reset, timeout or a status"),
+            ),
+            _ => {}
+        }
+    }
     if cfg.budget_window > *BUDGET_WINDOW.end() {
-        bad.push(("budget_window".to_string(), "must be at most 60s".to_string()));
+        add("budget_window", "must be at most 60s".into());
     }
     if cfg.budget_min_per_sec >= i32::MAX as u32 {
-        bad.push((
-            "budget_min_per_sec".to_string(),
-            format!("must be below {}", i32::MAX),
-        ));
+        add("budget_min_per_sec", format!("must be below {}", i32::MAX));
     }
     bad
 }
