@@ -294,3 +294,135 @@ async fn a_certificate_rotated_in_a_kubernetes_secret_is_served() {
     assert!(switched, "the rotated certificate was not served within 10 s");
     f.shutdown().await;
 }
+
+/// A client that remembers sessions (rustls keeps them per server name in its config), trusting
+/// `root`, offering only `version`, presenting `cert` when given.
+fn resuming_client(
+    root: &rustls_pki_types::CertificateDer<'static>,
+    version: &'static rustls::SupportedProtocolVersion,
+    cert: Option<&TestCert>,
+) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    store.add(root.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(store);
+    let cfg = match cert {
+        None => builder.with_no_client_auth(),
+        Some(c) => builder
+            .with_client_auth_cert(vec![c.der.clone()], c.key())
+            .unwrap(),
+    };
+    Arc::new(cfg)
+}
+
+/// Connects, sends one request (TLS 1.3 tickets arrive after the handshake, so the answer must
+/// be read for the client to hold one) and says how the handshake went.
+async fn handshake_kind(
+    addr: std::net::SocketAddr,
+    cfg: &Arc<rustls::ClientConfig>,
+) -> std::io::Result<rustls::HandshakeKind> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+    let s = tokio_rustls::TlsConnector::from(cfg.clone())
+        .connect(name, tcp)
+        .await?;
+    let kind = s.get_ref().1.handshake_kind().unwrap();
+    let ans = tls_request(s, get_req("a.test"))
+        .await
+        .map_err(std::io::Error::other)?;
+    assert_eq!(ans.status, 200);
+    Ok(kind)
+}
+
+#[tokio::test]
+async fn returning_clients_resume_by_default_with_tls13_and_tls12() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let up = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"]);
+    let f = Ficus::start_in(dir, &tls_config(&up.url(), &[&a], "", false))
+        .await
+        .unwrap();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let client = resuming_client(&a.der, version, None);
+        assert_eq!(handshake_kind(f.addr, &client).await.unwrap(), Full);
+        assert_eq!(
+            handshake_kind(f.addr, &client).await.unwrap(),
+            Resumed,
+            "{version:?}"
+        );
+    }
+    f.shutdown().await;
+
+    // Tickets off: the session cache still resumes (TLS 1.2 session ids, TLS 1.3 stateful
+    // tickets); with the cache off too, every handshake is full.
+    for (extra, want) in [
+        ("session_tickets: false", Resumed),
+        ("session_tickets: false\n      session_cache_size: 0", Full),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let a = make_cert(dir.path(), "a", &["a.test"]);
+        let f = Ficus::start_in(dir, &tls_config(&up.url(), &[&a], extra, false))
+            .await
+            .unwrap();
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let client = resuming_client(&a.der, version, None);
+            assert_eq!(handshake_kind(f.addr, &client).await.unwrap(), Full);
+            assert_eq!(
+                handshake_kind(f.addr, &client).await.unwrap(),
+                want,
+                "{extra} {version:?}"
+            );
+        }
+        f.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn sessions_survive_a_reload_but_not_a_replaced_client_ca() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let up = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = TestCa::new(dir.path(), "server-ca");
+    let server = server_ca.issue(dir.path(), "a", &["a.test"]);
+    let client_ca = TestCa::new(dir.path(), "client-ca");
+    let alice = client_ca.issue(dir.path(), "alice", &["spiffe://corp/alice"]);
+    let extra = format!(
+        "client_auth: {{ mode: required, ca_file: '{}' }}",
+        client_ca.cert.cert_path.display()
+    );
+    let yaml = tls_config(&up.url(), &[&server], &extra, true);
+    let f = Ficus::start_in(dir, &yaml).await.unwrap();
+    let client = resuming_client(&server_ca.cert.der, &rustls::version::TLS13, Some(&alice));
+    assert_eq!(handshake_kind(f.addr, &client).await.unwrap(), Full);
+    assert_eq!(handshake_kind(f.addr, &client).await.unwrap(), Resumed);
+
+    // A reload that leaves the listener's TLS settings alone keeps its sessions.
+    f.write_config(&format!("{yaml}# touched\n"));
+    let reloaded = eventually(Duration::from_secs(10), || async {
+        get(&f.admin_url("/admin/config")).await.json()["version"] == 2
+    })
+    .await;
+    assert!(reloaded, "the edited config was not reloaded");
+    assert_eq!(handshake_kind(f.addr, &client).await.unwrap(), Resumed);
+
+    // Replacing the client CA revokes alice's certificate: her session, authenticated under
+    // the old bundle, must not resume, and the full handshake must fail.
+    let rogue = TestCa::new(f.dir.path(), "rogue-ca");
+    std::fs::rename(&rogue.cert.cert_path, &client_ca.cert.cert_path).unwrap();
+    let reloaded = eventually(Duration::from_secs(10), || async {
+        get(&f.admin_url("/admin/config")).await.json()["version"] == 3
+    })
+    .await;
+    assert!(reloaded, "the replaced CA bundle was not reloaded");
+    let after = handshake_kind(f.addr, &client).await;
+    assert!(
+        after.is_err(),
+        "alice was served after her CA was replaced: {after:?}"
+    );
+    assert_eq!(up.hits(), 3);
+    f.shutdown().await;
+}

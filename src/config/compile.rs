@@ -81,6 +81,7 @@ pub struct Carried {
     pub rate_limits: crate::pipeline::ratelimit::compile::Kept,
     pub rollouts: Carry<RolloutKey, Arc<Rollout>>,
     pub idempotency: Carry<IdempotencyStoreConfig, Arc<IdempotencyStore>>,
+    pub tls_sessions: crate::server::runtime::TlsSessions,
 }
 
 /// What compiling needs besides the config text, made once per process: the metric registry,
@@ -114,7 +115,7 @@ impl Compiler {
         let mut p = Problems::new(src);
         let mut next = Carried::default();
         top_level(&cfg, &mut p);
-        let listeners = self.listeners(&cfg, &mut p);
+        let listeners = self.listeners(&cfg, &mut p, prev, &mut next);
         let upstreams = self.upstreams(&cfg, &mut p, prev, &mut next);
         let verifiers = crate::identity::compile::compile(
             &cfg.identity,
@@ -175,7 +176,13 @@ impl Compiler {
         })
     }
 
-    fn listeners(&self, cfg: &FileConfig, p: &mut Problems<'_>) -> HashMap<String, Arc<ListenerRuntime>> {
+    fn listeners(
+        &self,
+        cfg: &FileConfig,
+        p: &mut Problems<'_>,
+        prev: &Carried,
+        next: &mut Carried,
+    ) -> HashMap<String, Arc<ListenerRuntime>> {
         let mut out = HashMap::new();
         let mut binds = HashSet::new();
         for (i, l) in cfg.listeners.iter().enumerate() {
@@ -198,7 +205,8 @@ impl Compiler {
                     sec.file(&ca.ca_file);
                 }
             }
-            match ListenerRuntime::compile(l, sec.base_dir(), &self.metrics) {
+            let sessions = (&prev.tls_sessions, &mut next.tls_sessions);
+            match ListenerRuntime::compile(l, sec.base_dir(), &self.metrics, sessions) {
                 Ok(rt) => {
                     out.insert(l.name.clone(), Arc::new(rt));
                 }

@@ -788,6 +788,19 @@ pub struct TlsConfig {
     /// Ask clients for a certificate signed by `ca_file` (mTLS); off unless present.
     #[serde(default)]
     pub client_auth: Option<ClientAuthConfig>,
+    /// Session tickets (TLS 1.3 and 1.2), so a returning client resumes without a full
+    /// handshake. The ticket key lives in memory only, rotates every 6 hours and survives
+    /// reloads; replicas do not share it.
+    #[serde(default = "default_true")]
+    pub session_tickets: bool,
+    /// Sessions remembered server-side (TLS 1.2 session ids; TLS 1.3 too when tickets are off).
+    /// 0 turns the cache off.
+    #[serde(default = "default_tls_session_cache")]
+    pub session_cache_size: usize,
+}
+
+fn default_tls_session_cache() -> usize {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -13,9 +13,13 @@ use metrics::Gauge;
 use tokio_rustls::TlsAcceptor;
 
 use super::tls;
+use crate::config::carry::Carry;
 use crate::config::file::{ClientAuthMode, ListenerConfig, ListenerLimits, PathParamsMode};
 use crate::pipeline::trust::ProxyOnlyHeaders;
 use crate::telemetry::metrics::{Metrics, TLS_CERT_EXPIRY};
+
+/// Each TLS listener's session state, by listener name.
+pub type TlsSessions = Carry<tls::SessionKey, tls::Sessions>;
 
 /// One listener's settings, compiled once per config snapshot.
 pub struct ListenerRuntime {
@@ -48,10 +52,13 @@ impl CertExpiry {
 
 impl ListenerRuntime {
     /// Errors are `(key path below this listener, reason)` so the caller can place them in the file.
+    /// `sessions` carries each listener's TLS session state across reloads (read from the
+    /// running snapshot's carry, written to the new one's).
     pub fn compile(
         cfg: &ListenerConfig,
         base_dir: &Path,
         metrics: &Metrics,
+        sessions: (&TlsSessions, &mut TlsSessions),
     ) -> Result<Self, Vec<(String, String)>> {
         let mut problems = Vec::new();
         let limits = cfg.limits.clone();
@@ -95,20 +102,35 @@ impl ListenerRuntime {
                 if !problems.is_empty() {
                     return Err(problems);
                 }
-                let client_auth = match &t.client_auth {
-                    None => None,
+                let (client_auth, ca_digest) = match &t.client_auth {
+                    None => (None, None),
                     Some(ca) => match tls::load_ca_bundle(&base_dir.join(&ca.ca_file)) {
-                        Ok(roots) => Some(tls::ClientAuth {
-                            roots,
-                            optional: ca.mode == ClientAuthMode::Optional,
-                        }),
+                        Ok((roots, digest)) => {
+                            let optional = ca.mode == ClientAuthMode::Optional;
+                            (
+                                Some(tls::ClientAuth { roots, optional }),
+                                Some((optional, digest)),
+                            )
+                        }
                         Err(e) => {
                             problems.push(("tls.client_auth.ca_file".into(), e.to_string()));
                             return Err(problems);
                         }
                     },
                 };
-                match tls::server_config(&loaded, &t.min_version, client_auth) {
+                let key = tls::SessionKey {
+                    tickets: t.session_tickets,
+                    cache_size: t.session_cache_size,
+                    min_version: t.min_version.clone(),
+                    client_auth: ca_digest,
+                };
+                let (prev, next) = sessions;
+                let state = match prev.get(&cfg.name, &key) {
+                    Some(s) => s,
+                    None => tls::Sessions::new(&key).map_err(|e| vec![("tls".to_string(), e.to_string())])?,
+                };
+                next.keep(&cfg.name, &key, state.clone());
+                match tls::server_config(&loaded, &t.min_version, client_auth, &state) {
                     Ok(sc) => {
                         let certs = loaded
                             .iter()

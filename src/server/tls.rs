@@ -8,11 +8,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache,
+    StoresServerSessions, WebPkiClientVerifier,
+};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -133,15 +137,18 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Every certificate in a PEM bundle, as trust anchors. An empty bundle is an error: it would
+/// Every certificate in a PEM bundle, as trust anchors, with the SHA-256 of the file: sessions
+/// a client resumes were authenticated against the bundle of their day, so a changed bundle
+/// must start a new session store (see [`Sessions`]). An empty bundle is an error: it would
 /// trust nothing and fail every handshake.
-pub fn load_ca_bundle(path: &Path) -> Result<RootCertStore, TlsError> {
+pub fn load_ca_bundle(path: &Path) -> Result<(RootCertStore, [u8; 32]), TlsError> {
     let err = |reason: String| TlsError::CaBundle {
         path: path.to_path_buf(),
         reason,
     };
     let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    ca_bundle_from_pem(&pem).map_err(err)
+    let roots = ca_bundle_from_pem(&pem).map_err(err)?;
+    Ok((roots, Sha256::digest(&pem).into()))
 }
 
 pub fn ca_bundle_from_pem(pem: &[u8]) -> Result<RootCertStore, String> {
@@ -163,10 +170,81 @@ pub struct ClientAuth {
     pub optional: bool,
 }
 
+/// What lets a returning client skip the full handshake: the ticket keys (TLS 1.3 and 1.2
+/// tickets) and the server-side session cache (TLS 1.2 session ids, and TLS 1.3 clients when
+/// tickets are off).
+///
+/// They outlive reloads while the listener's [`SessionKey`] is unchanged; a new ticketer or
+/// cache on every reload would turn each reload into a wave of full handshakes. A changed key
+/// (another CA bundle or client-auth mode, another protocol floor) starts afresh, so no session
+/// authenticated under the old rules resumes under the new ones.
+#[derive(Clone)]
+pub struct Sessions {
+    ticketer: Arc<dyn ProducesTickets>,
+    cache: Arc<dyn StoresServerSessions>,
+}
+
+/// The settings a session was authenticated under; see [`Sessions`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKey {
+    pub tickets: bool,
+    pub cache_size: usize,
+    pub min_version: String,
+    pub client_auth: Option<(bool, [u8; 32])>,
+}
+
+/// Stands in for the ticketer when tickets are off: rustls's own `enabled()` is false only for
+/// its private `NeverProducesTickets`.
+#[derive(Debug)]
+struct NoTickets;
+
+impl ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn lifetime(&self) -> u32 {
+        0
+    }
+    fn encrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    fn decrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+impl Sessions {
+    pub fn new(key: &SessionKey) -> Result<Self, TlsError> {
+        // aws-lc-rs's ticketer rotates its key every 6 hours and accepts the previous one, so a
+        // ticket lives at most 12 hours (RFC 8446 allows 7 days; shorter limits what a stolen
+        // ticket key exposes).
+        let ticketer: Arc<dyn ProducesTickets> = if key.tickets {
+            rustls::crypto::aws_lc_rs::Ticketer::new()?
+        } else {
+            Arc::new(NoTickets)
+        };
+        let cache: Arc<dyn StoresServerSessions> = if key.cache_size == 0 {
+            Arc::new(NoServerSessionStorage {})
+        } else {
+            ServerSessionMemoryCache::new(key.cache_size)
+        };
+        Ok(Self { ticketer, cache })
+    }
+}
+
+impl fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sessions")
+            .field("tickets", &self.ticketer.enabled())
+            .finish()
+    }
+}
+
 pub fn server_config(
     certs: &[LoadedCert],
     min_version: &str,
     client_auth: Option<ClientAuth>,
+    sessions: &Sessions,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
         "1.2" => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -211,5 +289,9 @@ pub fn server_config(
         default,
     }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.ticketer = sessions.ticketer.clone();
+    cfg.session_storage = sessions.cache.clone();
+    // 0-RTT stays off (rustls's default): early data can be replayed, and a legacy backend
+    // behind ficus assumes each request arrived once.
     Ok(Arc::new(cfg))
 }
