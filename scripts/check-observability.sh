@@ -138,7 +138,7 @@ pids+=($!)
 wait_for 30 "ficus to be ready" curl -fsS "http://127.0.0.1:$admin/readyz"
 
 echo "== traffic and prometheus"
-python3 scripts/observability/traffic.py "http://127.0.0.1:$public" 120 >"$work/traffic.log" 2>&1 &
+python3 scripts/observability/traffic.py "http://127.0.0.1:$public" 300 >"$work/traffic.log" 2>&1 &
 pids+=($!)
 cat >"$work/prometheus.yml" <<YAML
 global: { scrape_interval: 1s, evaluation_interval: 1s }
@@ -157,6 +157,28 @@ sleep 5 # a few more scrapes, so rates have two samples
 
 echo "== every dashboard query, through Prometheus"
 python3 scripts/observability/query_dashboard.py deploy/grafana/ficus-dashboard.json "http://127.0.0.1:$prom" 60
+
+echo "== the traffic produced what the panels are about"
+has_data() { curl -fsS --get --data-urlencode "query=$1" "http://127.0.0.1:$prom/api/v1/query" | grep -q '"result":\[{'; }
+for expr in \
+  'http_server_request_duration_seconds_count{http_route="orders",side="legacy"} > 0' \
+  'http_server_request_duration_seconds_count{http_route="orders",side="modern"} > 0' \
+  'http_server_request_duration_seconds_count{http_route="broken",http_response_status_code=~"5.."} > 0' \
+  'http_server_request_duration_seconds_count{http_request_method="_OTHER"} > 0' \
+  'http_client_request_duration_seconds_count{server_address="broken",error_type="connect"} > 0' \
+  'ficus_circuit_state{upstream="broken"} == 1' \
+  'ficus_ratelimit_decisions_total{result="limited"} > 0' \
+  'ficus_ratelimit_decisions_total{result="allowed"} > 0' \
+  'ficus_shadow_comparisons_total{route="orders",result="mismatch"} > 0' \
+  'ficus_shadow_comparisons_total{route="orders",result="match"} > 0' \
+  'ficus_migration_modern_percent{route="orders"} == 50'; do
+  wait_for 30 "$expr" has_data "$expr"
+  echo "ok   $expr"
+done
+if has_data 'count({__name__=~"http_.*", http_request_method="PROPFIND"})'; then
+  echo "check-observability: a client's method became a label value" >&2
+  exit 1
+fi
 
 echo "== the certificate alert fires on real data"
 cert_alert() { curl -fsS "http://127.0.0.1:$prom/api/v1/alerts" | grep -q '"alertname":"FicusCertificateExpiringSoon".*"state":"firing"'; }

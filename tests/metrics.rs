@@ -144,3 +144,81 @@ async fn client_chosen_paths_and_methods_do_not_create_label_values() {
     assert!(count(&after) <= count(&before) + 3, "{after}");
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_shows_in_the_split_gauge_stage_and_events_with_errors_by_side() {
+    let legacy = Upstream::echo_named("legacy").await;
+    let modern = Upstream::failing(http::StatusCode::INTERNAL_SERVER_ERROR, "down").await;
+    let rollout = "rollout: { step: 20, every: 1h, min_requests: 20, max_error_rate: 0.05, \
+                   rollback_to_zero: true }";
+    let yaml = yaml::Config::new()
+        .upstream("legacy", &legacy.url())
+        .upstream("modern", &modern.url())
+        .route(&yaml::migration_route(
+            "orders",
+            "/orders",
+            &["modern_percent: 50", rollout],
+        ))
+        .build();
+    let f = Ficus::start(&yaml).await;
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(&m, "ficus_migration_modern_percent{route=\"orders\"}"),
+        Some(50.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "ficus_rollout_stage{route=\"orders\"}"),
+        Some(0.0),
+        "{m}"
+    );
+
+    let c = client();
+    for _ in 0..2000 {
+        if modern.hits() >= 25 {
+            break;
+        }
+        send(&c, Request::get(f.url("/orders")).body(empty()).unwrap()).await;
+    }
+    let rolled_back = eventually(std::time::Duration::from_secs(5), || async {
+        let m = get(&f.admin_url("/metrics")).await.text();
+        metric(&m, "ficus_rollout_stage{route=\"orders\"}") == Some(2.0)
+    })
+    .await;
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert!(rolled_back, "{m}");
+    assert_eq!(
+        metric(&m, "ficus_migration_modern_percent{route=\"orders\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "ficus_rollout_events_total{route=\"orders\",reason=\"rollback_error_rate\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "ficus_rollout_events_total{route=\"orders\",reason=\"advanced\"}"
+        ),
+        Some(0.0),
+        "{m}"
+    );
+    // The errors are the modern side's; legacy's answers stay 2xx.
+    let errors = metric(
+        &m,
+        "http_server_request_duration_seconds_count{http_route=\"orders\",side=\"modern\",\
+         http_request_method=\"GET\",http_response_status_code=\"500\"}",
+    );
+    assert!(errors.is_some_and(|n| n >= 20.0), "{m}");
+    assert!(
+        !m.lines()
+            .any(|l| l.contains("side=\"legacy\"") && l.contains("http_response_status_code=\"5")),
+        "{m}"
+    );
+    f.shutdown().await;
+}
