@@ -222,3 +222,40 @@ async fn a_rollback_shows_in_the_split_gauge_stage_and_events_with_errors_by_sid
     );
     f.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_call_without_response_is_labelled_by_error_type_not_status() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let f = Ficus::start(&basic_config(&url)).await;
+    let answer = get(&f.url("/x")).await;
+    assert_eq!(answer.status, http::StatusCode::BAD_GATEWAY);
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &m,
+            "http_client_request_duration_seconds_count{server_address=\"app\",\
+             http_request_method=\"GET\",error_type=\"connect\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("http_client_request_duration_seconds")
+                && l.contains("http_response_status_code")),
+        "{m}"
+    );
+    // ficus's own answer is what the server histogram shows.
+    assert_eq!(
+        metric(
+            &m,
+            "http_server_request_duration_seconds_count{http_route=\"all\",side=\"none\",\
+             http_request_method=\"GET\",http_response_status_code=\"502\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    f.shutdown().await;
+}
