@@ -152,6 +152,10 @@ impl Migration {
     ) -> Self {
         let fallbacks =
             FALLBACK_REASONS.map(|r| metrics.counter(FALLBACKS_TOTAL, &[("route", route), ("reason", r)]));
+        match &rollout {
+            Some(ro) => ro.attach_metrics(metrics),
+            None => crate::telemetry::metrics::set_modern_percent(metrics, route, cfg.modern_percent),
+        }
         Self {
             modern_metrics: RouteMetrics::new(metrics, route, &modern.name, Some(Side::Modern)),
             modern,

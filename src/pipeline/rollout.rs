@@ -6,13 +6,14 @@
 //! Decisions read time from a [`Clock`], so tests drive rollouts with a manual clock.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::config::file::RolloutConfig;
+use crate::telemetry::metrics::{Metrics, RolloutMetrics, RolloutStage};
 
 /// Where rollout decisions get the time.
 pub trait Clock: Send + Sync {
@@ -81,6 +82,10 @@ pub struct Rollout {
     /// One sync-decide-publish at a time per instance (the ticker and the admin API race
     /// otherwise, and a decision could be lost).
     sync_lock: tokio::sync::Mutex<()>,
+    /// The pause was a rollback's (a guard broke), not an operator's.
+    rolled_back: AtomicBool,
+    /// Attached by the first snapshot that uses this rollout (the gateway's recorder).
+    metrics: OnceLock<RolloutMetrics>,
 }
 
 /// The stage in a Redis hash (`percent`, `last_good`, `paused`, `version`); every write is a
@@ -191,7 +196,35 @@ impl Rollout {
             shared,
             version: AtomicU64::new(0),
             sync_lock: tokio::sync::Mutex::new(()),
+            rolled_back: AtomicBool::new(false),
+            metrics: OnceLock::new(),
         }
+    }
+
+    /// Registers the route's split, stage and event series; kept across reloads with the rollout.
+    pub fn attach_metrics(&self, metrics: &Metrics) {
+        self.metrics
+            .get_or_init(|| RolloutMetrics::new(metrics, &self.route));
+        self.publish_gauges();
+    }
+
+    fn publish_gauges(&self) {
+        let Some(m) = self.metrics.get() else { return };
+        let (percent, last_good, paused) = self.local();
+        let stage = match (paused, self.rolled_back.load(Ordering::Relaxed)) {
+            (true, true) => RolloutStage::RolledBack,
+            (true, false) => RolloutStage::Paused,
+            (false, _) if percent >= 10_000 => RolloutStage::Complete,
+            (false, _) => RolloutStage::Advancing,
+        };
+        m.set(percent, last_good, stage);
+    }
+
+    fn event(&self, reason: &str) {
+        if let Some(m) = self.metrics.get() {
+            m.event(reason);
+        }
+        self.publish_gauges();
     }
 
     fn local(&self) -> (u32, u32, bool) {
@@ -215,6 +248,7 @@ impl Rollout {
                     started: self.clock.now(),
                     ..Stage::default()
                 };
+                self.publish_gauges();
             }
             Ok(Some(_)) => {}
             Ok(None) => {
@@ -330,25 +364,29 @@ impl Rollout {
         let (error_rate, p99_ms, diff_rate) = Self::measures(&s);
         let max_p99_ms = self.cfg.max_p99.as_secs_f64() * 1000.0;
         let broken = if error_rate > self.cfg.max_error_rate {
-            Some(format!(
-                "error rate {error_rate:.4} > {}",
-                self.cfg.max_error_rate
+            Some((
+                "rollback_error_rate",
+                format!("error rate {error_rate:.4} > {}", self.cfg.max_error_rate),
             ))
         } else if p99_ms > max_p99_ms {
-            Some(format!("p99 {p99_ms:.1} ms > {max_p99_ms:.1} ms"))
+            Some(("rollback_p99", format!("p99 {p99_ms:.1} ms > {max_p99_ms:.1} ms")))
         } else if diff_rate > self.cfg.max_diff_rate {
-            Some(format!("diff rate {diff_rate:.4} > {}", self.cfg.max_diff_rate))
+            Some((
+                "rollback_diff_rate",
+                format!("diff rate {diff_rate:.4} > {}", self.cfg.max_diff_rate),
+            ))
         } else {
             None
         };
         let current = self.percent_bp.load(Ordering::Relaxed);
-        if let Some(guard) = broken {
+        if let Some((reason, guard)) = broken {
             let back = if self.cfg.rollback_to_zero {
                 0
             } else {
                 self.last_good_bp.load(Ordering::Relaxed)
             };
             self.percent_bp.store(back, Ordering::Relaxed);
+            self.rolled_back.store(true, Ordering::Relaxed);
             self.paused.store(true, Ordering::Relaxed);
             *s = Stage {
                 started: now,
@@ -361,6 +399,8 @@ impl Rollout {
             );
             tracing::warn!(route = %self.route, "{msg}");
             *self.last_event.lock() = Some(msg);
+            drop(s);
+            self.event(reason);
             return;
         }
         if now.saturating_sub(s.started) >= self.cfg.every && current < 10_000 {
@@ -378,11 +418,15 @@ impl Rollout {
             );
             tracing::info!(route = %self.route, "{msg}");
             *self.last_event.lock() = Some(msg);
+            drop(s);
+            self.event("advanced");
         }
     }
 
     pub fn pause(&self) {
         self.paused.store(true, Ordering::Relaxed);
+        self.rolled_back.store(false, Ordering::Relaxed);
+        self.event("paused");
     }
 
     pub fn resume(&self) {
@@ -392,6 +436,9 @@ impl Rollout {
             ..Stage::default()
         };
         self.paused.store(false, Ordering::Relaxed);
+        self.rolled_back.store(false, Ordering::Relaxed);
+        drop(s);
+        self.event("resumed");
     }
 
     /// Sets the stage by hand; it becomes the last good one too.
@@ -405,6 +452,8 @@ impl Rollout {
             ..Stage::default()
         };
         *self.last_event.lock() = Some(format!("set to {percent}% by the admin API"));
+        drop(s);
+        self.event("set");
     }
 
     pub fn status(&self) -> RolloutStatus {
@@ -511,5 +560,56 @@ mod tests {
         r.tick();
         assert_eq!(r.percent_bp(), 0);
         assert!(r.status().last_event.unwrap().contains("diff rate"));
+    }
+
+    #[test]
+    fn rollout_gauges_follow_advances_rollbacks_and_the_admin() {
+        let metrics = Metrics::new();
+        let clock = Arc::new(ManualClock::default());
+        let r = Rollout::new("orders", cfg(), 10.0, clock.clone(), None);
+        r.attach_metrics(&metrics);
+        let read = |series: &str| {
+            let text = metrics.render();
+            text.lines()
+                .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
+                .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+        };
+        assert_eq!(read(r#"ficus_migration_modern_percent{route="orders"}"#), 10.0);
+        assert_eq!(read(r#"ficus_rollout_stage{route="orders"}"#), 0.0);
+        for _ in 0..20 {
+            r.record(false, Duration::from_millis(5));
+        }
+        clock.advance(Duration::from_secs(60));
+        r.tick();
+        assert_eq!(read(r#"ficus_migration_modern_percent{route="orders"}"#), 20.0);
+        assert_eq!(
+            read(r#"ficus_rollout_events_total{route="orders",reason="advanced"}"#),
+            1.0
+        );
+        for _ in 0..20 {
+            r.record(true, Duration::from_millis(5));
+        }
+        r.tick();
+        assert_eq!(read(r#"ficus_migration_modern_percent{route="orders"}"#), 10.0);
+        assert_eq!(read(r#"ficus_rollout_last_good_percent{route="orders"}"#), 10.0);
+        assert_eq!(read(r#"ficus_rollout_stage{route="orders"}"#), 2.0, "rolled back");
+        assert_eq!(
+            read(r#"ficus_rollout_events_total{route="orders",reason="rollback_error_rate"}"#),
+            1.0
+        );
+        r.resume();
+        assert_eq!(read(r#"ficus_rollout_stage{route="orders"}"#), 0.0);
+        r.pause();
+        assert_eq!(
+            read(r#"ficus_rollout_stage{route="orders"}"#),
+            1.0,
+            "paused by hand"
+        );
+        r.set_percent(100.0);
+        assert_eq!(read(r#"ficus_migration_modern_percent{route="orders"}"#), 100.0);
+        assert_eq!(
+            read(r#"ficus_rollout_events_total{route="orders",reason="set"}"#),
+            1.0
+        );
     }
 }

@@ -115,7 +115,8 @@ pub fn compile(
         .with_breaker(kept.breakers)
         .with_health_check(u.health_check.clone())
         .with_retry(u.retry.as_ref().map(|r| RetryPolicy::new(r, name, env.metrics)))
-        .with_concurrency_limit(u, env.metrics),
+        .with_concurrency_limit(u, env.metrics)
+        .with_client_metrics(env.metrics),
     )
 }
 

@@ -36,6 +36,8 @@ pub struct Upstream {
     pub tls: Option<Arc<UpstreamTls>>,
     client: HttpClient,
     duration: Histogram,
+    /// `http_client_request_duration_seconds`, when a recorder is attached.
+    semconv: Option<crate::telemetry::metrics::StatusHistograms>,
     pub breaker: Option<Arc<self::breaker::Breakers>>,
     pub retry: Option<self::retry::RetryPolicy>,
     /// `max_concurrent` and its queue; without it calls go straight to the pool.
@@ -61,6 +63,7 @@ impl Upstream {
             tls: None,
             client,
             duration,
+            semconv: None,
             breaker: None,
             retry: None,
             limit: None,
@@ -74,6 +77,17 @@ impl Upstream {
         metrics: &crate::telemetry::metrics::Metrics,
     ) -> Self {
         self.limit = self::limit::Limiter::new(cfg, self.client.clone(), &self.name, metrics);
+        self
+    }
+
+    /// `http_client_request_duration_seconds{server_address=NAME}`: the configured name, never
+    /// anything from the request.
+    pub fn with_client_metrics(mut self, metrics: &crate::telemetry::metrics::Metrics) -> Self {
+        self.semconv = Some(crate::telemetry::metrics::StatusHistograms::new(
+            metrics,
+            crate::telemetry::metrics::HTTP_CLIENT_DURATION,
+            &[("server_address", &self.name)],
+        ));
         self
     }
 
@@ -114,6 +128,7 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamCallError> {
         let started = Instant::now();
+        let method = crate::telemetry::metrics::semconv_method_index(req.method());
         let result = match &self.limit {
             None => {
                 tokio::time::timeout(timeout, async {
@@ -126,7 +141,19 @@ impl Upstream {
         let result = result.unwrap_or(Err(UpstreamCallError::Timeout(timeout)));
         // A shed request never reached the upstream: its time says nothing about it.
         if !matches!(result, Err(UpstreamCallError::Overloaded(_))) {
-            self.duration.record(started.elapsed().as_secs_f64());
+            let elapsed = started.elapsed();
+            self.duration.record(elapsed.as_secs_f64());
+            if let Some(h) = &self.semconv {
+                use crate::telemetry::metrics::Outcome;
+                let outcome = match &result {
+                    Ok(resp) => Outcome::Status(resp.status()),
+                    Err(UpstreamCallError::Connect(_)) => Outcome::Error(0),
+                    Err(UpstreamCallError::Timeout(_)) => Outcome::Error(1),
+                    Err(UpstreamCallError::Request(_)) => Outcome::Error(2),
+                    Err(UpstreamCallError::Body(_) | UpstreamCallError::Overloaded(_)) => Outcome::Error(3),
+                };
+                h.record(method, outcome, elapsed);
+            }
         }
         result
     }
