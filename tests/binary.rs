@@ -540,6 +540,18 @@ async fn access_log_has_one_json_line_per_request_and_none_is_lost_at_shutdown()
     assert_eq!(lines[50]["error"], "invalid-path");
 }
 
+#[test]
+fn schema_prints_the_committed_config_schema() {
+    let out = Command::new(BIN).arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let committed =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ficus.schema.json")).unwrap();
+    assert!(
+        out.stdout == committed,
+        "`ficus schema` differs from config/ficus.schema.json; run `cargo run -- schema > config/ficus.schema.json`"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_redacts_credential_query_parameters_and_never_logs_the_authorization() {
     let up = Upstream::echo().await;

@@ -332,3 +332,34 @@ async fn configured_redact_json_paths_show_the_marker_in_stored_diffs_even_with_
     }
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_compared_set_cookie_shows_the_marker_not_the_cookie() {
+    let side = |cookie: &'static str| {
+        Upstream::start(move |_req: Request<Incoming>| async move {
+            let mut r = Response::new(full("{}"));
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r.headers_mut().insert("set-cookie", cookie.parse().unwrap());
+            r
+        })
+    };
+    let legacy = side("session=legacy-cookie-value").await;
+    let modern = side("session=modern-cookie-value").await;
+    let shadow = "percent: 100, record_values: true, compare_headers: [content-type, set-cookie]";
+    let f = Ficus::start(&config(&legacy.url(), &modern.url(), shadow)).await;
+    assert_eq!(get(&f.url("/orders/7")).await.status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            comparisons(&f, "mismatch").await == 1.0
+        })
+        .await
+    );
+    let diffs = get(&f.admin_url("/admin/diffs?route=orders")).await.json();
+    let d = &diffs["diffs"][0]["diffs"][0];
+    assert_eq!(d["path"], "header set-cookie", "{diffs}");
+    assert_eq!(d["primary"], "[REDACTED]", "{diffs}");
+    assert_eq!(d["shadow"], "[REDACTED]", "{diffs}");
+    assert!(!diffs.to_string().contains("cookie-value"), "{diffs}");
+    f.shutdown().await;
+}

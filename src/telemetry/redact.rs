@@ -133,6 +133,29 @@ mod tests {
     }
 
     #[test]
+    fn configured_names_extend_the_defaults_and_a_bad_json_path_is_a_config_error() {
+        let src = crate::config::ConfigSource::Embedded {
+            name: "t.yaml".into(),
+            text: "redact:\n  headers: [X-Session]\n  query_params: [SIG]\n  json_paths: [a..b, card.pan]\n",
+            base_dir: ".".into(),
+        }
+        .read()
+        .unwrap();
+        let cfg = src.parse().unwrap();
+        let mut p = crate::config::problems::Problems::new(&src);
+        let r = Redactor::compile(&cfg.redact, &mut p.at("redact"));
+        assert!(r.header("x-session") && r.header("authorization"));
+        assert_eq!(
+            r.query("sig=1&token=2&a=3"),
+            "sig=[REDACTED]&token=[REDACTED]&a=3"
+        );
+        assert_eq!(r.json_paths, [FieldPath::parse("card.pan").unwrap()]);
+        let err = p.finish().err().unwrap();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!(err.0[0].path, "redact.json_paths[0]", "{err}");
+    }
+
+    #[test]
     fn default_headers_are_redacted_case_insensitively() {
         let r = Redactor::default();
         for h in ["Authorization", "cookie", "Set-Cookie", "proxy-authorization"] {
