@@ -34,6 +34,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the config file's JSON Schema (the one committed as config/ficus.schema.json), for
+    /// editors and CI validators.
+    Schema,
     /// Run the embedded demo: ficus on 127.0.0.1:8080 in front of two in-process backends and a
     /// demo identity provider.
     Demo {
@@ -121,6 +124,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(ConfigSource::File(config)),
         Command::Run { config } => serve(ConfigSource::File(config), false),
+        Command::Schema => {
+            print!("{}", ficus::config::schema::generate());
+            ExitCode::SUCCESS
+        }
         Command::Demo { action: None } => serve(ficus::demo::source(), true),
         Command::Demo {
             action: Some(DemoAction::Token { sub, scope, ttl }),

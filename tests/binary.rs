@@ -540,6 +540,45 @@ async fn access_log_has_one_json_line_per_request_and_none_is_lost_at_shutdown()
     assert_eq!(lines[50]["error"], "invalid-path");
 }
 
+#[test]
+fn schema_prints_the_committed_config_schema() {
+    let out = Command::new(BIN).arg("schema").output().unwrap();
+    assert!(out.status.success());
+    let committed =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/ficus.schema.json")).unwrap();
+    assert!(
+        out.stdout == committed,
+        "`ficus schema` differs from config/ficus.schema.json; run `cargo run -- schema > config/ficus.schema.json`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_redacts_credential_query_parameters_and_never_logs_the_authorization() {
+    let up = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = basic_config(&up.url()).replace("access_log: false", "access_log: true");
+    let log_path = dir.path().join("access.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut p = Process::run_with_stdout(&write_config(dir.path(), &yaml), &[], Stdio::from(log_file));
+    let req = Request::get(format!("http://{}/item?token=secret&x=1", p.addr))
+        .header("authorization", "Bearer hunter2-bearer")
+        .header("cookie", "session=cookie-value");
+    assert_eq!(send(&client(), req.body(empty()).unwrap()).await.status, 200);
+    p.signal("TERM");
+    let exit = tokio::task::spawn_blocking(move || p.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(exit.is_some_and(|s| s.success()));
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    for secret in ["secret", "hunter2-bearer", "cookie-value"] {
+        assert!(!text.contains(secret), "`{secret}` is in the access log: {text}");
+    }
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["path"], "/item");
+    assert_eq!(line["query"], "token=[REDACTED]&x=1");
+}
+
 fn demo_token(args: &[&str]) -> std::process::Output {
     Command::new(BIN)
         .args(["demo", "token"])

@@ -705,6 +705,7 @@ fn diff_rules() -> impl Strategy<Value = DiffRules> {
                 numeric_tolerance,
                 ignore_array_order,
                 redact_values,
+                redact: Vec::new(),
             },
         )
 }

@@ -296,3 +296,70 @@ async fn diff_samples_show_no_values_unless_the_shadow_records_them() {
         f.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn configured_redact_json_paths_show_the_marker_in_stored_diffs_even_with_record_values() {
+    let legacy = json_upstream(r#"{"customer":{"email":"alice@example.com"},"total":10}"#).await;
+    let modern = json_upstream(r#"{"customer":{"email":"bob@example.org"},"total":11}"#).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("diffs.jsonl");
+    let shadow = format!("percent: 100, record_values: true, diff_log: '{}'", log.display());
+    let yaml = format!(
+        "redact: {{ json_paths: [customer.email] }}\n{}",
+        config(&legacy.url(), &modern.url(), &shadow)
+    );
+    let f = Ficus::start(&yaml).await;
+    assert_eq!(get(&f.url("/orders/7")).await.status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            comparisons(&f, "mismatch").await == 1.0
+                && std::fs::read_to_string(&log).is_ok_and(|t| !t.is_empty())
+        })
+        .await
+    );
+    let diffs = get(&f.admin_url("/admin/diffs?route=orders")).await.json();
+    let d = diffs["diffs"][0]["diffs"].as_array().unwrap().clone();
+    let email = d.iter().find(|x| x["path"] == "$.customer.email").unwrap();
+    assert_eq!(email["primary"], "[REDACTED]", "{diffs}");
+    assert_eq!(email["shadow"], "[REDACTED]", "{diffs}");
+    // Fields not listed keep their values (record_values: true).
+    let total = d.iter().find(|x| x["path"] == "$.total").unwrap();
+    assert_eq!(total["shadow"], "11");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    for text in [diffs.to_string(), logged] {
+        assert!(!text.contains("alice@example.com"), "{text}");
+        assert!(!text.contains("bob@example.org"), "{text}");
+    }
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_compared_set_cookie_shows_the_marker_not_the_cookie() {
+    let side = |cookie: &'static str| {
+        Upstream::start(move |_req: Request<Incoming>| async move {
+            let mut r = Response::new(full("{}"));
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r.headers_mut().insert("set-cookie", cookie.parse().unwrap());
+            r
+        })
+    };
+    let legacy = side("session=legacy-cookie-value").await;
+    let modern = side("session=modern-cookie-value").await;
+    let shadow = "percent: 100, record_values: true, compare_headers: [content-type, set-cookie]";
+    let f = Ficus::start(&config(&legacy.url(), &modern.url(), shadow)).await;
+    assert_eq!(get(&f.url("/orders/7")).await.status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            comparisons(&f, "mismatch").await == 1.0
+        })
+        .await
+    );
+    let diffs = get(&f.admin_url("/admin/diffs?route=orders")).await.json();
+    let d = &diffs["diffs"][0]["diffs"][0];
+    assert_eq!(d["path"], "header set-cookie", "{diffs}");
+    assert_eq!(d["primary"], "[REDACTED]", "{diffs}");
+    assert_eq!(d["shadow"], "[REDACTED]", "{diffs}");
+    assert!(!diffs.to_string().contains("cookie-value"), "{diffs}");
+    f.shutdown().await;
+}

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub mod audit;
 pub mod host;
 
 use crate::error::problem;
@@ -32,7 +33,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
         .timer(TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(10));
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = shutdown.changed() => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
@@ -43,7 +44,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
             },
         };
         let shared = shared.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(audit::Peer(peer));
             let shared = shared.clone();
             async move { Ok::<_, Infallible>(handle(&shared, req).await) }
         });
@@ -155,17 +157,19 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
             r
         }
         (&Method::POST, p) if p.starts_with("/admin/routes/") && p.ends_with("/rollout") => {
-            if let Err(resp) = authorize(shared, &req) {
-                return resp;
-            }
             let name = p["/admin/routes/".len()..p.len() - "/rollout".len()].to_string();
-            rollout_action(shared, &name, req).await
+            let who = match authorize(shared, &req) {
+                Ok(who) => who,
+                Err((who, resp)) => return denied(shared, "rollout", Some(name), who, resp),
+            };
+            rollout_action(shared, &name, req, who).await
         }
         (&Method::POST, "/admin/reload") => {
-            if let Err(resp) = authorize(shared, &req) {
-                return resp;
-            }
-            match reload::reload(shared, "admin api").await {
+            let who = match authorize(shared, &req) {
+                Ok(who) => who,
+                Err((who, resp)) => return denied(shared, "reload", None, who, resp),
+            };
+            match reload::reload_by(shared, "admin api", who).await {
                 Ok(_) => {
                     let status = shared.status.lock().clone();
                     json(StatusCode::OK, &status)
@@ -243,7 +247,47 @@ struct RolloutAction {
     percent: Option<f64>,
 }
 
-async fn rollout_action(shared: &Shared, name: &str, req: Request<Incoming>) -> Response<ResponseBody> {
+/// A refused admin write, audited before its answer goes out.
+fn denied(
+    shared: &Shared,
+    action: &str,
+    target: Option<String>,
+    who: audit::Who,
+    resp: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    let mut e = audit::Entry::new(action, "admin api", who, shared.snapshot.load().version);
+    e.target = target;
+    e.outcome = audit::Outcome::Denied;
+    e.reason = Some(resp.status().to_string());
+    audit::record(shared, &e);
+    resp
+}
+
+/// A rollout change, audited whatever its outcome.
+async fn rollout_action(
+    shared: &Shared,
+    name: &str,
+    req: Request<Incoming>,
+    who: audit::Who,
+) -> Response<ResponseBody> {
+    let version = shared.snapshot.load().version;
+    let mut entry = audit::Entry::new("rollout", "admin api", who, version);
+    entry.target = Some(name.to_string());
+    let resp = apply_rollout_action(shared, name, req, &mut entry).await;
+    if !resp.status().is_success() {
+        entry.outcome = audit::Outcome::Error;
+        entry.reason.get_or_insert_with(|| resp.status().to_string());
+    }
+    audit::record(shared, &entry);
+    resp
+}
+
+async fn apply_rollout_action(
+    shared: &Shared,
+    name: &str,
+    req: Request<Incoming>,
+    entry: &mut audit::Entry,
+) -> Response<ResponseBody> {
     use http_body_util::BodyExt as _;
     let bad = |detail: &str| problem(StatusCode::BAD_REQUEST, "invalid-rollout-action", detail, None);
     let body = match http_body_util::Limited::new(req.into_body(), 4096)
@@ -273,13 +317,18 @@ async fn rollout_action(shared: &Shared, name: &str, req: Request<Incoming>) -> 
             None,
         );
     };
+    entry.action = format!("rollout.{}", action.action);
+    let percent_before = ro.status().percent;
     match (action.action.as_str(), action.percent) {
         ("pause", _) => ro.act(|r| r.pause()).await,
         ("resume", _) => ro.act(|r| r.resume()).await,
         ("set", Some(p)) if (0.0..=100.0).contains(&p) => ro.act(|r| r.set_percent(p)).await,
         _ => return bad(r#"action is "pause", "resume" or "set" (with "percent" from 0 to 100)"#),
     }
-    json(StatusCode::OK, &ro.status())
+    let status = ro.status();
+    entry.detail =
+        Some(serde_json::json!({ "percent_before": percent_before, "percent_after": status.percent }));
+    json(StatusCode::OK, &status)
 }
 
 /// Each upstream of the active snapshot: endpoints and circuit-breaker state.
@@ -308,24 +357,32 @@ fn token_matches(given: &str, expected: &str) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(&a, &b).is_ok()
 }
 
+/// Who is calling (for the audit log), and whether they may: the response when not.
 #[allow(clippy::result_large_err)]
-fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<ResponseBody>> {
-    let Some(expected) = &shared.admin_token else {
-        return Err(problem(
-            StatusCode::FORBIDDEN,
-            "admin-token-not-configured",
-            "state-changing admin calls are disabled: set the admin token environment variable",
-            None,
-        ));
-    };
+fn authorize(
+    shared: &Shared,
+    req: &Request<Incoming>,
+) -> Result<audit::Who, (audit::Who, Response<ResponseBody>)> {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    let who = audit::Who::admin(req.extensions().get::<audit::Peer>().map(|p| p.0), given);
+    let Some(expected) = &shared.admin_token else {
+        return Err((
+            who,
+            problem(
+                StatusCode::FORBIDDEN,
+                "admin-token-not-configured",
+                "state-changing admin calls are disabled: set the admin token environment variable",
+                None,
+            ),
+        ));
+    };
     match given {
-        Some(t) if token_matches(t, expected) => Ok(()),
+        Some(t) if token_matches(t, expected) => Ok(who),
         _ => {
             let mut r = problem(
                 StatusCode::UNAUTHORIZED,
@@ -337,7 +394,7 @@ fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<Re
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"ficus-admin\""),
             );
-            Err(r)
+            Err((who, r))
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct Snapshot {
     pub owned_headers: OwnedHeaders,
     /// The state this snapshot hands to the next compile.
     pub carried: Carried,
+    /// What the access log and stored shadow diffs redact.
+    pub redact: Arc<crate::telemetry::redact::Redactor>,
 }
 
 impl Snapshot {
@@ -115,6 +117,10 @@ impl Compiler {
         let mut p = Problems::new(src);
         let mut next = Carried::default();
         top_level(&cfg, &mut p);
+        let redact = Arc::new(crate::telemetry::redact::Redactor::compile(
+            &cfg.redact,
+            &mut p.at("redact"),
+        ));
         let listeners = self.listeners(&cfg, &mut p, prev, &mut next);
         let upstreams = self.upstreams(&cfg, &mut p, prev, &mut next);
         let verifiers = crate::identity::compile::compile(
@@ -139,6 +145,7 @@ impl Compiler {
                 clock: &self.clock,
                 state_store: &cfg.state_store,
                 prev: &prev.rollouts,
+                redact: &redact,
             },
             transforms: &transforms,
             transform_names: cfg.transforms.keys().map(String::as_str).collect(),
@@ -173,6 +180,7 @@ impl Compiler {
             shutdown: cfg.shutdown.clone(),
             config: cfg,
             carried: next,
+            redact,
         })
     }
 

@@ -9,16 +9,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use schemars::JsonSchema;
 use serde::de::Deserializer;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 pub use super::values::{parse_byte_size, ByteSize, StatusPattern};
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
     pub log: LogConfig,
+    /// Values kept out of the access log and stored shadow diffs, besides the defaults.
+    #[serde(default)]
+    pub redact: RedactConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
     #[serde(default)]
@@ -46,8 +50,25 @@ pub struct FileConfig {
     pub transforms: BTreeMap<String, super::transform::TransformConfig>,
 }
 
+/// What the access log and stored shadow diffs show as `[REDACTED]`. Each list adds to the
+/// defaults (see `telemetry::redact`), which cannot be removed.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedactConfig {
+    /// Header names (any case), besides Authorization, Proxy-Authorization, Cookie, Set-Cookie.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Query parameter names (any case), besides token, access_token, api_key, key, password.
+    #[serde(default)]
+    pub query_params: Vec<String>,
+    /// Fields of compared bodies, with everything below them, in the field-path syntax of
+    /// transform ops (`customer.email`, `items.*.card`).
+    #[serde(default)]
+    pub json_paths: Vec<String>,
+}
+
 /// Named rate-limit policies, which routes list by name, and the store they share.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitsConfig {
     #[serde(default)]
@@ -57,7 +78,7 @@ pub struct RateLimitsConfig {
 }
 
 /// Where counters shared by every instance live. Without `redis_urls`, every policy is local.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitStoreConfig {
     /// One URL: a single Redis. Several: seed nodes of a Redis Cluster.
@@ -66,7 +87,7 @@ pub struct RateLimitStoreConfig {
     #[serde(default = "default_rl_prefix")]
     pub key_prefix: String,
     /// A decision that takes longer counts as a store error and the fallback applies.
-    #[serde(default = "default_rl_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_rl_timeout", with = "HumanDuration")]
     pub timeout: Duration,
     /// What a Redis policy does while Redis is unreachable or slow.
     #[serde(default)]
@@ -79,17 +100,14 @@ pub struct RateLimitStoreConfig {
 /// A circuit breaker on the Redis store: after `failures` consecutive failures (or one
 /// connection error) decisions take `on_error` without touching Redis for `open_for`, doubled on
 /// every failed probe up to `max_open_for`; then one background probe tries Redis again.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct StoreBreakerConfig {
     #[serde(default = "default_store_breaker_failures")]
     pub failures: u32,
-    #[serde(default = "default_store_breaker_open_for", with = "humantime_serde_compat")]
+    #[serde(default = "default_store_breaker_open_for", with = "HumanDuration")]
     pub open_for: Duration,
-    #[serde(
-        default = "default_store_breaker_max_open_for",
-        with = "humantime_serde_compat"
-    )]
+    #[serde(default = "default_store_breaker_max_open_for", with = "HumanDuration")]
     pub max_open_for: Duration,
 }
 
@@ -125,7 +143,7 @@ impl Default for RateLimitStoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RateLimitFallback {
     /// Limit in this instance alone (each instance allows the full rate).
@@ -135,7 +153,7 @@ pub enum RateLimitFallback {
     Deny,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RateLimitAlgorithm {
     /// Generic cell rate: `rate` with up to `burst` at once.
@@ -145,14 +163,14 @@ pub enum RateLimitAlgorithm {
     SlidingWindow,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RateLimitStoreKind {
     Local,
     Redis,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum MissingKey {
     /// A request without the key's parts is limited by its client address instead.
@@ -162,12 +180,13 @@ pub enum MissingKey {
     Skip,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitPolicyConfig {
     /// What is counted: a request key (`client_ip`, `route`, `jwt.<claim>`, `api_key`,
     /// `header:<name>`...: see `pipeline::key`), or a list of them for a combination.
     #[serde(default = "default_rl_key", deserialize_with = "one_or_many")]
+    #[schemars(schema_with = "super::schema::one_or_many")]
     pub key: Vec<String>,
     /// `100/s`, `6000/m`, `10/30s`, `1000/h`.
     pub rate: String,
@@ -202,11 +221,12 @@ fn default_rl_max_keys() -> usize {
     crate::pipeline::ratelimit::local::DEFAULT_MAX_KEYS
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitExempt {
     /// Client addresses (after `trusted_proxies`) never limited.
     #[serde(default)]
+    #[schemars(schema_with = "super::schema::cidrs")]
     pub cidrs: Vec<ipnet::IpNet>,
     /// Callers whose verified token carries one of these claims are never limited.
     #[serde(default)]
@@ -239,7 +259,7 @@ fn default_rl_cost() -> u64 {
     1
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
     /// JWT providers by name; routes refer to them.
@@ -253,7 +273,7 @@ pub struct IdentityConfig {
     pub introspection: BTreeMap<String, IntrospectionConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
     /// The IdP's introspection endpoint (RFC 7662), e.g. `http://idp.internal/oauth2/introspect`.
@@ -281,19 +301,16 @@ pub struct IntrospectionConfig {
     #[serde(default)]
     pub auth: IntrospectionAuth,
     /// An active answer is cached (by token hash) for at most this long, and never past `exp`.
-    #[serde(default = "default_introspection_max_ttl", with = "humantime_serde_compat")]
+    #[serde(default = "default_introspection_max_ttl", with = "HumanDuration")]
     pub cache_max_ttl: Duration,
     /// An inactive answer (`active: false`) is cached this long.
-    #[serde(
-        default = "default_introspection_negative_ttl",
-        with = "humantime_serde_compat"
-    )]
+    #[serde(default = "default_introspection_negative_ttl", with = "HumanDuration")]
     pub negative_ttl: Duration,
     /// While the IdP is unreachable or failing, serve a cached answer up to this long past its
     /// freshness (never past the token's `exp`). Unset: the answer is 503.
-    #[serde(default, with = "humantime_serde_compat::option")]
+    #[serde(default, with = "HumanDurationOpt")]
     pub allow_stale: Option<Duration>,
-    #[serde(default = "default_introspection_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_introspection_timeout", with = "HumanDuration")]
     pub timeout: Duration,
     #[serde(default = "default_max_token")]
     pub max_token_bytes: ByteSize,
@@ -301,7 +318,7 @@ pub struct IntrospectionConfig {
     pub cache_entries: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum IntrospectionAuth {
     #[default]
@@ -309,7 +326,7 @@ pub enum IntrospectionAuth {
     Post,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeysConfig {
     /// YAML with `keys: [{id, owner, sha256, scopes, expires}]`, relative to the config file.
@@ -321,14 +338,14 @@ pub struct ApiKeysConfig {
     pub query: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JwtProviderConfig {
     pub issuer: String,
     pub audiences: Vec<String>,
     /// The only algorithms accepted, whatever a token says (one family per provider).
     pub algorithms: Vec<String>,
-    #[serde(default = "default_jwt_leeway", with = "humantime_serde_compat")]
+    #[serde(default = "default_jwt_leeway", with = "HumanDuration")]
     pub leeway: Duration,
     /// Refuse tokens without `exp`.
     #[serde(default = "default_true")]
@@ -350,25 +367,25 @@ pub struct JwtProviderConfig {
     #[serde(default)]
     pub hmac_secret_env: Option<String>,
     /// At least 1s (a shorter interval would hammer the IdP).
-    #[serde(default = "default_jwks_refresh", with = "humantime_serde_compat")]
+    #[serde(default = "default_jwks_refresh", with = "HumanDuration")]
     pub jwks_refresh: Duration,
     /// Bounds a whole JWKS fetch: connecting, the answer's head and its body.
-    #[serde(default = "default_jwks_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_jwks_timeout", with = "HumanDuration")]
     pub jwks_timeout: Duration,
     /// A token with an unknown `kid` triggers at most one JWKS refetch per this interval.
-    #[serde(default = "default_unknown_kid", with = "humantime_serde_compat")]
+    #[serde(default = "default_unknown_kid", with = "HumanDuration")]
     pub unknown_kid_refetch: Duration,
     #[serde(default = "default_max_token")]
     pub max_token_bytes: ByteSize,
     /// Verified tokens are cached (by hash) for at most this long, and never past `exp`.
-    #[serde(default = "default_jwt_cache_ttl", with = "humantime_serde_compat")]
+    #[serde(default = "default_jwt_cache_ttl", with = "HumanDuration")]
     pub cache_ttl: Duration,
     #[serde(default = "default_idem_entries")]
     pub cache_entries: u64,
 }
 
 /// What a route requires of its caller.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteIdentityConfig {
     /// The JWT provider (under `identity.jwt`); set this or `api_keys`.
@@ -409,7 +426,7 @@ pub struct RouteIdentityConfig {
     pub forward_client_cert: Option<ForwardClientCertConfig>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCertRuleConfig {
     /// Refuse callers without a verified client certificate (401).
@@ -424,7 +441,7 @@ pub struct ClientCertRuleConfig {
     pub san_regex: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardClientCertConfig {
     /// Header for the subject DN (RFC 4514 form, e.g. `CN=orders,O=Corp`).
@@ -435,7 +452,7 @@ pub struct ForwardClientCertConfig {
     pub san: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamAuthConfig {
     /// Remove the caller's `Authorization` before the request goes upstream.
@@ -456,7 +473,7 @@ pub struct UpstreamAuthConfig {
     pub apply_to: UpstreamAuthSide,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpstreamAuthSide {
     #[default]
@@ -465,7 +482,7 @@ pub enum UpstreamAuthSide {
     Both,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct InternalJwtConfig {
     /// RS256/PS256/ES256/ES384/EdDSA (with `key_file`) or HS256/HS384/HS512 (with `secret_env`).
@@ -481,7 +498,7 @@ pub struct InternalJwtConfig {
     pub kid: Option<String>,
     pub issuer: String,
     pub audience: String,
-    #[serde(default = "default_internal_jwt_ttl", with = "humantime_serde_compat")]
+    #[serde(default = "default_internal_jwt_ttl", with = "HumanDuration")]
     pub ttl: Duration,
     /// Caller claims copied into the token (`iss`, `aud`, `iat`, `exp` are always ficus's own).
     #[serde(default = "default_internal_jwt_copy")]
@@ -494,14 +511,14 @@ pub struct InternalJwtConfig {
     pub cache_entries: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StaticHeaderConfig {
     pub name: String,
     pub value_env: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRule {
     #[serde(default)]
@@ -512,7 +529,7 @@ pub struct ClaimRule {
 
 /// Where state that several instances must agree on lives (the rollout stage). Unset: each
 /// instance keeps its own.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StateStoreConfig {
     #[serde(default)]
@@ -522,7 +539,7 @@ pub struct StateStoreConfig {
 }
 
 /// Where idempotency records live: in-process (default) or Redis, shared by every instance.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IdempotencyStoreConfig {
     /// `redis://host:port/db`; unset means the in-process store.
@@ -546,7 +563,7 @@ impl Default for IdempotencyStoreConfig {
 }
 
 /// A route mid-migration.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationConfig {
     pub legacy: MigrationSide,
@@ -582,7 +599,7 @@ pub struct MigrationConfig {
     pub override_header: Option<OverrideConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OverrideConfig {
     #[serde(default = "default_override_header")]
@@ -595,21 +612,21 @@ pub struct OverrideConfig {
     pub require_claim: Option<OverrideClaim>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OverrideClaim {
     pub name: String,
     pub equals: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutConfig {
     /// Percentage points added at each stage.
     #[serde(default = "default_rollout_step")]
     pub step: f64,
     /// How long a stage lasts (with the guards holding) before the next.
-    #[serde(default = "default_rollout_every", with = "humantime_serde_compat")]
+    #[serde(default = "default_rollout_every", with = "HumanDuration")]
     pub every: Duration,
     /// Modern-side requests a stage needs before any decision.
     #[serde(default = "default_rollout_min_requests")]
@@ -617,7 +634,7 @@ pub struct RolloutConfig {
     /// Share of modern answers that are 5xx.
     #[serde(default = "default_rollout_error_rate")]
     pub max_error_rate: f64,
-    #[serde(default = "default_rollout_p99", with = "humantime_serde_compat")]
+    #[serde(default = "default_rollout_p99", with = "HumanDuration")]
     pub max_p99: Duration,
     /// Share of shadow comparisons that mismatch.
     #[serde(default = "default_rollout_diff_rate")]
@@ -627,7 +644,7 @@ pub struct RolloutConfig {
     pub rollback_to_zero: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowConfig {
     /// Share of requests copied, 0 to 100.
@@ -648,7 +665,7 @@ pub struct ShadowConfig {
     #[serde(default)]
     pub ignore_array_order: bool,
     /// The shadow call's deadline; past it the comparison counts as `timeout`.
-    #[serde(default = "default_shadow_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_shadow_timeout", with = "HumanDuration")]
     pub timeout: Duration,
     /// Shadow calls in flight at most; beyond it copies are dropped (and counted).
     #[serde(default = "default_shadow_concurrency")]
@@ -665,7 +682,7 @@ pub struct ShadowConfig {
     pub record_values: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationSide {
     pub upstream: String,
@@ -675,17 +692,17 @@ pub struct MigrationSide {
 }
 
 /// Idempotency keys on one route.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IdempotencyConfig {
     /// Requests without an `Idempotency-Key` get 400.
     #[serde(default)]
     pub required: bool,
     /// How long a kept outcome is replayed.
-    #[serde(default = "default_idem_ttl", with = "humantime_serde_compat")]
+    #[serde(default = "default_idem_ttl", with = "HumanDuration")]
     pub ttl: Duration,
     /// How long the first request holds the key; past it the key is free again.
-    #[serde(default = "default_idem_lock", with = "humantime_serde_compat")]
+    #[serde(default = "default_idem_lock", with = "HumanDuration")]
     pub lock_timeout: Duration,
     #[serde(default = "default_idem_req_bytes")]
     pub max_request_bytes: ByteSize,
@@ -698,10 +715,11 @@ pub struct IdempotencyConfig {
     /// Whose keys these are when the caller has no verified identity, spelled like every request
     /// key (`client_ip`, `header:<name>`...: see `pipeline::key`). Unset: such a caller's key is refused.
     #[serde(default, deserialize_with = "one_or_many")]
+    #[schemars(schema_with = "super::schema::one_or_many")]
     pub scope: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A `tracing` filter such as `info` or `ficus=debug,hyper=warn`. `RUST_LOG` wins when set.
@@ -721,7 +739,7 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Worker threads; 0 means one per available core.
@@ -729,7 +747,7 @@ pub struct RuntimeConfig {
     pub worker_threads: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
@@ -740,6 +758,7 @@ pub struct ListenerConfig {
     pub limits: ListenerLimits,
     /// Peers whose `Forwarded` / `X-Forwarded-*` headers are believed.
     #[serde(default)]
+    #[schemars(schema_with = "super::schema::cidrs")]
     pub trusted_proxies: Vec<IpNet>,
     /// Headers only a trusted proxy may set; removed from every other peer's requests before
     /// routing. An entry ending in `*` is a prefix.
@@ -754,7 +773,7 @@ pub struct ListenerConfig {
     pub path_params: PathParamsMode,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum PathParamsMode {
     /// A `;` in the path answers 400: servlet containers strip `;params` from each segment, so
@@ -777,7 +796,7 @@ fn default_allowed_upgrades() -> Vec<String> {
     vec!["websocket".into()]
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// The first pair is served when the client's SNI matches no certificate (or sends none).
@@ -803,7 +822,7 @@ fn default_tls_session_cache() -> usize {
     10_000
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClientAuthConfig {
     /// `required`: the handshake fails without a valid certificate. `optional`: anonymous
@@ -813,21 +832,21 @@ pub struct ClientAuthConfig {
     pub ca_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientAuthMode {
     Required,
     Optional,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CertPairConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerLimits {
     #[serde(default = "default_max_connections")]
@@ -838,13 +857,13 @@ pub struct ListenerLimits {
     /// Request bodies larger than this get 413.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: ByteSize,
-    #[serde(default = "default_header_read_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_header_read_timeout", with = "HumanDuration")]
     pub header_read_timeout: Duration,
     /// Longest gap between two body chunks from the client before it gets 408.
-    #[serde(default = "default_body_read_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_body_read_timeout", with = "HumanDuration")]
     pub body_read_timeout: Duration,
     /// A connection with no bytes moving either way for this long is closed.
-    #[serde(default = "default_idle_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_idle_timeout", with = "HumanDuration")]
     pub idle_timeout: Duration,
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
@@ -864,7 +883,7 @@ impl Default for ListenerLimits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin_bind")]
@@ -875,6 +894,10 @@ pub struct AdminConfig {
     /// Host names the admin API answers to, besides IP literals and `localhost` (any port).
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// The audit log of state-changing admin actions and reloads, one JSON line each: a file
+    /// (appended; relative to the config file). Unset: stderr, beside the other logs.
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -883,15 +906,16 @@ impl Default for AdminConfig {
             bind: default_admin_bind(),
             token_env: default_admin_token_env(),
             allowed_hosts: Vec::new(),
+            audit_log: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// How long in-flight requests may run after SIGTERM before connections are cut.
-    #[serde(default = "default_drain_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_drain_timeout", with = "HumanDuration")]
     pub drain_timeout: Duration,
 }
 
@@ -903,14 +927,14 @@ impl Default for ShutdownConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ReloadConfig {
     /// Reload when the config file or a referenced certificate changes on disk.
     #[serde(default = "default_true")]
     pub watch: bool,
     /// Changes closer together than this are applied as one reload.
-    #[serde(default = "default_debounce", with = "humantime_serde_compat")]
+    #[serde(default = "default_debounce", with = "HumanDuration")]
     pub debounce: Duration,
 }
 
@@ -923,7 +947,7 @@ impl Default for ReloadConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// `http://host:port` or `https://host:port` URLs; requests go round robin over them.
@@ -960,11 +984,11 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub max_queue: Option<u32>,
     /// With `max_concurrent`: how long a request waits in the queue before it is shed. Default 1s.
-    #[serde(default, with = "humantime_serde_compat::option")]
+    #[serde(default, with = "HumanDurationOpt")]
     pub queue_timeout: Option<Duration>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsConfig {
     /// PEM bundle of the CAs the upstream's certificate must chain to (instead of the webpki
@@ -985,7 +1009,7 @@ pub struct UpstreamTlsConfig {
     pub insecure_skip_verify: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "kebab-case")]
 pub enum BalancePolicy {
     #[default]
@@ -996,29 +1020,29 @@ pub enum BalancePolicy {
     ConsistentHash,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierConfig {
     /// Connect errors, resets, timeouts or 5xx answers in a row that eject an endpoint.
     #[serde(default = "default_outlier_failures")]
     pub consecutive_failures: u32,
     /// First ejection; each further one doubles, up to `max_ejection`.
-    #[serde(default = "default_outlier_base", with = "humantime_serde_compat")]
+    #[serde(default = "default_outlier_base", with = "HumanDuration")]
     pub base_ejection: Duration,
-    #[serde(default = "default_outlier_max", with = "humantime_serde_compat")]
+    #[serde(default = "default_outlier_max", with = "HumanDuration")]
     pub max_ejection: Duration,
     /// At most this share of the endpoints is ejected at once (and never all of them).
     #[serde(default = "default_outlier_percent")]
     pub max_ejected_percent: u32,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     pub path: String,
-    #[serde(default = "default_hc_interval", with = "humantime_serde_compat")]
+    #[serde(default = "default_hc_interval", with = "HumanDuration")]
     pub interval: Duration,
-    #[serde(default = "default_hc_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_hc_timeout", with = "HumanDuration")]
     pub timeout: Duration,
     #[serde(default = "default_hc_statuses")]
     pub expected_statuses: Vec<u16>,
@@ -1030,18 +1054,18 @@ pub struct HealthCheckConfig {
 
 /// Retries of idempotent requests (or requests with an `Idempotency-Key`), before any response
 /// byte has reached the client.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Retries after the first try.
     #[serde(default = "default_retry_attempts")]
     pub attempts: u32,
     /// Bound on each try; the whole exchange stays bounded by `timeouts.request`.
-    #[serde(default, with = "humantime_serde_compat::option")]
+    #[serde(default, with = "HumanDurationOpt")]
     pub per_try_timeout: Option<Duration>,
-    #[serde(default = "default_retry_backoff", with = "humantime_serde_compat")]
+    #[serde(default = "default_retry_backoff", with = "HumanDuration")]
     pub backoff: Duration,
-    #[serde(default = "default_retry_max_backoff", with = "humantime_serde_compat")]
+    #[serde(default = "default_retry_max_backoff", with = "HumanDuration")]
     pub max_backoff: Duration,
     /// `connect-error`, `reset` (closed before any response byte), `timeout`, or a status.
     #[serde(default = "default_retry_on")]
@@ -1052,7 +1076,7 @@ pub struct RetryConfig {
     /// ...plus this many per second of the window.
     #[serde(default = "default_retry_budget_min")]
     pub budget_min_per_sec: u32,
-    #[serde(default = "default_retry_budget_window", with = "humantime_serde_compat")]
+    #[serde(default = "default_retry_budget_window", with = "HumanDuration")]
     pub budget_window: Duration,
     /// Request bodies up to this size are kept for a retry; larger ones are not retried.
     #[serde(default = "default_retry_max_body")]
@@ -1088,11 +1112,11 @@ pub enum RetryCondition {
 }
 
 /// A circuit breaker for one upstream. While open, requests get 503 with `Retry-After`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
     /// The sliding window the rates are computed over (whole seconds).
-    #[serde(default = "default_breaker_window", with = "humantime_serde_compat")]
+    #[serde(default = "default_breaker_window", with = "HumanDuration")]
     pub window: Duration,
     /// No decision is taken on fewer calls than this in the window.
     #[serde(default = "default_breaker_min_requests")]
@@ -1101,15 +1125,15 @@ pub struct BreakerConfig {
     #[serde(default = "default_breaker_failure_rate")]
     pub failure_rate: f64,
     /// A call slower than this counts as slow; unset means slowness is not judged.
-    #[serde(default, with = "humantime_serde_compat::option")]
+    #[serde(default, with = "HumanDurationOpt")]
     pub slow_call_duration: Option<Duration>,
     /// Trip when slow calls / calls in the window reach this (0 < rate <= 1).
     #[serde(default = "default_breaker_slow_rate")]
     pub slow_call_rate: f64,
     /// How long the first trip stays open; each further trip without recovery doubles it.
-    #[serde(default = "default_breaker_open_for", with = "humantime_serde_compat")]
+    #[serde(default = "default_breaker_open_for", with = "HumanDuration")]
     pub open_for: Duration,
-    #[serde(default = "default_breaker_max_open_for", with = "humantime_serde_compat")]
+    #[serde(default = "default_breaker_max_open_for", with = "HumanDuration")]
     pub max_open_for: Duration,
     /// Calls let through when half-open; all must succeed to close.
     #[serde(default = "default_breaker_probes")]
@@ -1127,14 +1151,14 @@ pub struct BreakerConfig {
     pub per_endpoint: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTimeouts {
     /// Establishing the TCP connection; past it the upstream counts as unreachable (502).
-    #[serde(default = "default_connect_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_connect_timeout", with = "HumanDuration")]
     pub connect: Duration,
     /// From sending the request until the response head arrives (504).
-    #[serde(default = "default_request_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_request_timeout", with = "HumanDuration")]
     pub request: Duration,
 }
 
@@ -1147,10 +1171,10 @@ impl Default for UpstreamTimeouts {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
-    #[serde(default = "default_pool_idle_timeout", with = "humantime_serde_compat")]
+    #[serde(default = "default_pool_idle_timeout", with = "HumanDuration")]
     pub idle_timeout: Duration,
     #[serde(default = "default_pool_max_idle")]
     pub max_idle_per_endpoint: usize,
@@ -1165,7 +1189,7 @@ impl Default for PoolConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
@@ -1195,7 +1219,7 @@ pub struct RouteConfig {
 }
 
 /// All given conditions must hold. Routes are tried in file order; the first match wins.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// Host names (no port). `*.example.com` matches any single-or-deeper subdomain.
@@ -1225,7 +1249,7 @@ pub struct MatchConfig {
 }
 
 /// One header, query-parameter or cookie condition: `present`, `equals` or `regex` (one of them).
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConditionConfig {
     pub name: String,
@@ -1279,6 +1303,31 @@ pub mod humantime_serde_compat {
                 None => s.serialize_none(),
             }
         }
+    }
+}
+
+/// The `with` target of duration fields: a module cannot name a JSON Schema, a type can
+/// (`config::schema` gives it one).
+pub struct HumanDuration;
+
+impl HumanDuration {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        humantime_serde_compat::deserialize(d)
+    }
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        humantime_serde_compat::serialize(v, s)
+    }
+}
+
+/// [`HumanDuration`] for an optional duration.
+pub struct HumanDurationOpt;
+
+impl HumanDurationOpt {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        humantime_serde_compat::option::deserialize(d)
+    }
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        humantime_serde_compat::option::serialize(v, s)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod compile;
 pub mod file;
 pub mod locate;
 pub mod problems;
+pub mod schema;
 pub mod transform;
 pub mod values;
 

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::values::{ByteSize, StatusPattern};
 
 /// A named translation between a backend's dialect and the modern API, per direction.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TransformConfig {
     /// What is done to the client's request before it goes to the backend.
@@ -19,7 +20,7 @@ pub struct TransformConfig {
     pub response: Option<DirectionConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DirectionConfig {
     /// Media types (without parameters) whose bodies the `ops` apply to; other bodies stream
@@ -64,7 +65,7 @@ fn default_max_body() -> ByteSize {
     ByteSize(1024 * 1024)
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderOpsConfig {
     /// Set (replacing) these headers.
@@ -77,7 +78,7 @@ pub struct HeaderOpsConfig {
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct QueryOpsConfig {
     /// Set these parameters (values may use `{capture}`).
@@ -89,7 +90,7 @@ pub struct QueryOpsConfig {
     pub remove: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StatusRuleConfig {
     pub when: ConditionConfig,
@@ -98,7 +99,7 @@ pub struct StatusRuleConfig {
 
 /// Set `json_path` with `equals` (or alone: the field exists), and/or `body_contains`; also
 /// optionally the backend `status` it applies to. All given conditions must hold.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ConditionConfig {
     #[serde(default)]
@@ -111,7 +112,7 @@ pub struct ConditionConfig {
     pub status: Option<StatusPattern>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorsConfig {
     /// Which backend statuses (after the `status` rules) are errors.
@@ -139,7 +140,7 @@ fn default_type_prefix() -> String {
 
 /// One `ops` entry, written as a single-key map (`- rename: {path: a, to: b}`). The YAML reader
 /// wants tags for enums, so the entry goes through JSON, which reads single-key maps.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 #[serde(transparent)]
 pub struct OpEntry(pub OpConfig);
 
@@ -155,7 +156,7 @@ impl<'de> Deserialize<'de> for OpEntry {
 /// One body operation. Paths are dot-separated keys; a number indexes an array and `*` means
 /// every element (`items.*.price`): the one field-path syntax (`translate::path::FieldPath`),
 /// shared with shadow `ignore` rules.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum OpConfig {
     XmlToJson(XmlToJsonConfig),
@@ -181,11 +182,11 @@ pub enum OpConfig {
     Each { path: String, ops: Vec<OpConfig> },
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EmptyConfig {}
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct XmlToJsonConfig {
     /// Paths (dot-separated element names from the root's children) that are always arrays.
@@ -196,7 +197,7 @@ pub struct XmlToJsonConfig {
     pub keep_prefixes: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct JsonToXmlConfig {
     /// The root element; without it the JSON must be an object with exactly one key.
@@ -211,7 +212,7 @@ pub struct JsonToXmlConfig {
     pub order: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SoapWrapConfig {
     #[serde(default)]
@@ -229,7 +230,7 @@ pub struct SoapWrapConfig {
     pub order: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SoapUnwrapConfig {
     /// Keep the operation element (`{"GetOrderResponse": {...}}`) instead of its content.
@@ -253,7 +254,7 @@ pub enum SoapVersion {
     V12,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MapConfig {
     pub path: String,
@@ -264,7 +265,7 @@ pub struct MapConfig {
     pub default: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ConvertTo {
     String,
@@ -274,7 +275,7 @@ pub enum ConvertTo {
 
 /// Date formats: a pattern (`dd/MM/yyyy`, `yyyyMMddHHmmss`, letters y M d H m s S), or
 /// `rfc3339`, `epoch_seconds`, `epoch_millis`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DateConfig {
     pub path: String,
@@ -285,7 +286,7 @@ pub struct DateConfig {
     pub tz: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MoneyConfig {
     pub path: String,
@@ -299,7 +300,7 @@ fn default_scale() -> u32 {
     2
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum MoneyTo {
     /// Integer minor units -> decimal string (`1999` -> `"19.99"`).
@@ -309,7 +310,7 @@ pub enum MoneyTo {
 }
 
 /// Route-level request validation.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ValidateConfig {
     /// A JSON Schema file (relative to the config file).

@@ -10,13 +10,41 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::shared::{LastError, Shared};
+use crate::admin::audit::{self, Who};
 use crate::config::compile::Snapshot;
 use crate::config::ConfigErrors;
 
 /// Builds and swaps in a new snapshot. Reloads are serialised so two triggers at once cannot race.
+/// The reload is audited as done by `trigger` itself (a signal, the file watcher).
 pub async fn reload(shared: &Shared, trigger: &str) -> Result<u64, ConfigErrors> {
+    reload_by(shared, trigger, Who::local(trigger)).await
+}
+
+/// [`reload`] on behalf of `who` (an admin caller), who is named in the audit line.
+pub async fn reload_by(shared: &Shared, trigger: &str, who: Who) -> Result<u64, ConfigErrors> {
     let _one_at_a_time = shared.reload_lock.lock().await;
-    let version = shared.snapshot.load().version + 1;
+    let before = shared.snapshot.load().version;
+    let result = swap_in(shared, trigger, before + 1);
+    let mut entry = audit::Entry::new("reload", trigger, who, before);
+    match &result {
+        Ok(v) => entry.version_after = *v,
+        Err(errors) => {
+            entry.outcome = audit::Outcome::Error;
+            entry.reason = Some(
+                errors
+                    .0
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+        }
+    }
+    audit::record(shared, &entry);
+    result
+}
+
+fn swap_in(shared: &Shared, trigger: &str, version: u64) -> Result<u64, ConfigErrors> {
     match build(shared, version) {
         Ok(snap) => {
             let snap = Arc::new(snap);
@@ -60,6 +88,9 @@ pub async fn reload(shared: &Shared, trigger: &str) -> Result<u64, ConfigErrors>
 /// lets go of pools no upstream uses any more. Returns the snapshot it replaced.
 pub fn activate(shared: &Shared, snap: Arc<Snapshot>) -> Arc<Snapshot> {
     let old = shared.snapshot.swap(snap.clone());
+    if let Some(log) = &shared.access_log {
+        log.set_redactor(snap.redact.clone());
+    }
     shared.compiler.clients.retain(&snap.pool_keys());
     crate::identity::jwt::start_refreshers(&snap.jwt_providers);
     crate::pipeline::rollout::start(&snap.rollouts());

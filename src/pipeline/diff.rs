@@ -19,6 +19,9 @@ pub struct DiffRules {
     /// Report the kind of each differing value (`<string, 12 chars>`, `<number>`) instead of the
     /// value: response fields may be personal data.
     pub redact_values: bool,
+    /// Fields whose values always show as `[REDACTED]` (`redact.json_paths`), with everything
+    /// below them; they are still compared.
+    pub redact: Vec<FieldPath>,
 }
 
 /// One `ignore` entry, in the field-path syntax (`items.*.id`) or in the old JSONPath-like
@@ -60,6 +63,8 @@ enum Leaf {
     Text(String),
     /// `{}` or `[]`: an empty object or array.
     Empty(&'static str),
+    /// A value under a `redact.json_paths` field: compared, never shown.
+    Redacted(Box<Leaf>),
 }
 
 impl Leaf {
@@ -70,6 +75,7 @@ impl Leaf {
             Self::Number(n) => n.to_string(),
             Self::Text(t) => format!("{t:?}"),
             Self::Empty(e) => format!("{e:?}"),
+            Self::Redacted(_) => crate::telemetry::redact::MARKER.into(),
         }
     }
 
@@ -81,6 +87,7 @@ impl Leaf {
             Self::Number(_) => "<number>".into(),
             Self::Text(t) => format!("<string, {} chars>", t.chars().count()),
             Self::Empty(e) => (*e).into(),
+            Self::Redacted(_) => crate::telemetry::redact::MARKER.into(),
         }
     }
 }
@@ -147,7 +154,7 @@ fn flatten_json<'v>(
     match v {
         serde_json::Value::Object(m) => {
             if m.is_empty() {
-                out.insert(path.to_string(), Leaf::Empty("{}"));
+                out.insert(path.to_string(), secret(at, rules, Leaf::Empty("{}")));
             }
             for (k, v) in m {
                 at.push(Step::Key(k));
@@ -157,7 +164,7 @@ fn flatten_json<'v>(
         }
         serde_json::Value::Array(items) => {
             if items.is_empty() {
-                out.insert(path.to_string(), Leaf::Empty("[]"));
+                out.insert(path.to_string(), secret(at, rules, Leaf::Empty("[]")));
             }
             let mut items: Vec<&serde_json::Value> = items.iter().collect();
             if rules.ignore_array_order {
@@ -170,16 +177,17 @@ fn flatten_json<'v>(
             }
         }
         serde_json::Value::Null => {
-            out.insert(path.to_string(), Leaf::Null);
+            out.insert(path.to_string(), secret(at, rules, Leaf::Null));
         }
         serde_json::Value::Bool(b) => {
-            out.insert(path.to_string(), Leaf::Bool(*b));
+            out.insert(path.to_string(), secret(at, rules, Leaf::Bool(*b)));
         }
         serde_json::Value::Number(n) => {
-            out.insert(path.to_string(), Leaf::Number(n.as_f64().unwrap_or(f64::NAN)));
+            let n = Leaf::Number(n.as_f64().unwrap_or(f64::NAN));
+            out.insert(path.to_string(), secret(at, rules, n));
         }
         serde_json::Value::String(s) => {
-            out.insert(path.to_string(), Leaf::Text(s.clone()));
+            out.insert(path.to_string(), secret(at, rules, Leaf::Text(s.clone())));
         }
     }
 }
@@ -203,7 +211,8 @@ fn flatten_xml(b: &[u8], rules: &DiffRules) -> Option<BTreeMap<String, Leaf>> {
                     last: Option<&str>,
                     path: String,
                     value: Leaf| {
-        if !rules.ignore.is_empty() {
+        let mut value = value;
+        if !rules.ignore.is_empty() || !rules.redact.is_empty() {
             let mut at: Vec<Step<'_>> = Vec::new();
             let elements = stack[1..]
                 .iter()
@@ -216,6 +225,7 @@ fn flatten_xml(b: &[u8], rules: &DiffRules) -> Option<BTreeMap<String, Leaf>> {
             if ignored(&at, rules) {
                 return;
             }
+            value = secret(&at, rules, value);
         }
         out.insert(path, value);
     };
@@ -311,6 +321,15 @@ fn child_path(stack: &mut [(String, BTreeMap<String, usize>, String, usize)], na
     };
     *n += 1;
     (path, at)
+}
+
+/// `leaf`, hidden when it lies under a `redact` field.
+fn secret(at: &[Step<'_>], rules: &DiffRules, leaf: Leaf) -> Leaf {
+    if rules.redact.iter().any(|p| p.covers(at)) {
+        Leaf::Redacted(Box::new(leaf))
+    } else {
+        leaf
+    }
 }
 
 fn ignored(at: &[Step<'_>], rules: &DiffRules) -> bool {
@@ -491,6 +510,33 @@ mod tests {
             &rules(&[]),
         );
         assert!(d[0].path.ends_with("/a/#text"), "{d:?}");
+    }
+
+    #[test]
+    fn fields_under_redact_paths_are_compared_but_shown_as_the_marker() {
+        let a = br#"{"user":{"email":"alice@example.com","card":{"pan":"4111"}},"n":1}"#;
+        let b = br#"{"user":{"email":"bob@example.org","card":{"pan":"4222"}},"n":1}"#;
+        let r = DiffRules {
+            redact: vec![
+                FieldPath::parse("user.email").unwrap(),
+                FieldPath::parse("user.card").unwrap(),
+            ],
+            ..DiffRules::default()
+        };
+        let d = diff_bodies("application/json", a, b, &r);
+        let shown: Vec<(&str, Option<&str>, Option<&str>)> = d
+            .iter()
+            .map(|f| (f.path.as_str(), f.primary.as_deref(), f.shadow.as_deref()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("$.user.card.pan", Some("[REDACTED]"), Some("[REDACTED]")),
+                ("$.user.email", Some("[REDACTED]"), Some("[REDACTED]")),
+            ]
+        );
+        let same = diff_bodies("application/json", a, a, &r);
+        assert!(same.is_empty(), "{same:?}");
     }
 
     #[test]

@@ -135,7 +135,12 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         snap: &snap,
         started,
         method: req.method().clone(),
-        log_path: shared.access_log.as_ref().map(|_| req.uri().path().to_owned()),
+        // The query too (redacted by the log writer, off this path); still one allocation.
+        log_path: shared.access_log.as_ref().map(|_| {
+            req.uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned())
+        }),
         ctx: RequestCtx::new(request_id, conn),
         done: false,
     };

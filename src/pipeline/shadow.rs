@@ -33,6 +33,8 @@ pub struct Shadow {
     allow_writes: bool,
     compare_headers: Vec<HeaderName>,
     rules: DiffRules,
+    /// Headers named here show as `[REDACTED]` in diffs, whatever `record_values` says.
+    redact: Arc<crate::telemetry::redact::Redactor>,
     pub timeout: Duration,
     pub max_body: u64,
     slots: Arc<Semaphore>,
@@ -71,7 +73,12 @@ pub struct ShadowRequest {
 }
 
 impl Shadow {
-    pub fn new(route: &str, cfg: &ShadowConfig, metrics: &Metrics) -> Result<Self, String> {
+    pub fn new(
+        route: &str,
+        cfg: &ShadowConfig,
+        metrics: &Metrics,
+        redact: Arc<crate::telemetry::redact::Redactor>,
+    ) -> Result<Self, String> {
         let compare_headers = cfg
             .compare_headers
             .iter()
@@ -108,7 +115,9 @@ impl Shadow {
                 numeric_tolerance: cfg.numeric_tolerance,
                 ignore_array_order: cfg.ignore_array_order,
                 redact_values: !cfg.record_values,
+                redact: redact.json_paths.clone(),
             },
+            redact,
             timeout: cfg.timeout,
             max_body: cfg.max_body_bytes.0,
             slots: Arc::new(Semaphore::new(cfg.max_concurrent)),
@@ -223,10 +232,12 @@ impl Shadow {
             let (a, b) = (primary_headers.get(h), shadow_headers.get(h));
             if a != b {
                 let redact = self.rules.redact_values;
+                let secret = self.redact.header(h.as_str());
                 let show = |v: Option<&http::HeaderValue>| {
-                    v.map(|v| match redact {
-                        true => super::diff::value_size(v.as_bytes()),
-                        false => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    v.map(|v| match (secret, redact) {
+                        (true, _) => crate::telemetry::redact::MARKER.to_string(),
+                        (false, true) => super::diff::value_size(v.as_bytes()),
+                        (false, false) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
                     })
                 };
                 diffs.push(FieldDiff {

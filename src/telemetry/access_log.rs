@@ -8,10 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use http::{HeaderValue, Method, StatusCode};
 use metrics::Counter;
 use parking_lot::Mutex;
 use serde::Serialize;
+
+use super::redact::Redactor;
 
 /// Lines held between two flushes at most; beyond this they are dropped and counted.
 const QUEUE: usize = 65_536;
@@ -21,6 +24,7 @@ pub struct AccessRecord {
     pub request_id: Option<HeaderValue>,
     pub client: IpAddr,
     pub method: Method,
+    /// The path and query as received; the query is redacted when the line is written.
     pub path: String,
     pub route: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,
@@ -41,6 +45,8 @@ struct Line<'a> {
     client: String,
     method: &'a str,
     path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<std::borrow::Cow<'a, str>>,
     route: Option<&'a str>,
     upstream: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,6 +70,9 @@ pub struct AccessLog {
 
 struct Inner {
     queue: Mutex<Vec<AccessRecord>>,
+    /// The running config's redaction, swapped in on reload; read by the writer, never by the
+    /// request path.
+    redact: ArcSwap<Redactor>,
     closing: AtomicBool,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -74,6 +83,7 @@ impl AccessLog {
     pub fn spawn(dropped: Counter) -> Self {
         let inner = Arc::new(Inner {
             queue: Mutex::new(Vec::with_capacity(1024)),
+            redact: ArcSwap::from_pointee(Redactor::default()),
             closing: AtomicBool::new(false),
             writer: Mutex::new(None),
         });
@@ -88,8 +98,9 @@ impl AccessLog {
                 loop {
                     let closing = shared.closing.load(Ordering::Acquire);
                     std::mem::swap(&mut *shared.queue.lock(), &mut batch);
+                    let redact = shared.redact.load();
                     for rec in batch.drain(..) {
-                        write_line(&mut out, &rec);
+                        write_line(&mut out, &rec, &redact);
                     }
                     let _ = out.flush();
                     if closing {
@@ -117,6 +128,11 @@ impl AccessLog {
         }
     }
 
+    /// What lines written from now on redact (the running config's `redact`).
+    pub fn set_redactor(&self, redact: Arc<Redactor>) {
+        self.inner.redact.store(redact);
+    }
+
     /// Writes what is queued and stops the writer; used at shutdown so no line is lost.
     pub fn close(&self) {
         self.inner.closing.store(true, Ordering::Release);
@@ -126,14 +142,19 @@ impl AccessLog {
     }
 }
 
-fn write_line(out: &mut impl Write, r: &AccessRecord) {
+fn write_line(out: &mut impl Write, r: &AccessRecord, redact: &Redactor) {
+    let (path, query) = match r.path.split_once('?') {
+        Some((p, q)) => (p, Some(redact.query(q))),
+        None => (r.path.as_str(), None),
+    };
     let line = Line {
         ts: humantime::format_rfc3339_micros(r.time).to_string(),
         kind: "access",
         request_id: r.request_id.as_ref().and_then(|v| v.to_str().ok()),
         client: r.client.to_string(),
         method: r.method.as_str(),
-        path: &r.path,
+        path,
+        query,
         route: r.route.as_deref(),
         upstream: r.upstream.as_deref(),
         client_cert: r.client_cert.as_deref(),
@@ -171,14 +192,31 @@ mod tests {
     #[test]
     fn the_client_certificate_principal_is_logged_only_when_there_is_one() {
         let mut out = Vec::new();
-        write_line(&mut out, &record(Some("spiffe://corp/orders")));
+        write_line(
+            &mut out,
+            &record(Some("spiffe://corp/orders")),
+            &Redactor::default(),
+        );
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(line["client_cert"], "spiffe://corp/orders");
 
         let mut out = Vec::new();
-        write_line(&mut out, &record(None));
+        write_line(&mut out, &record(None), &Redactor::default());
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert!(line.get("client_cert").is_none(), "{line}");
+    }
+
+    #[test]
+    fn credential_query_parameters_are_logged_redacted() {
+        let mut out = Vec::new();
+        let mut r = record(None);
+        r.path = "/x?token=secret&x=1".into();
+        write_line(&mut out, &r, &Redactor::default());
+        let text = String::from_utf8_lossy(&out).into_owned();
+        assert!(!text.contains("secret"), "{text}");
+        let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(line["path"], "/x");
+        assert_eq!(line["query"], "token=[REDACTED]&x=1");
     }
 
     #[test]
@@ -186,11 +224,11 @@ mod tests {
         let mut out = Vec::new();
         let mut r = record(None);
         r.user = Some("acme-2026a".into());
-        write_line(&mut out, &r);
+        write_line(&mut out, &r, &Redactor::default());
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(line["user"], "acme-2026a");
         let mut out = Vec::new();
-        write_line(&mut out, &record(None));
+        write_line(&mut out, &record(None), &Redactor::default());
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert!(line.get("user").is_none(), "{line}");
     }

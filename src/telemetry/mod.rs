@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod redact;
 
 pub use self::metrics::Metrics;
 

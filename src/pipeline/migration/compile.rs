@@ -21,6 +21,8 @@ pub struct Env<'a> {
     pub clock: &'a Arc<dyn Clock>,
     pub state_store: &'a StateStoreConfig,
     pub prev: &'a Carry<RolloutKey, Arc<Rollout>>,
+    /// What stored shadow diffs redact.
+    pub redact: &'a Arc<crate::telemetry::redact::Redactor>,
 }
 
 /// What defines a progressive rollout. A reload that changes anything else about the migration
@@ -64,7 +66,7 @@ pub fn compile(
     let shadow = m
         .shadow
         .as_ref()
-        .and_then(|sc| shadow(&r.name, sc, &mut sec.at("shadow"), env.metrics));
+        .and_then(|sc| shadow(&r.name, sc, &mut sec.at("shadow"), env.metrics, env.redact));
     if let Some(rc) = &m.rollout {
         check_rollout(rc, &mut sec.at("rollout"));
     }
@@ -137,7 +139,13 @@ fn check_options(
     }
 }
 
-fn shadow(route: &str, sc: &ShadowConfig, sec: &mut Section<'_, '_>, metrics: &Metrics) -> Option<Shadow> {
+fn shadow(
+    route: &str,
+    sc: &ShadowConfig,
+    sec: &mut Section<'_, '_>,
+    metrics: &Metrics,
+    redact: &Arc<crate::telemetry::redact::Redactor>,
+) -> Option<Shadow> {
     for (key, reason) in crate::pipeline::diff::ignore_warnings(&sc.ignore) {
         sec.warn(&key, reason);
     }
@@ -150,7 +158,7 @@ fn shadow(route: &str, sc: &ShadowConfig, sec: &mut Section<'_, '_>, metrics: &M
             "max_concurrent and timeout must be greater than zero",
         );
     }
-    Shadow::new(route, sc, metrics)
+    Shadow::new(route, sc, metrics, redact.clone())
         .map_err(|reason| sec.error("", reason))
         .ok()
 }
