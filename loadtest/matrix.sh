@@ -141,7 +141,7 @@ haproxy_run() { # frontend lines, url, [wrk args]
   cat >"$W/hap.cfg" <<C
 global
   nbthread 1
-  maxconn 20000
+  maxconn 9000
 defaults
   mode http
   timeout connect 5s
@@ -287,7 +287,7 @@ C
   cat >"$W/hap.cfg" <<C
 global
   nbthread 1
-  maxconn 20000
+  maxconn 9000
 defaults
   mode http
   timeout connect 5s

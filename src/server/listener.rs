@@ -66,12 +66,17 @@ pub async fn serve(
         let io = IdleIo::new(tcp, rt.limits.idle_timeout, conn.clone());
         let watcher = graceful.watcher();
         let shared = shared.clone();
+        // Each branch's future is boxed: the task is sized by its largest branch and lives as
+        // long as the connection, so inline branches made every idle connection pay for the
+        // TLS handshake's state and the biggest connection type.
         tokio::spawn(async move {
             let _guard = guard;
             match &rt.tls {
-                None => serve_connection(io, &rt, conn, shared, watcher).await,
+                None => Box::pin(serve_connection(io, &rt, conn, shared, watcher)).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(rt.limits.header_read_timeout, acceptor.accept(io)).await {
+                    match tokio::time::timeout(rt.limits.header_read_timeout, Box::pin(acceptor.accept(io)))
+                        .await
+                    {
                         Ok(Ok(tls)) => {
                             // Read once per connection; rustls has verified the chain already.
                             if let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
@@ -82,7 +87,7 @@ pub async fn serve(
                                     None => tracing::debug!(%peer, "client certificate could not be parsed"),
                                 }
                             }
-                            serve_connection(tls, &rt, conn, shared, watcher).await
+                            Box::pin(serve_connection(tls, &rt, conn, shared, watcher)).await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -107,10 +112,17 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // hyper keeps the allocation that holds a request's future for the connection's whole life
+    // and reuses it for the next request. The pipeline's future is tens of KiB, so held inline it
+    // made every idle keep-alive connection cost that much; boxed, it is freed as each answer
+    // starts, and an idle connection holds only hyper's buffers.
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(super::contain::handle(&shared, &conn, req).await) }
+        async move {
+            let answer = Box::pin(async { super::contain::handle(&shared, &conn, req).await });
+            Ok::<_, Infallible>(answer.await)
+        }
     });
     let connection = rt
         .builder
