@@ -148,7 +148,11 @@ fn check_accepts_a_valid_config_and_the_shipped_ones() {
     let p = write_config(dir.path(), &basic_config("http://127.0.0.1:9"));
     let out = check(&p);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    for shipped in ["config/ficus.example.yaml", "config/demo.yaml"] {
+    for shipped in [
+        "config/ficus.example.yaml",
+        "config/demo.yaml",
+        "deploy/k8s/ficus.yaml",
+    ] {
         let out = check(Path::new(shipped));
         assert!(
             out.status.success(),
