@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! python3 -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+  if ! python3 -m pip --version >/dev/null 2>&1 && command -v apt-get >/dev/null; then
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q python3-pip
+  fi
   # A Debian python3 refuses pip installs into itself (PEP 668) unless told otherwise.
   python3 -m pip install -q --disable-pip-version-check kubernetes-validate PyYAML \
     || python3 -m pip install -q --disable-pip-version-check --break-system-packages kubernetes-validate PyYAML
