@@ -17,6 +17,9 @@ use crate::config::ConfigSource;
 mod idp;
 
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
+/// The defaults of `ficus demo`'s address flags; config/demo.yaml is written with these.
+pub const LISTEN_ADDR: &str = "127.0.0.1:8080";
+pub const ADMIN_ADDR: &str = "127.0.0.1:9901";
 pub const LEGACY_ADDR: &str = "127.0.0.1:18001";
 pub const MODERN_ADDR: &str = "127.0.0.1:18002";
 /// The demo identity provider: its JWKS, and the mint endpoint `ficus demo token` calls.
@@ -27,12 +30,120 @@ pub const DEMO_AUDIENCE: &str = "ficus-demo";
 
 pub use idp::{request_token, spawn_idp, DemoIdpError};
 
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(
+        "cannot bind the demo {what} on {addr}: {source} (pick another with `ficus demo --{what} ADDR`)"
+    )]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Idp(#[from] DemoIdpError),
+}
+
+/// Where the demo's parts listen. Port 0 picks a free port; the banner shows the one chosen.
+#[derive(Clone, Copy, Debug)]
+pub struct Addrs {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub legacy: SocketAddr,
+    pub modern: SocketAddr,
+    pub idp: SocketAddr,
+}
+
+impl Default for Addrs {
+    fn default() -> Self {
+        let parse = |a: &str| a.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        Self {
+            listen: parse(LISTEN_ADDR),
+            admin: parse(ADMIN_ADDR),
+            legacy: parse(LEGACY_ADDR),
+            modern: parse(MODERN_ADDR),
+            idp: parse(IDP_ADDR),
+        }
+    }
+}
+
+/// The embedded config as written (the default addresses).
 pub fn source() -> ConfigSource {
     ConfigSource::Embedded {
         name: "config/demo.yaml (embedded)".into(),
         text: DEMO_CONFIG,
         base_dir: std::env::current_dir().unwrap_or_default(),
     }
+}
+
+/// The embedded config with its five addresses replaced by `addrs`. Each default is replaced in
+/// one pass, so a new address that happens to equal another default is not replaced again.
+pub fn config_for(addrs: &Addrs) -> String {
+    let pairs = [
+        (LISTEN_ADDR, addrs.listen.to_string()),
+        (ADMIN_ADDR, addrs.admin.to_string()),
+        (LEGACY_ADDR, addrs.legacy.to_string()),
+        (MODERN_ADDR, addrs.modern.to_string()),
+        (IDP_ADDR, addrs.idp.to_string()),
+    ];
+    let mut out = String::with_capacity(DEMO_CONFIG.len());
+    let mut rest = DEMO_CONFIG;
+    'scan: while !rest.is_empty() {
+        for (from, to) in &pairs {
+            if let Some(after) = rest.strip_prefix(from) {
+                // `127.0.0.1:8080` must not match the start of `127.0.0.1:80801`.
+                if !after.starts_with(|c: char| c.is_ascii_digit()) {
+                    out.push_str(to);
+                    rest = after;
+                    continue 'scan;
+                }
+            }
+        }
+        let mut chars = rest.chars();
+        if let Some(c) = chars.next() {
+            out.push(c);
+        }
+        rest = chars.as_str();
+    }
+    out
+}
+
+/// Starts the demo identity provider and both backends on `addrs` (port 0: any free port), and
+/// returns the config that points at them together with the addresses actually bound.
+pub async fn start(addrs: &Addrs) -> Result<(ConfigSource, Addrs), DemoError> {
+    // Before the gateway, so its first JWKS fetch finds the demo IdP up.
+    let idp = spawn_idp(addrs.idp).await?;
+    let mut bound = Addrs { idp, ..*addrs };
+    for (what, flavor) in [("legacy", Flavor::Legacy), ("modern", Flavor::Modern)] {
+        let addr = if what == "legacy" {
+            addrs.legacy
+        } else {
+            addrs.modern
+        };
+        let local = spawn_backend(addr, flavor)
+            .await
+            .map_err(|source| DemoError::Bind { what, addr, source })?;
+        match flavor {
+            Flavor::Legacy => bound.legacy = local,
+            Flavor::Modern => bound.modern = local,
+        }
+    }
+    // `ConfigSource::Embedded` holds a `&'static str` (reloads re-read it); this runs once per
+    // process, so the one leaked copy is the config's lifetime anyway.
+    let text: &'static str = Box::leak(config_for(&bound).into_boxed_str());
+    let name = if text == DEMO_CONFIG {
+        "config/demo.yaml (embedded)".to_string()
+    } else {
+        "config/demo.yaml (embedded, addresses from the command line)".to_string()
+    };
+    Ok((
+        ConfigSource::Embedded {
+            name,
+            text,
+            base_dir: std::env::current_dir().unwrap_or_default(),
+        },
+        bound,
+    ))
 }
 
 #[derive(Clone, Copy)]
@@ -44,7 +155,7 @@ pub enum Flavor {
 }
 
 /// Starts a demo backend; it runs until the process exits.
-pub async fn spawn_backend(addr: &str, flavor: Flavor) -> std::io::Result<SocketAddr> {
+pub async fn spawn_backend(addr: SocketAddr, flavor: Flavor) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
@@ -184,11 +295,64 @@ fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-pub fn banner(public: SocketAddr, admin: SocketAddr) -> String {
+/// What `ficus demo` prints once it is up. Tests read the first lines (`  ficus  http://…`,
+/// `  admin  http://…`, `  demo IdP JWKS  http://…`) to find a demo started on port 0.
+pub fn banner(public: SocketAddr, admin: SocketAddr, a: &Addrs) -> String {
+    let (legacy, modern, idp) = (a.legacy, a.modern, a.idp);
+    // Only a demo on another IdP address needs the flag: the default finds the default demo.
+    let token_cmd = if idp.to_string() == IDP_ADDR {
+        "ficus demo token".to_string()
+    } else {
+        format!("ficus demo token --idp {idp}")
+    };
     format!(
         "\nficus demo is running.\n\
-         \n  ficus          http://{public}\n  admin          http://{admin}\n  legacy backend http://{LEGACY_ADDR}\n  modern backend http://{MODERN_ADDR}\n  demo IdP JWKS  http://{IDP_ADDR}/.well-known/jwks.json\n\
-         \nTry:\n  curl -i http://{public}/api/customers/42      # still served by legacy (XML), rate-limited\n  for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' http://{public}/api/customers/42; done  # 5 pass, then 429\n  curl -i http://{public}/api/orders/7 -H 'X-User: alice'  # mid-migration: alice is on legacy, which speaks SOAP; ficus translates to JSON\n  curl -i http://{public}/api/orders/7 -H 'X-User: bob'    # bob is on modern (JSON): the same shape\n  curl -i http://{public}/api/orders/404 -H 'X-User: alice'  # a SOAP Fault becomes problem+json 404\n  curl -i http://{public}/api/orders/7 -H 'X-User: beta-tester'  # a cohort: always modern (JSON)\n  curl -s 'http://{admin}/admin/diffs?route=orders'   # shadow comparisons, field by field\n  curl -s http://{admin}/admin/upstreams\n  curl -i http://{public}/public/../api/orders/7  # normalised before routing\n  TOKEN=$(ficus demo token --sub alice --scope orders:read)   # from the demo IdP on {IDP_ADDR}\n  curl -i http://{public}/api/me                                  # 401: the route needs a token\n  curl -i http://{public}/api/me -H \"Authorization: Bearer $TOKEN\"  # 200, with scope orders:read\n  curl -s http://{admin}/metrics | grep ficus_requests_total\n  curl -s http://{admin}/admin/config\n  FICUS_ADMIN_TOKEN=... is needed for: curl -XPOST -H 'Authorization: Bearer ...' http://{admin}/admin/reload\n\
+         \n  ficus          http://{public}\n  admin          http://{admin}\n  legacy backend http://{legacy}\n  modern backend http://{modern}\n  demo IdP JWKS  http://{idp}/.well-known/jwks.json\n\
+         \nTry:\n  curl -i http://{public}/api/customers/42      # still served by legacy (XML), rate-limited\n  for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' http://{public}/api/customers/42; done  # 5 pass, then 429\n  curl -i http://{public}/api/orders/7 -H 'X-User: alice'  # mid-migration: alice is on legacy, which speaks SOAP; ficus translates to JSON\n  curl -i http://{public}/api/orders/7 -H 'X-User: bob'    # bob is on modern (JSON): the same shape\n  curl -i http://{public}/api/orders/404 -H 'X-User: alice'  # a SOAP Fault becomes problem+json 404\n  curl -i http://{public}/api/orders/7 -H 'X-User: beta-tester'  # a cohort: always modern (JSON)\n  curl -s 'http://{admin}/admin/diffs?route=orders'   # shadow comparisons, field by field\n  curl -s http://{admin}/admin/upstreams\n  curl -i http://{public}/public/../api/orders/7  # normalised before routing\n  TOKEN=$({token_cmd} --sub alice --scope orders:read)   # from the demo IdP on {idp}\n  curl -i http://{public}/api/me                                  # 401: the route needs a token\n  curl -i http://{public}/api/me -H \"Authorization: Bearer $TOKEN\"  # 200, with scope orders:read\n  curl -s http://{admin}/metrics | grep ficus_requests_total\n  curl -s http://{admin}/admin/config\n  FICUS_ADMIN_TOKEN=... is needed for: curl -XPOST -H 'Authorization: Bearer ...' http://{admin}/admin/reload\n\
          \nCtrl-C stops it (in-flight requests are drained).\n"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_address_is_in_the_embedded_config() {
+        // config_for replaces these strings: one the config stopped using would silently stay.
+        for a in [LISTEN_ADDR, ADMIN_ADDR, LEGACY_ADDR, MODERN_ADDR, IDP_ADDR] {
+            assert!(DEMO_CONFIG.contains(a), "{a} is not in config/demo.yaml");
+        }
+        assert!(DEMO_CONFIG.contains(DEMO_ISSUER));
+        assert_eq!(config_for(&Addrs::default()), DEMO_CONFIG);
+    }
+
+    #[test]
+    fn config_for_moves_every_part_and_compiles() {
+        let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        // The new listen address is another default's: it must not be replaced a second time.
+        let addrs = Addrs {
+            listen: a(9901),
+            admin: a(28080),
+            legacy: a(28001),
+            modern: a(28002),
+            idp: a(28003),
+        };
+        let text = config_for(&addrs);
+        for old in [LISTEN_ADDR, LEGACY_ADDR, MODERN_ADDR, IDP_ADDR] {
+            assert!(!text.contains(old), "{old} left in:\n{text}");
+        }
+        assert!(text.contains("bind: 127.0.0.1:9901\n"), "{text}");
+        assert!(text.contains("bind: 127.0.0.1:28080\n"), "{text}");
+        assert!(text.contains("issuer: http://127.0.0.1:28003/"), "{text}");
+        assert!(text.contains("jwks_url: http://127.0.0.1:28003/.well-known/jwks.json"));
+        assert!(text.contains("\"http://127.0.0.1:28001\""));
+        let src = ConfigSource::Embedded {
+            name: "demo".into(),
+            text: Box::leak(text.into_boxed_str()),
+            base_dir: std::env::current_dir().unwrap_or_default(),
+        };
+        let compiled = src.read().and_then(|t| crate::config::compile::standalone(&t));
+        assert!(compiled.is_ok(), "{:?}", compiled.err().map(|e| e.0));
+    }
 }

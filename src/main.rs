@@ -39,7 +39,15 @@ enum Command {
     Schema,
     /// Run the embedded demo: ficus on 127.0.0.1:8080 in front of two in-process backends and a
     /// demo identity provider.
+    ///
+    /// Every part's address can be moved (port 0 picks a free one; the banner shows it), so a
+    /// demo can run next to another one, or next to whatever else holds 8080:
+    ///   ficus demo --listen 127.0.0.1:8090 --admin 127.0.0.1:9911 --idp 127.0.0.1:18013
+    ///   ficus demo token --idp 127.0.0.1:18013 --sub alice --scope orders:read
+    #[command(verbatim_doc_comment)]
     Demo {
+        #[command(flatten)]
+        addrs: DemoAddrs,
         #[command(subcommand)]
         action: Option<DemoAction>,
     },
@@ -104,10 +112,32 @@ enum SideArg {
     Modern,
 }
 
+#[derive(clap::Args)]
+struct DemoAddrs {
+    /// The public listener clients call (config/demo.yaml's `listeners[0].bind`).
+    #[arg(long, value_name = "IP:PORT", default_value = ficus::demo::LISTEN_ADDR)]
+    listen: std::net::SocketAddr,
+    /// The admin listener: /metrics, /readyz, /admin/* (`admin.bind`).
+    #[arg(long, value_name = "IP:PORT", default_value = ficus::demo::ADMIN_ADDR)]
+    admin: std::net::SocketAddr,
+    /// The in-process legacy backend (the `legacy` upstream's endpoint).
+    #[arg(long, value_name = "IP:PORT", default_value = ficus::demo::LEGACY_ADDR)]
+    legacy: std::net::SocketAddr,
+    /// The in-process modern backend (the `modern` upstream's endpoint).
+    #[arg(long, value_name = "IP:PORT", default_value = ficus::demo::MODERN_ADDR)]
+    modern: std::net::SocketAddr,
+    /// The demo identity provider: JWKS, issuer `http://IP:PORT/`, and what `demo token` asks.
+    #[arg(long, value_name = "IP:PORT", default_value = ficus::demo::IDP_ADDR)]
+    idp: std::net::SocketAddr,
+}
+
 #[derive(Subcommand)]
 enum DemoAction {
     /// Print a token the running demo accepts (it signs it; the key never leaves its memory).
     Token {
+        /// The demo identity provider to ask: the `--idp` the demo was started with.
+        #[arg(long, value_name = "IP:PORT", default_value = ficus::demo::IDP_ADDR)]
+        idp: std::net::SocketAddr,
         #[arg(long, default_value = "alice")]
         sub: String,
         /// Space-separated scopes.
@@ -123,15 +153,28 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(ConfigSource::File(config)),
-        Command::Run { config } => serve(ConfigSource::File(config), false),
+        Command::Run { config } => serve(ConfigSource::File(config), None),
         Command::Schema => {
             print!("{}", ficus::config::schema::generate());
             ExitCode::SUCCESS
         }
-        Command::Demo { action: None } => serve(ficus::demo::source(), true),
         Command::Demo {
-            action: Some(DemoAction::Token { sub, scope, ttl }),
-        } => demo_token(&sub, &scope, ttl),
+            addrs: a,
+            action: None,
+        } => serve(
+            ficus::demo::source(),
+            Some(ficus::demo::Addrs {
+                listen: a.listen,
+                admin: a.admin,
+                legacy: a.legacy,
+                modern: a.modern,
+                idp: a.idp,
+            }),
+        ),
+        Command::Demo {
+            action: Some(DemoAction::Token { idp, sub, scope, ttl }),
+            ..
+        } => demo_token(idp, &sub, &scope, ttl),
         Command::Translate {
             config,
             route,
@@ -158,7 +201,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn demo_token(sub: &str, scope: &str, ttl: std::time::Duration) -> ExitCode {
+fn demo_token(idp: std::net::SocketAddr, sub: &str, scope: &str, ttl: std::time::Duration) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -166,7 +209,7 @@ fn demo_token(sub: &str, scope: &str, ttl: std::time::Duration) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(ficus::demo::request_token(sub, scope, ttl)) {
+    match rt.block_on(ficus::demo::request_token(idp, sub, scope, ttl)) {
         Ok(token) => {
             println!("{token}");
             ExitCode::SUCCESS
@@ -275,7 +318,9 @@ fn check(source: ConfigSource) -> ExitCode {
     }
 }
 
-fn serve(source: ConfigSource, demo: bool) -> ExitCode {
+/// `demo`: the demo's addresses; its backends and IdP start first and the embedded config is
+/// pointed at them.
+fn serve(mut source: ConfigSource, demo: Option<ficus::demo::Addrs>) -> ExitCode {
     // The runtime and log settings are needed before the gateway starts; a config that does not
     // parse is reported properly by `Gateway::start` below.
     let parsed = source.read().ok().and_then(|t| t.parse().ok());
@@ -306,18 +351,15 @@ fn serve(source: ConfigSource, demo: bool) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        if demo {
-            // Before the gateway, so its first JWKS fetch finds the demo IdP up.
-            if let Err(e) = ficus::demo::spawn_idp(ficus::demo::IDP_ADDR).await {
-                eprintln!("ficus demo: {e}");
-                return ExitCode::FAILURE;
-            }
-            for (addr, flavor) in [
-                (ficus::demo::LEGACY_ADDR, ficus::demo::Flavor::Legacy),
-                (ficus::demo::MODERN_ADDR, ficus::demo::Flavor::Modern),
-            ] {
-                if let Err(e) = ficus::demo::spawn_backend(addr, flavor).await {
-                    eprintln!("ficus demo: cannot bind the demo backend on {addr}: {e}");
+        let mut demo_bound = None;
+        if let Some(addrs) = demo {
+            match ficus::demo::start(&addrs).await {
+                Ok((src, bound)) => {
+                    source = src;
+                    demo_bound = Some(bound);
+                }
+                Err(e) => {
+                    eprintln!("ficus demo: {e}");
                     return ExitCode::FAILURE;
                 }
             }
@@ -329,9 +371,9 @@ fn serve(source: ConfigSource, demo: bool) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if demo {
+        if let Some(bound) = demo_bound {
             if let Some(public) = gateway.addr("public") {
-                eprintln!("{}", ficus::demo::banner(public, gateway.admin_addr()));
+                eprintln!("{}", ficus::demo::banner(public, gateway.admin_addr(), &bound));
             }
         }
         let handle = gateway.shutdown_handle();

@@ -148,7 +148,11 @@ fn check_accepts_a_valid_config_and_the_shipped_ones() {
     let p = write_config(dir.path(), &basic_config("http://127.0.0.1:9"));
     let out = check(&p);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    for shipped in ["config/ficus.example.yaml", "config/demo.yaml"] {
+    for shipped in [
+        "config/ficus.example.yaml",
+        "config/demo.yaml",
+        "deploy/k8s/ficus.yaml",
+    ] {
         let out = check(Path::new(shipped));
         assert!(
             out.status.success(),
@@ -412,24 +416,98 @@ async fn one_gib_upload_and_download_stream_in_bounded_memory() {
     );
 }
 
-/// The demo binds fixed ports: its tests take turns.
-static DEMO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// `ficus demo` with every part on a free port (`--listen 127.0.0.1:0` …), so the tests pass
+/// next to a demo someone runs on the default ports; its addresses come from the banner.
+struct Demo {
+    child: Child,
+    public: SocketAddr,
+    admin: SocketAddr,
+    idp: SocketAddr,
+}
+
+impl Demo {
+    fn start() -> Self {
+        let mut child = Command::new(BIN)
+            .arg("demo")
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args([
+                "--legacy",
+                "127.0.0.1:0",
+                "--modern",
+                "127.0.0.1:0",
+                "--idp",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        // Reads the whole stderr, so the demo never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let line = line.trim();
+                for (label, key) in [
+                    ("ficus ", "public"),
+                    ("admin ", "admin"),
+                    ("demo IdP JWKS ", "idp"),
+                ] {
+                    if let Some(url) = line.strip_prefix(label).map(str::trim) {
+                        if let Some(addr) = url.strip_prefix("http://") {
+                            let addr = addr.split('/').next().unwrap_or_default().to_string();
+                            let _ = tx.send((key, addr));
+                        }
+                    }
+                }
+            }
+        });
+        let mut found = std::collections::HashMap::new();
+        while found.len() < 3 {
+            let (key, addr) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the demo printed its addresses");
+            found.insert(key, addr.parse::<SocketAddr>().unwrap());
+        }
+        Self {
+            child,
+            public: found["public"],
+            admin: found["admin"],
+            idp: found["idp"],
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.public)
+    }
+
+    /// SIGINT, as Ctrl-C; true when it exited within 10 s.
+    async fn interrupt(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_serves_legacy_and_modern_backends() {
-    let _turn = DEMO.lock().await;
-    let mut child = Command::new(BIN)
-        .arg("demo")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let up = eventually(Duration::from_secs(20), || async {
-        tokio::net::TcpStream::connect("127.0.0.1:8080").await.is_ok()
-    })
-    .await;
-    assert!(up, "the demo did not listen on 127.0.0.1:8080");
-    let legacy = get("http://127.0.0.1:8080/api/customers/42").await;
+    let mut demo = Demo::start();
+    let legacy = get(&demo.url("/api/customers/42")).await;
     assert_eq!(legacy.headers["x-served-by"], "legacy");
     assert!(legacy.text().starts_with("<response>"), "{}", legacy.text());
     // The customers route is visibly limited: 5 at once per client, then 429 with Retry-After.
@@ -437,16 +515,11 @@ async fn demo_serves_legacy_and_modern_backends() {
     assert!(legacy.headers.contains_key("ratelimit-policy"));
     let mut statuses = Vec::new();
     for _ in 0..6 {
-        statuses.push(
-            get("http://127.0.0.1:8080/api/customers/42")
-                .await
-                .status
-                .as_u16(),
-        );
+        statuses.push(get(&demo.url("/api/customers/42")).await.status.as_u16());
     }
     assert!(statuses.contains(&429), "{statuses:?}");
     // The demo's orders route is mid-migration; the beta-tester cohort always gets modern.
-    let req = Request::get("http://127.0.0.1:8080/api/orders/7")
+    let req = Request::get(demo.url("/api/orders/7"))
         .header("x-user", "beta-tester")
         .body(empty())
         .unwrap();
@@ -456,7 +529,7 @@ async fn demo_serves_legacy_and_modern_backends() {
     // A sticky user stays on one side.
     let mut sides = std::collections::HashSet::new();
     for _ in 0..5 {
-        let req = Request::get("http://127.0.0.1:8080/api/orders/7")
+        let req = Request::get(demo.url("/api/orders/7"))
             .header("x-user", "alice")
             .body(empty())
             .unwrap();
@@ -471,7 +544,7 @@ async fn demo_serves_legacy_and_modern_backends() {
     // The legacy side speaks SOAP; translated, its answer has the modern shape.
     let mut shapes = std::collections::HashMap::new();
     for user in ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"] {
-        let req = Request::get("http://127.0.0.1:8080/api/orders/7")
+        let req = Request::get(demo.url("/api/orders/7"))
             .header("x-user", user)
             .body(empty())
             .unwrap();
@@ -484,22 +557,8 @@ async fn demo_serves_legacy_and_modern_backends() {
     }
     assert_eq!(shapes.len(), 2, "both sides served some of eight users");
     assert_eq!(shapes["legacy"], shapes["modern"]);
-    assert_eq!(get("http://127.0.0.1:9901/readyz").await.status, 200);
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut exited = false;
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            exited = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(exited, "the demo did not stop on SIGINT");
+    assert_eq!(get(&format!("http://{}/readyz", demo.admin)).await.status, 200);
+    assert!(demo.interrupt().await, "the demo did not stop on SIGINT");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,64 +638,85 @@ async fn access_log_redacts_credential_query_parameters_and_never_logs_the_autho
     assert_eq!(line["query"], "token=[REDACTED]&x=1");
 }
 
-fn demo_token(args: &[&str]) -> std::process::Output {
+fn demo_token(idp: SocketAddr, args: &[&str]) -> std::process::Output {
     Command::new(BIN)
-        .args(["demo", "token"])
+        .args(["demo", "token", "--idp", &idp.to_string()])
         .args(args)
         .output()
         .unwrap()
 }
 
+/// Holds whichever of `ficus demo`'s default ports are free, so that nothing below can reach a
+/// demo there: a real demo on the defaults, or these listeners, hold them all for the test.
+fn occupy_the_demo_default_ports() -> Vec<std::net::TcpListener> {
+    [
+        "127.0.0.1:8080",
+        "127.0.0.1:9901",
+        "127.0.0.1:18001",
+        "127.0.0.1:18002",
+        "127.0.0.1:18003",
+    ]
+    .iter()
+    .filter_map(|a| std::net::TcpListener::bind(a).ok())
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_token_from_the_cli_opens_the_protected_route() {
-    let _turn = DEMO.lock().await;
-    // Without a running demo there is nobody to sign: a clear error, not a token.
-    let none = demo_token(&["--sub", "alice"]);
+    let _held = occupy_the_demo_default_ports();
+    // A demo on the defaults cannot start now, and says which address and flag.
+    let mut blocked = Command::new(BIN)
+        .arg("demo")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while blocked.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = blocked.kill();
+    let blocked = blocked.wait_with_output().unwrap();
+    assert!(!blocked.status.success());
+    let why = String::from_utf8_lossy(&blocked.stderr);
+    assert!(why.contains("127.0.0.1:18003") && why.contains("--idp"), "{why}");
+
+    // Without a demo on that address there is nobody to sign: a clear error, not a token.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let none = demo_token(nobody, &["--sub", "alice"]);
     assert!(!none.status.success());
     assert!(String::from_utf8_lossy(&none.stderr).contains("ficus demo"));
 
-    let mut child = Command::new(BIN)
-        .arg("demo")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let up = eventually(Duration::from_secs(20), || async {
-        tokio::net::TcpStream::connect("127.0.0.1:8080").await.is_ok()
-    })
-    .await;
-    assert!(up, "the demo did not listen on 127.0.0.1:8080");
-    let out = demo_token(&["--sub", "alice", "--scope", "orders:read"]);
+    let mut demo = Demo::start();
+    let out = demo_token(demo.idp, &["--sub", "alice", "--scope", "orders:read"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(token.split('.').count(), 3, "{token}");
 
-    let call = |token: Option<String>| async move {
-        let mut req = Request::get("http://127.0.0.1:8080/api/me");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
+    let me = demo.url("/api/me");
+    let call = |token: Option<String>| {
+        let me = me.clone();
+        async move {
+            let mut req = Request::get(me);
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            send(&client(), req.body(empty()).unwrap()).await
         }
-        send(&client(), req.body(empty()).unwrap()).await
     };
     call(None).await.assert_problem(401, "missing-token");
     let ok = call(Some(token)).await;
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(ok.json()["user"], "alice");
     // The route needs orders:read.
-    let out = demo_token(&["--sub", "bob", "--scope", "profile"]);
+    let out = demo_token(demo.idp, &["--sub", "bob", "--scope", "profile"]);
     let narrow = String::from_utf8(out.stdout).unwrap().trim().to_string();
     call(Some(narrow)).await.assert_problem(403, "insufficient-scope");
     call(Some("not-a-token".into()))
         .await
         .assert_problem(401, "invalid-token");
-
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    demo.interrupt().await;
 }

@@ -19,7 +19,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio::net::TcpListener;
 
-use super::{DEMO_AUDIENCE, DEMO_ISSUER, IDP_ADDR};
+use super::DEMO_AUDIENCE;
 
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 const MAX_TTL: u64 = 24 * 3600;
@@ -28,21 +28,26 @@ const MAX_TTL: u64 = 24 * 3600;
 pub enum DemoIdpError {
     #[error("cannot generate the demo key: {0}")]
     Key(String),
-    #[error("cannot bind the demo identity provider on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
-    #[error("no demo is answering on {IDP_ADDR} (start it with `ficus demo`): {0}")]
-    NotRunning(String),
+    #[error("cannot bind the demo identity provider on {addr}: {source} (pick another with `ficus demo --idp ADDR`)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no demo is answering on {addr} (start it with `ficus demo`; a demo started with `--idp ADDR` needs `ficus demo token --idp ADDR`): {why}")]
+    NotRunning { addr: SocketAddr, why: String },
     #[error("the demo refused to mint a token: {0}")]
     Refused(String),
 }
 
 struct DemoKey {
+    /// `http://<the IdP's address>/`, as the demo config's `identity.jwt.demo.issuer` says.
+    issuer: String,
     kid: String,
     encoding: EncodingKey,
     jwks: Bytes,
 }
 
-fn generate() -> Result<DemoKey, DemoIdpError> {
+fn generate(issuer: String) -> Result<DemoKey, DemoIdpError> {
     use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(
         &ECDSA_P256_SHA256_FIXED_SIGNING,
@@ -57,25 +62,23 @@ fn generate() -> Result<DemoKey, DemoIdpError> {
     let jwks =
         serde_json::to_vec(&JwkSet { keys: vec![jwk] }).map_err(|e| DemoIdpError::Key(e.to_string()))?;
     Ok(DemoKey {
+        issuer,
         kid,
         encoding,
         jwks: Bytes::from(jwks),
     })
 }
 
-/// Starts the demo IdP on `addr` (loopback); it runs until the process exits.
-pub async fn spawn_idp(addr: &str) -> Result<SocketAddr, DemoIdpError> {
-    let key = Arc::new(generate()?);
+/// Starts the demo IdP on `addr` (loopback; port 0 picks one); it runs until the process exits.
+/// Its issuer is `http://<bound address>/`.
+pub async fn spawn_idp(addr: SocketAddr) -> Result<SocketAddr, DemoIdpError> {
     let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| DemoIdpError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| DemoIdpError::Bind {
-        addr: addr.to_string(),
-        source,
-    })?;
+        .map_err(|source| DemoIdpError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| DemoIdpError::Bind { addr, source })?;
+    let key = Arc::new(generate(format!("http://{local}/"))?);
     tokio::spawn(async move {
         loop {
             let Ok((tcp, peer)) = listener.accept().await else {
@@ -139,7 +142,7 @@ fn mint(key: &DemoKey, query: Option<&str>) -> Result<String, String> {
         .map_err(|e| e.to_string())?
         .as_secs();
     let claims = serde_json::json!({
-        "iss": DEMO_ISSUER,
+        "iss": key.issuer,
         "aud": DEMO_AUDIENCE,
         "sub": sub,
         "scope": scope,
@@ -151,8 +154,13 @@ fn mint(key: &DemoKey, query: Option<&str>) -> Result<String, String> {
     jsonwebtoken::encode(&h, &claims, &key.encoding).map_err(|e| e.to_string())
 }
 
-/// What `ficus demo token` does: asks the running demo to mint a token.
-pub async fn request_token(sub: &str, scope: &str, ttl: Duration) -> Result<String, DemoIdpError> {
+/// What `ficus demo token` does: asks the demo whose IdP listens on `idp` to mint a token.
+pub async fn request_token(
+    idp: SocketAddr,
+    sub: &str,
+    scope: &str,
+    ttl: Duration,
+) -> Result<String, DemoIdpError> {
     let query = form_urlencoded::Serializer::new(String::new())
         .append_pair("sub", sub)
         .append_pair("scope", scope)
@@ -160,19 +168,28 @@ pub async fn request_token(sub: &str, scope: &str, ttl: Duration) -> Result<Stri
         .finish();
     let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
-    let req = Request::post(format!("http://{IDP_ADDR}/mint?{query}"))
+    let req = Request::post(format!("http://{idp}/mint?{query}"))
         .body(Full::new(Bytes::new()))
         .map_err(|e| DemoIdpError::Refused(e.to_string()))?;
     let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
         .await
-        .map_err(|_| DemoIdpError::NotRunning("no answer within 5 s".into()))?
-        .map_err(|e| DemoIdpError::NotRunning(e.to_string()))?;
+        .map_err(|_| DemoIdpError::NotRunning {
+            addr: idp,
+            why: "no answer within 5 s".into(),
+        })?
+        .map_err(|e| DemoIdpError::NotRunning {
+            addr: idp,
+            why: e.to_string(),
+        })?;
     let status = resp.status();
     let body = resp
         .into_body()
         .collect()
         .await
-        .map_err(|e| DemoIdpError::NotRunning(e.to_string()))?
+        .map_err(|e| DemoIdpError::NotRunning {
+            addr: idp,
+            why: e.to_string(),
+        })?
         .to_bytes();
     let text = String::from_utf8_lossy(&body).trim().to_string();
     if !status.is_success() {
@@ -183,11 +200,12 @@ pub async fn request_token(sub: &str, scope: &str, ttl: Duration) -> Result<Stri
 
 #[cfg(test)]
 mod tests {
+    use super::super::DEMO_ISSUER;
     use super::*;
 
     #[test]
     fn minted_tokens_verify_with_the_served_jwks_and_carry_the_claims() {
-        let key = generate().unwrap();
+        let key = generate(DEMO_ISSUER.to_string()).unwrap();
         let token = mint(&key, Some("sub=alice&scope=orders%3Aread&ttl=60")).unwrap();
         let set: JwkSet = serde_json::from_slice(&key.jwks).unwrap();
         let jwk = set.find(&key.kid).unwrap();
@@ -208,7 +226,7 @@ mod tests {
 
     #[test]
     fn mint_refuses_a_missing_sub_and_unknown_parameters() {
-        let key = generate().unwrap();
+        let key = generate(DEMO_ISSUER.to_string()).unwrap();
         assert!(mint(&key, Some("scope=x")).is_err());
         assert!(mint(&key, Some("sub=a&admin=true")).is_err());
         assert!(mint(&key, Some("sub=a&ttl=soon")).is_err());
@@ -216,6 +234,9 @@ mod tests {
 
     #[test]
     fn each_start_has_its_own_key() {
-        assert_ne!(generate().unwrap().jwks, generate().unwrap().jwks);
+        assert_ne!(
+            generate(DEMO_ISSUER.to_string()).unwrap().jwks,
+            generate(DEMO_ISSUER.to_string()).unwrap().jwks
+        );
     }
 }
