@@ -58,6 +58,8 @@ pub struct Snapshot {
     pub owned_headers: OwnedHeaders,
     /// The state this snapshot hands to the next compile.
     pub carried: Carried,
+    /// `telemetry.tracing` with the `OTEL_*` variables folded in; `None`: tracing is off.
+    pub tracing: Option<crate::telemetry::traces::TracingSettings>,
 }
 
 impl Snapshot {
@@ -152,6 +154,11 @@ impl Compiler {
         let routes = routes(&cfg, &mut p, &env, &mut next.rollouts);
         let idempotency_store = idempotency_store(&cfg.idempotency_store, &mut p, prev, &mut next);
         warn_unreachable(&routes, &mut p);
+        let tracing = crate::telemetry::traces::compile(
+            &cfg.telemetry.tracing,
+            &crate::telemetry::traces::process_env,
+            &mut p.at("telemetry.tracing"),
+        );
         let findings = p.finish()?;
         let idempotency_store = idempotency_store
             .ok_or_else(|| ConfigErrors::one(&src.name, 1, "idempotency_store", "cannot be built"))?;
@@ -172,6 +179,7 @@ impl Compiler {
             shutdown: cfg.shutdown.clone(),
             config: cfg,
             carried: next,
+            tracing,
         })
     }
 

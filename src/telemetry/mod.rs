@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod metrics;
+pub mod traces;
 
 pub use self::metrics::Metrics;
 
