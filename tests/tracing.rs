@@ -434,3 +434,38 @@ async fn shadow_call_gets_its_own_trace_linked_to_the_request() {
     assert_eq!(attr_int(&shadow, "http.response.status_code"), Some(200));
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn redis_rate_limit_call_is_a_span_under_the_rate_limit_stage() {
+    let redis = Redis::start().await;
+    let (receiver, spans) = http_receiver().await;
+    let up = Upstream::echo().await;
+    let yaml = basic_config(&up.url()).replace("    upstream: app\n", "    upstream: app\n    rate_limit: [per-ip]\n")
+        + &format!(
+            "rate_limits:\n  store: {{ redis_urls: ['{}'], timeout: 500ms }}\n  policies:\n    per-ip: {{ key: client_ip, rate: 1000/s }}\n",
+            redis.url
+        )
+        + &tracing_section(&receiver.url(), "");
+    let f = Ficus::start(&yaml).await;
+    let c = client();
+    // The store connects in the background: requests until one decides through Redis.
+    let found = eventually(Duration::from_secs(15), || async {
+        send(&c, Request::get(f.url("/r")).body(empty()).unwrap()).await;
+        let all: Vec<Span> = spans.lock().unwrap().iter().map(|(_, s)| s.clone()).collect();
+        let by_id = |id: &[u8]| all.iter().find(|s| s.span_id == id);
+        all.iter().any(|call| {
+            call.name == "redis EVALSHA"
+                && call.kind == SpanKind::Client as i32
+                && by_id(&call.parent_span_id).is_some_and(|stage| {
+                    stage.name == "rate_limit"
+                        && by_id(&stage.parent_span_id).is_some_and(|s| s.kind == SpanKind::Server as i32)
+                })
+        })
+    })
+    .await;
+    assert!(
+        found,
+        "no Redis call span under a rate_limit span under the server span"
+    );
+    f.shutdown().await;
+}
