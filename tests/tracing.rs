@@ -469,3 +469,46 @@ async fn redis_rate_limit_call_is_a_span_under_the_rate_limit_stage() {
     );
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn introspection_call_is_a_span_under_the_identity_stage() {
+    let (receiver, spans) = http_receiver().await;
+    let idp = Upstream::start(|_req: Request<Incoming>| async {
+        Response::new(full(r#"{"active": true, "sub": "alice", "aud": "orders"}"#))
+    })
+    .await;
+    let up = Upstream::echo().await;
+    std::env::set_var("FICUS_TEST_TRACING_IDP_SECRET", "s3cret");
+    let yaml = basic_config(&up.url()).replace(
+        "    upstream: app\n",
+        "    upstream: app\n    identity: { introspection: corp }\n",
+    ) + &format!(
+        "identity:\n  introspection:\n    corp: {{ url: '{}/introspect', client_id: ficus, client_secret_env: \
+         FICUS_TEST_TRACING_IDP_SECRET, audiences: [orders] }}\n",
+        idp.url()
+    ) + &tracing_section(&receiver.url(), "");
+    let f = Ficus::start(&yaml).await;
+    let a = send(
+        &client(),
+        Request::get(f.url("/i"))
+            .header("authorization", "Bearer opaque-token")
+            .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let server = wait_for_server_span(&spans, TRACE_ID).await;
+    let all: Vec<Span> = spans.lock().unwrap().iter().map(|(_, s)| s.clone()).collect();
+    let identity = all
+        .iter()
+        .find(|s| s.name == "identity" && s.parent_span_id == server.span_id)
+        .expect("an identity span under the server span");
+    let call = all
+        .iter()
+        .find(|s| s.name == "introspection" && s.parent_span_id == identity.span_id)
+        .expect("the IdP call under the identity span");
+    assert_eq!(call.kind, SpanKind::Client as i32);
+    assert_eq!(call.trace_id, server.trace_id);
+    f.shutdown().await;
+}
