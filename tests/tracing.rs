@@ -79,6 +79,11 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if request.metadata().get("x-collector-token").map(|v| v.as_bytes()) != Some(b"t0k3n") {
+            return Err(tonic::Status::unauthenticated(
+                "the configured header was not sent",
+            ));
+        }
         keep(&self.0, request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }

@@ -379,17 +379,26 @@ impl Tracing {
                     .build()?
             }
             Protocol::Grpc => {
-                let mut metadata = tonic::metadata::MetadataMap::new();
                 let mut map = http::HeaderMap::new();
                 for (k, v) in &s.headers {
                     map.insert(k.clone(), v.clone());
                 }
-                *metadata.as_mut() = map;
+                let metadata = tonic::metadata::MetadataMap::from_headers(map);
+                // Runs after the exporter adds OTEL_EXPORTER_OTLP_HEADERS, so a configured
+                // header replaces the variable's rather than being sent next to it.
+                let headers = move |mut req: tonic::Request<()>| {
+                    for kv in metadata.iter() {
+                        if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+                            req.metadata_mut().insert(k.clone(), v.clone());
+                        }
+                    }
+                    Ok(req)
+                };
                 SpanExporter::builder()
                     .with_tonic()
                     .with_endpoint(s.endpoint.to_string())
                     .with_timeout(s.export_timeout)
-                    .with_metadata(metadata)
+                    .with_interceptor(headers)
                     .build()?
             }
         };
