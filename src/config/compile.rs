@@ -60,6 +60,8 @@ pub struct Snapshot {
     pub carried: Carried,
     /// What the access log and stored shadow diffs redact.
     pub redact: Arc<crate::telemetry::redact::Redactor>,
+    /// `telemetry.tracing` with the `OTEL_*` variables folded in; `None`: tracing is off.
+    pub tracing: Option<crate::telemetry::traces::TracingSettings>,
 }
 
 impl Snapshot {
@@ -160,6 +162,11 @@ impl Compiler {
         let routes = routes(&cfg, &mut p, &env, &mut next.rollouts);
         let idempotency_store = idempotency_store(&cfg.idempotency_store, &mut p, prev, &mut next);
         warn_unreachable(&routes, &mut p);
+        let tracing = crate::telemetry::traces::compile(
+            &cfg.telemetry.tracing,
+            &crate::telemetry::traces::process_env,
+            &mut p.at("telemetry.tracing"),
+        );
         let findings = p.finish()?;
         let idempotency_store = idempotency_store
             .ok_or_else(|| ConfigErrors::one(&src.name, 1, "idempotency_store", "cannot be built"))?;
@@ -181,6 +188,7 @@ impl Compiler {
             config: cfg,
             carried: next,
             redact,
+            tracing,
         })
     }
 

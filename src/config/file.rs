@@ -48,6 +48,8 @@ pub struct FileConfig {
     /// Named payload translations, referred to by routes and migration sides.
     #[serde(default)]
     pub transforms: BTreeMap<String, super::transform::TransformConfig>,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// What the access log and stored shadow diffs show as `[REDACTED]`. Each list adds to the
@@ -1260,6 +1262,49 @@ pub struct ConditionConfig {
     pub equals: Option<String>,
     #[serde(default)]
     pub regex: Option<String>,
+}
+
+/// Telemetry beyond logs and the metrics endpoint.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default)]
+    pub tracing: TracingConfig,
+}
+
+/// OpenTelemetry traces over OTLP. Every key left unset falls back to the standard `OTEL_*`
+/// variable; a key set here wins over it. Compiled by `telemetry::traces::compile`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Unset: on when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// The collector's base URL (`/v1/traces` is appended for OTLP/HTTP).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// `http/protobuf` or `grpc`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub service_name: Option<String>,
+    #[serde(default)]
+    pub resource_attributes: BTreeMap<String, String>,
+    /// An `OTEL_TRACES_SAMPLER` name: `parentbased_traceidratio`, `always_on`...
+    #[serde(default)]
+    pub sampler: Option<String>,
+    #[serde(default)]
+    pub sampler_arg: Option<f64>,
+    /// How long finished spans wait to be sent in one batch.
+    #[serde(default, with = "HumanDurationOpt")]
+    pub batch_delay: Option<Duration>,
+    #[serde(default, with = "HumanDurationOpt")]
+    pub export_timeout: Option<Duration>,
+    /// Spans waiting for export; past it new spans are dropped (never waited for).
+    #[serde(default)]
+    pub max_queue: Option<usize>,
 }
 
 /// Durations are written `250ms`, `30s`, `5m`.

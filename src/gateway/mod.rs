@@ -32,6 +32,8 @@ pub enum StartError {
     },
     #[error("cannot watch the config files: {0}")]
     Watch(#[from] notify::Error),
+    #[error("cannot start the trace exporter: {0}")]
+    Traces(crate::telemetry::traces::TracesError),
 }
 
 pub struct Gateway {
@@ -97,6 +99,10 @@ impl Gateway {
             .log
             .access_log
             .then(|| AccessLog::spawn(metrics.counter(ACCESS_LOG_DROPPED, &[])));
+        let traces = match &snap.tracing {
+            None => None,
+            Some(t) => Some(crate::telemetry::traces::Tracing::start(t).map_err(StartError::Traces)?),
+        };
         let reload_metrics = ReloadMetrics {
             ok: metrics.counter(CONFIG_RELOADS_TOTAL, &[("result", "success")]),
             failed: metrics.counter(CONFIG_RELOADS_TOTAL, &[("result", "failure")]),
@@ -110,6 +116,7 @@ impl Gateway {
             snapshot: ArcSwap::new(snap.clone()),
             compiler,
             access_log,
+            traces,
             source,
             status: parking_lot::Mutex::new(status),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -208,6 +215,15 @@ impl Gateway {
         if let Some(log) = &self.shared.access_log {
             let log = log.clone();
             let _ = tokio::task::spawn_blocking(move || log.close()).await;
+        }
+        if self.shared.traces.is_some() {
+            let shared = self.shared.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(t) = &shared.traces {
+                    t.shutdown_blocking();
+                }
+            })
+            .await;
         }
         tracing::info!("ficus stopped");
     }

@@ -140,6 +140,7 @@ fn build(shared: &Shared, version: u64) -> Result<Snapshot, ConfigErrors> {
             "admin.token_env",
             snap.config.admin.token_env != old.config.admin.token_env,
         ),
+        ("telemetry.tracing", snap.tracing != old.tracing),
     ] {
         if changed {
             tracing::warn!(

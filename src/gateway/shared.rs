@@ -19,6 +19,8 @@ pub struct Shared {
     /// Builds every snapshot, at start and on each reload.
     pub compiler: Compiler,
     pub access_log: Option<AccessLog>,
+    /// Built at start from `telemetry.tracing`; `None` (the default) means no spans at all.
+    pub traces: Option<crate::telemetry::traces::Tracing>,
     pub source: ConfigSource,
     pub status: parking_lot::Mutex<ReloadStatus>,
     pub reload_lock: tokio::sync::Mutex<()>,

@@ -324,7 +324,15 @@ impl Introspector {
                 .to_bytes();
             Ok::<_, String>((status, body))
         };
-        let (status, body) = tokio::time::timeout(self.cfg.timeout, call)
+        let call = tokio::time::timeout(self.cfg.timeout, call);
+        let kind = opentelemetry::trace::SpanKind::Client;
+        let asked = crate::telemetry::traces::in_current("introspection", kind, call, |r| match r {
+            Err(_) => Some("timeout".into()),
+            Ok(Err(_)) => Some("error".into()),
+            Ok(Ok((s, _))) if !s.is_success() => Some(s.as_str().to_string().into()),
+            Ok(Ok(_)) => None,
+        });
+        let (status, body) = asked
             .await
             .map_err(|_| format!("no answer within {:?}", self.cfg.timeout))??;
         if !status.is_success() {

@@ -303,7 +303,18 @@ impl JwtProvider {
                 .to_bytes();
             Ok((max_age, body))
         };
-        let (max_age, body) = tokio::time::timeout(self.cfg.jwks_timeout, call)
+        let call = tokio::time::timeout(self.cfg.jwks_timeout, call);
+        let fetched = crate::telemetry::traces::in_current(
+            "jwks fetch",
+            opentelemetry::trace::SpanKind::Client,
+            call,
+            |r| match r {
+                Err(_) => Some("timeout".into()),
+                Ok(Err(_)) => Some("error".into()),
+                Ok(Ok(_)) => None,
+            },
+        );
+        let (max_age, body) = fetched
             .await
             .map_err(|_| format!("no complete JWKS within {:?}", self.cfg.jwks_timeout))??;
         let set: JwkSet = serde_json::from_slice(&body).map_err(|e| format!("bad JWKS: {e}"))?;

@@ -56,7 +56,7 @@ pub async fn forward(
             ..KeyFacts::of(ctx, &parts.headers, &parts.uri)
         })
     });
-    let result = send(upstream, parts, body, path_and_query, hash).await;
+    let result = send(upstream, parts, body, path_and_query, hash, ctx.trace.as_ref()).await;
     let mut resp = match result {
         Ok(resp) => resp,
         Err(SendError::Proxy(e)) => return Err(e),
@@ -221,6 +221,17 @@ fn pick_admitted<'u>(
     Err(wait)
 }
 
+/// Why a try got no answer, as its span's `error.type`.
+fn call_error_kind(e: &UpstreamCallError) -> &'static str {
+    match e {
+        UpstreamCallError::Connect(_) => "connect",
+        UpstreamCallError::Timeout(_) => "timeout",
+        UpstreamCallError::Overloaded(_) => "overloaded",
+        UpstreamCallError::Request(_) => "request",
+        UpstreamCallError::Body(_) => "client-body",
+    }
+}
+
 enum SendError {
     /// ficus refused before or between tries (breaker open, body too large while buffering).
     Proxy(ProxyError),
@@ -236,6 +247,7 @@ async fn send(
     mut body: RequestBody,
     path_and_query: PathAndQuery,
     hash: Option<u64>,
+    trace: Option<&crate::telemetry::traces::RequestTrace>,
 ) -> Result<Response<Incoming>, SendError> {
     let started = tokio::time::Instant::now();
     // A retry needs the request again: the headers, and the body if it is small enough to keep.
@@ -298,7 +310,7 @@ async fn send(
             .path_and_query(path_and_query.clone())
             .build()
             .map_err(|e| SendError::Call(UpstreamCallError::Request(e.to_string())))?;
-        let req = match first.take() {
+        let mut req = match first.take() {
             Some((mut p, b)) => {
                 p.uri = uri;
                 Request::from_parts(p, b)
@@ -322,6 +334,12 @@ async fn send(
             }
         };
 
+        // Each try is a span of its own, and the upstream's parent: a retry shows as a second
+        // child of the request, with its own outcome.
+        let attempt = trace.map(|t| t.attempt(&upstream.name, req.method(), req.uri(), retry));
+        if let Some(a) = &attempt {
+            req.headers_mut().insert(TRACEPARENT, a.traceparent());
+        }
         let remaining = upstream.request_timeout.saturating_sub(started.elapsed());
         let per_try = match upstream.retry.as_ref().and_then(|p| p.per_try_timeout) {
             Some(t) if replay.is_some() => t.min(remaining),
@@ -343,18 +361,32 @@ async fn send(
         tried.push(picked.index());
         drop(picked);
 
-        let again = match (&upstream.retry, &replay) {
+        let wait = match (&upstream.retry, &replay) {
             (Some(policy), Some((method, _, _))) => {
                 let safe = retry::may_resend(method, ResendCause::of(&result), policy.non_idempotent);
-                retry < policy.attempts && safe && policy.should_retry(&result) && {
-                    let wait = policy.backoff(retry);
-                    started.elapsed() + wait < upstream.request_timeout && policy.withdraw() && {
-                        tokio::time::sleep(wait).await;
-                        true
-                    }
-                }
+                let wait = policy.backoff(retry);
+                (retry < policy.attempts
+                    && safe
+                    && policy.should_retry(&result)
+                    && started.elapsed() + wait < upstream.request_timeout
+                    && policy.withdraw())
+                .then_some(wait)
             }
-            _ => false,
+            _ => None,
+        };
+        if let Some(a) = attempt {
+            let (status, error) = match &result {
+                Ok(r) => (Some(r.status()), None),
+                Err(e) => (None, Some(call_error_kind(e))),
+            };
+            a.finish(status, error, wait.is_some());
+        }
+        let again = match wait {
+            Some(wait) => {
+                tokio::time::sleep(wait).await;
+                true
+            }
+            None => false,
         };
         if !again {
             // A retry that could not even connect says less than the answer before it, and

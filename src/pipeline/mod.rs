@@ -32,6 +32,7 @@ use crate::config::compile::Snapshot;
 use crate::error::ProxyError;
 use crate::gateway::shared::Shared;
 use crate::telemetry::access_log::AccessRecord;
+use crate::telemetry::traces;
 use body::{InBody, ResponseBody};
 use context::X_REQUEST_ID;
 use request::{ConnInfo, RequestCtx};
@@ -84,6 +85,10 @@ impl Observation<'_> {
                 }
             }
             None => self.snap.unmatched.record(&self.method, status, elapsed),
+        }
+        if let Some(t) = &ctx.trace {
+            let route = ctx.route.as_ref().map(|r| (&*r.name, r.path.route_template()));
+            t.finish(&self.method, route, ctx.client, status, error);
         }
         if let (Some(log), Some(path)) = (&self.shared.access_log, self.log_path.take()) {
             log.log(AccessRecord {
@@ -144,6 +149,9 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
         ctx: RequestCtx::new(request_id, conn),
         done: false,
     };
+    if let Some(t) = &shared.traces {
+        obs.ctx.trace = Some(t.server_span(&req, conn.peer.ip(), conn.listener.proto));
+    }
 
     let (response, error) = match run(&snap, conn, &mut obs.ctx, req).await {
         Ok(resp) => (resp, None),
@@ -219,17 +227,20 @@ async fn run(
     // Stage 4: identity.
     if let Some(idn) = &route.identity {
         let (mut parts, body) = req.into_parts();
-        idn.check_client_cert(ctx.client_cert.as_deref(), &mut parts.headers)?;
-        ctx.claims = idn.check(&mut parts).await?;
+        let checked = async {
+            idn.check_client_cert(ctx.client_cert.as_deref(), &mut parts.headers)?;
+            idn.check(&mut parts).await
+        };
+        ctx.claims = traces::within(ctx.trace.as_ref(), "identity", checked, failed).await?;
         req = Request::from_parts(parts, body);
     }
     // Stage 5: rate limits, keyed by the client address resolved at the trust boundary.
     let mut admitted = None;
     if let Some(limits) = &route.rate_limits {
-        match limits
-            .check(&key::KeyFacts::of(ctx, req.headers(), req.uri()))
-            .await
-        {
+        let facts = key::KeyFacts::of(ctx, req.headers(), req.uri());
+        let checked = limits.check(&facts);
+        let refused = |r: &Result<_, ratelimit::Refused>| r.as_ref().err().map(|_| "rate-limited".into());
+        match traces::within(ctx.trace.as_ref(), "rate_limit", checked, refused).await {
             Ok(a) => admitted = Some(a).filter(|a| !a.is_empty()),
             Err(refused) => {
                 return Err(ProxyError::RateLimited {
@@ -386,9 +397,15 @@ fn shadow_request(
         headers,
         body: body.clone(),
         request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
+        trace: ctx.trace.as_ref().and_then(traces::RequestTrace::link),
         // The copy goes to the other side, so it speaks that side's dialect.
         transform: route.transform_for(other).cloned(),
     })
+}
+
+/// A stage's error as its span records it.
+fn failed<T>(r: &Result<T, ProxyError>) -> Option<Cow<'static, str>> {
+    r.as_ref().err().map(|e| Cow::Borrowed(e.kind()))
 }
 
 fn clone_parts(p: &http::request::Parts) -> http::request::Parts {

@@ -48,6 +48,8 @@ pub struct RequestCtx {
     pub claims: Option<Arc<crate::identity::jwt::Claims>>,
     /// The connection's verified TLS client certificate, if it presented one.
     pub client_cert: Option<Arc<PeerCert>>,
+    /// The request's server span, when tracing is on; the stages hang their child spans on it.
+    pub trace: Option<crate::telemetry::traces::RequestTrace>,
 }
 
 impl RequestCtx {
@@ -63,6 +65,7 @@ impl RequestCtx {
             side: Side::Legacy,
             claims: None,
             client_cert: conn.client_cert.get().cloned(),
+            trace: None,
         }
     }
 

@@ -67,6 +67,19 @@ impl PathMatch {
         }
     }
 
+    /// The route's path as a low-cardinality template (the trace attribute `http.route`).
+    pub fn route_template(&self) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
+        match self {
+            Self::Any => Cow::Borrowed("/*"),
+            Self::Exact(p) => Cow::Borrowed(p),
+            Self::Prefix(p) if p.ends_with('/') => Cow::Owned(format!("{p}*")),
+            Self::Prefix(p) => Cow::Owned(format!("{p}/*")),
+            Self::Template(t, _) => Cow::Borrowed(t),
+            Self::Regex(r) => Cow::Borrowed(r.as_str()),
+        }
+    }
+
     /// The template's captures for `path` (for rewrites); empty for other matchers.
     pub fn captures(&self, path: &str) -> Vec<(String, String)> {
         match self {

@@ -67,6 +67,8 @@ pub struct ShadowRequest {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub request_id: String,
+    /// The request's span, which the shadow call's own trace links to.
+    pub trace: Option<crate::telemetry::traces::Linked>,
     /// The shadow side's transform: the copy is translated to its dialect and its answer back.
     pub transform: Option<Arc<crate::translate::Transform>>,
     pub captures: Vec<(String, String)>,
@@ -208,7 +210,20 @@ impl Shadow {
             req.uri.path().to_string(),
             req.request_id.clone(),
         );
+        let mut req = req;
+        let span = req.trace.take().map(|l| l.start(&upstream.name, &req.method));
+        if let Some(s) = &span {
+            req.headers.insert(super::context::TRACEPARENT, s.traceparent());
+        }
         let shadow = tokio::time::timeout(self.timeout, call(&upstream, req, self.max_body)).await;
+        if let Some(s) = span {
+            match &shadow {
+                Err(_) => s.finish(None, Some("timeout"), false),
+                Ok(Err(_)) => s.finish(None, Some("error"), false),
+                Ok(Ok(Some((status, _, _)))) => s.finish(Some(*status), None, false),
+                Ok(Ok(None)) => s.finish(None, Some("dropped"), false),
+            }
+        }
         let (shadow_status, shadow_headers, shadow_body) = match shadow {
             Err(_) => return self.count("timeout"),
             Ok(Err(_)) => return self.count("error"),

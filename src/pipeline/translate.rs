@@ -14,6 +14,7 @@ use super::body::{InBody, RequestBody, ResponseBody};
 use super::request::{ConnInfo, RequestCtx};
 use super::route::Route;
 use crate::error::ProxyError;
+use crate::telemetry::traces;
 use crate::translate::driver::{self, Failed, Sent};
 use crate::translate::validate::SchemaCheck;
 use crate::translate::{Direction, Transform, TranslateError};
@@ -57,7 +58,8 @@ async fn translated(
         body,
         stall: conn.listener.limits.body_read_timeout,
     };
-    let body = match driver::request(&t, &mut parts, &caps, body).await {
+    let translated = driver::request(&t, &mut parts, &caps, body);
+    let body = match traces::within(ctx.trace.as_ref(), "translate request", translated, failed).await {
         Ok(Sent::Untouched(b)) => b.body,
         Ok(Sent::Read(bytes)) => InBody::Buffered(bytes),
         Ok(Sent::Translated(bytes)) => {
@@ -79,7 +81,8 @@ async fn translated(
         body,
         upstream: upstream.clone(),
     };
-    let body = match driver::response(&t, &mut parts, answer).await {
+    let translated = driver::response(&t, &mut parts, answer);
+    let body = match traces::within(ctx.trace.as_ref(), "translate response", translated, failed).await {
         Ok(Sent::Untouched(a)) => a.body,
         Ok(Sent::Read(_)) => ResponseBody::empty(),
         Ok(Sent::Translated(bytes)) => {
@@ -92,6 +95,15 @@ async fn translated(
         }
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// A translation's failure as its span records it.
+fn failed<T, E>(r: &Result<T, Failed<E>>) -> Option<std::borrow::Cow<'static, str>> {
+    match r {
+        Ok(_) => None,
+        Err(Failed::Body(_)) => Some("body".into()),
+        Err(Failed::Translate(_)) => Some("translation-failed".into()),
+    }
 }
 
 /// Logs and counts an answer that could not be translated; other errors pass through.

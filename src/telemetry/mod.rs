@@ -3,6 +3,7 @@
 pub mod access_log;
 pub mod metrics;
 pub mod redact;
+pub mod traces;
 
 pub use self::metrics::Metrics;
 

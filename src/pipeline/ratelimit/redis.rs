@@ -274,11 +274,17 @@ impl RedisStore {
         call.arg(unit_len).arg(amount).arg(cost);
         let started = Instant::now();
         let mut conn = conn.clone();
-        let reply = tokio::time::timeout(self.timeout, async {
+        let call = tokio::time::timeout(self.timeout, async {
             match &mut conn {
                 Conn::Single(c) => call.invoke_async::<Vec<i64>>(c).await,
                 Conn::Cluster(c) => call.invoke_async::<Vec<i64>>(c).await,
             }
+        });
+        let kind = opentelemetry::trace::SpanKind::Client;
+        let reply = crate::telemetry::traces::in_current("redis EVALSHA", kind, call, |r| match r {
+            Err(_) => Some("timeout".into()),
+            Ok(Err(_)) => Some("redis-error".into()),
+            Ok(Ok(_)) => None,
         })
         .await;
         self.latency.record(started.elapsed());
