@@ -118,19 +118,10 @@ async fn connect_with_only(
     root: &rustls_pki_types::CertificateDer<'static>,
     version: &'static rustls::SupportedProtocolVersion,
 ) -> std::io::Result<rustls::ProtocolVersion> {
-    let mut store = rustls::RootCertStore::empty();
-    store.add(root.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
+    let cfg = resuming_client(root, version, None);
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
-    let s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await?;
+    let s = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
     Ok(s.get_ref().1.protocol_version().unwrap())
 }
 
@@ -295,8 +286,8 @@ async fn a_certificate_rotated_in_a_kubernetes_secret_is_served() {
     f.shutdown().await;
 }
 
-/// A client that remembers sessions (rustls keeps them per server name in its config), trusting
-/// `root`, offering only `version`, presenting `cert` when given.
+/// A client trusting `root`, offering only `version`, presenting `cert` when given. It remembers
+/// sessions (rustls keeps them per server name in its config) for as long as it is reused.
 fn resuming_client(
     root: &rustls_pki_types::CertificateDer<'static>,
     version: &'static rustls::SupportedProtocolVersion,
