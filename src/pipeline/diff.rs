@@ -420,6 +420,13 @@ mod tests {
         assert!(!p.covers(&[Step::Key("x[1")]));
     }
 
+    /// Each differing field as (path, primary value, shadow value), as the diff view shows it.
+    fn shown(d: &[FieldDiff]) -> Vec<(&str, Option<&str>, Option<&str>)> {
+        d.iter()
+            .map(|f| (f.path.as_str(), f.primary.as_deref(), f.shadow.as_deref()))
+            .collect()
+    }
+
     /// The paths that differ between `a` and `b` once `ignore` applies.
     fn diff_paths(content_type: &str, a: &[u8], b: &[u8], ignore: &[&str]) -> Vec<String> {
         diff_bodies(content_type, a, b, &rules(ignore))
@@ -524,10 +531,7 @@ mod tests {
             ..DiffRules::default()
         };
         let d = diff_bodies("application/json", a, b, &r);
-        let shown: Vec<(&str, Option<&str>, Option<&str>)> = d
-            .iter()
-            .map(|f| (f.path.as_str(), f.primary.as_deref(), f.shadow.as_deref()))
-            .collect();
+        let shown = shown(&d);
         assert_eq!(
             shown,
             [
@@ -548,10 +552,7 @@ mod tests {
             ..DiffRules::default()
         };
         let d = diff_bodies("application/json", a, b, &r);
-        let shown: Vec<(&str, Option<&str>, Option<&str>)> = d
-            .iter()
-            .map(|f| (f.path.as_str(), f.primary.as_deref(), f.shadow.as_deref()))
-            .collect();
+        let shown = shown(&d);
         assert_eq!(
             shown,
             [
