@@ -918,12 +918,19 @@ impl RedisCluster {
             "cluster create: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let first = nodes[0].port;
-        let ok = eventually(Duration::from_secs(20), || async move {
-            std::process::Command::new("redis-cli")
-                .args(["-p", &first.to_string(), "cluster", "info"])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        // Every node, not just the first: the slot map reaches the others by gossip, and until it
+        // has, a node answers CLUSTERDOWN for the slots it serves.
+        let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+        let ok = eventually(Duration::from_secs(20), || {
+            let ports = ports.clone();
+            async move {
+                ports.iter().all(|port| {
+                    std::process::Command::new("redis-cli")
+                        .args(["-p", &port.to_string(), "cluster", "info"])
+                        .output()
+                        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+                })
+            }
         })
         .await;
         assert!(ok, "the test cluster never reached cluster_state:ok");
