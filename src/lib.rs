@@ -12,6 +12,7 @@ pub mod demo;
 pub mod error;
 pub mod gateway;
 pub mod identity;
+pub mod import;
 pub mod pipeline;
 pub mod server;
 pub mod telemetry;
