@@ -17,6 +17,9 @@ use crate::config::ConfigSource;
 mod idp;
 
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
+/// The legacy order service's description, served at `/OrderService.asmx?wsdl` (with the
+/// address the backend is bound to); `ficus import wsdl` reads it.
+pub const ORDERS_WSDL: &str = include_str!("../config/demo-orders.wsdl");
 /// The defaults of `ficus demo`'s address flags; config/demo.yaml is written with these.
 pub const LISTEN_ADDR: &str = "127.0.0.1:8080";
 pub const ADMIN_ADDR: &str = "127.0.0.1:9901";
@@ -165,7 +168,12 @@ pub async fn spawn_backend(addr: SocketAddr, flavor: Flavor) -> std::io::Result<
             };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                    if matches!(flavor, Flavor::Legacy) && req.uri().path() == "/OrderService.asmx" {
+                    let legacy = matches!(flavor, Flavor::Legacy);
+                    if legacy && req.uri().path() == "/OrderService.asmx" && req.uri().query() == Some("wsdl")
+                    {
+                        return Ok::<_, Infallible>(orders_wsdl(local));
+                    }
+                    if legacy && req.uri().path() == "/OrderService.asmx" {
                         use http_body_util::BodyExt as _;
                         let body = match req.into_body().collect().await {
                             Ok(c) => c.to_bytes(),
@@ -272,6 +280,12 @@ fn legacy_order(envelope_in: &[u8]) -> Response<Full<Bytes>> {
          </GetOrderResponse>"
     );
     respond(200, "text/xml; charset=utf-8", "legacy", envelope(order))
+}
+
+/// The WSDL as an ASMX service publishes its own: with the address it answers on.
+fn orders_wsdl(local: SocketAddr) -> Response<Full<Bytes>> {
+    let body = ORDERS_WSDL.replace(LEGACY_ADDR, &local.to_string());
+    respond(200, "text/xml; charset=utf-8", "legacy", body)
 }
 
 /// The modern order service: the same order, natively in the modern shape.
