@@ -98,6 +98,37 @@ enum Command {
         #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
         headers: Vec<String>,
     },
+    /// Generate config from a legacy service's description, printed to stdout.
+    Import {
+        #[command(subcommand)]
+        what: ImportWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportWhat {
+    /// One route and one transform per operation of a WSDL 1.1 SOAP service (SOAP 1.1 or 1.2,
+    /// document/literal wrapped), as a complete config that `ficus check` accepts. What cannot
+    /// be mapped is said in a comment above its route. Local `xs:import`/`xs:include` files are
+    /// read (inside the WSDL's directory only); URLs are never fetched.
+    ///
+    /// Example (the demo's legacy service):
+    ///   curl -s 'http://127.0.0.1:18001/OrderService.asmx?wsdl' > orders.wsdl
+    ///   ficus import wsdl orders.wsdl --prefix /api/v1 > orders.yaml && ficus check -c orders.yaml
+    #[command(verbatim_doc_comment)]
+    Wsdl {
+        /// The WSDL file.
+        file: PathBuf,
+        /// Only this operation (repeat for more); all of the binding's by default.
+        #[arg(long = "operation", value_name = "NAME")]
+        operations: Vec<String>,
+        /// Each route's path is PREFIX/OperationName.
+        #[arg(long, default_value = "/api")]
+        prefix: String,
+        /// The `upstreams` name the routes go to.
+        #[arg(long, default_value = "legacy")]
+        upstream: String,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -175,6 +206,22 @@ fn main() -> ExitCode {
             action: Some(DemoAction::Token { idp, sub, scope, ttl }),
             ..
         } => demo_token(idp, &sub, &scope, ttl),
+        Command::Import {
+            what:
+                ImportWhat::Wsdl {
+                    file,
+                    operations,
+                    prefix,
+                    upstream,
+                },
+        } => import_wsdl(
+            &file,
+            ficus::import::wsdl::Options {
+                operations,
+                prefix,
+                upstream,
+            },
+        ),
         Command::Translate {
             config,
             route,
@@ -216,6 +263,26 @@ fn demo_token(idp: std::net::SocketAddr, sub: &str, scope: &str, ttl: std::time:
         }
         Err(e) => {
             eprintln!("ficus demo token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn import_wsdl(file: &std::path::Path, opts: ficus::import::wsdl::Options) -> ExitCode {
+    if !opts.prefix.starts_with('/') {
+        eprintln!(
+            "ficus import wsdl: --prefix `{}` must start with `/`",
+            opts.prefix
+        );
+        return ExitCode::FAILURE;
+    }
+    match ficus::import::wsdl::import_file(file, &opts) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ficus import wsdl: {e}");
             ExitCode::FAILURE
         }
     }
