@@ -112,7 +112,7 @@ pub fn import_text(text: &str, file: &Path, dir: Option<&Path>, opts: &Options) 
             found,
         });
     }
-    let mut schemas = Schemas::new(file, dir);
+    let mut schemas = Schemas::new(dir);
     if let Some(types) = root.kid(WSDL_NS, "types") {
         for s in types.kids(XSD_NS, "schema") {
             schemas.add(s, file, None)?;
@@ -326,8 +326,7 @@ struct Schemas {
 }
 
 impl Schemas {
-    fn new(wsdl: &Path, dir: Option<&Path>) -> Self {
-        let _ = wsdl;
+    fn new(dir: Option<&Path>) -> Self {
         Self {
             elements: HashMap::new(),
             types: HashMap::new(),
@@ -769,7 +768,6 @@ impl<'a> Walk<'a> {
             )),
             _ => {}
         }
-        let _ = optional;
         if many {
             // A repeated sequence or choice repeats each of its elements.
             for f in &mut fields[start..] {
@@ -782,9 +780,11 @@ impl<'a> Walk<'a> {
 /// One flat `order` list that respects every sequence, when there is one: soap_wrap applies the
 /// same list at every level. `Err` names two elements that sequences order both ways.
 fn merge_order(sequences: &[Vec<String>]) -> Result<Vec<String>, (String, String)> {
+    // A sequence of one element orders nothing.
+    let sequences: Vec<&Vec<String>> = sequences.iter().filter(|s| s.len() > 1).collect();
     let mut names: Vec<String> = Vec::new();
-    for s in sequences {
-        for n in s {
+    for s in &sequences {
+        for n in s.iter() {
             if !names.contains(n) {
                 names.push(n.clone());
             }
@@ -793,7 +793,7 @@ fn merge_order(sequences: &[Vec<String>]) -> Result<Vec<String>, (String, String
     let idx = |n: &str| names.iter().position(|x| x == n).unwrap_or(0);
     let mut after: Vec<HashSet<usize>> = vec![HashSet::new(); names.len()];
     let mut preds = vec![0usize; names.len()];
-    for s in sequences {
+    for s in &sequences {
         for w in s.windows(2) {
             let (a, b) = (idx(&w[0]), idx(&w[1]));
             if a != b && after[a].insert(b) {
@@ -1253,6 +1253,11 @@ fn q(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Text from the WSDL inside a YAML comment: a line break there would end the comment.
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
 /// `GetOrderStatus` -> `get-order-status`: route and transform names.
 fn kebab(s: &str) -> String {
     let chars: Vec<char> = s.chars().collect();
@@ -1335,10 +1340,10 @@ fn render(file: &Path, wsdl: &Wsdl, ops: &[&Operation], global: &[String], opts:
         Some(p) => p,
         None => ("http://127.0.0.1:8081".to_string(), "/".to_string()),
     };
-    let file_name = file.file_name().map_or_else(
+    let file_name = one_line(&file.file_name().map_or_else(
         || file.display().to_string(),
         |f| f.to_string_lossy().into_owned(),
-    );
+    ));
     let mut y = String::new();
     let _ = writeln!(
         y,
@@ -1357,7 +1362,7 @@ fn render(file: &Path, wsdl: &Wsdl, ops: &[&Operation], global: &[String], opts:
          # numbers and booleans are converted, everything else stays a string.\n",
     );
     for n in global {
-        let _ = writeln!(y, "# Not mapped: {n}");
+        let _ = writeln!(y, "# Not mapped: {}", one_line(n));
     }
     y.push_str("listeners:\n  - name: public\n    bind: 127.0.0.1:8080\nadmin:\n  bind: 127.0.0.1:9901\n");
     let _ = writeln!(y, "upstreams:\n  {}:", opts.upstream);
@@ -1368,7 +1373,8 @@ fn render(file: &Path, wsdl: &Wsdl, ops: &[&Operation], global: &[String], opts:
         Some(a) => {
             let _ = writeln!(
                 y,
-                "    # the WSDL's soap:address `{a}` is not an absolute URL: set the endpoint"
+                "    # the WSDL's soap:address `{}` is not an absolute URL: set the endpoint",
+                one_line(a)
             );
         }
         None => y.push_str("    # the WSDL names no soap:address for this binding: set the endpoint\n"),
@@ -1458,7 +1464,7 @@ fn render(file: &Path, wsdl: &Wsdl, ops: &[&Operation], global: &[String], opts:
             o.input.element
         );
         for n in &notes {
-            let _ = writeln!(routes, "  # Not mapped: {n}");
+            let _ = writeln!(routes, "  # Not mapped: {}", one_line(n));
         }
         let _ = writeln!(
             routes,
