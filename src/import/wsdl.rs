@@ -638,7 +638,7 @@ impl<'a> Walk<'a> {
         for c in ct.children.iter().filter(|c| c.ns == XSD_NS) {
             match c.name.as_str() {
                 "sequence" | "all" | "choice" | "group" | "any" | "element" => {
-                    self.particle(c, ctx, owner, &mut fields, false)
+                    self.particle(c, ctx, owner, &mut fields)
                 }
                 "attribute" | "attributeGroup" | "anyAttribute" => self.attribute(c, owner),
                 "complexContent" => {
@@ -665,7 +665,7 @@ impl<'a> Walk<'a> {
                         for e in d.children.iter().filter(|e| e.ns == XSD_NS) {
                             match e.name.as_str() {
                                 "attribute" | "attributeGroup" | "anyAttribute" => self.attribute(e, owner),
-                                _ => self.particle(e, ctx, owner, &mut fields, false),
+                                _ => self.particle(e, ctx, owner, &mut fields),
                             }
                         }
                     }
@@ -702,8 +702,7 @@ impl<'a> Walk<'a> {
         ));
     }
 
-    /// `optional`: inside a choice, where no single alternative is required.
-    fn particle(&mut self, p: &Node, ctx: &Ctx, owner: &str, fields: &mut Vec<Field>, optional: bool) {
+    fn particle(&mut self, p: &Node, ctx: &Ctx, owner: &str, fields: &mut Vec<Field>) {
         let many = occurs_many(p);
         let start = fields.len();
         match p.name.as_str() {
@@ -720,7 +719,7 @@ impl<'a> Walk<'a> {
                 let mut names = Vec::new();
                 for c in p.children.iter().filter(|c| c.ns == XSD_NS) {
                     let before = fields.len();
-                    self.particle(c, ctx, owner, fields, optional);
+                    self.particle(c, ctx, owner, fields);
                     if c.name == "element" {
                         names.extend(fields[before..].iter().map(|f| f.name.clone()));
                     }
@@ -745,14 +744,14 @@ impl<'a> Walk<'a> {
                     }
                 ));
                 for c in p.children.iter().filter(|c| c.ns == XSD_NS) {
-                    self.particle(c, ctx, owner, fields, true);
+                    self.particle(c, ctx, owner, fields);
                 }
             }
             "group" => match p.qname("ref") {
                 Ok(Some(r)) => match self.s.groups.get(&r).cloned() {
                     Some((g, gctx)) => {
                         for c in g.children.iter().filter(|c| c.ns == XSD_NS) {
-                            self.particle(c, &gctx, owner, fields, optional);
+                            self.particle(c, &gctx, owner, fields);
                         }
                     }
                     None => self.note(format!(
@@ -1646,6 +1645,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no SOAP 1.1 or 1.2 binding"), "{e}");
+    }
+
+    #[test]
+    fn request_elements_in_another_namespace_than_soap_wrap_writes_are_reported() {
+        let schema = r#"
+          <xs:element name="Op"><xs:complexType><xs:sequence>
+            <xs:element name="Id" type="xs:int" form="unqualified"/>
+          </xs:sequence></xs:complexType></xs:element>
+          <xs:element name="OpResponse"><xs:complexType><xs:sequence/></xs:complexType></xs:element>"#;
+        let out = import(&wsdl(schema, "document", "literal")).unwrap();
+        assert!(
+            out.contains("# Not mapped: namespaces: soap_wrap writes every request element in the operation's namespace (urn:t), but the schema puts `Id` (no namespace) elsewhere"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn wsdl_text_cannot_end_a_comment_and_inject_config() {
+        let text = wsdl(
+            r#"<xs:element name="Op"/><xs:element name="OpResponse"/>"#,
+            "document",
+            "literal",
+        )
+        .replace(
+            "http://legacy.example:8080/svc/S.asmx",
+            "relative&#10;upstreams: {}",
+        );
+        let out = import(&text).unwrap();
+        assert!(
+            out.contains("soap:address `relative upstreams: {}` is not an absolute URL"),
+            "{out}"
+        );
+        assert!(!out.contains("\nupstreams: {}"), "{out}");
     }
 
     #[test]
