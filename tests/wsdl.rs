@@ -572,6 +572,38 @@ fn local_schemas_are_read_inside_the_wsdl_directory_only_and_urls_are_never_fetc
     assert_checks(&yaml);
 }
 
+#[test]
+fn an_included_schema_without_a_namespace_takes_the_including_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("xsd")).unwrap();
+    // A chameleon include in a subdirectory: its types join urn:catalog, where catalog.wsdl
+    // looks for them.
+    let types = std::fs::read_to_string(fixture("catalog-types.xsd"))
+        .unwrap()
+        .replace(" targetNamespace=\"urn:catalog:types\"", "")
+        .replace("xmlns:ct=\"urn:catalog:types\"", "xmlns:ct=\"urn:catalog\"");
+    std::fs::write(dir.path().join("xsd/types.xsd"), types).unwrap();
+    let wsdl = std::fs::read_to_string(fixture("catalog.wsdl"))
+        .unwrap()
+        .replace(
+            "<xsd:import namespace=\"urn:catalog:types\" schemaLocation=\"catalog-types.xsd\"/>",
+            "<xsd:include schemaLocation=\"xsd/types.xsd\"/>",
+        )
+        .replace("type=\"ct:Product\"", "type=\"cat:Product\"");
+    std::fs::write(dir.path().join("catalog.wsdl"), wsdl).unwrap();
+    let yaml = import_file(&dir.path().join("catalog.wsdl"), &Options::default()).unwrap();
+    assert!(
+        yaml.contains("- soap_unwrap: { array_paths: ['Product.Tags.Tag'] }"),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("- convert: { path: 'Product.Dimensions.WidthMm', to: number }"),
+        "{yaml}"
+    );
+    assert!(!yaml.contains("is not declared"), "{yaml}");
+    assert_checks(&yaml);
+}
+
 // ---------------------------------------------------------------- the demo publishes its WSDL
 
 #[tokio::test]
