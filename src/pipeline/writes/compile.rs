@@ -143,3 +143,50 @@ pub fn queue_store(cfg: &QueueStoreConfig, sec: &mut Section<'_, '_>) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::compile::{Carried, Compiler};
+    use crate::config::ConfigSource;
+
+    fn errors(text: &'static str) -> Vec<String> {
+        let src = ConfigSource::Embedded {
+            name: "t.yaml".into(),
+            text,
+            base_dir: ".".into(),
+        };
+        match Compiler::default().compile(&src.read().unwrap(), 1, &Carried::default()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const BASE: &str = "listeners: [{ name: main, bind: '127.0.0.1:0' }]\nupstreams:\n  app: { endpoints: ['http://127.0.0.1:9'] }\nroutes:\n  - name: orders\n    upstream: app\n";
+
+    #[test]
+    fn buffer_writes_without_a_queue_store_is_an_error_at_its_line() {
+        let text = format!("{BASE}    buffer_writes: {{ max_attempts: 3 }}\n");
+        let errs = errors(Box::leak(text.into_boxed_str()));
+        assert!(
+            errs.iter().any(
+                |e| e.starts_with("t.yaml:7: routes[0].buffer_writes: needs the top-level `queue_store`")
+            ),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn reads_zero_attempts_and_a_bad_status_prefix_are_refused() {
+        let text = format!(
+            "{BASE}    buffer_writes: {{ max_attempts: 0, methods: [GET, POST] }}\nqueue_store: {{ redis_urls: ['redis://127.0.0.1:9'], status_prefix: '/a/../b' }}\n"
+        );
+        let errs = errors(Box::leak(text.into_boxed_str()));
+        for want in [
+            "routes[0].buffer_writes.methods[0]: `GET` is a read",
+            "routes[0].buffer_writes.max_attempts: must be at least 1",
+            "queue_store.status_prefix: must be a normalised path",
+        ] {
+            assert!(errs.iter().any(|e| e.contains(want)), "no `{want}` in {errs:?}");
+        }
+    }
+}
