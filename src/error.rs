@@ -87,6 +87,12 @@ pub enum ProxyError {
         /// `RateLimit-Policy` / `RateLimit` (and legacy) headers of the decisions made.
         headers: Box<http::HeaderMap>,
     },
+    /// A write had to be queued (`buffer_writes`) and the queue could not take it.
+    #[error("the upstream is unreachable and the write could not be queued: {0}")]
+    WriteQueueUnavailable(String),
+    /// No queued write with this id, or not the caller's: the same answer, so ids can't be probed.
+    #[error("no queued write with this id")]
+    WriteNotFound,
     /// A bug: the request's handling panicked. The message is for the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -150,7 +156,9 @@ impl ProxyError {
             Self::CircuitOpen { .. }
             | Self::UpstreamOverloaded { .. }
             | Self::IdempotencyStore(_)
+            | Self::WriteQueueUnavailable(_)
             | Self::IdentityUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::WriteNotFound => StatusCode::NOT_FOUND,
             Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::ClientCert(ClientCertError::Missing) => StatusCode::UNAUTHORIZED,
@@ -203,6 +211,8 @@ impl ProxyError {
             Self::TranslationFailed { .. } => "translation-failed",
             Self::RequestTranslation(_) => "request-translation-failed",
             Self::SchemaViolation(_) => "schema-validation-failed",
+            Self::WriteQueueUnavailable(_) => "write-queue-unavailable",
+            Self::WriteNotFound => "write-not-found",
             Self::Internal(_) => "internal-error",
         }
     }
@@ -229,7 +239,7 @@ impl ProxyError {
                 self.kind(),
                 &detail,
                 request_id,
-                Some(("errors", serde_json::to_value(v).unwrap_or_default())),
+                &[("errors", serde_json::to_value(v).unwrap_or_default())],
             ),
             _ => problem(self.status(), self.kind(), &detail, request_id),
         };
@@ -287,6 +297,31 @@ impl ProxyError {
     }
 }
 
+/// `202 Accepted` for a write queued while its upstream is unreachable: a problem-style body
+/// saying so, and `Location` naming the write's status resource.
+pub fn write_queued(
+    location: &str,
+    id: &str,
+    reason: &str,
+    request_id: Option<&HeaderValue>,
+) -> Response<ResponseBody> {
+    let detail = format!("the write is queued and will be sent when the upstream is back ({reason})");
+    let mut resp = problem_with(
+        StatusCode::ACCEPTED,
+        "write-queued",
+        &detail,
+        request_id,
+        &[
+            ("id", serde_json::Value::from(id)),
+            ("status_url", serde_json::Value::from(location)),
+        ],
+    );
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
 /// Builds a problem+json response. Also used by the admin API so every error looks alike.
 pub fn problem(
     status: StatusCode,
@@ -294,7 +329,7 @@ pub fn problem(
     detail: &str,
     request_id: Option<&HeaderValue>,
 ) -> Response<ResponseBody> {
-    problem_with(status, kind, detail, request_id, None)
+    problem_with(status, kind, detail, request_id, &[])
 }
 
 fn problem_with(
@@ -302,7 +337,7 @@ fn problem_with(
     kind: &str,
     detail: &str,
     request_id: Option<&HeaderValue>,
-    extra: Option<(&str, serde_json::Value)>,
+    extra: &[(&str, serde_json::Value)],
 ) -> Response<ResponseBody> {
     let mut doc = serde_json::json!({
         "type": format!("urn:ficus:problem:{kind}"),
@@ -313,8 +348,8 @@ fn problem_with(
     if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
         doc["request_id"] = serde_json::Value::from(id);
     }
-    if let Some((k, v)) = extra {
-        doc[k] = v;
+    for (k, v) in extra {
+        doc[*k] = v.clone();
     }
     let body = Bytes::from(doc.to_string());
     let mut resp = Response::new(ResponseBody::full(body));

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub mod audit;
+pub mod dlq;
 pub mod host;
 
 use crate::error::problem;
@@ -164,6 +165,18 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
             };
             rollout_action(shared, &name, req, who).await
         }
+        (&Method::GET, "/admin/dlq") => dlq::list(shared, req.uri().query()).await,
+        (&Method::POST, p) if dlq_action(p).is_some() => {
+            let Some((id, action)) = dlq_action(p) else {
+                return problem(StatusCode::NOT_FOUND, "not-found", "no admin endpoint here", None);
+            };
+            let (id, action) = (id.to_string(), action);
+            let who = match authorize(shared, &req) {
+                Ok(who) => who,
+                Err((who, resp)) => return denied(shared, &format!("dlq.{action}"), Some(id), who, resp),
+            };
+            dlq::act(shared, &id, action, who).await
+        }
         (&Method::POST, "/admin/reload") => {
             let who = match authorize(shared, &req) {
                 Ok(who) => who,
@@ -194,7 +207,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
         (
             _,
             "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/upstreams" | "/admin/routes"
-            | "/admin/diffs" | "/admin/migration" | "/admin/ui" | "/admin/reload",
+            | "/admin/diffs" | "/admin/migration" | "/admin/ui" | "/admin/reload" | "/admin/dlq",
         ) => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
@@ -203,6 +216,18 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
         ),
         _ => problem(StatusCode::NOT_FOUND, "not-found", "no admin endpoint here", None),
     }
+}
+
+/// `/admin/dlq/{id}/replay` or `/admin/dlq/{id}/drop`: the write id and the action.
+fn dlq_action(path: &str) -> Option<(&str, &'static str)> {
+    let rest = path.strip_prefix("/admin/dlq/")?;
+    let (id, action) = rest.split_once('/')?;
+    let action = match action {
+        "replay" => "replay",
+        "drop" => "drop",
+        _ => return None,
+    };
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())).then_some((id, action))
 }
 
 /// The status page: static HTML and JS in the binary, reading the JSON endpoints above.

@@ -62,6 +62,8 @@ pub struct Snapshot {
     pub redact: Arc<crate::telemetry::redact::Redactor>,
     /// `telemetry.tracing` with the `OTEL_*` variables folded in; `None`: tracing is off.
     pub tracing: Option<crate::telemetry::traces::TracingSettings>,
+    /// The write queue of `buffer_writes` routes, kept across reloads while `queue_store` is unchanged.
+    pub writes: Option<Arc<crate::pipeline::writes::WriteQueue>>,
 }
 
 impl Snapshot {
@@ -86,6 +88,7 @@ pub struct Carried {
     pub rollouts: Carry<RolloutKey, Arc<Rollout>>,
     pub idempotency: Carry<IdempotencyStoreConfig, Arc<IdempotencyStore>>,
     pub tls_sessions: crate::server::runtime::TlsSessions,
+    pub writes: Carry<crate::config::writes::QueueStoreConfig, Arc<crate::pipeline::writes::WriteQueue>>,
 }
 
 /// What compiling needs besides the config text, made once per process: the metric registry,
@@ -158,9 +161,11 @@ impl Compiler {
                 .listeners
                 .iter()
                 .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some())),
+            queue_store: cfg.queue_store.as_ref(),
         };
         let routes = routes(&cfg, &mut p, &env, &mut next.rollouts);
         let idempotency_store = idempotency_store(&cfg.idempotency_store, &mut p, prev, &mut next);
+        let writes = write_queue(&cfg, &mut p, prev, &mut next);
         warn_unreachable(&routes, &mut p);
         let tracing = crate::telemetry::traces::compile(
             &cfg.telemetry.tracing,
@@ -189,6 +194,7 @@ impl Compiler {
             carried: next,
             redact,
             tracing,
+            writes,
         })
     }
 
@@ -333,6 +339,33 @@ fn idempotency_store(
     };
     next.idempotency.keep("", cfg, store.clone());
     Some(store)
+}
+
+/// The `queue_store`, when some route buffers writes: checked, and carried while unchanged.
+fn write_queue(
+    cfg: &FileConfig,
+    p: &mut Problems<'_>,
+    prev: &Carried,
+    next: &mut Carried,
+) -> Option<Arc<crate::pipeline::writes::WriteQueue>> {
+    let qs = cfg.queue_store.as_ref()?;
+    let mut sec = p.at("queue_store");
+    crate::pipeline::writes::compile::queue_store(qs, &mut sec);
+    if !cfg.routes.iter().any(|r| r.buffer_writes.is_some()) {
+        return None;
+    }
+    let q = match prev.writes.get("", qs) {
+        Some(q) => q,
+        None => match crate::pipeline::writes::WriteQueue::new(qs) {
+            Ok(q) => q,
+            Err(reason) => {
+                sec.error("redis_urls", reason);
+                return None;
+            }
+        },
+    };
+    next.writes.keep("", qs, q.clone());
+    Some(q)
 }
 
 fn owned_headers(routes: &[Route]) -> OwnedHeaders {

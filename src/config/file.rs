@@ -50,6 +50,9 @@ pub struct FileConfig {
     pub transforms: BTreeMap<String, super::transform::TransformConfig>,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Where routes with `buffer_writes` queue writes while their upstream is down.
+    #[serde(default)]
+    pub queue_store: Option<super::writes::QueueStoreConfig>,
 }
 
 /// What the access log and stored shadow diffs show as `[REDACTED]`. Each list adds to the
@@ -1218,6 +1221,9 @@ pub struct RouteConfig {
     /// Validate request bodies against a JSON Schema.
     #[serde(default)]
     pub validate: Option<super::transform::ValidateConfig>,
+    /// Queue writes (202) while the upstream is unreachable, replay them when it is back.
+    #[serde(default)]
+    pub buffer_writes: Option<super::writes::BufferWritesConfig>,
 }
 
 /// All given conditions must hold. Routes are tried in file order; the first match wins.

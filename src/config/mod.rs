@@ -9,6 +9,7 @@ pub mod problems;
 pub mod schema;
 pub mod transform;
 pub mod values;
+pub mod writes;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

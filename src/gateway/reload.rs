@@ -95,6 +95,7 @@ pub fn activate(shared: &Shared, snap: Arc<Snapshot>) -> Arc<Snapshot> {
     crate::identity::jwt::start_refreshers(&snap.jwt_providers);
     crate::pipeline::rollout::start(&snap.rollouts());
     crate::upstream::health::start(snap.upstreams.values());
+    crate::pipeline::writes::start(&snap);
     for w in &snap.warnings {
         tracing::warn!(warning = %w, "config warning");
     }

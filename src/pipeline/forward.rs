@@ -69,27 +69,7 @@ pub async fn forward(
                     e.to_string(),
                 ));
             }
-            let name = upstream.name.to_string();
-            return Err(match e {
-                UpstreamCallError::Connect(reason) => ProxyError::UpstreamUnreachable {
-                    upstream: name,
-                    reason,
-                },
-                UpstreamCallError::Timeout(t) => ProxyError::UpstreamTimeout {
-                    upstream: name,
-                    timeout_ms: t.as_millis(),
-                },
-                UpstreamCallError::Overloaded(shed) => ProxyError::UpstreamOverloaded {
-                    upstream: name,
-                    reason: shed.label(),
-                },
-                UpstreamCallError::Request(reason) | UpstreamCallError::Body(reason) => {
-                    ProxyError::UpstreamFailed {
-                        upstream: name,
-                        reason,
-                    }
-                }
-            });
+            return Err(call_error(upstream, e));
         }
     };
 
@@ -112,6 +92,51 @@ pub async fn forward(
     }
     resp.headers_mut().insert(X_REQUEST_ID, ctx.request_id.clone());
     Ok(resp.map(ResponseBody::Upstream))
+}
+
+/// What a failed upstream call means for the client.
+fn call_error(upstream: &Upstream, e: UpstreamCallError) -> ProxyError {
+    let name = upstream.name.to_string();
+    match e {
+        UpstreamCallError::Connect(reason) => ProxyError::UpstreamUnreachable {
+            upstream: name,
+            reason,
+        },
+        UpstreamCallError::Timeout(t) => ProxyError::UpstreamTimeout {
+            upstream: name,
+            timeout_ms: t.as_millis(),
+        },
+        UpstreamCallError::Overloaded(shed) => ProxyError::UpstreamOverloaded {
+            upstream: name,
+            reason: shed.label(),
+        },
+        UpstreamCallError::Request(reason) | UpstreamCallError::Body(reason) => ProxyError::UpstreamFailed {
+            upstream: name,
+            reason,
+        },
+    }
+}
+
+/// Sends a stored request (a queued write's replay; its headers were made by
+/// [`upstream_headers`] when it was queued) through the same endpoint choice, breaker and retry
+/// policy as live traffic.
+pub async fn send_stored(
+    upstream: &Upstream,
+    mut parts: http::request::Parts,
+    body: Bytes,
+    path_and_query: PathAndQuery,
+) -> Result<Response<Incoming>, ProxyError> {
+    parts.version = Version::HTTP_11;
+    let body = if body.is_empty() {
+        RequestBody::Empty
+    } else {
+        RequestBody::Full(Some(body))
+    };
+    match send(upstream, parts, body, path_and_query, None, None).await {
+        Ok(r) => Ok(r),
+        Err(SendError::Proxy(e)) => Err(e),
+        Err(SendError::Call(e)) => Err(call_error(upstream, e)),
+    }
 }
 
 /// The request's path and query, with `path` (the normalised path or a rewrite) in place of

@@ -18,6 +18,7 @@ pub mod route;
 pub mod shadow;
 pub mod translate;
 pub mod trust;
+pub mod writes;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -209,6 +210,14 @@ async fn run(
         .and_then(|h| h.to_str().ok())
         .map(route::host_without_port);
 
+    // The status resource of a queued write (`buffer_writes`) is no route's.
+    if let Some(q) = &snap.writes {
+        if let Some(id) = q.status_id(&route_path) {
+            let id = id.to_string();
+            return writes::status(q, snap, ctx, req, &id).await;
+        }
+    }
+
     // Stage 3: route.
     let view = route::RequestView {
         host: host_name,
@@ -262,11 +271,11 @@ async fn run(
             let store = &snap.idempotency_store;
             let sub = idem.caller(&key::KeyFacts::of(ctx, req.headers(), req.uri()));
             idempotency::handle(idem, store, &route.name, sub.as_deref(), req, |req| {
-                dispatch(req, &route, conn, ctx)
+                writes::dispatch(req, &route, conn, ctx, snap.writes.as_ref())
             })
             .await
         }
-        None => dispatch(req, &route, conn, ctx).await,
+        None => writes::dispatch(req, &route, conn, ctx, snap.writes.as_ref()).await,
     };
     match (result, admitted) {
         (Ok(mut resp), Some(a)) => {

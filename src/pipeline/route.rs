@@ -188,6 +188,8 @@ pub struct Route {
     pub modern_transform: Option<Arc<crate::translate::Transform>>,
     /// Request bodies are checked against this schema (stage 6).
     pub validate: Option<crate::translate::validate::SchemaCheck>,
+    /// Writes queued while the upstream is unreachable (`buffer_writes`).
+    pub buffer_writes: Option<super::writes::RouteWrites>,
 }
 
 impl Route {

@@ -32,6 +32,8 @@ pub struct Env<'a> {
     pub policy_names: Vec<&'a str>,
     /// Whether any listener asks callers for a certificate.
     pub client_auth_listener: bool,
+    /// The top-level `queue_store`, which `buffer_writes` needs.
+    pub queue_store: Option<&'a crate::config::writes::QueueStoreConfig>,
 }
 
 impl Route {
@@ -104,7 +106,17 @@ impl Route {
                 ),
             }
         }
+        let buffer_writes = r.buffer_writes.as_ref().and_then(|b| {
+            crate::pipeline::writes::compile::route(
+                r,
+                b,
+                env.queue_store,
+                &mut sec.at("buffer_writes"),
+                env.migration.metrics,
+            )
+        });
         Some(Route {
+            buffer_writes,
             rate_limits: (!policies.is_empty()).then_some(RouteRateLimits { policies }),
             legacy_transform,
             modern_transform,
