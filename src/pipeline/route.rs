@@ -188,6 +188,9 @@ pub struct Route {
     pub modern_transform: Option<Arc<crate::translate::Transform>>,
     /// Request bodies are checked against this schema (stage 6).
     pub validate: Option<crate::translate::validate::SchemaCheck>,
+    /// What each side answers with, learned (`GET /admin/contract`); only with a shadow or
+    /// `contract` sampling.
+    pub contract: Option<Arc<super::contract::Contract>>,
 }
 
 impl Route {

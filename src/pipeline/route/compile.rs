@@ -12,6 +12,7 @@ use crate::config::file::{ConditionConfig, MatchConfig, RouteConfig};
 use crate::config::problems::Section;
 use crate::identity::compile::{route_identity, Verifiers};
 use crate::pipeline::context::Side;
+use crate::pipeline::contract::Contract;
 use crate::pipeline::idempotency::RouteIdempotency;
 use crate::pipeline::migration::compile::{self as migration, RolloutKey};
 use crate::pipeline::normalize::normalize_path;
@@ -104,7 +105,9 @@ impl Route {
                 ),
             }
         }
+        let contract = contract(r, migration.as_ref(), &mut sec.at("contract"));
         Some(Route {
+            contract,
             rate_limits: (!policies.is_empty()).then_some(RouteRateLimits { policies }),
             legacy_transform,
             modern_transform,
@@ -128,6 +131,33 @@ impl Route {
             upstream,
         })
     }
+}
+
+/// The route's contract learner: fed by its shadow, if any, and by `contract` sampling.
+fn contract(
+    r: &RouteConfig,
+    migration: Option<&crate::pipeline::migration::Migration>,
+    sec: &mut Section<'_, '_>,
+) -> Option<Arc<Contract>> {
+    let shadow = migration.and_then(|m| m.shadow.as_ref());
+    if let Some(c) = &r.contract {
+        if !(0.0..=100.0).contains(&c.sample_percent) {
+            sec.error("sample_percent", "must be between 0 and 100");
+        }
+        if c.max_body_bytes.0 == 0 {
+            sec.error("max_body_bytes", "must be greater than zero");
+        }
+    }
+    let made = match (&r.contract, shadow) {
+        (None, None) => return None,
+        (Some(c), _) => Contract::new(&r.name, c.sample_percent, c.max_body_bytes.0),
+        (None, Some(s)) => Contract::new(&r.name, 0.0, s.max_body),
+    };
+    let made = Arc::new(made);
+    if let Some(s) = shadow {
+        s.set_contract(made.clone());
+    }
+    Some(made)
 }
 
 fn path_match(m: &MatchConfig, sec: &mut Section<'_, '_>) -> PathMatch {
