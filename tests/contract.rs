@@ -207,11 +207,15 @@ fn args(admin: &str, route: &str, more: &[&str]) -> Vec<String> {
 
 #[tokio::test]
 async fn the_contract_subcommand_exits_0_when_compatible_1_when_breaking_and_2_when_unreachable() {
-    let legacy = json_upstream(legacy_order).await;
+    // One legacy per gateway: each must see the whole cycle of legacy's states.
+    let (legacy_a, legacy_b) = (
+        json_upstream(legacy_order).await,
+        json_upstream(legacy_order).await,
+    );
     let breaking = json_upstream(breaking_order).await;
     let compatible = json_upstream(compatible_order).await;
-    let bad = Ficus::start(&shadowed(&legacy.url(), &breaking.url())).await;
-    let good = Ficus::start(&shadowed(&legacy.url(), &compatible.url())).await;
+    let bad = Ficus::start(&shadowed(&legacy_a.url(), &breaking.url())).await;
+    let good = Ficus::start(&shadowed(&legacy_b.url(), &compatible.url())).await;
     for _ in 0..25 {
         get(&bad.url("/orders/1")).await;
         get(&good.url("/orders/1")).await;
