@@ -255,3 +255,31 @@ async fn the_contract_subcommand_exits_0_when_compatible_1_when_breaking_and_2_w
     bad.shutdown().await;
     good.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_shadowed_answer_that_is_also_sampled_is_learned_once() {
+    let legacy = json_upstream(legacy_order).await;
+    let modern = json_upstream(legacy_order).await;
+    let mut route = yaml::migration_route(
+        "orders",
+        "/orders",
+        &["modern_percent: 0", "shadow: { percent: 100 }"],
+    );
+    route.push_str("    contract: { sample_percent: 100 }\n");
+    let yaml = yaml::Config::new()
+        .upstream("legacy", &legacy.url())
+        .upstream("modern", &modern.url())
+        .route(&route)
+        .build();
+    let f = Ficus::start(&yaml).await;
+    for _ in 0..10 {
+        assert_eq!(get(&f.url("/orders/1")).await.status, 200);
+    }
+    let r = learned(&f, 10).await;
+    // Give a second copy time to arrive, were there one.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r2 = report(&f, "orders").await.json();
+    assert_eq!(r2["legacy"]["samples"]["responses"], 10, "{:#}", r2["legacy"]);
+    assert_eq!(r["breaking"], 0);
+    f.shutdown().await;
+}
