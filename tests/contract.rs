@@ -283,3 +283,23 @@ async fn a_shadowed_answer_that_is_also_sampled_is_learned_once() {
     assert_eq!(r["breaking"], 0);
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn contract_config_errors_are_located() {
+    let mut route = yaml::migration_route("orders", "/orders", &["modern_percent: 0"]);
+    route.push_str("    contract: { sample_percent: 150, max_body_bytes: 0 }\n");
+    let yaml = yaml::Config::new()
+        .upstream("legacy", "http://127.0.0.1:9")
+        .upstream("modern", "http://127.0.0.1:9")
+        .route(&route)
+        .build();
+    let err = Ficus::try_start(&yaml).await.err().expect("refused").to_string();
+    assert!(
+        err.contains("routes[0].contract.sample_percent: must be between 0 and 100"),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[0].contract.max_body_bytes: must be greater than zero"),
+        "{err}"
+    );
+}
