@@ -303,3 +303,40 @@ async fn contract_config_errors_are_located() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn what_was_learned_survives_a_reload_while_the_sides_stay_the_same() {
+    let legacy = json_upstream(legacy_order).await;
+    let modern = json_upstream(breaking_order).await;
+    let other = json_upstream(legacy_order).await;
+    let yaml = shadowed(&legacy.url(), &modern.url());
+    let f = Ficus::start(&yaml).await;
+    for _ in 0..5 {
+        get(&f.url("/orders/1")).await;
+    }
+    learned(&f, 5).await;
+    // A shadow edit keeps the sides: what was learned stays.
+    f.write_config(&yaml.replace("percent: 100", "percent: 99"));
+    f.gw().reload("shadow edit").await.unwrap();
+    let r = report(&f, "orders").await.json();
+    assert_eq!(r["legacy"]["samples"]["json_2xx"], 5, "{r:#}");
+    // Another modern side is another contract: learning starts afresh.
+    let moved = yaml::Config::new()
+        .upstream("legacy", &legacy.url())
+        .upstream("modern", &modern.url())
+        .upstream("next", &other.url())
+        .route(
+            &yaml::migration_route(
+                "orders",
+                "/orders",
+                &["modern_percent: 0", "shadow: { percent: 100 }"],
+            )
+            .replace("upstream: modern", "upstream: next"),
+        )
+        .build();
+    f.write_config(&moved);
+    f.gw().reload("new modern").await.unwrap();
+    let r = report(&f, "orders").await.json();
+    assert_eq!(r["legacy"]["samples"]["responses"], 0, "{r:#}");
+    f.shutdown().await;
+}

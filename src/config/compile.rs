@@ -84,6 +84,7 @@ pub struct Carried {
     pub identity: crate::identity::compile::Kept,
     pub rate_limits: crate::pipeline::ratelimit::compile::Kept,
     pub rollouts: Carry<RolloutKey, Arc<Rollout>>,
+    pub contracts: Carry<crate::pipeline::contract::ContractKey, crate::pipeline::contract::Memory>,
     pub idempotency: Carry<IdempotencyStoreConfig, Arc<IdempotencyStore>>,
     pub tls_sessions: crate::server::runtime::TlsSessions,
 }
@@ -158,8 +159,10 @@ impl Compiler {
                 .listeners
                 .iter()
                 .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some())),
+            contracts: crate::pipeline::contract::Keeping::new(&prev.contracts),
         };
         let routes = routes(&cfg, &mut p, &env, &mut next.rollouts);
+        next.contracts = env.contracts.into_next();
         let idempotency_store = idempotency_store(&cfg.idempotency_store, &mut p, prev, &mut next);
         warn_unreachable(&routes, &mut p);
         let tracing = crate::telemetry::traces::compile(

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 use super::body::{ResponseBody, TeeBody};
 use super::context::Side;
+use crate::config::carry::Carry;
 use shape::Learned;
 
 /// Samples waiting to be learned from, per route; past it they are dropped.
@@ -110,6 +111,46 @@ impl State {
     }
 }
 
+/// What a contract has learned, kept across reloads (see [`Keeping`]).
+#[derive(Clone, Default)]
+pub struct Memory {
+    state: Arc<Mutex<State>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// What makes two configs of a route the same contract: the same sides, spoken to the same way.
+/// Sampling settings and the shadow may change without losing what was learned.
+#[derive(Clone, PartialEq)]
+pub struct ContractKey {
+    pub legacy: String,
+    pub modern: Option<String>,
+    pub legacy_transform: Option<String>,
+    pub modern_transform: Option<String>,
+}
+
+/// The running snapshot's memories, read while a new one is compiled, and the new snapshot's.
+pub struct Keeping<'a> {
+    prev: &'a Carry<ContractKey, Memory>,
+    next: Mutex<Carry<ContractKey, Memory>>,
+}
+
+impl<'a> Keeping<'a> {
+    pub fn new(prev: &'a Carry<ContractKey, Memory>) -> Self {
+        Self {
+            prev,
+            next: Mutex::new(Carry::default()),
+        }
+    }
+
+    pub fn memory(&self, route: &str, key: &ContractKey) -> Memory {
+        self.next.lock().carry_or(self.prev, route, key, Memory::default)
+    }
+
+    pub fn into_next(self) -> Carry<ContractKey, Memory> {
+        self.next.into_inner()
+    }
+}
+
 pub struct Contract {
     route: Arc<str>,
     /// Out of 10 000; 0: only shadow comparisons are observed.
@@ -118,18 +159,18 @@ pub struct Contract {
     state: Arc<Mutex<State>>,
     /// Started with the first sample: a config is also compiled where no runtime runs (`check`).
     queue: OnceLock<mpsc::Sender<Sample>>,
-    dropped: AtomicU64,
+    dropped: Arc<AtomicU64>,
 }
 
 impl Contract {
-    pub fn new(route: &str, sample_percent: f64, max_body: u64) -> Self {
+    pub fn new(route: &str, sample_percent: f64, max_body: u64, memory: Memory) -> Self {
         Self {
             route: Arc::from(route),
             sample_bp: (sample_percent * 100.0).round().clamp(0.0, 10_000.0) as u32,
             max_body,
-            state: Default::default(),
+            state: memory.state,
             queue: OnceLock::new(),
-            dropped: AtomicU64::new(0),
+            dropped: memory.dropped,
         }
     }
 
@@ -277,7 +318,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_and_counts_samples() {
-        let c = Contract::new("r", 0.0, 1024);
+        let c = Contract::new("r", 0.0, 1024, Memory::default());
         // The learner cannot run before this test yields: the queue fills up.
         for _ in 0..QUEUE + 10 {
             c.offer(sample(Side::Legacy, 200, "{}"));

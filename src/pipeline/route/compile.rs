@@ -33,6 +33,8 @@ pub struct Env<'a> {
     pub policy_names: Vec<&'a str>,
     /// Whether any listener asks callers for a certificate.
     pub client_auth_listener: bool,
+    /// What contracts learned, carried across reloads.
+    pub contracts: crate::pipeline::contract::Keeping<'a>,
 }
 
 impl Route {
@@ -105,7 +107,7 @@ impl Route {
                 ),
             }
         }
-        let contract = contract(r, migration.as_ref(), &mut sec.at("contract"));
+        let contract = contract(r, migration.as_ref(), &mut sec.at("contract"), &env.contracts);
         Some(Route {
             contract,
             rate_limits: (!policies.is_empty()).then_some(RouteRateLimits { policies }),
@@ -138,6 +140,7 @@ fn contract(
     r: &RouteConfig,
     migration: Option<&crate::pipeline::migration::Migration>,
     sec: &mut Section<'_, '_>,
+    kept: &crate::pipeline::contract::Keeping<'_>,
 ) -> Option<Arc<Contract>> {
     let shadow = migration.and_then(|m| m.shadow.as_ref());
     if let Some(c) = &r.contract {
@@ -148,11 +151,30 @@ fn contract(
             sec.error("max_body_bytes", "must be greater than zero");
         }
     }
-    let made = match (&r.contract, shadow) {
+    let (percent, max_body) = match (&r.contract, shadow) {
         (None, None) => return None,
-        (Some(c), _) => Contract::new(&r.name, c.sample_percent, c.max_body_bytes.0),
-        (None, Some(s)) => Contract::new(&r.name, 0.0, s.max_body),
+        (Some(c), _) => (c.sample_percent, c.max_body_bytes.0),
+        (None, Some(s)) => (0.0, s.max_body),
     };
+    let key = crate::pipeline::contract::ContractKey {
+        legacy: match (&r.upstream, &r.migration) {
+            (Some(u), _) => u.clone(),
+            (None, Some(m)) => m.legacy.upstream.clone(),
+            (None, None) => String::new(),
+        },
+        modern: r.migration.as_ref().map(|m| m.modern.upstream.clone()),
+        legacy_transform: r
+            .migration
+            .as_ref()
+            .and_then(|m| m.legacy.transform.clone())
+            .or_else(|| r.transform.clone()),
+        modern_transform: r
+            .migration
+            .as_ref()
+            .and_then(|m| m.modern.transform.clone())
+            .or_else(|| r.transform.clone()),
+    };
+    let made = Contract::new(&r.name, percent, max_body, kept.memory(&r.name, &key));
     let made = Arc::new(made);
     if let Some(s) = shadow {
         s.set_contract(made.clone());
