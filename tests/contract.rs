@@ -340,3 +340,34 @@ async fn what_was_learned_survives_a_reload_while_the_sides_stay_the_same() {
     assert_eq!(r["legacy"]["samples"]["responses"], 0, "{r:#}");
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn legacy_answers_are_learned_after_translation_as_clients_get_them() {
+    let legacy = json_upstream(|i| json!({"ORDER_NO": i, "total": 10})).await;
+    let modern = json_upstream(|i| json!({"id": i, "total": 10})).await;
+    let route = "  - name: orders\n    match: { path_prefix: /orders }\n    migration:\n      \
+                 legacy: { upstream: legacy, transform: renamed }\n      modern: { upstream: modern }\n      \
+                 modern_percent: 50\n    contract: { sample_percent: 100 }\n";
+    let yaml = yaml::Config::new()
+        .upstream("legacy", &legacy.url())
+        .upstream("modern", &modern.url())
+        .route(route)
+        .section(
+            "transforms:\n  renamed:\n    response:\n      ops: [{ rename: { path: ORDER_NO, to: id } }]\n",
+        )
+        .build();
+    let f = Ficus::start(&yaml).await;
+    for _ in 0..60 {
+        let a = get(&f.url("/orders/1")).await;
+        assert!(a.json().get("id").is_some(), "{}", a.text());
+    }
+    let r = learned(&f, 5).await;
+    assert_eq!(
+        r["legacy"]["response_schema"]["required"],
+        json!(["id", "total"]),
+        "{:#}",
+        r["legacy"]
+    );
+    assert_eq!(r["differences"], json!([]));
+    f.shutdown().await;
+}
