@@ -98,6 +98,24 @@ enum Command {
         #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
         headers: Vec<String>,
     },
+    /// Print a route's contract report (the JSON shape each side answers with, and the
+    /// differences between legacy and modern) from a running ficus's admin API, for CI.
+    ///
+    /// Exit status: 0 when no difference is breaking, 1 when some are, 2 when the report cannot
+    /// be fetched (unknown route, admin API unreachable).
+    ///   ficus contract --admin http://127.0.0.1:9901 --route orders
+    #[command(verbatim_doc_comment)]
+    Contract {
+        /// The admin API's base URL (plain HTTP).
+        #[arg(long, value_name = "URL")]
+        admin: String,
+        /// The route's `name`.
+        #[arg(long)]
+        route: String,
+        /// Print the raw report (JSON) instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate config from a legacy service's description, printed to stdout.
     Import {
         #[command(subcommand)]
@@ -245,6 +263,36 @@ fn main() -> ExitCode {
                 headers: &headers,
             },
         ),
+        Command::Contract { admin, route, json } => contract(&admin, &route, json),
+    }
+}
+
+fn contract(admin: &str, route: &str, raw: bool) -> ExitCode {
+    use ficus::pipeline::contract::cli;
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ficus: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(cli::fetch(admin, route)) {
+        Ok(report) => {
+            if raw {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                print!("{}", cli::summary(&report));
+            }
+            if cli::breaking(&report) > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("ficus contract: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

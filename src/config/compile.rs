@@ -86,6 +86,7 @@ pub struct Carried {
     pub identity: crate::identity::compile::Kept,
     pub rate_limits: crate::pipeline::ratelimit::compile::Kept,
     pub rollouts: Carry<RolloutKey, Arc<Rollout>>,
+    pub contracts: Carry<crate::pipeline::contract::ContractKey, crate::pipeline::contract::Memory>,
     pub idempotency: Carry<IdempotencyStoreConfig, Arc<IdempotencyStore>>,
     pub tls_sessions: crate::server::runtime::TlsSessions,
     pub writes: Carry<crate::config::writes::QueueStoreConfig, Arc<crate::pipeline::writes::WriteQueue>>,
@@ -162,8 +163,10 @@ impl Compiler {
                 .iter()
                 .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some())),
             queue_store: cfg.queue_store.as_ref(),
+            contracts: crate::pipeline::contract::Keeping::new(&prev.contracts),
         };
         let routes = routes(&cfg, &mut p, &env, &mut next.rollouts);
+        next.contracts = env.contracts.into_next();
         let idempotency_store = idempotency_store(&cfg.idempotency_store, &mut p, prev, &mut next);
         let writes = write_queue(&cfg, &mut p, prev, &mut next);
         warn_unreachable(&routes, &mut p);

@@ -1224,6 +1224,23 @@ pub struct RouteConfig {
     /// Queue writes (202) while the upstream is unreachable, replay them when it is back.
     #[serde(default)]
     pub buffer_writes: Option<super::writes::BufferWritesConfig>,
+    /// Learn the JSON shape each side answers with from a sample of served traffic
+    /// (`GET /admin/contract`). Shadow comparisons are learned from without it.
+    #[serde(default)]
+    pub contract: Option<ContractConfig>,
+}
+
+/// Contract learning from served answers: a sampled share is copied (as it streams to the
+/// client) and its JSON shape learned off the request path.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ContractConfig {
+    /// Share of served requests learned from, 0 to 100.
+    #[serde(default = "default_contract_percent")]
+    pub sample_percent: f64,
+    /// Bodies (the answer, and the request's) larger than this are not learned from.
+    #[serde(default = "default_contract_body")]
+    pub max_body_bytes: ByteSize,
 }
 
 /// All given conditions must hold. Routes are tried in file order; the first match wins.
@@ -1471,6 +1488,12 @@ fn default_idem_lock() -> Duration {
 }
 fn default_idem_req_bytes() -> ByteSize {
     ByteSize(1024 * 1024)
+}
+fn default_contract_percent() -> f64 {
+    10.0
+}
+fn default_contract_body() -> ByteSize {
+    ByteSize(64 * 1024)
 }
 fn default_idem_resp_bytes() -> ByteSize {
     ByteSize(1024 * 1024)

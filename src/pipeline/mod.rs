@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod context;
+pub mod contract;
 pub mod diff;
 pub mod forward;
 pub mod idempotency;
@@ -284,6 +285,35 @@ async fn run(
         }
         (result, _) => result,
     }
+}
+
+/// A sampled request's bodies, and the answer as the client gets it, feed the route's contract
+/// report; the answer is copied as it streams, never held back.
+async fn observed(
+    req: Request<InBody>,
+    route: &Arc<Route>,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let Some(c) = route.contract.as_ref().filter(|c| !ctx.upgrade && c.sampled()) else {
+        return dispatch(req, route, conn, ctx).await;
+    };
+    let (parts, body) = req.into_parts();
+    let (body, seen) = match body::read_bounded(body, c.max_body).await {
+        Ok(b) => (InBody::Buffered(b.clone()), Some(b)),
+        Err(body::NotRead::Unbounded(b)) => (b, None),
+        Err(body::NotRead::Failed(fault, e)) => {
+            let limit = conn.listener.limits.max_body_bytes.0;
+            return Err(ProxyError::client_fault(fault, limit, e));
+        }
+    };
+    let resp = dispatch(Request::from_parts(parts, body), route, conn, ctx).await?;
+    // A body already teed within `dispatch` is the shadow's copy: the comparison learns from
+    // both answers, so this one would count twice.
+    if matches!(resp.body(), ResponseBody::Tee(_)) {
+        return Ok(resp);
+    }
+    Ok(c.tee(ctx.side, seen, resp))
 }
 
 /// Stage 8: the migration split, shadow copy and fallback; stage 9, translation for the side that

@@ -190,6 +190,9 @@ pub struct Route {
     pub validate: Option<crate::translate::validate::SchemaCheck>,
     /// Writes queued while the upstream is unreachable (`buffer_writes`).
     pub buffer_writes: Option<super::writes::RouteWrites>,
+    /// What each side answers with, learned (`GET /admin/contract`); only with a shadow or
+    /// `contract` sampling.
+    pub contract: Option<Arc<super::contract::Contract>>,
 }
 
 impl Route {

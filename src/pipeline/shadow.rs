@@ -44,6 +44,8 @@ pub struct Shadow {
     rollout: Option<Arc<super::rollout::Rollout>>,
     matched: std::sync::atomic::AtomicU64,
     mismatched: std::sync::atomic::AtomicU64,
+    /// Both answers of each comparison also feed the route's contract report.
+    contract: std::sync::OnceLock<Arc<super::contract::Contract>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -131,6 +133,7 @@ impl Shadow {
             rollout: None,
             matched: Default::default(),
             mismatched: Default::default(),
+            contract: Default::default(),
         })
     }
 
@@ -138,6 +141,10 @@ impl Shadow {
     pub fn with_rollout(mut self, rollout: Option<Arc<super::rollout::Rollout>>) -> Self {
         self.rollout = rollout;
         self
+    }
+
+    pub fn set_contract(&self, c: Arc<super::contract::Contract>) {
+        let _ = self.contract.set(c);
     }
 
     /// Whether this request gets a shadow copy: the sampled share, safe methods only unless
@@ -215,6 +222,7 @@ impl Shadow {
         if let Some(s) = &span {
             req.headers.insert(super::context::TRACEPARENT, s.traceparent());
         }
+        let request_body = self.contract.get().map(|_| req.body.clone());
         let shadow = tokio::time::timeout(self.timeout, call(&upstream, req, self.max_body)).await;
         if let Some(s) = span {
             match &shadow {
@@ -235,6 +243,13 @@ impl Shadow {
             Ok(Ok(Some(b))) => b,
             _ => return self.count("dropped"),
         };
+        if let (Some(c), Some(rb)) = (self.contract.get(), &request_body) {
+            let answers = [
+                (primary_status, &primary_headers, &primary_body),
+                (shadow_status, &shadow_headers, &shadow_body),
+            ];
+            c.offer_pair(primary_side, rb, answers);
+        }
         let mut diffs = Vec::new();
         if primary_status != shadow_status {
             diffs.push(FieldDiff {

@@ -12,6 +12,7 @@ use crate::config::file::{ConditionConfig, MatchConfig, RouteConfig};
 use crate::config::problems::Section;
 use crate::identity::compile::{route_identity, Verifiers};
 use crate::pipeline::context::Side;
+use crate::pipeline::contract::Contract;
 use crate::pipeline::idempotency::RouteIdempotency;
 use crate::pipeline::migration::compile::{self as migration, RolloutKey};
 use crate::pipeline::normalize::normalize_path;
@@ -34,6 +35,8 @@ pub struct Env<'a> {
     pub client_auth_listener: bool,
     /// The top-level `queue_store`, which `buffer_writes` needs.
     pub queue_store: Option<&'a crate::config::writes::QueueStoreConfig>,
+    /// What contracts learned, carried across reloads.
+    pub contracts: crate::pipeline::contract::Keeping<'a>,
 }
 
 impl Route {
@@ -115,7 +118,9 @@ impl Route {
                 env.migration.metrics,
             )
         });
+        let contract = contract(r, migration.as_ref(), &mut sec.at("contract"), &env.contracts);
         Some(Route {
+            contract,
             buffer_writes,
             rate_limits: (!policies.is_empty()).then_some(RouteRateLimits { policies }),
             legacy_transform,
@@ -140,6 +145,53 @@ impl Route {
             upstream,
         })
     }
+}
+
+/// The route's contract learner: fed by its shadow, if any, and by `contract` sampling.
+fn contract(
+    r: &RouteConfig,
+    migration: Option<&crate::pipeline::migration::Migration>,
+    sec: &mut Section<'_, '_>,
+    kept: &crate::pipeline::contract::Keeping<'_>,
+) -> Option<Arc<Contract>> {
+    let shadow = migration.and_then(|m| m.shadow.as_ref());
+    if let Some(c) = &r.contract {
+        if !(0.0..=100.0).contains(&c.sample_percent) {
+            sec.error("sample_percent", "must be between 0 and 100");
+        }
+        if c.max_body_bytes.0 == 0 {
+            sec.error("max_body_bytes", "must be greater than zero");
+        }
+    }
+    let (percent, max_body) = match (&r.contract, shadow) {
+        (None, None) => return None,
+        (Some(c), _) => (c.sample_percent, c.max_body_bytes.0),
+        (None, Some(s)) => (0.0, s.max_body),
+    };
+    let key = crate::pipeline::contract::ContractKey {
+        legacy: match (&r.upstream, &r.migration) {
+            (Some(u), _) => u.clone(),
+            (None, Some(m)) => m.legacy.upstream.clone(),
+            (None, None) => String::new(),
+        },
+        modern: r.migration.as_ref().map(|m| m.modern.upstream.clone()),
+        legacy_transform: r
+            .migration
+            .as_ref()
+            .and_then(|m| m.legacy.transform.clone())
+            .or_else(|| r.transform.clone()),
+        modern_transform: r
+            .migration
+            .as_ref()
+            .and_then(|m| m.modern.transform.clone())
+            .or_else(|| r.transform.clone()),
+    };
+    let made = Contract::new(&r.name, percent, max_body, kept.memory(&r.name, &key));
+    let made = Arc::new(made);
+    if let Some(s) = shadow {
+        s.set_contract(made.clone());
+    }
+    Some(made)
 }
 
 fn path_match(m: &MatchConfig, sec: &mut Section<'_, '_>) -> PathMatch {

@@ -239,10 +239,10 @@ pub async fn dispatch(
     queue: Option<&Arc<WriteQueue>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (Some(w), Some(queue)) = (&route.buffer_writes, queue) else {
-        return super::dispatch(req, route, conn, ctx).await;
+        return super::observed(req, route, conn, ctx).await;
     };
     if ctx.upgrade || !w.methods.contains(req.method()) {
-        return super::dispatch(req, route, conn, ctx).await;
+        return super::observed(req, route, conn, ctx).await;
     }
     let key = match req.headers().get(IDEMPOTENCY_KEY) {
         None if w.require_key => return Err(ProxyError::IdempotencyKeyMissing),
@@ -253,7 +253,7 @@ pub async fn dispatch(
     let stall = conn.listener.limits.body_read_timeout;
     let bytes = super::translate::read_request(body, w.max_body, stall).await?;
     let kept = super::clone_parts(&parts);
-    let result = super::dispatch(
+    let result = super::observed(
         Request::from_parts(parts, InBody::Buffered(bytes.clone())),
         route,
         conn,
