@@ -86,6 +86,8 @@ pub struct Carried {
     pub rollouts: Carry<RolloutKey, Arc<Rollout>>,
     pub idempotency: Carry<IdempotencyStoreConfig, Arc<IdempotencyStore>>,
     pub tls_sessions: crate::server::runtime::TlsSessions,
+    pub shadow_learning:
+        Carry<crate::pipeline::migration::compile::LearningKey, Arc<crate::pipeline::shadow::Learning>>,
 }
 
 /// What compiling needs besides the config text, made once per process: the metric registry,
@@ -140,6 +142,7 @@ impl Compiler {
             &mut next.rate_limits,
         );
         let transforms = self.transforms(&cfg, &mut p);
+        let learning = std::cell::RefCell::new(Carry::default());
         let env = RouteEnv {
             migration: crate::pipeline::migration::compile::Env {
                 upstreams: &upstreams,
@@ -148,6 +151,8 @@ impl Compiler {
                 state_store: &cfg.state_store,
                 prev: &prev.rollouts,
                 redact: &redact,
+                learning_prev: &prev.shadow_learning,
+                learning_next: &learning,
             },
             transforms: &transforms,
             transform_names: cfg.transforms.keys().map(String::as_str).collect(),
@@ -160,6 +165,7 @@ impl Compiler {
                 .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some())),
         };
         let routes = routes(&cfg, &mut p, &env, &mut next.rollouts);
+        next.shadow_learning = learning.take();
         let idempotency_store = idempotency_store(&cfg.idempotency_store, &mut p, prev, &mut next);
         warn_unreachable(&routes, &mut p);
         let tracing = crate::telemetry::traces::compile(
