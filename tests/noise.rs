@@ -479,3 +479,36 @@ async fn the_rollout_guard_does_not_see_learned_noise() {
         f.shutdown().await;
     }
 }
+
+/// After a fallback, legacy served: a second call to modern would pair answers of two sides,
+/// so none is made.
+#[tokio::test]
+async fn after_a_fallback_the_serving_side_is_not_asked_again() {
+    let legacy = counting_upstream(legacy_order).await;
+    let modern = Upstream::failing(http::StatusCode::SERVICE_UNAVAILABLE, "down").await;
+    let yaml = yaml::Config::new()
+        .upstream("legacy", &legacy.url())
+        .upstream("modern", &modern.url())
+        .route(&yaml::migration_route(
+            "orders",
+            "/orders",
+            &[
+                "modern_percent: 100",
+                "fallback_to_legacy: true",
+                "shadow: { percent: 100, noise: { sample: 100% } }",
+            ],
+        ))
+        .build();
+    let f = Ficus::start(&yaml).await;
+    traffic(&f, 1).await;
+    // Modern: the failed call and the shadow copy (the side that did not serve); legacy: the
+    // fallback only. A second call to either would make it 3 or 2.
+    assert_eq!((modern.hits(), legacy.hits()), (2, 1));
+    let noise = get(&f.admin_url("/admin/noise?route=orders")).await.json();
+    assert_eq!(
+        (noise["samples"].as_u64(), noise["failed"].as_u64()),
+        (Some(0), Some(0)),
+        "{noise}"
+    );
+    f.shutdown().await;
+}
