@@ -512,3 +512,28 @@ async fn after_a_fallback_the_serving_side_is_not_asked_again() {
     );
     f.shutdown().await;
 }
+
+/// The second call shares the shadow's concurrency bound: with one slot, taken by the shadow
+/// copy, it is never made, and each one not made is counted.
+#[tokio::test]
+async fn the_second_call_needs_a_free_shadow_slot_and_is_counted_when_there_is_none() {
+    let legacy = counting_upstream(legacy_order).await;
+    let modern = counting_upstream(modern_order).await;
+    let f = Ficus::start(&config(
+        &legacy.url(),
+        &modern.url(),
+        "percent: 100, max_concurrent: 1, noise: { sample: 100% }",
+    ))
+    .await;
+    for _ in 0..3 {
+        traffic(&f, 1).await;
+    }
+    let noise = get(&f.admin_url("/admin/noise?route=orders")).await.json();
+    assert_eq!(
+        (noise["dropped"].as_u64(), noise["samples"].as_u64()),
+        (Some(3), Some(0)),
+        "{noise}"
+    );
+    assert_eq!((legacy.hits(), modern.hits()), (3, 3));
+    f.shutdown().await;
+}
