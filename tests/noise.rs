@@ -537,3 +537,42 @@ async fn the_second_call_needs_a_free_shadow_slot_and_is_counted_when_there_is_n
     assert_eq!((legacy.hits(), modern.hits()), (3, 3));
     f.shutdown().await;
 }
+
+/// The second call runs in the shadow task: a slow second answer never delays the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_second_answer_never_delays_the_client() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let legacy = Upstream::start(move |_req: Request<Incoming>| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            // The client's call (odd) answers at once, the second one (even) after a while.
+            if n % 2 == 0 {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            let mut r = Response::new(full(legacy_order(n)));
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            r
+        }
+    })
+    .await;
+    let modern = counting_upstream(modern_order).await;
+    let f = Ficus::start(&config(
+        &legacy.url(),
+        &modern.url(),
+        "percent: 100, noise: { sample: 100% }",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    assert_eq!(get(&f.url("/orders/7")).await.status, 200);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1000), "the client waited {took:?}");
+    // The comparison waits for the second answer, and learns from it.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&f.admin_url("/admin/noise?route=orders")).await.json()["samples"] == 1
+        })
+        .await
+    );
+    f.shutdown().await;
+}
