@@ -273,9 +273,12 @@ fn legacy_order(envelope_in: &[u8]) -> Response<Full<Bytes>> {
         );
         return respond(500, "text/xml; charset=utf-8", "legacy", envelope(fault));
     }
+    // When this answer was made: different in every answer, which ficus learns to ignore.
+    let generated = generated_at();
     let order = format!(
         "<GetOrderResponse xmlns=\"urn:orders\"><Order><ORDER_NO>{id}</ORDER_NO><CUST_NO>C-{id}</CUST_NO>\
          <STATUS>S</STATUS><TOTAL_CENTS>4498</TOTAL_CENTS><CREATED>20240229143000</CREATED>\
+         <GENERATED_AT>{generated}</GENERATED_AT>\
          <SERVED_BY>legacy</SERVED_BY><Lines><Line><SKU>A-1</SKU><QTY>2</QTY></Line></Lines></Order>\
          </GetOrderResponse>"
     );
@@ -300,9 +303,15 @@ fn modern_order(id: &str) -> Response<Full<Bytes>> {
     let body = serde_json::json!({
         "id": id, "customer_id": format!("C-{id}"), "status": "shipped", "total": "44.98",
         "created_at": "2024-02-29T14:30:00+01:00", "served_by": "modern",
+        "generated_at": generated_at(),
         "lines": [{"sku": "A-1", "quantity": 2}],
     });
     respond(200, "application/json", "modern", format!("{body}\n"))
+}
+
+/// Now, to the nanosecond: two answers made back to back still differ.
+fn generated_at() -> String {
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }
 
 fn xml_escape(s: &str) -> String {
@@ -322,7 +331,7 @@ pub fn banner(public: SocketAddr, admin: SocketAddr, a: &Addrs) -> String {
     format!(
         "\nficus demo is running.\n\
          \n  ficus          http://{public}\n  admin          http://{admin}\n  legacy backend http://{legacy}\n  modern backend http://{modern}\n  demo IdP JWKS  http://{idp}/.well-known/jwks.json\n\
-         \nTry:\n  curl -i http://{public}/api/customers/42      # still served by legacy (XML), rate-limited\n  for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' http://{public}/api/customers/42; done  # 5 pass, then 429\n  curl -i http://{public}/api/orders/7 -H 'X-User: alice'  # mid-migration: alice is on legacy, which speaks SOAP; ficus translates to JSON\n  curl -i http://{public}/api/orders/7 -H 'X-User: bob'    # bob is on modern (JSON): the same shape\n  curl -i http://{public}/api/orders/404 -H 'X-User: alice'  # a SOAP Fault becomes problem+json 404\n  curl -i http://{public}/api/orders/7 -H 'X-User: beta-tester'  # a cohort: always modern (JSON)\n  curl -s 'http://{admin}/admin/diffs?route=orders'   # shadow comparisons, field by field\n  curl -s http://{admin}/admin/upstreams\n  curl -s 'http://{legacy}/OrderService.asmx?wsdl' > orders.wsdl; ficus import wsdl orders.wsdl  # the legacy service's WSDL as routes\n  curl -i http://{public}/public/../api/orders/7  # normalised before routing\n  TOKEN=$({token_cmd} --sub alice --scope orders:read)   # from the demo IdP on {idp}\n  curl -i http://{public}/api/me                                  # 401: the route needs a token\n  curl -i http://{public}/api/me -H \"Authorization: Bearer $TOKEN\"  # 200, with scope orders:read\n  curl -s http://{admin}/metrics | grep ficus_requests_total\n  curl -s http://{admin}/admin/config\n  FICUS_ADMIN_TOKEN=... is needed for: curl -XPOST -H 'Authorization: Bearer ...' http://{admin}/admin/reload\n\
+         \nTry:\n  curl -i http://{public}/api/customers/42      # still served by legacy (XML), rate-limited\n  for i in 1 2 3 4 5 6 7; do curl -s -o /dev/null -w '%{{http_code}} ' http://{public}/api/customers/42; done  # 5 pass, then 429\n  curl -i http://{public}/api/orders/7 -H 'X-User: alice'  # mid-migration: alice is on legacy, which speaks SOAP; ficus translates to JSON\n  curl -i http://{public}/api/orders/7 -H 'X-User: bob'    # bob is on modern (JSON): the same shape\n  curl -i http://{public}/api/orders/404 -H 'X-User: alice'  # a SOAP Fault becomes problem+json 404\n  curl -i http://{public}/api/orders/7 -H 'X-User: beta-tester'  # a cohort: always modern (JSON)\n  curl -s 'http://{admin}/admin/diffs?route=orders'   # shadow comparisons, field by field\n  curl -s 'http://{admin}/admin/noise?route=orders'   # fields learned as noise (generated_at differs in every answer)\n  curl -s 'http://{admin}/admin/drift?route=orders'   # which fields mismatch, how often and how, over 10 minutes\n  curl -s http://{admin}/admin/upstreams\n  curl -s 'http://{legacy}/OrderService.asmx?wsdl' > orders.wsdl; ficus import wsdl orders.wsdl  # the legacy service's WSDL as routes\n  curl -i http://{public}/public/../api/orders/7  # normalised before routing\n  TOKEN=$({token_cmd} --sub alice --scope orders:read)   # from the demo IdP on {idp}\n  curl -i http://{public}/api/me                                  # 401: the route needs a token\n  curl -i http://{public}/api/me -H \"Authorization: Bearer $TOKEN\"  # 200, with scope orders:read\n  curl -s http://{admin}/metrics | grep ficus_requests_total\n  curl -s http://{admin}/admin/config\n  FICUS_ADMIN_TOKEN=... is needed for: curl -XPOST -H 'Authorization: Bearer ...' http://{admin}/admin/reload\n\
          \nCtrl-C stops it (in-flight requests are drained).\n"
     )
 }

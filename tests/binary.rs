@@ -553,10 +553,32 @@ async fn demo_serves_legacy_and_modern_backends() {
         let mut doc = a.json();
         let side = doc["served_by"].as_str().unwrap().to_string();
         doc.as_object_mut().unwrap().remove("served_by");
+        // When the answer was made: on both sides, different each time.
+        let generated = doc.as_object_mut().unwrap().remove("generated_at");
+        assert!(generated.is_some_and(|g| g.as_str().is_some_and(|g| g.starts_with("20"))));
         shapes.insert(side, doc);
     }
     assert_eq!(shapes.len(), 2, "both sides served some of eight users");
     assert_eq!(shapes["legacy"], shapes["modern"]);
+    // Half of the shadowed requests went to the serving side twice: `generated_at` is noise.
+    let noise_url = format!("http://{}/admin/noise?route=orders", demo.admin);
+    let learned = eventually(Duration::from_secs(10), || async {
+        let noise = get(&noise_url).await.json();
+        noise["fields"][0]["path"] == "generated_at"
+            && noise["fields"].as_array().is_some_and(|f| f.len() == 1)
+    })
+    .await;
+    assert!(learned, "{}", get(&noise_url).await.text());
+    let drift = get(&format!("http://{}/admin/drift?route=orders", demo.admin))
+        .await
+        .json();
+    let drifting: Vec<&str> = drift["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert!(drifting.contains(&"served_by"), "{drift}");
     assert_eq!(get(&format!("http://{}/readyz", demo.admin)).await.status, 200);
     assert!(demo.interrupt().await, "the demo did not stop on SIGINT");
 }

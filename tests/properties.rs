@@ -775,6 +775,28 @@ proptest! {
         prop_assert_eq!(ab.len(), ba.len());
         prop_assert!(diff_bodies(ct, &a, &a, &rules).is_empty());
     }
+
+    /// Noise learned from a pair explains every difference of that pair a volatile value can
+    /// (another value or type), never a missing field; drift takes any diff without panicking.
+    #[test]
+    fn noise_learned_from_a_pair_explains_its_value_differences(
+        ct in prop::sample::select(&["application/json", "text/xml", "text/plain"][..]),
+        a in diff_body(),
+        b in diff_body(),
+        rules in diff_rules(),
+    ) {
+        use ficus::pipeline::diff::DiffKind;
+        let d = diff_bodies(ct, &a, &b, &rules);
+        let learned = ficus::pipeline::noise::Learned::default();
+        learned.learn(&d);
+        let overflow = learned.report("r", 100.0).overflow;
+        let (kept, _) = learned.filter(d.clone());
+        for k in &kept {
+            let missing = matches!(k.kind, DiffKind::MissingOnPrimary | DiffKind::MissingOnShadow);
+            prop_assert!(missing || overflow > 0, "{k:?} kept");
+        }
+        ficus::pipeline::drift::Drift::default().record(&d);
+    }
 }
 
 // ---------------------------------------------------------------- headers, cookies, routing

@@ -73,11 +73,20 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
     }
     let path = req.uri().path();
     match (req.method(), path) {
-        (&Method::GET, "/metrics") => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics().render(),
-        ),
+        (&Method::GET, "/metrics") => {
+            let mut body = shared.metrics().render();
+            // Rendered from each route's drift window at the scrape, so that a field that left
+            // the top has no series left behind.
+            let snap = shared.snapshot.load();
+            body.push_str(&crate::pipeline::drift::prometheus(
+                snap.router
+                    .routes()
+                    .iter()
+                    .filter_map(|r| r.migration.as_ref()?.shadow.as_ref())
+                    .map(|s| (s.route(), s.drift())),
+            ));
+            text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
+        }
         (&Method::GET, "/healthz") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
             if shared.ready.load(Ordering::Acquire) {
@@ -130,6 +139,12 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
                 .flat_map(|s| s.recent())
                 .collect();
             json(StatusCode::OK, &serde_json::json!({ "diffs": diffs }))
+        }
+        (&Method::GET, "/admin/noise") => {
+            per_shadow(shared, &req, |s| serde_json::to_value(s.noise_report()))
+        }
+        (&Method::GET, "/admin/drift") => {
+            per_shadow(shared, &req, |s| serde_json::to_value(s.drift_report()))
         }
         (&Method::GET, "/admin/routes") => {
             let snap = shared.snapshot.load();
@@ -210,7 +225,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
             _,
             "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/upstreams" | "/admin/routes"
             | "/admin/diffs" | "/admin/migration" | "/admin/ui" | "/admin/reload" | "/admin/dlq"
-            | "/admin/contract",
+            | "/admin/contract" | "/admin/noise" | "/admin/drift",
         ) => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
@@ -231,6 +246,37 @@ fn dlq_action(path: &str) -> Option<(&str, &'static str)> {
         _ => return None,
     };
     (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())).then_some((id, action))
+}
+
+/// `?route=NAME`: that shadowed route's `report`, or 404; without it, every shadowed route's,
+/// as `{"routes": [...]}`.
+fn per_shadow(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    report: impl Fn(&crate::pipeline::shadow::Shadow) -> serde_json::Result<serde_json::Value>,
+) -> Response<ResponseBody> {
+    let wanted = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("route=")));
+    let snap = shared.snapshot.load();
+    let shadows = snap
+        .router
+        .routes()
+        .iter()
+        .filter(|r| wanted.is_none_or(|w| w == &*r.name))
+        .filter_map(|r| r.migration.as_ref()?.shadow.as_ref());
+    let mut reports: Vec<serde_json::Value> = shadows.filter_map(|s| report(s).ok()).collect();
+    match wanted {
+        None => json(StatusCode::OK, &serde_json::json!({ "routes": reports })),
+        Some(_) if !reports.is_empty() => json(StatusCode::OK, &reports.swap_remove(0)),
+        Some(_) => problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "no shadowed route with that name",
+            None,
+        ),
+    }
 }
 
 /// The status page: static HTML and JS in the binary, reading the JSON endpoints above.

@@ -90,6 +90,8 @@ pub struct Carried {
     pub idempotency: Carry<IdempotencyStoreConfig, Arc<IdempotencyStore>>,
     pub tls_sessions: crate::server::runtime::TlsSessions,
     pub writes: Carry<crate::config::writes::QueueStoreConfig, Arc<crate::pipeline::writes::WriteQueue>>,
+    pub shadow_learning:
+        Carry<crate::pipeline::migration::compile::LearningKey, Arc<crate::pipeline::shadow::Learning>>,
 }
 
 /// What compiling needs besides the config text, made once per process: the metric registry,
@@ -144,6 +146,7 @@ impl Compiler {
             &mut next.rate_limits,
         );
         let transforms = self.transforms(&cfg, &mut p);
+        let learning = std::cell::RefCell::new(Carry::default());
         let env = RouteEnv {
             migration: crate::pipeline::migration::compile::Env {
                 upstreams: &upstreams,
@@ -152,6 +155,8 @@ impl Compiler {
                 state_store: &cfg.state_store,
                 prev: &prev.rollouts,
                 redact: &redact,
+                learning_prev: &prev.shadow_learning,
+                learning_next: &learning,
             },
             transforms: &transforms,
             transform_names: cfg.transforms.keys().map(String::as_str).collect(),
@@ -167,6 +172,7 @@ impl Compiler {
         };
         let routes = routes(&cfg, &mut p, &env, &mut next.rollouts);
         next.contracts = env.contracts.into_next();
+        next.shadow_learning = learning.take();
         let idempotency_store = idempotency_store(&cfg.idempotency_store, &mut p, prev, &mut next);
         let writes = write_queue(&cfg, &mut p, prev, &mut next);
         warn_unreachable(&routes, &mut p);

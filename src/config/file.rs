@@ -685,6 +685,21 @@ pub struct ShadowConfig {
     /// differ and the kind of value each side had, since values may be personal data.
     #[serde(default)]
     pub record_values: bool,
+    /// Learn which fields are noise by asking the serving side twice (off when absent).
+    #[serde(default)]
+    pub noise: Option<NoiseConfig>,
+}
+
+/// Noise learning on a shadowed route: fields in which two answers of the serving side to the
+/// same request differ stop counting as mismatches.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NoiseConfig {
+    /// Share of shadowed requests also sent to the serving side a second time: `5%` (or `5`),
+    /// 0 to 100.
+    #[serde(deserialize_with = "super::values::percent")]
+    #[schemars(schema_with = "super::schema::percent")]
+    pub sample: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]

@@ -136,6 +136,17 @@ pub fn one_or_many(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// For percentages (`super::values::percent`): a number, or a number with `%`.
+pub fn percent(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "A percentage from 0 to 100: `5%`, or a number (`5`, `2.5`).",
+        "anyOf": [
+            { "type": "number", "minimum": 0, "maximum": 100 },
+            { "type": "string", "pattern": r"^\s*\d+(?:\.\d+)?\s*%\s*$" }
+        ]
+    })
+}
+
 /// For lists of networks (`ipnet::IpNet`): an address with its prefix length.
 pub fn cidrs(_: &mut SchemaGenerator) -> Schema {
     json_schema!({

@@ -84,3 +84,54 @@ pub fn parse_byte_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
 }
+
+/// A percentage written as a number (`5`, `2.5`) or with its sign (`5%`); the range is checked
+/// when the config is compiled, with the key's line.
+pub fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = f64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a percentage such as 5% or 2.5")
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
+            parse_percent(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    t.strip_suffix('%')
+        .unwrap_or(t)
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|p| p.is_finite())
+        .ok_or_else(|| format!("`{s}` is not a percentage (write 5% or 2.5%)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentages_read_with_or_without_their_sign() {
+        assert_eq!(parse_percent("5%"), Ok(5.0));
+        assert_eq!(parse_percent(" 2.5 % "), Ok(2.5));
+        assert_eq!(parse_percent("100"), Ok(100.0));
+        assert!(
+            parse_percent("five").is_err() && parse_percent("%").is_err() && parse_percent("NaN%").is_err()
+        );
+    }
+}

@@ -53,6 +53,97 @@ pub struct FieldDiff {
     pub path: String,
     pub primary: Option<String>,
     pub shadow: Option<String>,
+    pub kind: DiffKind,
+}
+
+/// How two answers differ at one path: what drift statistics count, and what noise learning may
+/// explain (a volatile value can explain a different value, never a missing field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiffKind {
+    MissingOnPrimary,
+    MissingOnShadow,
+    TypeChanged,
+    ValueDiffers,
+}
+
+impl DiffKind {
+    pub const ALL: [DiffKind; 4] = [
+        Self::MissingOnPrimary,
+        Self::MissingOnShadow,
+        Self::TypeChanged,
+        Self::ValueDiffers,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::MissingOnPrimary => "missing_on_primary",
+            Self::MissingOnShadow => "missing_on_shadow",
+            Self::TypeChanged => "type_changed",
+            Self::ValueDiffers => "value_differs",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A header or a status: present on both sides or not.
+    pub fn of_presence(primary: bool, shadow: bool) -> Self {
+        match (primary, shadow) {
+            (false, _) => Self::MissingOnPrimary,
+            (_, false) => Self::MissingOnShadow,
+            _ => Self::ValueDiffers,
+        }
+    }
+}
+
+/// The field a diff path names, generalised so that every element of an array is one field:
+/// `$.items[3].ts` is `items.*.ts` and `/Order/Item[1]/#text` is `Order.Item.#text` (in the
+/// field-path syntax of `ignore` rules, where an XML element name covers all its occurrences).
+/// `status`, `header NAME` and `body` stay as they are.
+pub fn field_key(path: &str) -> String {
+    if let Some(rest) = path.strip_prefix('$') {
+        let mut out = String::with_capacity(rest.len());
+        let mut chars = rest.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c == '[' {
+                let tail = &rest[i + 1..];
+                if let Some(end) = tail.find(']') {
+                    if end > 0 && tail[..end].bytes().all(|b| b.is_ascii_digit()) {
+                        out.push_str(".*");
+                        for _ in 0..=end {
+                            chars.next();
+                        }
+                        continue;
+                    }
+                }
+            }
+            out.push(c);
+        }
+        let out = out.strip_prefix('.').unwrap_or(&out);
+        return if out.is_empty() {
+            ".".into()
+        } else {
+            out.to_string()
+        };
+    }
+    if let Some(rest) = path.strip_prefix('/') {
+        let mut out = String::with_capacity(rest.len());
+        for (i, seg) in rest.split('/').enumerate() {
+            if i > 0 {
+                out.push('.');
+            }
+            // `Item[1]`: the occurrence goes, the name covers them all.
+            let name = match seg.strip_suffix(']').and_then(|s| s.rsplit_once('[')) {
+                Some((name, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => name,
+                _ => seg,
+            };
+            out.push_str(name);
+        }
+        return out;
+    }
+    path.to_string()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -119,11 +210,13 @@ pub fn diff_bodies(content_type: &str, primary: &[u8], shadow: &[u8], rules: &Di
             path: "body".into(),
             primary: Some(value_size(primary)),
             shadow: Some(value_size(shadow)),
+            kind: DiffKind::ValueDiffers,
         }],
         _ => vec![FieldDiff {
             path: "body".into(),
             primary: Some(preview(primary)),
             shadow: Some(preview(shadow)),
+            kind: DiffKind::ValueDiffers,
         }],
     }
 }
@@ -336,6 +429,22 @@ fn ignored(at: &[Step<'_>], rules: &DiffRules) -> bool {
     rules.ignore.iter().any(|p| p.covers(at))
 }
 
+fn kind_of(a: Option<&Leaf>, b: Option<&Leaf>) -> DiffKind {
+    fn bare(l: &Leaf) -> &Leaf {
+        match l {
+            Leaf::Redacted(inner) => bare(inner),
+            other => other,
+        }
+    }
+    match (a.map(bare), b.map(bare)) {
+        (None, _) => DiffKind::MissingOnPrimary,
+        (_, None) => DiffKind::MissingOnShadow,
+        (Some(Leaf::Empty(x)), Some(Leaf::Empty(y))) if x != y => DiffKind::TypeChanged,
+        (Some(x), Some(y)) if std::mem::discriminant(x) != std::mem::discriminant(y) => DiffKind::TypeChanged,
+        _ => DiffKind::ValueDiffers,
+    }
+}
+
 fn compare(a: &BTreeMap<String, Leaf>, b: &BTreeMap<String, Leaf>, rules: &DiffRules) -> Vec<FieldDiff> {
     let mut out = Vec::new();
     let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
@@ -354,6 +463,7 @@ fn compare(a: &BTreeMap<String, Leaf>, b: &BTreeMap<String, Leaf>, rules: &DiffR
                 path: k.clone(),
                 primary: a.get(k).map(show),
                 shadow: b.get(k).map(show),
+                kind: kind_of(a.get(k), b.get(k)),
             });
         }
     }
@@ -567,6 +677,51 @@ mod tests {
         let raw = diff_bodies("text/plain", b"alice", b"bob", &r);
         assert_eq!(raw[0].primary.as_deref(), Some("<5 bytes>"));
         assert_eq!(raw[0].shadow.as_deref(), Some("<3 bytes>"));
+    }
+
+    #[test]
+    fn each_diff_says_which_side_lacks_the_field_or_whether_its_type_or_value_changed() {
+        let a = br#"{"gone":1,"n":1,"t":"x","o":{},"r":{"card":"4111"}}"#;
+        let b = br#"{"new":1,"n":2,"t":3,"o":[],"r":{"card":"4222"}}"#;
+        let r = DiffRules {
+            redact: vec![FieldPath::parse("r").unwrap()],
+            ..DiffRules::default()
+        };
+        let kinds: Vec<(String, DiffKind)> = diff_bodies("application/json", a, b, &r)
+            .into_iter()
+            .map(|d| (d.path, d.kind))
+            .collect();
+        let want = [
+            ("$.gone", DiffKind::MissingOnShadow),
+            ("$.n", DiffKind::ValueDiffers),
+            ("$.new", DiffKind::MissingOnPrimary),
+            ("$.o", DiffKind::TypeChanged),
+            ("$.r.card", DiffKind::ValueDiffers),
+            ("$.t", DiffKind::TypeChanged),
+        ];
+        let want: Vec<(String, DiffKind)> = want.iter().map(|(p, k)| (p.to_string(), *k)).collect();
+        assert_eq!(kinds, want);
+    }
+
+    #[test]
+    fn field_keys_generalise_array_indices_and_xml_occurrences() {
+        assert_eq!(field_key("$.items[3].ts"), "items.*.ts");
+        assert_eq!(field_key("$.a[0][12].b"), "a.*.*.b");
+        assert_eq!(field_key("$.generated_at"), "generated_at");
+        assert_eq!(field_key("$.stats.2024"), "stats.2024");
+        assert_eq!(field_key("$"), ".");
+        // Not an index: kept as written, and never a panic.
+        assert_eq!(field_key("$.x["), "x[");
+        assert_eq!(field_key("$.x[a]"), "x[a]");
+        assert_eq!(field_key("/Order/Item[1]/#text"), "Order.Item.#text");
+        assert_eq!(field_key("/Order/Item/#text"), "Order.Item.#text");
+        assert_eq!(field_key("/Order/@id"), "Order.@id");
+        for same in ["status", "header x-request-id", "body"] {
+            assert_eq!(field_key(same), same);
+        }
+        // A generalised key is an `ignore` rule that covers the field it came from.
+        let p = FieldPath::parse(&field_key("$.items[3].ts")).unwrap();
+        assert!(p.covers(&[Step::Key("items"), Step::Index(7), Step::Key("ts")]));
     }
 
     #[test]

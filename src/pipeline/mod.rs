@@ -7,10 +7,12 @@ pub mod body;
 pub mod context;
 pub mod contract;
 pub mod diff;
+pub mod drift;
 pub mod forward;
 pub mod idempotency;
 pub mod key;
 pub mod migration;
+pub mod noise;
 pub mod normalize;
 pub mod ratelimit;
 pub mod request;
@@ -366,8 +368,18 @@ async fn dispatch(
         Some(s) => match s.slot() {
             None => None,
             Some(slot) => {
-                let copy = shadow_request(&parts, &bytes, route, conn, ctx)?;
-                Some((s, slot, copy))
+                let copy = shadow_request(&parts, &bytes, route, conn, ctx, ctx.side.other())?;
+                // Noise learning: the serving side gets the request a second time, later, in
+                // the shadow task. Built here only for the sampled share.
+                let again = if s.noise_wanted(&parts.method) {
+                    Some((
+                        ctx.side,
+                        shadow_request(&parts, &bytes, route, conn, ctx, ctx.side)?,
+                    ))
+                } else {
+                    None
+                };
+                Some((s, slot, copy, again))
             }
         },
     };
@@ -402,27 +414,32 @@ async fn dispatch(
 
     match (shadow_copy, result) {
         (None, result) => result,
-        (Some((s, _, _)), Err(e)) => {
+        (Some((s, _, _, _)), Err(e)) => {
             s.count("error");
             Err(e)
         }
-        (Some((s, slot, copy)), Ok(resp)) => {
+        (Some((s, slot, copy, again)), Ok(resp)) => {
             let other = route.upstream_for(ctx.side.other()).clone();
-            Ok(s.launch(slot, copy, other, ctx.side, resp))
+            // After a fallback the side that served is not the one the copy was made for.
+            let again = again
+                .filter(|(side, _)| *side == ctx.side)
+                .map(|(side, req)| (req, route.upstream_for(side).clone()));
+            Ok(s.launch(slot, copy, other, ctx.side, resp, again))
         }
     }
 }
 
-/// The copy of the request for the side that does not serve: the normalised path and the
-/// headers that side would get, built by the same code as the served request's.
+/// A copy of the request for `other` (the side that does not serve, or for noise learning the
+/// one that does): the normalised path and the headers that side would get, built by the same
+/// code as the served request's.
 fn shadow_request(
     parts: &http::request::Parts,
     body: &bytes::Bytes,
     route: &Route,
     conn: &ConnInfo,
     ctx: &RequestCtx,
+    other: context::Side,
 ) -> Result<shadow::ShadowRequest, ProxyError> {
-    let other = ctx.side.other();
     let mut headers = parts.headers.clone();
     forward::upstream_headers(&mut headers, parts.version, conn, ctx, other)?;
     let uri = match &ctx.path {

@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::body::{RequestBody, ResponseBody, TeeBody};
 use super::context::Side;
-use super::diff::{diff_bodies, DiffRules, FieldDiff};
+use super::diff::{diff_bodies, DiffKind, DiffRules, FieldDiff};
 use crate::config::file::ShadowConfig;
 use crate::telemetry::metrics::{Metrics, SHADOW_COMPARISONS};
 use crate::upstream::Upstream;
@@ -46,7 +46,22 @@ pub struct Shadow {
     mismatched: std::sync::atomic::AtomicU64,
     /// Both answers of each comparison also feed the route's contract report.
     contract: std::sync::OnceLock<Arc<super::contract::Contract>>,
+    /// `shadow.noise.sample` in basis points (0: no noise learning), and as configured.
+    noise_bp: u32,
+    noise_percent: f64,
+    learning: Arc<Learning>,
 }
+
+/// What a shadowed route learns from its comparisons: the noise fields and the drift window.
+/// Kept across a reload that leaves the route's shadow and its sides unchanged.
+#[derive(Default)]
+pub struct Learning {
+    pub noise: super::noise::Learned,
+    pub drift: super::drift::Drift,
+}
+
+/// A second copy of the request for the serving side (noise learning), and that side.
+pub type Again = (ShadowRequest, Arc<Upstream>);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DiffRecord {
@@ -134,7 +149,43 @@ impl Shadow {
             matched: Default::default(),
             mismatched: Default::default(),
             contract: Default::default(),
+            noise_bp: cfg
+                .noise
+                .as_ref()
+                .map_or(0, |n| super::noise::basis_points(n.sample)),
+            noise_percent: cfg.noise.as_ref().map_or(0.0, |n| n.sample),
+            learning: Arc::new(Learning::default()),
         })
+    }
+
+    /// Noise and drift state carried from the previous config.
+    pub fn with_learning(mut self, learning: Arc<Learning>) -> Self {
+        self.learning = learning;
+        self
+    }
+
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Whether this shadowed request also goes to the serving side a second time, to learn
+    /// noise: the sampled share of `shadow.noise.sample`, safe methods unless writes are allowed.
+    pub fn noise_wanted(&self, method: &Method) -> bool {
+        (self.allow_writes || method.is_safe()) && super::noise::sampled(self.noise_bp)
+    }
+
+    /// `GET /admin/noise`.
+    pub fn noise_report(&self) -> super::noise::Report {
+        self.learning.noise.report(&self.route, self.noise_percent)
+    }
+
+    /// `GET /admin/drift`.
+    pub fn drift_report(&self) -> super::drift::Report {
+        self.learning.drift.report(&self.route)
+    }
+
+    pub fn drift(&self) -> &super::drift::Drift {
+        &self.learning.drift
     }
 
     /// Comparisons feed the rollout's diff-rate guard.
@@ -181,7 +232,9 @@ impl Shadow {
     }
 
     /// Wraps the primary response so its body is copied for the comparison, and starts the
-    /// shadow call in the background. The primary is never delayed by it.
+    /// shadow call in the background. The primary is never delayed by it. `again`, when noise
+    /// learning sampled this request, goes to the serving side in the same task, within the
+    /// same concurrency bound: without a free slot it is dropped (and counted).
     pub fn launch(
         self: &Arc<Self>,
         slot: OwnedSemaphorePermit,
@@ -189,77 +242,39 @@ impl Shadow {
         upstream: Arc<Upstream>,
         primary_side: Side,
         primary: Response<ResponseBody>,
+        again: Option<Again>,
     ) -> Response<ResponseBody> {
         let (parts, body) = primary.into_parts();
         let (body, copy) = TeeBody::wrap(body, usize::try_from(self.max_body).unwrap_or(usize::MAX));
         let status = parts.status;
         let headers = parts.headers.clone();
+        let again = again.and_then(|(req, up)| match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Some((req, up, permit)),
+            Err(_) => {
+                self.learning.noise.dropped();
+                None
+            }
+        });
         let me = self.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            me.compare(req, upstream, primary_side, status, headers, copy)
+            me.compare(req, upstream, primary_side, status, headers, copy, again)
                 .await;
         });
         Response::from_parts(parts, body)
     }
 
-    async fn compare(
+    /// Where two answers differ in the compared headers and the body (not the status).
+    fn field_diffs(
         &self,
-        req: ShadowRequest,
-        upstream: Arc<Upstream>,
-        primary_side: Side,
-        primary_status: StatusCode,
-        primary_headers: HeaderMap,
-        primary_body: oneshot::Receiver<Option<Bytes>>,
-    ) {
-        let (method, path, request_id) = (
-            req.method.to_string(),
-            req.uri.path().to_string(),
-            req.request_id.clone(),
-        );
-        let mut req = req;
-        let span = req.trace.take().map(|l| l.start(&upstream.name, &req.method));
-        if let Some(s) = &span {
-            req.headers.insert(super::context::TRACEPARENT, s.traceparent());
-        }
-        let request_body = self.contract.get().map(|_| req.body.clone());
-        let shadow = tokio::time::timeout(self.timeout, call(&upstream, req, self.max_body)).await;
-        if let Some(s) = span {
-            match &shadow {
-                Err(_) => s.finish(None, Some("timeout"), false),
-                Ok(Err(_)) => s.finish(None, Some("error"), false),
-                Ok(Ok(Some((status, _, _)))) => s.finish(Some(*status), None, false),
-                Ok(Ok(None)) => s.finish(None, Some("dropped"), false),
-            }
-        }
-        let (shadow_status, shadow_headers, shadow_body) = match shadow {
-            Err(_) => return self.count("timeout"),
-            Ok(Err(_)) => return self.count("error"),
-            Ok(Ok(Some(s))) => s,
-            Ok(Ok(None)) => return self.count("dropped"),
-        };
-        // The primary body is being streamed to the client; wait for its copy (bounded).
-        let primary_body = match tokio::time::timeout(Duration::from_secs(60), primary_body).await {
-            Ok(Ok(Some(b))) => b,
-            _ => return self.count("dropped"),
-        };
-        if let (Some(c), Some(rb)) = (self.contract.get(), &request_body) {
-            let answers = [
-                (primary_status, &primary_headers, &primary_body),
-                (shadow_status, &shadow_headers, &shadow_body),
-            ];
-            c.offer_pair(primary_side, rb, answers);
-        }
+        a_headers: &HeaderMap,
+        a_body: &[u8],
+        b_headers: &HeaderMap,
+        b_body: &[u8],
+    ) -> Vec<FieldDiff> {
         let mut diffs = Vec::new();
-        if primary_status != shadow_status {
-            diffs.push(FieldDiff {
-                path: "status".into(),
-                primary: Some(primary_status.as_u16().to_string()),
-                shadow: Some(shadow_status.as_u16().to_string()),
-            });
-        }
         for h in &self.compare_headers {
-            let (a, b) = (primary_headers.get(h), shadow_headers.get(h));
+            let (a, b) = (a_headers.get(h), b_headers.get(h));
             if a != b {
                 let redact = self.rules.redact_values;
                 let secret = self.redact.header(h.as_str());
@@ -274,14 +289,124 @@ impl Shadow {
                     path: format!("header {h}"),
                     primary: show(a),
                     shadow: show(b),
+                    kind: DiffKind::of_presence(a.is_some(), b.is_some()),
                 });
             }
         }
-        let ct = primary_headers
+        let ct = a_headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        diffs.extend(diff_bodies(ct, &primary_body, &shadow_body, &self.rules));
+        diffs.extend(diff_bodies(ct, a_body, b_body, &self.rules));
+        diffs
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn compare(
+        &self,
+        req: ShadowRequest,
+        upstream: Arc<Upstream>,
+        primary_side: Side,
+        primary_status: StatusCode,
+        primary_headers: HeaderMap,
+        primary_body: oneshot::Receiver<Option<Bytes>>,
+        again: Option<(ShadowRequest, Arc<Upstream>, OwnedSemaphorePermit)>,
+    ) {
+        let (method, path, request_id) = (
+            req.method.to_string(),
+            req.uri.path().to_string(),
+            req.request_id.clone(),
+        );
+        let mut req = req;
+        let span = req.trace.take().map(|l| l.start(&upstream.name, &req.method));
+        if let Some(s) = &span {
+            req.headers.insert(super::context::TRACEPARENT, s.traceparent());
+        }
+        let request_body = self.contract.get().map(|_| req.body.clone());
+        // The serving side's second answer, asked for at the same time as the shadow's.
+        let second = async {
+            let (req, up, slot) = again?;
+            let answer = tokio::time::timeout(self.timeout, call(&up, req, self.max_body)).await;
+            drop(slot);
+            Some(answer)
+        };
+        let (shadow, second) = tokio::join!(
+            tokio::time::timeout(self.timeout, call(&upstream, req, self.max_body)),
+            second
+        );
+        let second = match second {
+            None => None,
+            Some(Ok(Ok(Some(answer)))) => Some(answer),
+            Some(_) => {
+                self.learning.noise.failed();
+                None
+            }
+        };
+        if let Some(s) = span {
+            match &shadow {
+                Err(_) => s.finish(None, Some("timeout"), false),
+                Ok(Err(_)) => s.finish(None, Some("error"), false),
+                Ok(Ok(Some((status, _, _)))) => s.finish(Some(*status), None, false),
+                Ok(Ok(None)) => s.finish(None, Some("dropped"), false),
+            }
+        }
+        let shadow = match shadow {
+            Err(_) => Err("timeout"),
+            Ok(Err(_)) => Err("error"),
+            Ok(Ok(Some(s))) => Ok(s),
+            Ok(Ok(None)) => Err("dropped"),
+        };
+        if let (Err(result), None) = (&shadow, &second) {
+            return self.count(result);
+        }
+        // The primary body is being streamed to the client; wait for its copy (bounded).
+        let primary_body = match tokio::time::timeout(Duration::from_secs(60), primary_body).await {
+            Ok(Ok(Some(b))) => b,
+            _ => {
+                if second.is_some() {
+                    self.learning.noise.failed();
+                }
+                return self.count(shadow.err().unwrap_or("dropped"));
+            }
+        };
+        // Noise first, so that this very comparison already leaves out what the pair shows.
+        if let Some((status, headers, body)) = &second {
+            if *status == primary_status {
+                let pair = self.field_diffs(&primary_headers, &primary_body, headers, body);
+                self.learning.noise.learn(&pair);
+            } else {
+                self.learning.noise.status_differed();
+            }
+        }
+        let (shadow_status, shadow_headers, shadow_body) = match shadow {
+            Err(result) => return self.count(result),
+            Ok(s) => s,
+        };
+        if let (Some(c), Some(rb)) = (self.contract.get(), &request_body) {
+            let answers = [
+                (primary_status, &primary_headers, &primary_body),
+                (shadow_status, &shadow_headers, &shadow_body),
+            ];
+            c.offer_pair(primary_side, rb, answers);
+        }
+        let (mut diffs, _) = self.learning.noise.filter(self.field_diffs(
+            &primary_headers,
+            &primary_body,
+            &shadow_headers,
+            &shadow_body,
+        ));
+        if primary_status != shadow_status {
+            diffs.insert(
+                0,
+                FieldDiff {
+                    path: "status".into(),
+                    primary: Some(primary_status.as_u16().to_string()),
+                    shadow: Some(shadow_status.as_u16().to_string()),
+                    kind: DiffKind::ValueDiffers,
+                },
+            );
+        }
+        self.learning.drift.record(&diffs);
         if let Some(r) = &self.rollout {
             r.record_comparison(!diffs.is_empty());
         }

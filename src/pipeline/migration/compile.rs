@@ -10,7 +10,7 @@ use crate::config::file::{MigrationConfig, RolloutConfig, RouteConfig, ShadowCon
 use crate::config::problems::Section;
 use crate::pipeline::key::RequestKey;
 use crate::pipeline::rollout::{Clock, Rollout, SharedStage};
-use crate::pipeline::shadow::Shadow;
+use crate::pipeline::shadow::{Learning, Shadow};
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::compile::find;
 use crate::upstream::Upstream;
@@ -23,6 +23,19 @@ pub struct Env<'a> {
     pub prev: &'a Carry<RolloutKey, Arc<Rollout>>,
     /// What stored shadow diffs redact.
     pub redact: &'a Arc<crate::telemetry::redact::Redactor>,
+    /// Each shadowed route's learned noise and drift window: the running snapshot's, and the
+    /// new one's (filled here, as routes compile).
+    pub learning_prev: &'a Carry<LearningKey, Arc<Learning>>,
+    pub learning_next: &'a std::cell::RefCell<Carry<LearningKey, Arc<Learning>>>,
+}
+
+/// What learned noise and the drift window depend on: the shadow section (its `ignore` rules,
+/// headers and tolerances shape every difference) and the upstreams behind both sides.
+#[derive(Clone, PartialEq)]
+pub struct LearningKey {
+    shadow: ShadowConfig,
+    legacy: String,
+    modern: String,
 }
 
 /// What defines a progressive rollout. A reload that changes anything else about the migration
@@ -63,10 +76,19 @@ pub fn compile(
         None => None,
     };
     check_options(r, m, sticky.as_ref(), sec);
-    let shadow = m
-        .shadow
-        .as_ref()
-        .and_then(|sc| shadow(&r.name, sc, &mut sec.at("shadow"), env.metrics, env.redact));
+    let shadow = m.shadow.as_ref().and_then(|sc| {
+        let made = shadow(&r.name, sc, &mut sec.at("shadow"), env.metrics, env.redact)?;
+        let key = LearningKey {
+            shadow: sc.clone(),
+            legacy: m.legacy.upstream.clone(),
+            modern: m.modern.upstream.clone(),
+        };
+        let learning = env
+            .learning_next
+            .borrow_mut()
+            .carry_or(env.learning_prev, &r.name, &key, || Arc::new(Learning::default()));
+        Some(made.with_learning(learning))
+    });
     if let Some(rc) = &m.rollout {
         check_rollout(rc, &mut sec.at("rollout"));
     }
@@ -151,6 +173,11 @@ fn shadow(
     }
     if !(0.0..=100.0).contains(&sc.percent) {
         sec.error("percent", "must be between 0 and 100");
+    }
+    if let Some(n) = &sc.noise {
+        if !(0.0..=100.0).contains(&n.sample) {
+            sec.error("noise.sample", "must be between 0% and 100%");
+        }
     }
     if sc.max_concurrent == 0 || sc.timeout.is_zero() {
         sec.error(
