@@ -41,7 +41,7 @@ pub fn list(shared: &Shared, query: Option<&str>) -> Response<ResponseBody> {
     let wanted = query.and_then(|q| {
         q.split('&')
             .find_map(|kv| kv.strip_prefix("route="))
-            .map(|v| percent_decode(v))
+            .map(percent_decode)
     });
     let snap = shared.snapshot.load();
     let routes = snap.router.routes();

@@ -111,6 +111,8 @@ return 1
 /// percent, last good, paused, awaiting approval (bp or `NONE`), version.
 type Remote = (u32, u32, bool, u32, u64);
 type Local = (u32, u32, bool, u32);
+/// The hash's fields as HMGET returns them, any of them possibly missing.
+type RawHash = (Option<u32>, Option<u32>, Option<u8>, Option<u32>, Option<u64>);
 
 /// No step awaits approval.
 const NONE: u32 = u32::MAX;
@@ -138,7 +140,7 @@ impl SharedStage {
 
     async fn read(&self) -> Result<Option<Remote>, String> {
         let mut c = self.conn().await?;
-        let v: (Option<u32>, Option<u32>, Option<u8>, Option<u32>, Option<u64>) = redis::cmd("HMGET")
+        let v: RawHash = redis::cmd("HMGET")
             .arg(&self.key)
             .arg("percent")
             .arg("last_good")
@@ -1115,6 +1117,63 @@ mod tests {
         r.tick();
         assert_eq!(r.percent_bp(), 0);
         assert!(r.status().last_event.unwrap().contains("diff rate"));
+    }
+
+    #[test]
+    fn percentiles_cover_the_whole_stage_not_its_first_samples() {
+        let clock = Arc::new(ManualClock::default());
+        let r = Rollout::new("t", cfg(), 10.0, clock, None);
+        // The old sample kept the first 20 000 latencies only: a stage that slows down late
+        // looked healthy for ever.
+        for _ in 0..20_000 {
+            r.record(false, Duration::from_millis(5));
+        }
+        for _ in 0..5_000 {
+            r.record(false, Duration::from_millis(300));
+        }
+        let p99 = r.status().stage_p99_ms;
+        assert!((297.0..=303.0).contains(&p99), "p99 {p99} ms");
+        r.tick();
+        assert!(r.status().paused, "the late slowdown breaks the p99 guard");
+    }
+
+    #[test]
+    fn baseline_checks_wait_for_legacy_traffic_then_compare() {
+        let clock = Arc::new(ManualClock::default());
+        let c = RolloutConfig {
+            max_p99_ratio: Some(2.0),
+            max_p99: Duration::from_secs(10),
+            ..cfg()
+        };
+        let r = Rollout::new("t", c, 10.0, clock.clone(), None);
+        for _ in 0..20 {
+            r.record(false, Duration::from_millis(90));
+        }
+        clock.advance(Duration::from_secs(60));
+        r.tick();
+        assert_eq!(r.percent_bp(), 1000, "no verdict without a baseline");
+        assert!(!r.status().paused);
+        for _ in 0..20 {
+            r.record_legacy(false, Duration::from_millis(30));
+        }
+        r.tick();
+        assert!(r.status().paused, "3x legacy's p99");
+        let h = r.history();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].event, RolloutEventKind::Rollback);
+        assert!(h[0].figures.p99_ratio.is_some_and(|x| x > 2.5), "{:?}", h[0]);
+    }
+
+    #[test]
+    fn the_history_keeps_the_last_decisions_only() {
+        let r = Rollout::new("t", cfg(), 10.0, Arc::new(ManualClock::default()), None);
+        for _ in 0..150 {
+            r.pause();
+            r.resume();
+        }
+        let h = r.history();
+        assert_eq!(h.len(), HISTORY);
+        assert_eq!(h.last().map(|e| e.event), Some(RolloutEventKind::Resume));
     }
 
     #[test]
