@@ -602,3 +602,50 @@ async fn webhook_and_check_settings_are_validated_at_load() {
         assert!(err.contains(want), "{want}\nnot in:\n{err}");
     }
 }
+
+/// With `state_store`, the awaited approval is part of the shared stage: an approval gate reached
+/// by one instance shows on the other, and an approval given to either applies to both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_given_to_one_instance_applies_to_all_sharing_redis() {
+    let redis = Redis::start().await;
+    let (l, m) = (side(knob(1), knob(0)).await, side(knob(1), knob(0)).await);
+    let ro = format!("rollout: {{ {BASELINE}, step: 50, max_p99_ratio: 50, approval_before: [100] }}");
+    let yaml = format!(
+        "{}state_store: {{ redis_url: '{}', key_prefix: 'analysis:' }}\n",
+        config(&l.url(), &m.url(), 50, &ro),
+        redis.url
+    );
+    let (clock_a, clock_b) = (Arc::new(ManualClock::default()), Arc::new(ManualClock::default()));
+    let a = Ficus::start_with_clock(&yaml, clock_a.clone()).await;
+    let b = Ficus::start_with_clock(&yaml, clock_b).await;
+    drive_both(&a, &l, &m, 25).await;
+    clock_a.advance(Duration::from_secs(60));
+    for f in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                rollout(f).await["state"] == "awaiting_approval"
+            })
+            .await,
+            "{}",
+            rollout(f).await
+        );
+    }
+    let ok = admin_post(&b, "/admin/rollouts/orders/approve", Some(TOKEN)).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    for f in [&a, &b] {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                let v = rollout(f).await;
+                v["state"] == "promoted" && v["percent"] == 100.0
+            })
+            .await,
+            "{}",
+            rollout(f).await
+        );
+    }
+    // The decision was A's, the approval B's: each instance's history says which it took.
+    assert!(events(&rollout(&a).await).contains(&"approval_needed".to_string()));
+    assert!(events(&rollout(&b).await).contains(&"approve".to_string()));
+    a.shutdown().await;
+    b.shutdown().await;
+}
