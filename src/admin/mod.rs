@@ -20,6 +20,7 @@ pub mod audit;
 pub mod contract;
 pub mod dlq;
 pub mod host;
+pub mod rollouts;
 
 use crate::error::problem;
 use crate::gateway::reload;
@@ -194,6 +195,28 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
             };
             dlq::act(shared, &id, action, who).await
         }
+        (&Method::GET, "/admin/rollouts") => rollouts::list(shared, req.uri().query()),
+        (&Method::POST, p) if rollouts::parse_action_path(p).is_some() => {
+            let Some((route, action)) = rollouts::parse_action_path(p) else {
+                return problem(StatusCode::NOT_FOUND, "not-found", "no admin endpoint here", None);
+            };
+            let (route, action) = (route.to_string(), action.to_string());
+            let who = match authorize(shared, &req) {
+                Ok(who) => who,
+                Err((who, resp)) => {
+                    return denied(shared, &format!("rollout.{action}"), Some(route), who, resp)
+                }
+            };
+            rollouts::act(shared, &route, &action, req, who).await
+        }
+        (_, p) if rollouts::parse_action_path(p).is_some_and(|(_, a)| rollouts::ACTIONS.contains(&a)) => {
+            problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "this method is not allowed here",
+                None,
+            )
+        }
         (&Method::POST, "/admin/reload") => {
             let who = match authorize(shared, &req) {
                 Ok(who) => who,
@@ -225,7 +248,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
             _,
             "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/upstreams" | "/admin/routes"
             | "/admin/diffs" | "/admin/migration" | "/admin/ui" | "/admin/reload" | "/admin/dlq"
-            | "/admin/contract" | "/admin/noise" | "/admin/drift",
+            | "/admin/contract" | "/admin/noise" | "/admin/drift" | "/admin/rollouts",
         ) => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
@@ -393,12 +416,15 @@ async fn apply_rollout_action(
     };
     entry.action = format!("rollout.{}", action.action);
     let percent_before = ro.status().percent;
-    match (action.action.as_str(), action.percent) {
-        ("pause", _) => ro.act(|r| r.pause()).await,
-        ("resume", _) => ro.act(|r| r.resume()).await,
-        ("set", Some(p)) if (0.0..=100.0).contains(&p) => ro.act(|r| r.set_percent(p)).await,
+    use crate::pipeline::rollout::Action;
+    let order = match (action.action.as_str(), action.percent) {
+        ("pause", _) => Action::Pause,
+        ("resume", _) => Action::Resume,
+        ("set", Some(p)) if (0.0..=100.0).contains(&p) => Action::Set(p),
         _ => return bad(r#"action is "pause", "resume" or "set" (with "percent" from 0 to 100)"#),
-    }
+    };
+    // Pause, resume and set cannot fail; only an approval can find nothing to approve.
+    let _ = ro.act(order).await;
     let status = ro.status();
     entry.detail =
         Some(serde_json::json!({ "percent_before": percent_before, "percent_after": status.percent }));

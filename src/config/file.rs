@@ -647,6 +647,56 @@ pub struct RolloutConfig {
     /// On a broken guard go back to 0% instead of the last good stage.
     #[serde(default)]
     pub rollback_to_zero: bool,
+    /// Baseline check: modern's 5xx rate minus legacy's over the same stage. Unset: not checked.
+    #[serde(default)]
+    pub max_error_rate_increase: Option<f64>,
+    /// Baseline check: modern's p99 divided by legacy's over the same stage. Unset: not checked.
+    #[serde(default)]
+    pub max_p99_ratio: Option<f64>,
+    /// Consecutive failed checks that fail the stage (roll back); each failed check below it
+    /// starts a fresh analysis window.
+    #[serde(default = "default_rollout_failure_threshold")]
+    pub failure_threshold: u32,
+    /// Percent values a step may not reach or pass without `POST /admin/rollouts/NAME/approve`.
+    #[serde(default)]
+    pub approval_before: Vec<f64>,
+    /// Signed JSON POSTs on rollout decisions.
+    #[serde(default)]
+    pub webhooks: Vec<RolloutWebhookConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutWebhookConfig {
+    /// `http://` or `https://` (verified against the webpki roots).
+    pub url: String,
+    /// The environment variable holding the HMAC-SHA256 key (read at config load).
+    pub secret_env: String,
+    /// Which decisions are sent; empty: all of them.
+    #[serde(default)]
+    pub events: Vec<RolloutEventKind>,
+    /// Attempts per delivery (the first one included), with exponential backoff and jitter.
+    #[serde(default = "default_webhook_attempts")]
+    pub max_attempts: u32,
+    /// Per attempt.
+    #[serde(default = "default_webhook_timeout", with = "HumanDuration")]
+    pub timeout: Duration,
+}
+
+/// A rollout decision, as history entries and webhooks name it.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutEventKind {
+    Step,
+    CheckFailed,
+    Rollback,
+    Promote,
+    Pause,
+    Resume,
+    Approve,
+    ApprovalNeeded,
+    /// A stage set by hand (`POST /admin/routes/NAME/rollout`) or adopted from another instance.
+    Set,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -1476,6 +1526,15 @@ fn default_rollout_p99() -> Duration {
 }
 fn default_rollout_diff_rate() -> f64 {
     0.01
+}
+fn default_rollout_failure_threshold() -> u32 {
+    1
+}
+fn default_webhook_attempts() -> u32 {
+    5
+}
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 fn default_shadow_percent() -> f64 {
     100.0

@@ -76,7 +76,12 @@ impl Observation<'_> {
                     Some(m) if !closed => {
                         let failed = status.is_server_error();
                         match ctx.side {
-                            context::Side::Legacy => m.legacy_stats.record(failed, elapsed),
+                            context::Side::Legacy => {
+                                m.legacy_stats.record(failed, elapsed);
+                                if let Some(ro) = &m.rollout {
+                                    ro.record_legacy(failed, elapsed);
+                                }
+                            }
                             context::Side::Modern => {
                                 m.modern_stats.record(failed, elapsed);
                                 if let Some(ro) = &m.rollout {

@@ -45,6 +45,7 @@ pub const MIGRATION_MODERN_PERCENT: &str = "ficus_migration_modern_percent";
 pub const ROLLOUT_STAGE: &str = "ficus_rollout_stage";
 pub const ROLLOUT_LAST_GOOD_PERCENT: &str = "ficus_rollout_last_good_percent";
 pub const ROLLOUT_EVENTS: &str = "ficus_rollout_events_total";
+pub const ROLLOUT_WEBHOOKS: &str = "ficus_rollout_webhooks_total";
 
 /// OpenTelemetry HTTP semantic conventions, under the names the OTel Prometheus exporter gives
 /// `http.server.request.duration` and `http.client.request.duration`.
@@ -344,10 +345,11 @@ pub enum RolloutStage {
     Paused = 1,
     RolledBack = 2,
     Complete = 3,
+    AwaitingApproval = 4,
 }
 
 /// Why a rollout moved (`ficus_rollout_events_total{reason}`).
-pub const ROLLOUT_REASONS: [&str; 7] = [
+pub const ROLLOUT_REASONS: [&str; 13] = [
     "advanced",
     "rollback_error_rate",
     "rollback_p99",
@@ -355,6 +357,12 @@ pub const ROLLOUT_REASONS: [&str; 7] = [
     "paused",
     "resumed",
     "set",
+    "rollback_error_rate_increase",
+    "rollback_p99_ratio",
+    "rollback_admin",
+    "check_failed",
+    "approval_needed",
+    "approved",
 ];
 
 /// A migration route's split and its rollout's stage and events.

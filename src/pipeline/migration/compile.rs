@@ -118,12 +118,14 @@ pub fn compile(
                 }
             }
         };
-        let made = Arc::new(Rollout::new(
+        let notifier = webhooks(rc, &mut sec.at("rollout"))?;
+        let made = Arc::new(Rollout::with_notifier(
             &r.name,
             rc.clone(),
             m.modern_percent,
             env.clock.clone(),
             shared,
+            notifier,
         ));
         next.keep(&r.name, &key, made.clone());
         Some(made)
@@ -197,4 +199,50 @@ fn check_rollout(rc: &RolloutConfig, sec: &mut Section<'_, '_>) {
     if rc.every.is_zero() {
         sec.error("every", "must be greater than zero");
     }
+    if rc.failure_threshold == 0 {
+        sec.error("failure_threshold", "must be at least 1");
+    }
+    if rc
+        .max_error_rate_increase
+        .is_some_and(|v| !(0.0..=1.0).contains(&v))
+    {
+        sec.error(
+            "max_error_rate_increase",
+            "must be between 0 and 1 (a share of requests)",
+        );
+    }
+    if rc.max_p99_ratio.is_some_and(|v| !(v.is_finite() && v >= 1.0)) {
+        sec.error("max_p99_ratio", "must be at least 1 (modern's p99 over legacy's)");
+    }
+    for (i, p) in rc.approval_before.iter().enumerate() {
+        if !(*p > 0.0 && *p <= 100.0) {
+            sec.error(
+                &format!("approval_before[{i}]"),
+                "must be a percent above 0 and at most 100",
+            );
+        }
+    }
+}
+
+/// The rollout's webhooks, each checked (URL, secret present); `None` when one is refused.
+fn webhooks(
+    rc: &RolloutConfig,
+    sec: &mut Section<'_, '_>,
+) -> Option<Option<Arc<crate::pipeline::rollout::webhook::Notifier>>> {
+    use crate::pipeline::rollout::webhook::{Notifier, Webhook};
+    if rc.webhooks.is_empty() {
+        return Some(None);
+    }
+    let mut hooks = Vec::new();
+    let mut ok = true;
+    for (i, w) in rc.webhooks.iter().enumerate() {
+        match Webhook::new(w) {
+            Ok(h) => hooks.push(h),
+            Err(e) => {
+                sec.error(&format!("webhooks[{i}]"), e.to_string());
+                ok = false;
+            }
+        }
+    }
+    ok.then(|| Some(Arc::new(Notifier::new(hooks))))
 }
