@@ -7,6 +7,7 @@ pub mod body;
 pub mod context;
 pub mod diff;
 pub mod forward;
+pub mod history;
 pub mod idempotency;
 pub mod key;
 pub mod migration;
@@ -67,6 +68,9 @@ impl Observation<'_> {
         match &ctx.route {
             Some(r) => {
                 r.metrics_for(ctx.side).record(&self.method, status, elapsed);
+                if !closed {
+                    r.history.record(ctx.side, status.is_server_error(), elapsed);
+                }
                 match &r.migration {
                     // A client that hung up says nothing about either side's health or speed.
                     Some(m) if !closed => {

@@ -188,6 +188,8 @@ pub struct Route {
     pub modern_transform: Option<Arc<crate::translate::Transform>>,
     /// Request bodies are checked against this schema (stage 6).
     pub validate: Option<crate::translate::validate::SchemaCheck>,
+    /// The last hour in 10-second steps, for `GET /admin/history` (kept across reloads).
+    pub history: Arc<super::history::RouteHistory>,
 }
 
 impl Route {

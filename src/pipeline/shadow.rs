@@ -44,6 +44,7 @@ pub struct Shadow {
     rollout: Option<Arc<super::rollout::Rollout>>,
     matched: std::sync::atomic::AtomicU64,
     mismatched: std::sync::atomic::AtomicU64,
+    history: Option<Arc<super::history::RouteHistory>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -131,12 +132,19 @@ impl Shadow {
             rollout: None,
             matched: Default::default(),
             mismatched: Default::default(),
+            history: None,
         })
     }
 
     /// Comparisons feed the rollout's diff-rate guard.
     pub fn with_rollout(mut self, rollout: Option<Arc<super::rollout::Rollout>>) -> Self {
         self.rollout = rollout;
+        self
+    }
+
+    /// Comparisons are also counted in the route's 10-second history.
+    pub fn with_history(mut self, history: Arc<super::history::RouteHistory>) -> Self {
+        self.history = Some(history);
         self
     }
 
@@ -269,6 +277,9 @@ impl Shadow {
         diffs.extend(diff_bodies(ct, &primary_body, &shadow_body, &self.rules));
         if let Some(r) = &self.rollout {
             r.record_comparison(!diffs.is_empty());
+        }
+        if let Some(h) = &self.history {
+            h.record_comparison(!diffs.is_empty());
         }
         if diffs.is_empty() {
             self.matched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
