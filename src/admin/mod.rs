@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub mod audit;
+pub mod history;
 pub mod host;
 
 use crate::error::problem;
@@ -145,6 +146,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
             )
         }
         (&Method::GET, "/admin/migration") => json(StatusCode::OK, &migration(shared)),
+        (&Method::GET, "/admin/history") => history::history(shared, req.uri().query()),
         (&Method::GET, "/admin/ui") => {
             let mut r = text(StatusCode::OK, "text/html; charset=utf-8", UI.to_string());
             // Everything is inline and same-origin: nothing else may load.
@@ -194,7 +196,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
         (
             _,
             "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/upstreams" | "/admin/routes"
-            | "/admin/diffs" | "/admin/migration" | "/admin/ui" | "/admin/reload",
+            | "/admin/diffs" | "/admin/migration" | "/admin/ui" | "/admin/reload" | "/admin/history",
         ) => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
