@@ -19,6 +19,7 @@ use tokio::sync::watch;
 pub mod audit;
 pub mod contract;
 pub mod dlq;
+pub mod history;
 pub mod host;
 pub mod rollouts;
 
@@ -164,6 +165,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
         }
         (&Method::GET, "/admin/migration") => json(StatusCode::OK, &migration(shared)),
         (&Method::GET, "/admin/contract") => contract::report(shared, req.uri().query()),
+        (&Method::GET, "/admin/history") => history::history(shared, req.uri().query()),
         (&Method::GET, "/admin/ui") => {
             let mut r = text(StatusCode::OK, "text/html; charset=utf-8", UI.to_string());
             // Everything is inline and same-origin: nothing else may load.
@@ -248,7 +250,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
             _,
             "/metrics" | "/healthz" | "/readyz" | "/admin/config" | "/admin/upstreams" | "/admin/routes"
             | "/admin/diffs" | "/admin/migration" | "/admin/ui" | "/admin/reload" | "/admin/dlq"
-            | "/admin/contract" | "/admin/noise" | "/admin/drift" | "/admin/rollouts",
+            | "/admin/contract" | "/admin/noise" | "/admin/drift" | "/admin/rollouts" | "/admin/history",
         ) => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",

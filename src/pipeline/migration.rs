@@ -168,7 +168,12 @@ impl Migration {
             // Per route, so that the same user is not in the first 10% of every route at once.
             salt: route.to_string(),
             fallbacks,
-            shadow: shadow.map(|s| Arc::new(s.with_rollout(rollout.clone()))),
+            shadow: shadow.map(|s| {
+                Arc::new(
+                    s.with_rollout(rollout.clone())
+                        .with_history(metrics.route_history(route)),
+                )
+            }),
             rollout,
             override_header: cfg.override_header.as_ref().and_then(|o| {
                 Some(Override {

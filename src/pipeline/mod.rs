@@ -9,6 +9,7 @@ pub mod contract;
 pub mod diff;
 pub mod drift;
 pub mod forward;
+pub mod history;
 pub mod idempotency;
 pub mod key;
 pub mod migration;
@@ -71,6 +72,9 @@ impl Observation<'_> {
         match &ctx.route {
             Some(r) => {
                 r.metrics_for(ctx.side).record(&self.method, status, elapsed);
+                if !closed {
+                    r.history.record(ctx.side, status.is_server_error(), elapsed);
+                }
                 match &r.migration {
                     // A client that hung up says nothing about either side's health or speed.
                     Some(m) if !closed => {

@@ -193,6 +193,8 @@ pub struct Route {
     /// What each side answers with, learned (`GET /admin/contract`); only with a shadow or
     /// `contract` sampling.
     pub contract: Option<Arc<super::contract::Contract>>,
+    /// The last hour in 10-second steps, for `GET /admin/history` (kept across reloads).
+    pub history: Arc<super::history::RouteHistory>,
 }
 
 impl Route {

@@ -50,6 +50,7 @@ pub struct Shadow {
     noise_bp: u32,
     noise_percent: f64,
     learning: Arc<Learning>,
+    history: Option<Arc<super::history::RouteHistory>>,
 }
 
 /// What a shadowed route learns from its comparisons: the noise fields and the drift window.
@@ -155,6 +156,7 @@ impl Shadow {
                 .map_or(0, |n| super::noise::basis_points(n.sample)),
             noise_percent: cfg.noise.as_ref().map_or(0.0, |n| n.sample),
             learning: Arc::new(Learning::default()),
+            history: None,
         })
     }
 
@@ -196,6 +198,12 @@ impl Shadow {
 
     pub fn set_contract(&self, c: Arc<super::contract::Contract>) {
         let _ = self.contract.set(c);
+    }
+
+    /// Comparisons are also counted in the route's 10-second history.
+    pub fn with_history(mut self, history: Arc<super::history::RouteHistory>) -> Self {
+        self.history = Some(history);
+        self
     }
 
     /// Whether this request gets a shadow copy: the sampled share, safe methods only unless
@@ -409,6 +417,9 @@ impl Shadow {
         self.learning.drift.record(&diffs);
         if let Some(r) = &self.rollout {
             r.record_comparison(!diffs.is_empty());
+        }
+        if let Some(h) = &self.history {
+            h.record_comparison(!diffs.is_empty());
         }
         if diffs.is_empty() {
             self.matched.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

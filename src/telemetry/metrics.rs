@@ -73,6 +73,8 @@ struct Inner {
     handle: PrometheusHandle,
     /// Registered up front so the series reads 0, not absent, until something panics.
     panics: Counter,
+    /// Per route name, like the series above: a reload keeps the hour already recorded.
+    history: crate::pipeline::history::Registry,
 }
 
 impl Default for Metrics {
@@ -101,6 +103,7 @@ impl Metrics {
                 recorder,
                 handle,
                 panics,
+                history: Default::default(),
             }),
         }
     }
@@ -124,6 +127,11 @@ impl Metrics {
         self.inner
             .recorder
             .register_histogram(&key(name, labels), &METADATA)
+    }
+
+    /// The route's 10-second history (`GET /admin/history`), shared by every snapshot.
+    pub fn route_history(&self, route: &str) -> Arc<crate::pipeline::history::RouteHistory> {
+        self.inner.history.route(route)
     }
 
     pub fn render(&self) -> String {

@@ -138,6 +138,7 @@ impl Route {
             ),
             migration,
             idempotency,
+            history: env.migration.metrics.route_history(&r.name),
             name: Arc::from(r.name.as_str()),
             hosts,
             path,
