@@ -285,6 +285,125 @@ async fn writes_queued_while_legacy_is_down_are_applied_once_in_order_per_key_wh
     f.shutdown().await;
 }
 
+/// A legacy SOAP service on a fixed port: keeps what it received (path, SOAPAction, body) and
+/// answers a CreateOrderResponse envelope, or a `Client.NotFound` Fault (HTTP 500, as SOAP 1.1
+/// does) for an order of an unknown account.
+async fn soap_backend(
+    port: u16,
+    seen: Arc<Mutex<Vec<(String, String, String)>>>,
+) -> tokio::task::JoinHandle<()> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let action = req
+                            .headers()
+                            .get("soapaction")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let body = String::from_utf8_lossy(&body).into_owned();
+                        seen.lock().push((path, action, body.clone()));
+                        let env = |inner: &str| {
+                            format!(
+                                "<?xml version=\"1.0\"?><soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body>{inner}</soap:Body></soap:Envelope>"
+                            )
+                        };
+                        let (status, xml) = if body.contains("<account>nobody</account>") {
+                            (
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                env("<soap:Fault><faultcode>soap:Client.NotFound</faultcode><faultstring>no such account</faultstring></soap:Fault>"),
+                            )
+                        } else {
+                            (
+                                StatusCode::OK,
+                                env("<CreateOrderResponse xmlns=\"urn:orders\"><OrderId>77</OrderId></CreateOrderResponse>"),
+                            )
+                        };
+                        let mut r = Response::new(full(xml));
+                        *r.status_mut() = status;
+                        r.headers_mut()
+                            .insert("content-type", "text/xml; charset=utf-8".parse().unwrap());
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_soap_route_is_queued_translated_and_its_answer_translated_back() {
+    let redis = Redis::start().await;
+    let port = free_port();
+    let yaml = config(port, &redis.url, "    transform: soap\n", "")
+        + "transforms:\n  soap:\n    request:\n      path: /OrderService.asmx\n      ops:\n\
+           \x20       - soap_wrap: { version: '1.1', action: 'urn:orders#CreateOrder', body_element: CreateOrder, namespace: 'urn:orders' }\n\
+           \x20   response:\n      content_types: [text/xml]\n      ops:\n\
+           \x20       - soap_unwrap: { fault_status: { Client.NotFound: 404 } }\n";
+    let f = Ficus::start(&yaml).await;
+    let c = client();
+    let mut locations = Vec::new();
+    for (key, account) in [("soap-1", "acct-1"), ("soap-2", "nobody")] {
+        let body = format!("{{\"account\":\"{account}\",\"seq\":1}}");
+        let a = send(&c, write(f.url("/orders"), Some(key), account, body)).await;
+        a.assert_problem(202, "write-queued");
+        locations.push(a.headers["location"].to_str().unwrap().to_string());
+    }
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let up = soap_backend(port, seen.clone()).await;
+    let finished = eventually(Duration::from_secs(30), || async {
+        let mut all = true;
+        for l in &locations {
+            all &= get(&f.url(l)).await.json()["state"] == "done";
+        }
+        all
+    })
+    .await;
+    assert!(finished, "{}", get(&f.url(&locations[1])).await.text());
+
+    // The legacy service got the envelope, exactly once per write.
+    let got = seen.lock().clone();
+    assert_eq!(got.len(), 2, "{got:?}");
+    for (path, action, body) in &got {
+        assert_eq!(path, "/OrderService.asmx");
+        assert_eq!(action, "\"urn:orders#CreateOrder\"");
+        assert!(body.contains("<CreateOrder xmlns=\"urn:orders\">"), "{body}");
+    }
+    assert!(got[0].2.contains("<account>acct-1</account>"), "{}", got[0].2);
+
+    // Each status shows the answer as the client would have got it: JSON, and the Fault as
+    // the 404 its fault_status says (a 4xx: done, not retried into the dead-letter queue).
+    let ok = get(&f.url(&locations[0])).await.json();
+    assert_eq!(ok["result"]["status"], 200, "{ok}");
+    let body: serde_json::Value = serde_json::from_str(ok["result"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["OrderId"], "77", "{ok}");
+    let fault = get(&f.url(&locations[1])).await.json();
+    assert_eq!(fault["result"]["status"], 404, "{fault}");
+    assert!(
+        fault["result"]["content_type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("application/problem+json")),
+        "{fault}"
+    );
+    assert_eq!(fault["attempts"], 0, "{fault}");
+    up.abort();
+    f.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_write_with_the_same_key_is_queued_once() {
     let redis = Redis::start().await;

@@ -481,6 +481,16 @@ impl Rollout {
         let Some(shared) = &self.shared else { return };
         match shared.read().await {
             Ok(Some((p, l, z, a, ver))) if ver != self.version.load(Ordering::Relaxed) => {
+                // Instances that start together race to publish the same configured stage;
+                // the loser's window of traffic is as good as the winner's, so it is kept.
+                let same = self.percent_bp.load(Ordering::Relaxed) == p
+                    && self.last_good_bp.load(Ordering::Relaxed) == l
+                    && self.paused.load(Ordering::Relaxed) == z
+                    && self.awaiting_bp.load(Ordering::Relaxed) == a;
+                self.version.store(ver, Ordering::Relaxed);
+                if same {
+                    return;
+                }
                 let from = self.percent_bp.swap(p, Ordering::Relaxed);
                 self.last_good_bp.store(l, Ordering::Relaxed);
                 self.paused.store(z, Ordering::Relaxed);

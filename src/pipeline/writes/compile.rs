@@ -53,16 +53,6 @@ pub fn route(
     if cfg.max_body.0 == 0 {
         sec.error("max_body", "must be greater than zero");
     }
-    if r.transform.is_some()
-        || r.migration
-            .as_ref()
-            .is_some_and(|m| m.legacy.transform.is_some() || m.modern.transform.is_some())
-    {
-        sec.error(
-            "",
-            "a route with a `transform` cannot buffer writes yet: a replay sends the request as it was queued, untranslated",
-        );
-    }
     if r.identity
         .as_ref()
         .and_then(|i| i.upstream_auth.as_ref())

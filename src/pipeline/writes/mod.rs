@@ -9,7 +9,9 @@
 //! Redis round trip. Only when the call fails before reaching the upstream (a connect error, or
 //! the breaker is open) is the request queued, as the upstream would have got it: method, the
 //! normalised path and query, the headers after ficus's own processing (trust boundary, identity,
-//! `X-Forwarded-*`, request id), and the body. The client gets 202 with `Location:
+//! `X-Forwarded-*`, request id), and the body; on a side with a `transform`, translated, so the
+//! replay needs nothing but the upstream (its answer is translated back before it is recorded,
+//! so that a Fault mapped to a 4xx makes the write done). The client gets 202 with `Location:
 //! {status_prefix}/{id}`. If Redis cannot take the write, the client gets 503: nothing is
 //! promised that cannot be kept. A second request with the same principal and Idempotency-Key
 //! while the first is queued gets the first one's 202 (one `SET NX`), so a retrying client does
@@ -287,8 +289,22 @@ fn stored_request(
     conn: &ConnInfo,
     ctx: &RequestCtx,
 ) -> Result<Stored, ProxyError> {
+    let mut path = super::forward::path_and_query(&parts.uri, ctx.path.as_deref())?;
+    // Queued as the upstream would have got it: after the side's translation (a JSON write
+    // to a SOAP service is queued as its envelope), so the replay needs no route context.
+    let transform = route.transform_for(ctx.side);
+    let body = match transform {
+        None => body,
+        Some(t) => {
+            parts.uri = http::Uri::from(path);
+            let caps = route.path.captures(parts.uri.path());
+            let out = crate::translate::driver::request_now(t, &mut parts, &caps, body)
+                .map_err(ProxyError::request_translation)?;
+            path = super::forward::path_and_query(&parts.uri, None)?;
+            out
+        }
+    };
     super::forward::upstream_headers(&mut parts.headers, parts.version, conn, ctx, ctx.side)?;
-    let path = super::forward::path_and_query(&parts.uri, ctx.path.as_deref())?;
     let partition = match &w.partition_key {
         None => 0,
         Some(k) => {
@@ -327,6 +343,7 @@ fn stored_request(
         principal: principal(ctx),
         queued_at: store::now_ms(),
         partition,
+        translated: transform.is_some(),
     })
 }
 

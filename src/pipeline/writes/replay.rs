@@ -393,15 +393,19 @@ impl WriteQueue {
         self.store.put_status(&stored.id, &status, ttl).await?;
         w.metrics.replayed.increment(1);
         let result = crate::pipeline::forward::send_stored(&upstream, parts, body, pq).await;
+        let transform = route.transform_for(side).filter(|_| stored.translated);
+        let result = match result {
+            Ok(resp) => Ok(answer(resp, transform.map(|t| &**t), &route.name, &stored.id).await),
+            Err(e) => Err(e),
+        };
         let failure = match result {
-            Ok(resp) if !resp.status().is_server_error() => {
-                let code = resp.status().as_u16();
-                let content_type = resp
-                    .headers()
+            Ok((parts, body, truncated)) if !parts.status.is_server_error() => {
+                let code = parts.status.as_u16();
+                let content_type = parts
+                    .headers
                     .get(http::header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                let (body, truncated) = read_answer(resp.into_body()).await;
                 status.state = State::Done;
                 status.result = Some(FinalAnswer {
                     status: code,
@@ -418,9 +422,9 @@ impl WriteQueue {
                 tracing::debug!(route = %route.name, id = stored.id, status = code, "write replayed");
                 return Ok(Step::Busy);
             }
-            Ok(resp) => Some((
-                format!("the upstream answered {}", resp.status()),
-                Some(resp.status().as_u16()),
+            Ok((parts, _, _)) => Some((
+                format!("the upstream answered {}", parts.status),
+                Some(parts.status.as_u16()),
             )),
             Err(
                 e @ (ProxyError::UpstreamUnreachable { .. }
@@ -521,6 +525,32 @@ pub fn request_of(s: &Stored) -> Option<(http::request::Parts, Bytes, http::uri:
         req.headers_mut().append(name, value);
     }
     Some((req.into_parts().0, body, pq))
+}
+
+/// The upstream's answer as the client would have got it: translated back by the side's
+/// transform when the request was queued translated (a SOAP Fault answered 500 can become the
+/// 404 its `fault_status` says, which makes the write done), as received otherwise or when it
+/// was too large to keep whole.
+async fn answer(
+    resp: http::Response<hyper::body::Incoming>,
+    transform: Option<&crate::translate::Transform>,
+    route: &str,
+    id: &str,
+) -> (http::response::Parts, Vec<u8>, bool) {
+    let (mut parts, body) = resp.into_parts();
+    let (body, truncated) = read_answer(body).await;
+    let Some(t) = transform.filter(|_| !truncated) else {
+        return (parts, body, truncated);
+    };
+    let (status, headers) = (parts.status, parts.headers.clone());
+    match crate::translate::driver::response_now(t, &mut parts, Bytes::from(body.clone())) {
+        Ok(b) => (parts, b.to_vec(), false),
+        Err(e) => {
+            tracing::warn!(route, id, error = %e, "write replay: the answer could not be translated; kept as received");
+            (parts.status, parts.headers) = (status, headers);
+            (parts, body, false)
+        }
+    }
 }
 
 /// The answer's body, its first [`MAX_KEPT_ANSWER`] bytes, within ten seconds.

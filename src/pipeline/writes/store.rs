@@ -190,6 +190,10 @@ pub struct Stored {
     /// Unix milliseconds.
     pub queued_at: u64,
     pub partition: u32,
+    /// The request was translated by the side's `transform` before it was queued, so the
+    /// answer is translated back at replay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub translated: bool,
 }
 
 /// A header value as text when it is visible ASCII, else as base64 (`b`): nothing is lost.
