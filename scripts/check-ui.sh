@@ -2,7 +2,9 @@
 # The migration page (/admin/ui) in headless Chromium: starts `ficus demo` on free ports, sends
 # ~15 s of traffic so several 10 s history steps exist, renders the page, takes a screenshot
 # (a temp file, never committed) and asserts on the DOM that the overview bar and the per-route
-# plots carry data points and that no script error happened. Exits non-zero otherwise.
+# plots carry data points, that the drift and learned-noise tables list fields (the demo's
+# legacy backend stamps a volatile `generated_at`) and that no script error happened. Exits
+# non-zero otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
@@ -64,10 +66,15 @@ counts = {s: count(s) for s in ["requests-legacy", "requests-modern", "p99-legac
 for s, n in counts.items():
     if n == 0:
         problems.append(f"no data point in series {s}")
+tables = {k: re.findall(r'<tr[^>]*data-table="%s"[^>]*data-field="([^"]*)"' % k, dom) for k in ["drift", "noise"]}
+if not tables["drift"]:
+    problems.append("the drift table lists no field")
+if "generated_at" not in tables["noise"]:
+    problems.append("generated_at was not shown as learned noise: %s" % tables["noise"])
 shot = sys.argv[2]
 if not (os.path.exists(shot) and os.path.getsize(shot) > 0):
     problems.append("no screenshot")
-print(f"check-ui: overview segments {overview}, points {counts}, screenshot {shot}")
+print(f"check-ui: overview segments {overview}, points {counts}, tables {tables}, screenshot {shot}")
 if problems:
     print("check-ui: FAILED: " + "; ".join(problems), file=sys.stderr)
     sys.exit(1)
