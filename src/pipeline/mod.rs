@@ -393,6 +393,7 @@ async fn dispatch(
         },
     };
 
+    let chosen = ctx.side;
     let again = clone_parts(&parts);
     let mut result = translate::forward(
         Request::from_parts(parts, InBody::Buffered(bytes.clone())),
@@ -427,12 +428,15 @@ async fn dispatch(
             s.count("error");
             Err(e)
         }
+        // After a fallback, legacy served and the copy was made for legacy: its headers and
+        // dialect are legacy's, and the other side just failed. Nothing to compare.
+        (Some((s, _, _, _)), Ok(resp)) if ctx.side != chosen => {
+            s.count("dropped");
+            Ok(resp)
+        }
         (Some((s, slot, copy, again)), Ok(resp)) => {
             let other = route.upstream_for(ctx.side.other()).clone();
-            // After a fallback the side that served is not the one the copy was made for.
-            let again = again
-                .filter(|(side, _)| *side == ctx.side)
-                .map(|(side, req)| (req, route.upstream_for(side).clone()));
+            let again = again.map(|(side, req)| (req, route.upstream_for(side).clone()));
             Ok(s.launch(slot, copy, other, ctx.side, resp, again))
         }
     }
