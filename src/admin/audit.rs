@@ -104,6 +104,20 @@ impl Entry {
     }
 }
 
+/// Records an action's answer: a failure is the entry's outcome, with the status as its reason
+/// unless the action gave one.
+pub fn record_answer(
+    shared: &Shared,
+    mut entry: Entry,
+    resp: &hyper::Response<crate::pipeline::body::ResponseBody>,
+) {
+    if !resp.status().is_success() {
+        entry.outcome = Outcome::Error;
+        entry.reason.get_or_insert_with(|| resp.status().to_string());
+    }
+    record(shared, &entry);
+}
+
 /// Writes one line where the running config says. Admin actions are rare, so the file is
 /// opened per line: a rotated file is picked up without a signal.
 pub fn record(shared: &Shared, entry: &Entry) {

@@ -373,11 +373,7 @@ async fn rollout_action(
     let mut entry = audit::Entry::new("rollout", "admin api", who, version);
     entry.target = Some(name.to_string());
     let resp = apply_rollout_action(shared, name, req, &mut entry).await;
-    if !resp.status().is_success() {
-        entry.outcome = audit::Outcome::Error;
-        entry.reason.get_or_insert_with(|| resp.status().to_string());
-    }
-    audit::record(shared, &entry);
+    audit::record_answer(shared, entry, &resp);
     resp
 }
 

@@ -86,11 +86,7 @@ pub async fn act(
     let mut entry = audit::Entry::new(format!("rollout.{action}"), "admin api", who, version);
     entry.target = Some(route.to_string());
     let resp = apply(shared, route, action, &mut entry).await;
-    if !resp.status().is_success() {
-        entry.outcome = audit::Outcome::Error;
-        entry.reason.get_or_insert_with(|| resp.status().to_string());
-    }
-    audit::record(shared, &entry);
+    audit::record_answer(shared, entry, &resp);
     resp
 }
 
