@@ -9,11 +9,7 @@ use crate::gateway::shared::Shared;
 use crate::pipeline::body::ResponseBody;
 
 pub fn report(shared: &Shared, query: Option<&str>) -> http::Response<ResponseBody> {
-    let wanted = query.and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "route")
-            .map(|(_, v)| v.into_owned())
-    });
+    let wanted = super::query_param(query, "route");
     let snap = shared.snapshot.load();
     let routes = snap.router.routes();
     let Some(name) = wanted else {

@@ -11,9 +11,7 @@ use crate::pipeline::history::{SLOTS, STEP_SECS};
 use crate::pipeline::route::Route;
 
 pub fn history(shared: &Shared, query: Option<&str>) -> http::Response<ResponseBody> {
-    let wanted = form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .find(|(k, _)| k == "route")
-        .map(|(_, v)| v.into_owned());
+    let wanted = super::query_param(query, "route");
     let snap = shared.snapshot.load();
     let routes = snap.router.routes();
     match wanted {

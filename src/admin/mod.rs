@@ -126,11 +126,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
         }
         (&Method::GET, "/admin/upstreams") => json(StatusCode::OK, &upstreams(shared)),
         (&Method::GET, "/admin/diffs") => {
-            let wanted = req
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("route=")))
-                .map(str::to_string);
+            let wanted = query_param(req.uri().query(), "route");
             let snap = shared.snapshot.load();
             let diffs: Vec<_> = snap
                 .router
@@ -177,8 +173,8 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
             );
             r
         }
-        (&Method::POST, p) if p.starts_with("/admin/routes/") && p.ends_with("/rollout") => {
-            let name = p["/admin/routes/".len()..p.len() - "/rollout".len()].to_string();
+        (&Method::POST, p) if legacy_rollout_path(p).is_some() => {
+            let name = path_segment(legacy_rollout_path(p).unwrap_or_default());
             let who = match authorize(shared, &req) {
                 Ok(who) => who,
                 Err((who, resp)) => return denied(shared, "rollout", Some(name), who, resp),
@@ -202,7 +198,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
             let Some((route, action)) = rollouts::parse_action_path(p) else {
                 return problem(StatusCode::NOT_FOUND, "not-found", "no admin endpoint here", None);
             };
-            let (route, action) = (route.to_string(), action.to_string());
+            let (route, action) = (path_segment(route), action.to_string());
             let who = match authorize(shared, &req) {
                 Ok(who) => who,
                 Err((who, resp)) => {
@@ -273,6 +269,25 @@ fn dlq_action(path: &str) -> Option<(&str, &'static str)> {
     (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())).then_some((id, action))
 }
 
+/// `/admin/routes/{name}/rollout`: the name (not empty; `/admin/routes/rollout` has none).
+fn legacy_rollout_path(p: &str) -> Option<&str> {
+    let name = p.strip_prefix("/admin/routes/")?.strip_suffix("/rollout")?;
+    (!name.is_empty()).then_some(name)
+}
+
+/// A query parameter, percent-decoded (`?route=a%20b` names `a b`, as the page encodes it).
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A percent-encoded path segment, decoded (`+` stays `+`: it means a space only in queries).
+pub fn path_segment(segment: &str) -> String {
+    let q = format!("s={}", segment.replace('+', "%2B"));
+    query_param(Some(&q), "s").unwrap_or_default()
+}
+
 /// `?route=NAME`: that shadowed route's `report`, or 404; without it, every shadowed route's,
 /// as `{"routes": [...]}`.
 fn per_shadow(
@@ -280,16 +295,13 @@ fn per_shadow(
     req: &Request<Incoming>,
     report: impl Fn(&crate::pipeline::shadow::Shadow) -> serde_json::Result<serde_json::Value>,
 ) -> Response<ResponseBody> {
-    let wanted = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("route=")));
+    let wanted = query_param(req.uri().query(), "route");
     let snap = shared.snapshot.load();
     let shadows = snap
         .router
         .routes()
         .iter()
-        .filter(|r| wanted.is_none_or(|w| w == &*r.name))
+        .filter(|r| wanted.as_deref().is_none_or(|w| w == &*r.name))
         .filter_map(|r| r.migration.as_ref()?.shadow.as_ref());
     let mut reports: Vec<serde_json::Value> = shadows.filter_map(|s| report(s).ok()).collect();
     match wanted {
@@ -519,5 +531,26 @@ mod tests {
         assert!(token_matches("s3cret", "s3cret"));
         assert!(!token_matches("s3cre", "s3cret"));
         assert!(!token_matches("", "s3cret"));
+    }
+
+    #[test]
+    fn route_names_are_percent_decoded_in_queries_and_paths() {
+        assert_eq!(
+            query_param(Some("route=a%20b&x=1"), "route").as_deref(),
+            Some("a b")
+        );
+        assert_eq!(
+            query_param(Some("x=1&route=caf%C3%A9"), "route").as_deref(),
+            Some("café")
+        );
+        assert_eq!(query_param(Some("x=1"), "route"), None);
+        assert_eq!(query_param(None, "route"), None);
+        assert_eq!(path_segment("a%2Fb+c"), "a/b+c");
+        assert_eq!(
+            legacy_rollout_path("/admin/routes/orders/rollout"),
+            Some("orders")
+        );
+        assert_eq!(legacy_rollout_path("/admin/routes/rollout"), None);
+        assert_eq!(legacy_rollout_path("/admin/routes//rollout"), None);
     }
 }

@@ -38,11 +38,7 @@ fn describe(r: &Route) -> Option<serde_json::Value> {
 }
 
 pub fn list(shared: &Shared, query: Option<&str>) -> Response<ResponseBody> {
-    let wanted = query.and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("route="))
-            .map(percent_decode)
-    });
+    let wanted = super::query_param(query, "route");
     let snap = shared.snapshot.load();
     let routes = snap.router.routes();
     match wanted {
@@ -55,13 +51,6 @@ pub fn list(shared: &Shared, query: Option<&str>) -> Response<ResponseBody> {
             json(StatusCode::OK, &serde_json::json!({ "routes": all }))
         }
     }
-}
-
-fn percent_decode(v: &str) -> String {
-    form_urlencoded::parse(format!("r={v}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }
 
 fn not_found() -> Response<ResponseBody> {

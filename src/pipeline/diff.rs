@@ -195,8 +195,9 @@ pub fn diff_bodies(content_type: &str, primary: &[u8], shadow: &[u8], rules: &Di
         if ct.contains("json") {
             let v: serde_json::Value = serde_json::from_slice(b).ok()?;
             let mut out = BTreeMap::new();
-            flatten_json("$", &mut Vec::new(), &v, rules, &mut out);
-            Some(out)
+            let mut budget = Budget::default();
+            flatten_json("$", &mut Vec::new(), &v, rules, &mut out, &mut budget);
+            (!budget.exceeded()).then_some(out)
         } else if ct.contains("xml") {
             flatten_xml(b, rules)
         } else {
@@ -234,14 +235,45 @@ fn preview(b: &[u8]) -> String {
     }
 }
 
+/// Every leaf's path repeats its parents' keys, so a body of long keys over many leaves (a
+/// 500 KB key above a 250,000-item array) would flatten to hundreds of GB. Past these bounds a
+/// body is compared as bytes instead.
+const MAX_FLAT_PATH_BYTES: usize = 8 << 20;
+const MAX_FLAT_LEAVES: usize = 100_000;
+
+#[derive(Default)]
+struct Budget {
+    path_bytes: usize,
+    leaves: usize,
+}
+
+impl Budget {
+    /// Accounts for a path about to be made; `false` once over a bound.
+    fn take(&mut self, path_len: usize, leaf: bool) -> bool {
+        self.path_bytes = self.path_bytes.saturating_add(path_len);
+        self.leaves += usize::from(leaf);
+        !self.exceeded()
+    }
+
+    fn exceeded(&self) -> bool {
+        self.path_bytes > MAX_FLAT_PATH_BYTES || self.leaves > MAX_FLAT_LEAVES
+    }
+}
+
 fn flatten_json<'v>(
     path: &str,
     at: &mut Vec<Step<'v>>,
     v: &'v serde_json::Value,
     rules: &DiffRules,
     out: &mut BTreeMap<String, Leaf>,
+    budget: &mut Budget,
 ) {
-    if ignored(at, rules) {
+    if budget.exceeded() || ignored(at, rules) {
+        return;
+    }
+    let is_leaf = !matches!(v, serde_json::Value::Object(m) if !m.is_empty())
+        && !matches!(v, serde_json::Value::Array(a) if !a.is_empty());
+    if is_leaf && !budget.take(path.len(), true) {
         return;
     }
     match v {
@@ -250,8 +282,11 @@ fn flatten_json<'v>(
                 out.insert(path.to_string(), secret(at, rules, Leaf::Empty("{}")));
             }
             for (k, v) in m {
+                if !budget.take(path.len() + 1 + k.len(), false) {
+                    return;
+                }
                 at.push(Step::Key(k));
-                flatten_json(&format!("{path}.{k}"), at, v, rules, out);
+                flatten_json(&format!("{path}.{k}"), at, v, rules, out, budget);
                 at.pop();
             }
         }
@@ -264,8 +299,11 @@ fn flatten_json<'v>(
                 items.sort_by_cached_key(|v| v.to_string());
             }
             for (i, v) in items.into_iter().enumerate() {
+                if !budget.take(path.len() + 8, false) {
+                    return;
+                }
                 at.push(Step::Index(i));
-                flatten_json(&format!("{path}[{i}]"), at, v, rules, out);
+                flatten_json(&format!("{path}[{i}]"), at, v, rules, out, budget);
                 at.pop();
             }
         }
@@ -297,6 +335,7 @@ fn flatten_xml(b: &[u8], rules: &DiffRules) -> Option<BTreeMap<String, Leaf>> {
     reader.config_mut().trim_text(true);
     let mut out = BTreeMap::new();
     // (path of the element, per-child-name counters, its name and occurrence for `ignore`)
+    let mut budget = Budget::default();
     let mut stack: Vec<(String, BTreeMap<String, usize>, String, usize)> =
         vec![(String::new(), BTreeMap::new(), String::new(), 0)];
     let mut leaf = |stack: &[(String, BTreeMap<String, usize>, String, usize)],
@@ -331,7 +370,13 @@ fn flatten_xml(b: &[u8], rules: &DiffRules) -> Option<BTreeMap<String, Leaf>> {
                 }
                 let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
                 let (path, n) = child_path(&mut stack, &name);
+                if !budget.take(path.len(), true) {
+                    return None;
+                }
                 for a in e.attributes().flatten() {
+                    if !budget.take(path.len() + a.key.as_ref().len() + 2, true) {
+                        return None;
+                    }
                     let k = format!("@{}", String::from_utf8_lossy(a.key.as_ref()));
                     let v = a.unescape_value().ok()?.into_owned();
                     leaf(
@@ -347,8 +392,14 @@ fn flatten_xml(b: &[u8], rules: &DiffRules) -> Option<BTreeMap<String, Leaf>> {
             Event::Empty(e) => {
                 let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
                 let (path, n) = child_path(&mut stack, &name);
+                if !budget.take(path.len(), true) {
+                    return None;
+                }
                 let mut any = false;
                 for a in e.attributes().flatten() {
+                    if !budget.take(path.len() + a.key.as_ref().len() + 2, true) {
+                        return None;
+                    }
                     any = true;
                     let k = format!("@{}", String::from_utf8_lossy(a.key.as_ref()));
                     let v = a.unescape_value().ok()?.into_owned();
@@ -369,6 +420,9 @@ fn flatten_xml(b: &[u8], rules: &DiffRules) -> Option<BTreeMap<String, Leaf>> {
                 let v = quick_xml::escape::unescape(&raw).ok()?.trim().to_string();
                 if !v.is_empty() {
                     let path = stack.last().map(|e| e.0.clone()).unwrap_or_default();
+                    if !budget.take(path.len() + 6, true) {
+                        return None;
+                    }
                     leaf(
                         &stack,
                         None,
@@ -381,6 +435,9 @@ fn flatten_xml(b: &[u8], rules: &DiffRules) -> Option<BTreeMap<String, Leaf>> {
             Event::CData(c) => {
                 let v = String::from_utf8_lossy(&c).trim().to_string();
                 let path = stack.last().map(|e| e.0.clone()).unwrap_or_default();
+                if !budget.take(path.len() + 6, true) {
+                    return None;
+                }
                 leaf(
                     &stack,
                     None,
@@ -505,6 +562,41 @@ mod tests {
         let r = rules(&["$.items[*].p"]);
         let c = br#"{"items":[{"id":1,"p":9},{"id":2,"p":8}]}"#;
         assert!(diff_bodies("application/json", a, c, &r).is_empty());
+    }
+
+    /// A long key above a long array: every leaf's path would repeat the key. Past the bounds
+    /// the bodies are compared as bytes, at once and without the memory.
+    #[test]
+    fn bodies_that_would_flatten_past_the_bounds_are_compared_as_bytes() {
+        let key = "k".repeat(200_000);
+        let items = vec!["0"; 100_000].join(",");
+        let a = format!("{{\"{key}\":[{items}]}}");
+        let b = format!("{{\"{key}\":[{items},1]}}");
+        let started = std::time::Instant::now();
+        let d = diff_bodies("application/json", a.as_bytes(), b.as_bytes(), &rules(&[]));
+        assert_eq!(d.len(), 1, "{:?}", d.iter().map(|f| &f.path).collect::<Vec<_>>());
+        assert_eq!(d[0].path, "body");
+        let name = "n".repeat(200_000);
+        let xml = |extra: &str| format!("<{name}>{}{extra}</{name}>", "<i/>".repeat(100_000));
+        let d = diff_bodies(
+            "text/xml",
+            xml("").as_bytes(),
+            xml("<j/>").as_bytes(),
+            &rules(&[]),
+        );
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].path, "body");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        // Within the bounds, the same shapes are still compared field by field.
+        let small = |n: usize| format!("{{\"{}\":[{}]}}", "k".repeat(100), vec!["0"; n].join(","));
+        let d = diff_bodies(
+            "application/json",
+            small(10).as_bytes(),
+            small(11).as_bytes(),
+            &rules(&[]),
+        );
+        assert_eq!(d.len(), 1);
+        assert!(d[0].path.ends_with("[10]"), "{}", d[0].path);
     }
 
     #[test]

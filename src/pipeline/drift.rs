@@ -105,13 +105,12 @@ impl Drift {
 
     fn record_at(&self, minute: u64, diffs: &[FieldDiff]) {
         // Keys and kinds first, outside the lock; one count per field and kind per comparison.
-        let mut seen: Vec<(String, DiffKind)> = Vec::with_capacity(diffs.len());
-        for d in diffs {
-            let k = (field_key(&d.path), d.kind);
-            if !seen.contains(&k) {
-                seen.push(k);
-            }
-        }
+        let mut unique = std::collections::HashSet::with_capacity(diffs.len());
+        let seen: Vec<(String, DiffKind)> = diffs
+            .iter()
+            .map(|d| (field_key(&d.path), d.kind))
+            .filter(|k| unique.insert(k.clone()))
+            .collect();
         let mut buckets = self.buckets.lock();
         if buckets.back().is_none_or(|b| b.minute != minute) {
             if buckets.len() == BUCKETS {
@@ -130,7 +129,7 @@ impl Drift {
             return;
         }
         b.mismatched += 1;
-        let mut counted: Vec<&str> = Vec::new();
+        let mut counted: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for (key, kind) in &seen {
             let full = b.fields.len() >= MAX_FIELDS;
             let c = match b.fields.get_mut(key.as_str()) {
@@ -142,9 +141,8 @@ impl Drift {
                 None => b.fields.entry(key.clone()).or_default(),
             };
             c.kinds[kind.index()] += 1;
-            if !counted.contains(&key.as_str()) {
+            if counted.insert(key.as_str()) {
                 c.mismatches += 1;
-                counted.push(key);
             }
         }
     }

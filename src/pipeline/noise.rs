@@ -99,23 +99,26 @@ impl Learned {
     /// they differ (after `ignore`). The status itself never becomes noise.
     pub fn learn(&self, diffs: &[FieldDiff]) {
         let now = SystemTime::now();
+        // A field differs once per pair however many array elements it differs in. Keys are
+        // made outside the lock, each once: a body can hold 100,000 leaves.
+        let mut seen = std::collections::HashSet::new();
+        let keys: Vec<String> = diffs
+            .iter()
+            .filter(|d| d.path != "status")
+            .map(|d| field_key(&d.path))
+            .filter(|k| seen.insert(k.clone()))
+            .collect();
         let mut st = self.state.lock();
         st.samples += 1;
         let sample = st.samples;
-        // A field differs once per pair however many array elements it differs in.
-        let mut seen: Vec<String> = Vec::new();
-        for d in diffs.iter().filter(|d| d.path != "status") {
-            let key = field_key(&d.path);
-            if seen.contains(&key) {
-                continue;
-            }
+        for key in keys {
             if let Some(f) = st.fields.get_mut(&key) {
                 f.differed += 1;
             } else if st.fields.len() >= MAX_FIELDS || key.len() > MAX_PATH {
                 st.overflow += 1;
             } else {
                 st.fields.insert(
-                    key.clone(),
+                    key,
                     Field {
                         differed: 1,
                         first_sample: sample,
@@ -123,7 +126,6 @@ impl Learned {
                     },
                 );
             }
-            seen.push(key);
         }
     }
 

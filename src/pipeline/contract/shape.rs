@@ -28,6 +28,9 @@ pub const MAX_DEPTH: usize = 8;
 pub const MAX_FIELDS: usize = 64;
 /// Positions per learned tree (one side's responses, say).
 pub const MAX_NODES: usize = 512;
+/// Field names longer than this are not kept (the object is marked incomplete): names come
+/// from bodies, and 512 of them a megabyte each would hold half a gigabyte per route.
+pub const MAX_NAME_LEN: usize = 256;
 
 /// What was seen at one position.
 #[derive(Debug, Clone, Default)]
@@ -179,7 +182,7 @@ impl Shape {
                     return;
                 }
                 for (name, value) in fields {
-                    let room = o.fields.len() < MAX_FIELDS && *budget > 0;
+                    let room = o.fields.len() < MAX_FIELDS && *budget > 0 && name.len() <= MAX_NAME_LEN;
                     let field = if o.fields.contains_key(name) {
                         o.fields.get_mut(name)
                     } else if room {
@@ -392,6 +395,16 @@ mod tests {
         assert_eq!(s["items"]["required"], json!(["qty", "sku"]));
         assert_eq!(s["items"]["properties"]["gift"]["type"], "boolean");
         assert_valid_for_all(&s, &docs);
+    }
+
+    #[test]
+    fn long_field_names_are_not_kept() {
+        let long = "n".repeat(MAX_NAME_LEN + 1);
+        let l = learn(&[json!({ long.clone(): 1, "id": 2 })]);
+        let o = l.root.object.as_ref().unwrap();
+        assert!(o.fields.contains_key("id"));
+        assert!(!o.fields.contains_key(&long));
+        assert!(o.incomplete);
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub enum WebhookError {
 /// One configured receiver, ready to sign.
 pub struct Webhook {
     url: Uri,
+    /// The receiver as logs show it: scheme and host only, since hooks (Slack's, for one)
+    /// carry their secret in the path, and a URL may hold `user:password@`.
+    shown: String,
     key: hmac::Key,
     events: Vec<RolloutEventKind>,
     max_attempts: u32,
@@ -80,8 +83,14 @@ impl Webhook {
         if cfg.max_attempts == 0 || cfg.timeout.is_zero() {
             return Err(WebhookError::Bounds);
         }
+        let host = url.host().unwrap_or_default();
+        let shown = match url.port_u16() {
+            Some(p) => format!("{}://{host}:{p}", url.scheme_str().unwrap_or_default()),
+            None => format!("{}://{host}", url.scheme_str().unwrap_or_default()),
+        };
         Ok(Self {
             url,
+            shown,
             key: hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
             events: cfg.events.clone(),
             max_attempts: cfg.max_attempts,
@@ -191,7 +200,7 @@ impl Notifier {
             };
             if self.tx.try_send(job).is_err() {
                 Counters::bump(&self.counters.dropped);
-                tracing::warn!(route, url = %hook.url, "rollout webhook queue full: delivery dropped");
+                tracing::warn!(route, receiver = %hook.shown, "rollout webhook queue full: delivery dropped");
             }
         }
     }
@@ -272,9 +281,9 @@ async fn deliver(client: &Client, job: &Job) -> bool {
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {:?}", hook.timeout),
         };
-        tracing::debug!(url = %hook.url, attempt = attempt + 1, %outcome, "rollout webhook attempt failed");
+        tracing::debug!(receiver = %hook.shown, attempt = attempt + 1, %outcome, "rollout webhook attempt failed");
     }
-    tracing::warn!(url = %hook.url, attempts = hook.max_attempts, delivery = %job.delivery, "rollout webhook not delivered");
+    tracing::warn!(receiver = %hook.shown, attempts = hook.max_attempts, delivery = %job.delivery, "rollout webhook not delivered");
     false
 }
 
@@ -307,6 +316,22 @@ mod tests {
         let whole = hmac::sign(&key, br#"1700000000.{"a":1}"#);
         let hex: String = whole.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(a, format!("sha256={hex}"));
+    }
+
+    #[test]
+    fn logs_name_the_receiver_without_its_path_or_credentials() {
+        std::env::set_var("FICUS_TEST_WEBHOOK_SHOWN", "k");
+        let cfg = RolloutWebhookConfig {
+            url: "https://user:pw@hooks.example.com:8443/services/T000/B000/SECRETPATH".into(),
+            secret_env: "FICUS_TEST_WEBHOOK_SHOWN".into(),
+            events: Vec::new(),
+            max_attempts: 1,
+            timeout: Duration::from_secs(1),
+        };
+        let Ok(hook) = Webhook::new(&cfg) else {
+            panic!("a valid webhook was refused")
+        };
+        assert_eq!(hook.shown, "https://hooks.example.com:8443");
     }
 
     #[test]
