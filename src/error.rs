@@ -230,6 +230,8 @@ impl ProxyError {
             }
             // A panic message can hold request data and says nothing a client can act on.
             Self::Internal(_) => "ficus failed while handling this request".to_string(),
+            // The store's own error (addresses, Redis replies) is for the log.
+            Self::WriteQueueUnavailable(_) => "the write queue is unavailable; retry later".to_string(),
             other => other.to_string(),
         };
         let mut resp = match self {
@@ -391,6 +393,18 @@ mod tests {
         assert_eq!(resp.status(), 404);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");
         assert_eq!(resp.headers()[crate::pipeline::context::X_REQUEST_ID], "abc");
+    }
+
+    #[tokio::test]
+    async fn write_queue_errors_are_503_without_the_stores_message() {
+        use http_body_util::BodyExt as _;
+        let e = ProxyError::WriteQueueUnavailable("Connection refused: redis://10.0.0.7:6379".into());
+        let resp = e.to_response(None);
+        assert_eq!(resp.status(), 503);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["type"], "urn:ficus:problem:write-queue-unavailable");
+        assert!(!doc.to_string().contains("10.0.0.7"), "{doc}");
     }
 
     #[tokio::test]
