@@ -641,6 +641,111 @@ async fn a_poison_write_is_dead_lettered_then_replayed_from_the_admin_api_after_
     f.shutdown().await;
 }
 
+const SECRET_ENV: &str = "FICUS_TEST_WRITES_UPSTREAM_SECRET";
+const SECRET: &str = "upstream-s3cret-value";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dlq_listing_hides_upstream_credentials_and_honours_its_limit() {
+    std::env::set_var(SECRET_ENV, SECRET);
+    let redis = Redis::start().await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = format!(
+        "keys:\n  - {{ id: alice, owner: a, sha256: '{}' }}\n",
+        sha256_hex("alice-key")
+    );
+    std::fs::write(dir.path().join("keys.yaml"), keys).unwrap();
+    let route = format!(
+        "    identity: {{ api_keys: partners, upstream_auth: {{ header: {{ name: x-api-secret, value_env: {SECRET_ENV} }} }} }}\n"
+    );
+    let yaml = config(port, &redis.url, &route, "")
+        + "identity:\n  api_keys:\n    partners: { keys_file: keys.yaml }\n";
+    let f = Ficus::start_in(dir, &yaml).await.unwrap();
+    let c = client();
+    let mut locs = Vec::new();
+    for i in 0..3 {
+        let mut req = write(
+            f.url("/orders"),
+            Some(&format!("sec-{i}")),
+            "p",
+            "{\"note\":\"poison\"}".into(),
+        );
+        req.headers_mut()
+            .insert("x-api-key", "alice-key".parse().unwrap());
+        let a = send(&c, req).await;
+        a.assert_problem(202, "write-queued");
+        locs.push(a.headers["location"].to_str().unwrap().to_string());
+    }
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let _up = Backend::start_on(port, Duration::ZERO, ledger, Arc::default()).await;
+    let status = |loc: &str| {
+        send(
+            &c,
+            Request::get(f.url(loc))
+                .header("x-api-key", "alice-key")
+                .body(empty())
+                .unwrap(),
+        )
+    };
+    for loc in &locs {
+        let dead = eventually(Duration::from_secs(20), || async {
+            status(loc).await.json()["state"] == "dead_lettered"
+        })
+        .await;
+        assert!(dead, "{}", status(loc).await.text());
+    }
+    let list = get(&f.admin_url("/admin/dlq?route=orders")).await;
+    assert_eq!(list.status, 200, "{}", list.text());
+    assert!(
+        !list.text().contains(SECRET),
+        "the upstream secret is listed: {}",
+        list.text()
+    );
+    let doc = list.json();
+    assert_eq!(doc["count"], 3, "{doc}");
+    let headers = doc["writes"][0]["headers"].as_array().unwrap();
+    assert!(
+        headers
+            .iter()
+            .any(|h| h[0] == "x-api-secret" && h[1] == "[REDACTED]"),
+        "{doc}"
+    );
+
+    let two = get(&f.admin_url("/admin/dlq?route=orders&limit=2")).await;
+    assert_eq!(two.status, 200, "{}", two.text());
+    assert_eq!(two.json()["count"], 2, "{}", two.text());
+    for bad in ["0", "501", "many"] {
+        get(&f.admin_url(&format!("/admin/dlq?route=orders&limit={bad}")))
+            .await
+            .assert_problem(400, "invalid-limit");
+    }
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dlq_action_with_the_wrong_method_is_405() {
+    std::env::set_var(TOKEN_ENV, TOKEN);
+    let redis = Redis::start().await;
+    let f = Ficus::start(&config(free_port(), &redis.url, "", "")).await;
+    let c = client();
+    for action in ["replay", "drop"] {
+        for method in [http::Method::GET, http::Method::PUT, http::Method::DELETE] {
+            let r = send(
+                &c,
+                Request::builder()
+                    .method(method.clone())
+                    .uri(f.admin_url(&format!("/admin/dlq/0123abcd/{action}")))
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await;
+            r.assert_problem(405, "method-not-allowed");
+        }
+    }
+    f.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_replay_one_queue_each_write_once_in_order_per_key() {
     let redis = Redis::start().await;
