@@ -691,6 +691,47 @@ async fn a_write_retried_after_a_failed_enqueue_is_queued_and_applied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_being_queued_gets_409_and_one_whose_write_is_gone_is_queued_afresh() {
+    let redis = Redis::start().await;
+    let mut r = redis.conn().await;
+    let port = free_port();
+    let f = Ficus::start(&config(port, &redis.url, "", "")).await;
+    let c = client();
+    let body = "{\"seq\":1}";
+    // The dedupe key of (no principal, key) and the request's fingerprint, as ficus makes them.
+    let dk = |key: &str| format!("ficus:writes:{{orders}}:k:{}", sha256_hex(&format!("\0{key}")));
+    let fp = sha256_hex(&format!("POST\n/orders\n{body}"));
+
+    let _: () = redis::cmd("SET")
+        .arg(dk("busy-1"))
+        .arg(format!("p 0123abcd {fp}"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    send(&c, write(f.url("/orders"), Some("busy-1"), "a", body.into()))
+        .await
+        .assert_problem(409, "idempotency-key-in-flight");
+
+    // A queued mark whose write has no status (expired, or never queued): not answered 202
+    // with that id, but queued again.
+    let _: () = redis::cmd("SET")
+        .arg(dk("gone-1"))
+        .arg(format!("0123abcd {fp}"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let a = send(&c, write(f.url("/orders"), Some("gone-1"), "a", body.into())).await;
+    a.assert_problem(202, "write-queued");
+    let loc = a.headers["location"].to_str().unwrap().to_string();
+    assert!(!loc.ends_with("/0123abcd"), "{loc}");
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let up = Backend::start_on(port, Duration::ZERO, ledger, Arc::default()).await;
+    assert!(eventually(Duration::from_secs(20), || async { up.applied().len() == 1 }).await);
+    assert_eq!(up.applied()[0].key, "gone-1");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_key_with_a_different_request_gets_422_and_is_not_queued() {
     let redis = Redis::start().await;
     let port = free_port();
