@@ -641,6 +641,331 @@ async fn a_poison_write_is_dead_lettered_then_replayed_from_the_admin_api_after_
     f.shutdown().await;
 }
 
+/// Every partition stream of route `orders` (8 partitions in `config`).
+fn queue_keys() -> Vec<String> {
+    (0..8).map(|n| format!("ficus:writes:{{orders}}:q:{n}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_retried_after_a_failed_enqueue_is_queued_and_applied() {
+    let redis = Redis::start().await;
+    let mut r = redis.conn().await;
+    // Streams that cannot take an XADD: the dedupe key is taken, then queuing fails.
+    for k in queue_keys() {
+        let _: () = redis::cmd("SET")
+            .arg(&k)
+            .arg("not a stream")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    let port = free_port();
+    let f = Ficus::start(&config(port, &redis.url, "", "")).await;
+    let c = client();
+    let body = "{\"seq\":1}";
+    send(&c, write(f.url("/orders"), Some("lost-1"), "a", body.into()))
+        .await
+        .assert_problem(503, "write-queue-unavailable");
+    for k in queue_keys() {
+        let _: () = redis::cmd("DEL").arg(&k).query_async(&mut r).await.unwrap();
+    }
+    // The retry is queued for real, not pointed at the write that never was.
+    let again = send(&c, write(f.url("/orders"), Some("lost-1"), "a", body.into())).await;
+    again.assert_problem(202, "write-queued");
+    let loc = again.headers["location"].to_str().unwrap().to_string();
+    let st = get(&f.url(&loc)).await;
+    assert_eq!(st.status, 200, "{}", st.text());
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let up = Backend::start_on(port, Duration::ZERO, ledger, Arc::default()).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async { up.applied().len() == 1 }).await,
+        "the retried write was never applied"
+    );
+    assert_eq!(up.applied()[0].key, "lost-1");
+    let done = eventually(Duration::from_secs(5), || async {
+        get(&f.url(&loc)).await.json()["state"] == "done"
+    })
+    .await;
+    assert!(done, "{}", get(&f.url(&loc)).await.text());
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_being_queued_gets_409_and_one_whose_write_is_gone_is_queued_afresh() {
+    let redis = Redis::start().await;
+    let mut r = redis.conn().await;
+    let port = free_port();
+    let f = Ficus::start(&config(port, &redis.url, "", "")).await;
+    let c = client();
+    let body = "{\"seq\":1}";
+    // The dedupe key of (no principal, key) and the request's fingerprint, as ficus makes them.
+    let dk = |key: &str| format!("ficus:writes:{{orders}}:k:{}", sha256_hex(&format!("\0{key}")));
+    let fp = sha256_hex(&format!("POST\n/orders\n{body}"));
+
+    let _: () = redis::cmd("SET")
+        .arg(dk("busy-1"))
+        .arg(format!("p 0123abcd {fp}"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    send(&c, write(f.url("/orders"), Some("busy-1"), "a", body.into()))
+        .await
+        .assert_problem(409, "idempotency-key-in-flight");
+
+    // A queued mark whose write has no status (expired, or never queued): not answered 202
+    // with that id, but queued again.
+    let _: () = redis::cmd("SET")
+        .arg(dk("gone-1"))
+        .arg(format!("0123abcd {fp}"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let a = send(&c, write(f.url("/orders"), Some("gone-1"), "a", body.into())).await;
+    a.assert_problem(202, "write-queued");
+    let loc = a.headers["location"].to_str().unwrap().to_string();
+    assert!(!loc.ends_with("/0123abcd"), "{loc}");
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let up = Backend::start_on(port, Duration::ZERO, ledger, Arc::default()).await;
+    assert!(eventually(Duration::from_secs(20), || async { up.applied().len() == 1 }).await);
+    assert_eq!(up.applied()[0].key, "gone-1");
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_key_with_a_different_request_gets_422_and_is_not_queued() {
+    let redis = Redis::start().await;
+    let port = free_port();
+    let f = Ficus::start(&config(port, &redis.url, "", "")).await;
+    let c = client();
+    let first = send(
+        &c,
+        write(f.url("/orders"), Some("fp-1"), "a", "{\"seq\":1}".into()),
+    )
+    .await;
+    first.assert_problem(202, "write-queued");
+    send(
+        &c,
+        write(f.url("/orders"), Some("fp-1"), "a", "{\"seq\":2}".into()),
+    )
+    .await
+    .assert_problem(422, "idempotency-key-reused");
+    send(
+        &c,
+        write(f.url("/orders/other"), Some("fp-1"), "a", "{\"seq\":1}".into()),
+    )
+    .await
+    .assert_problem(422, "idempotency-key-reused");
+    let mut put = write(f.url("/orders"), Some("fp-1"), "a", "{\"seq\":1}".into());
+    *put.method_mut() = http::Method::PUT;
+    send(&c, put).await.assert_problem(422, "idempotency-key-reused");
+    // The very same request still gets the first one's answer.
+    let same = send(
+        &c,
+        write(f.url("/orders"), Some("fp-1"), "a", "{\"seq\":1}".into()),
+    )
+    .await;
+    same.assert_problem(202, "write-queued");
+    assert_eq!(first.headers["location"], same.headers["location"]);
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let up = Backend::start_on(port, Duration::ZERO, ledger, Arc::default()).await;
+    assert!(eventually(Duration::from_secs(20), || async { up.deliveries() == 1 }).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(up.deliveries(), 1);
+    assert_eq!(up.applied()[0].seq, 1);
+    f.shutdown().await;
+}
+
+const SECRET_ENV: &str = "FICUS_TEST_WRITES_UPSTREAM_SECRET";
+const SECRET: &str = "upstream-s3cret-value";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dlq_listing_hides_upstream_credentials_and_honours_its_limit() {
+    std::env::set_var(SECRET_ENV, SECRET);
+    let redis = Redis::start().await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = format!(
+        "keys:\n  - {{ id: alice, owner: a, sha256: '{}' }}\n",
+        sha256_hex("alice-key")
+    );
+    std::fs::write(dir.path().join("keys.yaml"), keys).unwrap();
+    let route = format!(
+        "    identity: {{ api_keys: partners, upstream_auth: {{ header: {{ name: x-api-secret, value_env: {SECRET_ENV} }} }} }}\n"
+    );
+    let yaml = config(port, &redis.url, &route, "")
+        + "identity:\n  api_keys:\n    partners: { keys_file: keys.yaml }\n";
+    let f = Ficus::start_in(dir, &yaml).await.unwrap();
+    let c = client();
+    let mut locs = Vec::new();
+    for i in 0..3 {
+        let mut req = write(
+            f.url("/orders"),
+            Some(&format!("sec-{i}")),
+            "p",
+            "{\"note\":\"poison\"}".into(),
+        );
+        req.headers_mut()
+            .insert("x-api-key", "alice-key".parse().unwrap());
+        let a = send(&c, req).await;
+        a.assert_problem(202, "write-queued");
+        locs.push(a.headers["location"].to_str().unwrap().to_string());
+    }
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let _up = Backend::start_on(port, Duration::ZERO, ledger, Arc::default()).await;
+    let status = |loc: &str| {
+        send(
+            &c,
+            Request::get(f.url(loc))
+                .header("x-api-key", "alice-key")
+                .body(empty())
+                .unwrap(),
+        )
+    };
+    for loc in &locs {
+        let dead = eventually(Duration::from_secs(20), || async {
+            status(loc).await.json()["state"] == "dead_lettered"
+        })
+        .await;
+        assert!(dead, "{}", status(loc).await.text());
+    }
+    let list = get(&f.admin_url("/admin/dlq?route=orders")).await;
+    assert_eq!(list.status, 200, "{}", list.text());
+    assert!(
+        !list.text().contains(SECRET),
+        "the upstream secret is listed: {}",
+        list.text()
+    );
+    let doc = list.json();
+    assert_eq!(doc["count"], 3, "{doc}");
+    let headers = doc["writes"][0]["headers"].as_array().unwrap();
+    assert!(
+        headers
+            .iter()
+            .any(|h| h[0] == "x-api-secret" && h[1] == "[REDACTED]"),
+        "{doc}"
+    );
+
+    let two = get(&f.admin_url("/admin/dlq?route=orders&limit=2")).await;
+    assert_eq!(two.status, 200, "{}", two.text());
+    assert_eq!(two.json()["count"], 2, "{}", two.text());
+    for bad in ["0", "501", "many"] {
+        get(&f.admin_url(&format!("/admin/dlq?route=orders&limit={bad}")))
+            .await
+            .assert_problem(400, "invalid-limit");
+    }
+    f.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dlq_action_with_the_wrong_method_is_405() {
+    std::env::set_var(TOKEN_ENV, TOKEN);
+    let redis = Redis::start().await;
+    let f = Ficus::start(&config(free_port(), &redis.url, "", "")).await;
+    let c = client();
+    for action in ["replay", "drop"] {
+        for method in [http::Method::GET, http::Method::PUT, http::Method::DELETE] {
+            let r = send(
+                &c,
+                Request::builder()
+                    .method(method.clone())
+                    .uri(f.admin_url(&format!("/admin/dlq/0123abcd/{action}")))
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await;
+            r.assert_problem(405, "method-not-allowed");
+        }
+    }
+    f.shutdown().await;
+}
+
+/// A write of `n` bytes of JSON (a string padded to size).
+fn sized(url: String, key: &str, n: usize) -> Request<Body> {
+    let pad = "x".repeat(n.saturating_sub(12));
+    write(url, Some(key), "a", format!("{{\"pad\":\"{pad}\"}}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_max_body_goes_upstream_as_usual_and_is_never_queued() {
+    let redis = Redis::start().await;
+    let port = free_port();
+    let f = Ficus::start(&config(port, &redis.url, "", ", max_body: 1KiB")).await;
+    let c = client();
+    // Down: not queued, the usual answer for an unreachable upstream.
+    let down = send(&c, sized(f.url("/orders"), "big-1", 4096)).await;
+    assert!(
+        matches!(down.status.as_u16(), 502 | 503),
+        "{} {}",
+        down.status,
+        down.text()
+    );
+    assert!(down.headers.get("location").is_none());
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let up = Backend::start_on(port, Duration::ZERO, ledger, Arc::default()).await;
+    let a = send(&c, sized(f.url("/orders"), "big-2", 4096)).await;
+    assert_eq!(a.status, 201, "{}", a.text());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.deliveries(), 1, "the big write down was queued after all");
+    let m = admin_metrics(&f).await;
+    assert_eq!(counter(&m, "ficus_writes_queued_total"), 0.0, "{m}");
+    f.shutdown().await;
+}
+
+/// A write of `n` bytes sent chunked: no Content-Length for ficus to check up front.
+fn chunked(url: String, key: &str, n: usize) -> Request<Body> {
+    let chunk = bytes::Bytes::from(vec![b'x'; n / 4]);
+    let stream = futures_util::stream::iter(
+        (0..4).map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
+    );
+    Request::post(url)
+        .header("x-account", "a")
+        .header("idempotency-key", key)
+        .body(http_body_util::StreamBody::new(stream).boxed_unsync())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_body_never_lifts_the_listener_body_limit() {
+    let redis = Redis::start().await;
+    let port = free_port();
+    let yaml = config(port, &redis.url, "", ", max_body: 1MiB").replace(
+        "bind: '127.0.0.1:0' }",
+        "bind: '127.0.0.1:0', limits: { max_body_bytes: 1KiB } }",
+    );
+    let f = Ficus::start(&yaml).await;
+    let c = client();
+    send(&c, sized(f.url("/orders"), "over-1", 4096))
+        .await
+        .assert_problem(413, "body-too-large");
+    // Down: a chunked body over the listener's limit is never queued.
+    let down = send(&c, chunked(f.url("/orders"), "over-2", 4096)).await;
+    assert!(
+        matches!(down.status.as_u16(), 413 | 502 | 503),
+        "{} {}",
+        down.status,
+        down.text()
+    );
+    assert!(down.headers.get("location").is_none(), "{}", down.text());
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let up = Backend::start_on(port, Duration::ZERO, ledger, Arc::default()).await;
+    send(&c, sized(f.url("/orders"), "over-3", 4096))
+        .await
+        .assert_problem(413, "body-too-large");
+    send(&c, chunked(f.url("/orders"), "over-4", 4096))
+        .await
+        .assert_problem(413, "body-too-large");
+    let ok = send(&c, sized(f.url("/orders"), "under-1", 512)).await;
+    assert_eq!(ok.status, 201, "{}", ok.text());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.deliveries(), 1);
+    assert_eq!(
+        counter(&admin_metrics(&f).await, "ficus_writes_queued_total"),
+        0.0
+    );
+    f.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_replay_one_queue_each_write_once_in_order_per_key() {
     let redis = Redis::start().await;

@@ -1,4 +1,4 @@
-//! `GET /admin/dlq?route=NAME`, `POST /admin/dlq/{id}/replay` and `POST /admin/dlq/{id}/drop`:
+//! `GET /admin/dlq?route=NAME[&limit=N]`, `POST /admin/dlq/{id}/replay` and `POST /admin/dlq/{id}/drop`:
 //! the dead-lettered writes of `buffer_writes` routes (see `pipeline::writes`).
 
 use http::{Response, StatusCode};
@@ -9,8 +9,9 @@ use crate::gateway::shared::Shared;
 use crate::pipeline::body::ResponseBody;
 use crate::pipeline::writes::admin::{self as dlq, DlqError};
 
-/// Dead-lettered writes listed at most per call.
-const LIST_LIMIT: usize = 1000;
+/// Dead-lettered writes listed per call without `?limit=`, and at most with it.
+const LIST_DEFAULT: usize = 50;
+const LIST_MAX: usize = 500;
 
 fn failed(e: &DlqError) -> Response<ResponseBody> {
     match e {
@@ -38,11 +39,26 @@ fn no_queue() -> Response<ResponseBody> {
 pub async fn list(shared: &Shared, query: Option<&str>) -> Response<ResponseBody> {
     let snap = shared.snapshot.load_full();
     let Some(q) = &snap.writes else { return no_queue() };
-    let route = query.and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "route")
-            .map(|(_, v)| v.into_owned())
-    });
+    let param = |name: &str| {
+        query.and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        })
+    };
+    let route = param("route");
+    let limit = match param("limit").map(|l| l.parse::<usize>()) {
+        None => LIST_DEFAULT,
+        Some(Ok(n)) if (1..=LIST_MAX).contains(&n) => n,
+        Some(_) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "invalid-limit",
+                &format!("`limit` must be a number from 1 to {LIST_MAX}"),
+                None,
+            )
+        }
+    };
     let Some(route) = route else {
         return problem(
             StatusCode::BAD_REQUEST,
@@ -51,7 +67,7 @@ pub async fn list(shared: &Shared, query: Option<&str>) -> Response<ResponseBody
             None,
         );
     };
-    match dlq::list(q, &route, &snap.redact, LIST_LIMIT).await {
+    match dlq::list(q, &route, &snap.redact, limit).await {
         Ok(doc) => json(StatusCode::OK, &doc),
         Err(e) => failed(&e),
     }

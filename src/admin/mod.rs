@@ -193,6 +193,12 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Respons
             };
             dlq::act(shared, &id, action, who).await
         }
+        (_, p) if dlq_action(p).is_some() => problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "this method is not allowed here",
+            None,
+        ),
         (&Method::GET, "/admin/rollouts") => rollouts::list(shared, req.uri().query()),
         (&Method::POST, p) if rollouts::parse_action_path(p).is_some() => {
             let Some((route, action)) = rollouts::parse_action_path(p) else {

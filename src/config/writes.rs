@@ -62,7 +62,8 @@ pub struct BufferWritesConfig {
     /// `jwt.sub`...). Unset: the migration's `sticky` key; without one, the whole route.
     #[serde(default)]
     pub partition_key: Option<String>,
-    /// Larger bodies (or of unknown length) are sent as usual and never queued.
+    /// Larger bodies (or of unknown length) are sent as usual and never queued. The listener's
+    /// `max_body_bytes` bounds it too.
     #[serde(default = "default_max_body")]
     pub max_body: ByteSize,
     /// The first retry's wait; each retry doubles it (with full jitter), up to `backoff_max`.

@@ -24,9 +24,21 @@ pub async fn list(
     redact: &Redactor,
     limit: usize,
 ) -> Result<serde_json::Value, DlqError> {
-    if q.route(route).is_none() {
+    let Some(r) = q.route(route) else {
         return Err(DlqError::UnknownRoute(route.to_string()));
-    }
+    };
+    // What ficus itself set for the upstream (credentials, internal JWT, vouched-for claims,
+    // client-certificate headers) is in the stored request too: never shown.
+    let own: Vec<http::HeaderName> = r
+        .identity
+        .as_ref()
+        .map(|i| i.owned_header_names().cloned().collect())
+        .unwrap_or_default();
+    let hidden = |name: &str| {
+        redact.header(name)
+            || name.eq_ignore_ascii_case("authorization")
+            || own.iter().any(|h| h.as_str().eq_ignore_ascii_case(name))
+    };
     let v: redis::Value = q
         .store
         .run(
@@ -55,7 +67,7 @@ pub async fn list(
             "path": redacted_path(&s.path, redact),
             "idempotency_key": s.idempotency_key,
             "headers": s.headers.iter().map(|h| {
-                let value = if redact.header(&h.n) { MARKER.to_string() } else {
+                let value = if hidden(&h.n) { MARKER.to_string() } else {
                     h.v.clone().unwrap_or_else(|| MARKER.to_string())
                 };
                 serde_json::json!([h.n, value])

@@ -4,9 +4,11 @@
 //!
 //! # The request path
 //! A buffered method (`methods`) needs an `Idempotency-Key` (400 otherwise, healthy upstream or
-//! not, so the contract does not change with the weather). Its body is read whole, up to
-//! `max_body` (413 past it), and the request goes upstream as usual: a healthy request costs no
-//! Redis round trip. Only when the call fails before reaching the upstream (a connect error, or
+//! not, so the contract does not change with the weather). A body that declares a length
+//! within `max_body` (and the listener's `max_body_bytes`) is read whole, and the request goes
+//! upstream as usual: a healthy request costs no Redis round trip. A larger body, or one of
+//! unknown length, is streamed upstream and never queued (an unreachable upstream is then the
+//! usual 502/503). Only when the call fails before reaching the upstream (a connect error, or
 //! the breaker is open) is the request queued, as the upstream would have got it: method, the
 //! normalised path and query, the headers after ficus's own processing (trust boundary, identity,
 //! `X-Forwarded-*`, request id), and the body; on a side with a `transform`, translated, so the
@@ -15,7 +17,11 @@
 //! {status_prefix}/{id}`. If Redis cannot take the write, the client gets 503: nothing is
 //! promised that cannot be kept. A second request with the same principal and Idempotency-Key
 //! while the first is queued gets the first one's 202 (one `SET NX`), so a retrying client does
-//! not queue the write twice.
+//! not queue the write twice; the key keeps a SHA-256 of the method, path and body, and the
+//! same key with a different request gets 422. The key is marked pending until the write is in
+//! its stream (a request with the same key meanwhile gets 409), and given back if queuing
+//! fails, so the retry after a 503 is queued, never answered with an id that was not; a key
+//! whose write's status is gone is taken over by the next request.
 //!
 //! # Partitions and ordering
 //! Each route has `queue_store.partitions` streams; a write goes to the one its partition key
@@ -252,9 +258,17 @@ pub async fn dispatch(
         k => k.and_then(|k| k.to_str().ok()).map(str::to_string),
     };
     let (parts, body) = req.into_parts();
+    // Never past the listener's own limit, whatever `max_body` says.
+    let limit = w.max_body.min(conn.listener.limits.max_body_bytes.0);
     let stall = conn.listener.limits.body_read_timeout;
-    let bytes = super::translate::read_request(body, w.max_body, stall).await?;
+    let bytes = match read_kept(body, limit, stall).await? {
+        Ok(b) => b,
+        // Too large (or of unknown length) to queue: sent as usual, streamed under the
+        // listener's guards; an unreachable upstream is then the usual 502/503.
+        Err(body) => return super::observed(Request::from_parts(parts, body), route, conn, ctx).await,
+    };
     let kept = super::clone_parts(&parts);
+    let fp = fingerprint(&parts, &bytes);
     let result = super::observed(
         Request::from_parts(parts, InBody::Buffered(bytes.clone())),
         route,
@@ -267,10 +281,15 @@ pub async fn dispatch(
         _ => return result,
     };
     let stored = stored_request(kept, bytes, key, route, w, conn, ctx)?;
-    let id = enqueue(queue, w, stored).await.map_err(|e| {
-        tracing::warn!(route = %route.name, error = %e, "a write could not be queued");
-        ProxyError::WriteQueueUnavailable(e.to_string())
-    })?;
+    let id = match enqueue(queue, w, stored, &fp).await {
+        Ok(Queued::Id(id)) => id,
+        Ok(Queued::Reused) => return Err(ProxyError::IdempotencyKeyReused),
+        Ok(Queued::InFlight) => return Err(ProxyError::IdempotencyKeyInFlight),
+        Err(e) => {
+            tracing::warn!(route = %route.name, error = %e, "a write could not be queued");
+            return Err(ProxyError::WriteQueueUnavailable(e.to_string()));
+        }
+    };
     tracing::info!(route = %route.name, id, reason, "upstream unreachable: write queued");
     Ok(crate::error::write_queued(
         &queue.location(&id),
@@ -278,6 +297,41 @@ pub async fn dispatch(
         &reason,
         Some(&ctx.request_id),
     ))
+}
+
+/// The body whole when it declares a length within `limit`; otherwise handed back untouched
+/// (`Err`), to be streamed. Read under the listener's stall guard.
+async fn read_kept(body: InBody, limit: u64, stall: Duration) -> Result<Result<Bytes, InBody>, ProxyError> {
+    use http_body_util::BodyExt as _;
+    use hyper::body::Body as _;
+    match body {
+        InBody::Buffered(b) if b.len() as u64 > limit => Ok(Err(InBody::Buffered(b))),
+        InBody::Buffered(b) => Ok(Ok(b)),
+        InBody::Stream(s) if s.is_end_stream() => Ok(Ok(Bytes::new())),
+        InBody::Stream(s) => match s.size_hint().exact() {
+            Some(n) if n <= limit => {
+                let (guarded, _) = super::body::RequestBody::guard(s, limit, stall);
+                Ok(Ok(guarded.collect().await?.to_bytes()))
+            }
+            _ => Ok(Err(InBody::Stream(s))),
+        },
+    }
+}
+
+/// What the client asked for, as `pipeline::idempotency` fingerprints it: the same key with
+/// another request is refused, not answered with the first one's 202.
+fn fingerprint(parts: &http::request::Parts, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(parts.method.as_str().as_bytes());
+    h.update(b"\n");
+    h.update(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    hex(&h.finalize())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn stored_request(
@@ -351,51 +405,158 @@ fn stored_request(
 /// same key keeps its partition's order whatever the count, as long as the count divides it.
 const PARTITIONS_MAX: u32 = 1 << 16;
 
-async fn enqueue(q: &WriteQueue, w: &RouteWrites, mut s: Stored) -> Result<String, store::StoreError> {
+/// What became of a write to be queued.
+enum Queued {
+    /// Queued as this id: now, or by an earlier request with the same key.
+    Id(String),
+    /// The key was used for a different request.
+    Reused,
+    /// A request with the same key is being queued right now.
+    InFlight,
+}
+
+/// Deletes a key only while it holds the value this instance wrote.
+const DEL_IF: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// A dedupe key's value: `{id} {fingerprint}` once the write is queued, `p {id} {fingerprint}`
+/// while it is being queued (older records hold the id alone).
+struct Dedupe<'a> {
+    pending: bool,
+    id: &'a str,
+    fp: Option<&'a str>,
+}
+
+impl<'a> Dedupe<'a> {
+    fn parse(v: &'a str) -> Self {
+        let (pending, rest) = match v.strip_prefix("p ") {
+            Some(rest) => (true, rest),
+            None => (false, v),
+        };
+        let (id, fp) = match rest.split_once(' ') {
+            Some((id, fp)) => (id, Some(fp)),
+            None => (rest, None),
+        };
+        Self { pending, id, fp }
+    }
+}
+
+/// Queues `s` unless its (principal, Idempotency-Key) was queued already. The key is taken
+/// first, marked pending, and made final only once the write is in its stream: a request
+/// that fails to queue gives its key back, so the client's retry is queued rather than told
+/// of a write that never was.
+async fn enqueue(
+    q: &WriteQueue,
+    w: &RouteWrites,
+    mut s: Stored,
+    fp: &str,
+) -> Result<Queued, store::StoreError> {
     s.partition %= q.cfg.partitions.max(1);
     let ttl = q.status_ttl(w);
-    if let Some(k) = &s.idempotency_key {
-        let digest = {
+    let dedupe = match &s.idempotency_key {
+        None => None,
+        Some(k) => {
             let mut h = Sha256::new();
             h.update(s.principal.as_deref().unwrap_or("").as_bytes());
             h.update(b"\0");
             h.update(k.as_bytes());
-            h.finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        };
-        let dk = q.store.dedupe_key(&s.route, &digest);
-        let set: Option<String> = q
-            .store
-            .run(
-                redis::cmd("SET")
-                    .arg(&dk)
-                    .arg(&s.id)
-                    .arg("NX")
-                    .arg("GET")
-                    .arg("PX")
-                    .arg(ttl.as_millis() as u64),
-            )
-            .await?;
-        if let Some(existing) = set {
-            // Queued already: the retry gets the first one's status resource.
-            return Ok(existing);
+            Some(q.store.dedupe_key(&s.route, &hex(&h.finalize())))
+        }
+    };
+    let pending = format!("p {} {fp}", s.id);
+    if let Some(dk) = &dedupe {
+        // Long enough for the two writes below, each bounded by the timeout; a pending mark
+        // left by an instance that died frees the key soon after.
+        let pending_ttl = q.cfg.timeout.saturating_mul(4) + Duration::from_secs(1);
+        let mut taken = false;
+        for _ in 0..2 {
+            let set: Option<String> = q
+                .store
+                .run(
+                    redis::cmd("SET")
+                        .arg(dk)
+                        .arg(&pending)
+                        .arg("NX")
+                        .arg("GET")
+                        .arg("PX")
+                        .arg(pending_ttl.as_millis() as u64),
+                )
+                .await?;
+            let Some(existing) = set else {
+                taken = true;
+                break;
+            };
+            let d = Dedupe::parse(&existing);
+            if d.fp.is_some_and(|other| other != fp) {
+                return Ok(Queued::Reused);
+            }
+            if d.pending {
+                return Ok(Queued::InFlight);
+            }
+            if q.store.status(d.id).await?.is_some() {
+                // Queued already: the retry gets the first one's status resource.
+                return Ok(Queued::Id(d.id.to_string()));
+            }
+            // Its status is gone: nothing to point the client at, so the write is queued
+            // afresh (the key is given up only if nobody took it over meanwhile).
+            q.store
+                .script::<i64>(&redis::Script::new(DEL_IF), dk, &[existing.as_str()])
+                .await?;
+        }
+        if !taken {
+            return Ok(Queued::InFlight);
         }
     }
-    q.store.put_status(&s.id, &Status::queued(&s), ttl).await?;
-    let json = serde_json::to_string(&s).map_err(|e| store::StoreError::Record(e.to_string()))?;
-    q.store
-        .run::<String>(
-            redis::cmd("XADD")
-                .arg(q.store.queue_key(&s.route, s.partition))
-                .arg("*")
-                .arg("w")
-                .arg(json),
-        )
-        .await?;
+    let queued = async {
+        q.store.put_status(&s.id, &Status::queued(&s), ttl).await?;
+        let json = serde_json::to_string(&s).map_err(|e| store::StoreError::Record(e.to_string()))?;
+        q.store
+            .run::<String>(
+                redis::cmd("XADD")
+                    .arg(q.store.queue_key(&s.route, s.partition))
+                    .arg("*")
+                    .arg("w")
+                    .arg(json),
+            )
+            .await
+    }
+    .await;
+    if let Err(e) = queued {
+        // Best effort: Redis may be the reason it failed. A key left behind is still pending
+        // and expires within seconds.
+        if let Some(dk) = &dedupe {
+            let _ = q
+                .store
+                .script::<i64>(&redis::Script::new(DEL_IF), dk, &[pending.as_str()])
+                .await;
+        }
+        let _ = q
+            .store
+            .run::<i64>(redis::cmd("DEL").arg(q.store.status_key(&s.id)))
+            .await;
+        return Err(e);
+    }
     w.metrics.queued.increment(1);
-    Ok(s.id)
+    if let Some(dk) = &dedupe {
+        let done = q
+            .store
+            .run::<()>(
+                redis::cmd("SET")
+                    .arg(dk)
+                    .arg(format!("{} {fp}", s.id))
+                    .arg("PX")
+                    .arg(ttl.as_millis().max(1) as u64),
+            )
+            .await;
+        if let Err(e) = done {
+            // The write is queued, so the 202 stands; a retry after the pending mark expires
+            // is queued again, and the backend deduplicates it by its Idempotency-Key.
+            tracing::warn!(route = %s.route, id = %s.id, error = %e, "a queued write's dedupe key could not be kept");
+        }
+    }
+    Ok(Queued::Id(s.id))
 }
 
 /// `GET {status_prefix}/{id}`: the write's state, for the principal that queued it only.
@@ -486,4 +647,22 @@ fn status_document(id: &str, st: &Status) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "result": result,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dedupe_value_reads_as_pending_or_queued_with_its_fingerprint_and_old_ones_without() {
+        let d = Dedupe::parse("p abc 0123");
+        assert!(d.pending);
+        assert_eq!((d.id, d.fp), ("abc", Some("0123")));
+        let d = Dedupe::parse("abc 0123");
+        assert!(!d.pending);
+        assert_eq!((d.id, d.fp), ("abc", Some("0123")));
+        let d = Dedupe::parse("abc");
+        assert!(!d.pending);
+        assert_eq!((d.id, d.fp), ("abc", None));
+    }
 }

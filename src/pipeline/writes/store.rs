@@ -28,6 +28,8 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("a stored record is unreadable: {0}")]
     Record(String),
+    #[error("Redis could not be connected to")]
+    NotConnected,
 }
 
 #[derive(Clone)]
@@ -43,7 +45,10 @@ enum Target {
 
 pub struct Store {
     target: Target,
-    conn: tokio::sync::Mutex<Option<Conn>>,
+    conn: parking_lot::Mutex<Option<Conn>>,
+    /// Held by the one caller that connects; the others wait for its outcome, so a black-holed
+    /// Redis costs each request at most one `timeout`, not one per caller queued before it.
+    connecting: tokio::sync::Mutex<()>,
     timeout: Duration,
     prefix: String,
 }
@@ -62,17 +67,25 @@ impl Store {
         };
         Ok(Self {
             target,
-            conn: tokio::sync::Mutex::new(None),
+            conn: parking_lot::Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
             timeout: cfg.timeout,
             prefix: cfg.key_prefix.clone(),
         })
     }
 
     async fn conn(&self) -> Result<Conn, StoreError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = &*slot {
+        if let Some(c) = &*self.conn.lock() {
             return Ok(c.clone());
         }
+        let Ok(_connecting) = self.connecting.try_lock() else {
+            // Another caller is connecting: its outcome is this caller's too, rather than a
+            // connect attempt of its own after it (and after every other one waiting).
+            let _after = tokio::time::timeout(self.timeout, self.connecting.lock())
+                .await
+                .map_err(|_| StoreError::Timeout(self.timeout))?;
+            return self.conn.lock().clone().ok_or(StoreError::NotConnected);
+        };
         let made = tokio::time::timeout(self.timeout, async {
             match &self.target {
                 Target::Single(client) => {
@@ -90,7 +103,7 @@ impl Store {
         })
         .await
         .map_err(|_| StoreError::Timeout(self.timeout))??;
-        *slot = Some(made.clone());
+        *self.conn.lock() = Some(made.clone());
         Ok(made)
     }
 
@@ -348,4 +361,53 @@ pub fn field<'a>(e: &'a Entry, name: &str) -> Option<&'a str> {
 /// The unix milliseconds of a stream id (`1700000000000-0`).
 pub fn id_ms(id: &str) -> Option<u64> {
     id.split('-').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_fail_fast_while_another_connects_to_a_black_holed_redis() {
+        // Accepts connections and never answers: every connect attempt lasts the timeout.
+        let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = hole.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = hole.accept().await {
+                conns.push(c);
+            }
+        });
+        let timeout = Duration::from_millis(400);
+        let cfg = QueueStoreConfig {
+            redis_urls: vec![format!("redis://{addr}")],
+            key_prefix: "t:".into(),
+            timeout,
+            partitions: 1,
+            claim_idle: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(50),
+            status_prefix: "/w".into(),
+            status_ttl: Duration::from_secs(60),
+        };
+        let store = std::sync::Arc::new(Store::new(&cfg).unwrap());
+        let started = std::time::Instant::now();
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move {
+                    let t = std::time::Instant::now();
+                    let r = s.run::<String>(&redis::cmd("PING")).await;
+                    (r.is_err(), t.elapsed())
+                })
+            })
+            .collect();
+        for c in calls {
+            let (failed, took) = c.await.unwrap();
+            assert!(failed);
+            assert!(took < timeout * 3, "a caller waited {took:?}");
+        }
+        assert!(started.elapsed() < timeout * 3, "{:?}", started.elapsed());
+        held.abort();
+    }
 }
