@@ -641,3 +641,225 @@ async fn the_demo_publishes_its_wsdl_and_its_import_serves_the_demo_order() {
     a.assert_problem(400, "soap-fault");
     f.shutdown().await;
 }
+
+// ---------------------------------------------------------------- hostile and unusual schemas
+
+/// A one-operation document/literal WSDL around `schema`, which declares `Op` and `OpResponse`
+/// in urn:t (prefix `tns`).
+fn wsdl_around(schema: &str) -> String {
+    format!(
+        r#"<?xml version="1.0"?>
+<definitions xmlns="http://schemas.xmlsoap.org/wsdl/" xmlns:soap="http://schemas.xmlsoap.org/wsdl/soap/"
+  xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:tns="urn:t" targetNamespace="urn:t">
+  <types><xs:schema targetNamespace="urn:t" elementFormDefault="qualified">{schema}</xs:schema></types>
+  <message name="In"><part name="p" element="tns:Op"/></message>
+  <message name="Out"><part name="p" element="tns:OpResponse"/></message>
+  <portType name="PT"><operation name="Op"><input message="tns:In"/><output message="tns:Out"/></operation></portType>
+  <binding name="B" type="tns:PT"><soap:binding style="document" transport="http://schemas.xmlsoap.org/soap/http"/>
+    <operation name="Op"><soap:operation soapAction="urn:t#Op"/>
+      <input><soap:body use="literal"/></input><output><soap:body use="literal"/></output></operation></binding>
+  <service name="S"><port name="P" binding="tns:B"><soap:address location="http://legacy.example:8080/svc"/></port></service>
+</definitions>"#
+    )
+}
+
+/// Imports `schema` in-process (a stack overflow would abort the test binary, a loop would
+/// hang it), checks the config as `ficus check` does, and returns it.
+fn import_hostile(schema: &str) -> String {
+    let yaml = import_text(
+        &wsdl_around(schema),
+        Path::new("hostile.wsdl"),
+        None,
+        &Options::default(),
+    )
+    .unwrap();
+    assert_checks(&yaml);
+    yaml
+}
+
+/// `needle` is a `# Not mapped:` comment above the operation's route.
+fn noted_above_route(yaml: &str, needle: &str) {
+    let routes = yaml.split("routes:\n").nth(1).unwrap();
+    let at = routes
+        .find(&format!("# Not mapped: {needle}"))
+        .unwrap_or_else(|| panic!("`{needle}` is not noted above the route:\n{yaml}"));
+    assert!(at < routes.find("- name: op").unwrap(), "{yaml}");
+}
+
+const EMPTY_OP: &str =
+    r#"<xs:element name="Op"><xs:complexType><xs:sequence/></xs:complexType></xs:element>"#;
+
+#[test]
+fn an_element_referring_to_itself_is_typed_down_to_its_first_repetition() {
+    let yaml = import_hostile(
+        r#"
+        <xs:element name="Op"><xs:complexType><xs:sequence>
+          <xs:element name="Id" type="xs:int"/><xs:element ref="tns:Op" minOccurs="0"/>
+        </xs:sequence></xs:complexType></xs:element>
+        <xs:element name="OpResponse"><xs:complexType><xs:sequence><xs:element ref="tns:A"/></xs:sequence></xs:complexType></xs:element>
+        <xs:element name="A"><xs:complexType><xs:sequence>
+          <xs:element name="V" type="xs:int"/><xs:element ref="tns:A" minOccurs="0" maxOccurs="unbounded"/>
+        </xs:sequence></xs:complexType></xs:element>"#,
+    );
+    noted_above_route(&yaml, "the element `Op` contains itself");
+    noted_above_route(&yaml, "the element `A` contains itself");
+    assert!(yaml.contains("array_paths: ['A.A']"), "{yaml}");
+    assert!(yaml.contains("- convert: { path: 'A.V', to: number }"), "{yaml}");
+}
+
+#[test]
+fn a_simple_type_derived_from_itself_is_mapped_as_a_string() {
+    let yaml = import_hostile(&format!(
+        r#"{EMPTY_OP}
+        <xs:element name="OpResponse"><xs:complexType><xs:sequence>
+          <xs:element name="Direct" type="tns:S"/><xs:element name="Round" type="tns:T"/>
+          <xs:element name="Count" type="tns:N"/>
+        </xs:sequence></xs:complexType></xs:element>
+        <xs:simpleType name="S"><xs:restriction base="tns:S"/></xs:simpleType>
+        <xs:simpleType name="T"><xs:restriction base="tns:U"/></xs:simpleType>
+        <xs:simpleType name="U"><xs:restriction base="tns:T"/></xs:simpleType>
+        <xs:simpleType name="N"><xs:restriction base="xs:int"/></xs:simpleType>"#
+    ));
+    noted_above_route(&yaml, "the type `S` contains itself");
+    noted_above_route(&yaml, "the type `T` contains itself");
+    assert!(!yaml.contains("'Direct'") && !yaml.contains("'Round'"), "{yaml}");
+    assert!(
+        yaml.contains("- convert: { path: 'Count', to: number }"),
+        "{yaml}"
+    );
+}
+
+#[test]
+fn a_group_using_itself_directly_or_through_another_stops_at_the_repetition() {
+    let yaml = import_hostile(&format!(
+        r#"{EMPTY_OP}
+        <xs:element name="OpResponse"><xs:complexType><xs:sequence>
+          <xs:group ref="tns:G"/><xs:group ref="tns:H1"/>
+        </xs:sequence></xs:complexType></xs:element>
+        <xs:group name="G"><xs:sequence>
+          <xs:element name="Gv" type="xs:int"/><xs:group ref="tns:G" minOccurs="0"/>
+        </xs:sequence></xs:group>
+        <xs:group name="H1"><xs:sequence><xs:element name="H1v" type="xs:boolean"/><xs:group ref="tns:H2"/></xs:sequence></xs:group>
+        <xs:group name="H2"><xs:sequence><xs:element name="H2v" type="xs:int"/><xs:group ref="tns:H1"/></xs:sequence></xs:group>"#
+    ));
+    noted_above_route(&yaml, "the group `G` contains itself");
+    noted_above_route(&yaml, "the group `H1` contains itself");
+    assert!(yaml.contains("- convert: { path: 'Gv', to: number }"), "{yaml}");
+    assert!(yaml.contains("- convert: { path: 'H1v', to: bool }"), "{yaml}");
+    assert!(yaml.contains("- convert: { path: 'H2v', to: number }"), "{yaml}");
+}
+
+#[test]
+fn a_wide_schema_that_multiplies_out_stops_at_the_field_cap() {
+    // 8 fields a level, 30 levels of distinct types: 8^30 elements if expanded.
+    let mut schema = format!(r#"{EMPTY_OP}<xs:element name="OpResponse" type="tns:T0"/>"#);
+    for level in 0..30 {
+        schema.push_str(&format!(r#"<xs:complexType name="T{level}"><xs:sequence>"#));
+        for f in 0..8 {
+            schema.push_str(&format!(
+                r#"<xs:element name="F{f}" type="tns:T{}" maxOccurs="2"/>"#,
+                level + 1
+            ));
+        }
+        schema.push_str("</xs:sequence></xs:complexType>");
+    }
+    schema.push_str(
+        r#"<xs:complexType name="T30"><xs:sequence><xs:element name="V" type="xs:int"/></xs:sequence></xs:complexType>"#,
+    );
+    let started = std::time::Instant::now();
+    let yaml = import_hostile(&schema);
+    noted_above_route(
+        &yaml,
+        &format!(
+            "the schema expands to more than {} elements: mapping stopped",
+            ficus::import::wsdl::MAX_FIELDS
+        ),
+    );
+    // What was mapped before the cap is kept.
+    assert!(yaml.contains("'F0.F0.F0'"), "{yaml}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn groups_of_groups_that_map_nothing_stop_at_the_step_cap() {
+    // No element at all, so the field cap never trips: 8^30 group visits if walked.
+    let mut schema = format!(
+        r#"{EMPTY_OP}<xs:element name="OpResponse"><xs:complexType><xs:sequence><xs:group ref="tns:G0"/></xs:sequence></xs:complexType></xs:element>"#
+    );
+    for level in 0..30 {
+        schema.push_str(&format!(r#"<xs:group name="G{level}"><xs:sequence>"#));
+        for _ in 0..8 {
+            schema.push_str(&format!(r#"<xs:group ref="tns:G{}"/>"#, level + 1));
+        }
+        schema.push_str("</xs:sequence></xs:group>");
+    }
+    schema.push_str(r#"<xs:group name="G30"><xs:sequence/></xs:group>"#);
+    let yaml = import_hostile(&schema);
+    noted_above_route(
+        &yaml,
+        &format!(
+            "the schema takes more than {} steps to expand",
+            ficus::import::wsdl::MAX_STEPS
+        ),
+    );
+}
+
+#[test]
+fn a_long_chain_of_distinct_types_stops_at_the_depth_cap() {
+    let mut schema = format!(r#"{EMPTY_OP}<xs:element name="OpResponse" type="tns:T0"/>"#);
+    for level in 0..2000 {
+        schema.push_str(&format!(
+            r#"<xs:complexType name="T{level}"><xs:sequence><xs:element name="E{level}" type="tns:T{}"/></xs:sequence></xs:complexType>"#,
+            level + 1
+        ));
+    }
+    schema.push_str(r#"<xs:simpleType name="T2000"><xs:restriction base="xs:int"/></xs:simpleType>"#);
+    let yaml = import_hostile(&schema);
+    let routes = yaml.split("routes:\n").nth(1).unwrap();
+    assert!(
+        routes.contains("is nested too deeply (more than")
+            && routes.contains("schema components): below it nothing is typed"),
+        "{routes}"
+    );
+    assert!(!yaml.contains("to: number"), "{yaml}");
+}
+
+#[test]
+fn a_wsdl_or_schema_file_over_the_size_cap_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.wsdl");
+    // Sparse: the cap is checked before the content is read.
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(ficus::import::wsdl::MAX_FILE_BYTES + 1)
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["import", "wsdl"])
+        .arg(&big)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{err}");
+    assert!(
+        err.contains(&big.display().to_string()) && err.contains("larger than 16 MiB: refused"),
+        "{err}"
+    );
+
+    let xsd = dir.path().join("huge.xsd");
+    std::fs::File::create(&xsd)
+        .unwrap()
+        .set_len(ficus::import::wsdl::MAX_FILE_BYTES + 1)
+        .unwrap();
+    let wsdl = std::fs::read_to_string(fixture("catalog.wsdl")).unwrap().replace(
+        "schemaLocation=\"catalog-types.xsd\"",
+        "schemaLocation=\"huge.xsd\"",
+    );
+    std::fs::write(dir.path().join("c.wsdl"), wsdl).unwrap();
+    let e = import_file(&dir.path().join("c.wsdl"), &Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("c.wsdl: schema `huge.xsd`") && e.contains("huge.xsd is larger than 16 MiB: refused"),
+        "{e}"
+    );
+}

@@ -11,6 +11,15 @@
 //! Schemas: the WSDL's inline `types`, plus `xs:import` / `xs:include` of local files, read
 //! relative to the including file and refused when they leave the WSDL's directory; a
 //! `schemaLocation` that is a URL is never fetched (its types are reported as unknown).
+//!
+//! Hostile or unusual schemas: each file read is capped at [`MAX_FILE_BYTES`] (a larger one is
+//! an error naming it, exit 1). The walk from an operation's elements through types, element
+//! references and groups is bounded three ways, and each bound maps what it has and says what
+//! was cut in the route's `# Not mapped:` comment, so the output is still a config `ficus check`
+//! accepts: a named type, element or group met again inside itself is not expanded a second
+//! time (it "contains itself"); the walk never nests deeper than [`MAX_WALK_DEPTH`]; and one
+//! operation maps at most [`MAX_FIELDS`] elements in [`MAX_STEPS`] steps, so a wide schema that
+//! multiplies out (8 fields a level, 30 levels) stops early instead of expanding forever.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -30,10 +39,26 @@ const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 /// pathological input, far deeper than any real service.
 const MAX_DEPTH: usize = 64;
 
+/// A WSDL or schema file larger than this is refused: real ones are a few hundred KiB.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How deep the walk through schema components (elements, types, groups, sequences, ...)
+/// goes; about six components make one level of nested elements. Deeper content is untyped.
+pub const MAX_WALK_DEPTH: usize = 256;
+
+/// Elements mapped for one operation (request and answer together); the rest is left out.
+pub const MAX_FIELDS: usize = 5_000;
+
+/// Schema components visited for one operation: bounds the work of schemas that map few
+/// elements but visit many components (groups of groups of empty groups).
+pub const MAX_STEPS: usize = 100_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum WsdlError {
     #[error("{file}: cannot read it: {source}")]
     Read { file: PathBuf, source: std::io::Error },
+    #[error("{file}: larger than {} MiB: refused (real WSDL files are far smaller)", MAX_FILE_BYTES / (1024 * 1024))]
+    TooLarge { file: PathBuf },
     #[error("{file}: not well-formed XML: {reason}")]
     Xml { file: PathBuf, reason: String },
     #[error(
@@ -81,9 +106,14 @@ impl Default for Options {
 
 /// Reads `path` (and the local schemas it imports) and returns the config text.
 pub fn import_file(path: &Path, opts: &Options) -> Result<String, WsdlError> {
-    let text = std::fs::read_to_string(path).map_err(|source| WsdlError::Read {
-        file: path.to_path_buf(),
-        source,
+    let text = read_capped(path).map_err(|e| match e {
+        Capped::Io(source) => WsdlError::Read {
+            file: path.to_path_buf(),
+            source,
+        },
+        Capped::TooLarge => WsdlError::TooLarge {
+            file: path.to_path_buf(),
+        },
     })?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = if dir.as_os_str().is_empty() {
@@ -92,6 +122,34 @@ pub fn import_file(path: &Path, opts: &Options) -> Result<String, WsdlError> {
         dir
     };
     import_text(&text, path, Some(&dir), opts)
+}
+
+enum Capped {
+    Io(std::io::Error),
+    TooLarge,
+}
+
+/// The file's text, refused past [`MAX_FILE_BYTES`]. The read itself stops there too: the
+/// size on disk says nothing for a pipe or a device (`/dev/zero`).
+fn read_capped(path: &Path) -> Result<String, Capped> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(Capped::Io)?;
+    if file.metadata().map_err(Capped::Io)?.len() > MAX_FILE_BYTES {
+        return Err(Capped::TooLarge);
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(Capped::Io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(Capped::TooLarge);
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        Capped::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })
 }
 
 /// `file` names the document in messages; `dir` is where its local schemas are (`None`: the
@@ -115,7 +173,7 @@ pub fn import_text(text: &str, file: &Path, dir: Option<&Path>, opts: &Options) 
     let mut schemas = Schemas::new(dir);
     if let Some(types) = root.kid(WSDL_NS, "types") {
         for s in types.kids(XSD_NS, "schema") {
-            schemas.add(s, file, None)?;
+            schemas.add(s, file, None, 0)?;
         }
     }
     let wsdl = Wsdl::read(&root, file)?;
@@ -338,7 +396,14 @@ impl Schemas {
     }
 
     /// `chameleon`: the includer's target namespace, for an included schema that has none.
-    fn add(&mut self, schema: &Node, file: &Path, chameleon: Option<&str>) -> Result<(), WsdlError> {
+    /// `depth`: how many includes/imports led here; a chain of distinct files recurses too.
+    fn add(
+        &mut self,
+        schema: &Node,
+        file: &Path,
+        chameleon: Option<&str>,
+        depth: usize,
+    ) -> Result<(), WsdlError> {
         let tns = schema
             .attr("targetNamespace")
             .map(str::to_string)
@@ -370,7 +435,7 @@ impl Schemas {
                         continue;
                     };
                     let include = c.name == "include";
-                    self.load(loc, file, include.then_some(tns.as_str()))?;
+                    self.load(loc, file, include.then_some(tns.as_str()), depth + 1)?;
                 }
                 _ => {}
             }
@@ -378,12 +443,23 @@ impl Schemas {
         Ok(())
     }
 
-    fn load(&mut self, loc: &str, from: &Path, chameleon: Option<&str>) -> Result<(), WsdlError> {
+    fn load(
+        &mut self,
+        loc: &str,
+        from: &Path,
+        chameleon: Option<&str>,
+        depth: usize,
+    ) -> Result<(), WsdlError> {
         let err = |reason: String| WsdlError::Schema {
             file: from.to_path_buf(),
             location: loc.to_string(),
             reason,
         };
+        if depth > MAX_DEPTH {
+            return Err(err(format!(
+                "schemas import or include each other more than {MAX_DEPTH} files deep: refused"
+            )));
+        }
         if loc.contains("://") {
             self.notes.push(format!(
                 "schema `{loc}` is a URL: it is not fetched, so the types it declares are unknown (mapped as strings)"
@@ -416,12 +492,19 @@ impl Schemas {
         if !self.loaded.insert(canonical.clone()) {
             return Ok(());
         }
-        let text = std::fs::read_to_string(&canonical).map_err(|e| err(format!("cannot read it: {e}")))?;
+        let text = read_capped(&canonical).map_err(|e| match e {
+            Capped::Io(e) => err(format!("cannot read it: {e}")),
+            Capped::TooLarge => err(format!(
+                "{} is larger than {} MiB: refused",
+                canonical.display(),
+                MAX_FILE_BYTES / (1024 * 1024)
+            )),
+        })?;
         let node = parse_xml(&text).map_err(|r| err(format!("not well-formed XML: {r}")))?;
         if !node.is(XSD_NS, "schema") {
             return Err(err(format!("its root element is `{}`, not xs:schema", node.name)));
         }
-        self.add(&node, &path, chameleon)
+        self.add(&node, &path, chameleon, depth)
     }
 }
 
@@ -449,17 +532,34 @@ enum Kind {
     Complex(Vec<Field>),
 }
 
+/// What the cycle stack holds: a named component being expanded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Named {
+    Type,
+    Element,
+    Group,
+}
+
 /// Walks type definitions into [`Field`]s, collecting what cannot be carried.
 struct Walk<'a> {
     s: &'a Schemas,
     notes: Vec<String>,
+    noted: HashSet<String>,
     /// Each `xs:sequence`'s element names, in order: the `order` soap_wrap needs.
     sequences: Vec<Vec<String>>,
-    /// Named types being expanded, to stop at a type that contains itself.
-    stack: Vec<QName>,
+    /// Named types, global elements and groups being expanded, to stop at one that contains
+    /// itself.
+    stack: Vec<(Named, QName)>,
     /// Each element met and the namespace it belongs in (`""`: none, an unqualified local
     /// element): soap_wrap writes all of them in the operation element's namespace.
     element_ns: Vec<(String, String)>,
+    /// Guarded calls currently open: see [`Walk::guarded`].
+    depth: usize,
+    /// Guarded calls made, and elements mapped, for this operation.
+    steps: usize,
+    fields: usize,
+    /// A cap was hit: nothing more is walked for this operation.
+    cut: bool,
 }
 
 fn builtin(local: &str) -> Scalar {
@@ -486,16 +586,74 @@ impl<'a> Walk<'a> {
         Self {
             s,
             notes: Vec::new(),
+            noted: HashSet::new(),
             sequences: Vec::new(),
             stack: Vec::new(),
             element_ns: Vec::new(),
+            depth: 0,
+            steps: 0,
+            fields: 0,
+            cut: false,
         }
     }
 
     fn note(&mut self, n: String) {
-        if !self.notes.contains(&n) {
+        if self.noted.insert(n.clone()) {
             self.notes.push(n);
         }
+    }
+
+    /// Every recursive step of the walk goes through here, so one place bounds the stack
+    /// depth and the work, whichever path (element, reference, type, group, extension)
+    /// recurses. Past a bound `f` is not called and `fallback` stands in for what it would
+    /// have mapped.
+    fn guarded<T>(&mut self, owner: &str, fallback: T, f: impl FnOnce(&mut Self) -> T) -> T {
+        if self.cut {
+            return fallback;
+        }
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
+            self.cut = true;
+            self.note(format!(
+                "the schema takes more than {MAX_STEPS} steps to expand: mapping stopped at `{owner}`; the elements after it are left out (untyped: no arrays, no conversions)"
+            ));
+            return fallback;
+        }
+        if self.depth >= MAX_WALK_DEPTH {
+            self.note(format!(
+                "`{owner}` is nested too deeply (more than {MAX_WALK_DEPTH} schema components): below it nothing is typed (no arrays, no conversions)"
+            ));
+            return fallback;
+        }
+        self.depth += 1;
+        let out = f(self);
+        self.depth -= 1;
+        out
+    }
+
+    /// Expands the named component `q` with `f`, unless it is already being expanded: then
+    /// the cycle is noted and `fallback` stands in for the inner occurrence.
+    fn named<T>(&mut self, what: Named, q: &QName, fallback: T, f: impl FnOnce(&mut Self) -> T) -> T {
+        let key = (what, q.clone());
+        if self.stack.contains(&key) {
+            let n = &q.1;
+            self.note(match what {
+                Named::Type => format!(
+                    "the type `{n}` contains itself: below its first level nothing is typed (no arrays, no conversions)"
+                ),
+                Named::Element => format!(
+                    "the element `{n}` contains itself: below its first level nothing is typed (no arrays, no conversions)"
+                ),
+                Named::Group => format!(
+                    "the group `{n}` contains itself: its elements are typed at its first use only; inside itself they pass through untyped (no arrays, no conversions)"
+                ),
+            });
+            return fallback;
+        }
+        self.stack.push(key);
+        let out = f(self);
+        self.stack.pop();
+        out
     }
 
     /// A global element's content (the operation element's children for a wrapped operation).
@@ -506,19 +664,43 @@ impl<'a> Walk<'a> {
                 q.0, q.1
             ));
         };
-        Ok(match self.element_kind(&el, &ctx, &q.1) {
+        let kind = self.named(Named::Element, q, Kind::Scalar(Scalar::Text), |w| {
+            w.element_kind(&el, &ctx, &q.1)
+        });
+        Ok(match kind {
             Kind::Complex(f) => f,
             Kind::Scalar(_) => {
-                self.note(format!(
-                    "the operation element `{}` holds a plain value, not child elements: the JSON body is that value",
-                    q.1
-                ));
+                if !self.cut {
+                    self.note(format!(
+                        "the operation element `{}` holds a plain value, not child elements: the JSON body is that value",
+                        q.1
+                    ));
+                }
                 Vec::new()
             }
         })
     }
 
     fn element(&mut self, el: &Node, ctx: &Ctx, owner: &str) -> Option<Field> {
+        if self.cut {
+            return None;
+        }
+        if self.fields >= MAX_FIELDS {
+            self.cut = true;
+            self.note(format!(
+                "the schema expands to more than {MAX_FIELDS} elements: mapping stopped in `{owner}`; the elements after that point are left out (untyped: no arrays, no conversions)"
+            ));
+            return None;
+        }
+        // Not guarded itself: what recurses below an element is its kind, and that is.
+        let f = self.element_at(el, ctx, owner);
+        if f.is_some() {
+            self.fields += 1;
+        }
+        f
+    }
+
+    fn element_at(&mut self, el: &Node, ctx: &Ctx, owner: &str) -> Option<Field> {
         let many = occurs_many(el);
         if let Ok(Some(r)) = el.qname("ref") {
             let Some((g, gctx)) = self.s.elements.get(&r).cloned() else {
@@ -529,7 +711,9 @@ impl<'a> Walk<'a> {
                 return None;
             };
             self.element_ns.push((r.1.clone(), r.0.clone()));
-            let kind = self.element_kind(&g, &gctx, &r.1);
+            let kind = self.named(Named::Element, &r, Kind::Scalar(Scalar::Text), |w| {
+                w.element_kind(&g, &gctx, &r.1)
+            });
             return Some(Field {
                 name: r.1,
                 many,
@@ -554,12 +738,12 @@ impl<'a> Walk<'a> {
     }
 
     fn element_kind(&mut self, el: &Node, ctx: &Ctx, name: &str) -> Kind {
-        if self.stack.len() > MAX_DEPTH {
-            self.note(format!(
-                "`{name}` is nested too deeply: below it nothing is typed"
-            ));
-            return Kind::Scalar(Scalar::Text);
-        }
+        self.guarded(name, Kind::Scalar(Scalar::Text), |w| {
+            w.element_kind_at(el, ctx, name)
+        })
+    }
+
+    fn element_kind_at(&mut self, el: &Node, ctx: &Ctx, name: &str) -> Kind {
         match el.qname("type") {
             Ok(Some(t)) => return self.type_kind(&t, name),
             Err(e) => {
@@ -581,6 +765,10 @@ impl<'a> Walk<'a> {
     }
 
     fn type_kind(&mut self, t: &QName, owner: &str) -> Kind {
+        self.guarded(owner, Kind::Scalar(Scalar::Text), |w| w.type_kind_at(t, owner))
+    }
+
+    fn type_kind_at(&mut self, t: &QName, owner: &str) -> Kind {
         if t.0 == XSD_NS {
             if t.1 == "anyType" {
                 self.note(format!(
@@ -596,23 +784,22 @@ impl<'a> Walk<'a> {
             ));
             return Kind::Scalar(Scalar::Text);
         };
-        if node.name == "simpleType" {
-            return Kind::Scalar(self.simple(&node, owner));
-        }
-        if self.stack.contains(t) {
-            self.note(format!(
-                "the type `{}` contains itself: below its first level nothing is typed (no arrays, no conversions)",
-                t.1
-            ));
-            return Kind::Scalar(Scalar::Text);
-        }
-        self.stack.push(t.clone());
-        let k = self.complex(&node, &ctx, owner);
-        self.stack.pop();
-        k
+        // Simple types go on the cycle stack too: `S` restricting `T` restricting `S` is a
+        // loop as surely as a complex type that contains itself.
+        self.named(Named::Type, t, Kind::Scalar(Scalar::Text), |w| {
+            if node.name == "simpleType" {
+                Kind::Scalar(w.simple(&node, owner))
+            } else {
+                w.complex(&node, &ctx, owner)
+            }
+        })
     }
 
     fn simple(&mut self, st: &Node, owner: &str) -> Scalar {
+        self.guarded(owner, Scalar::Text, |w| w.simple_at(st, owner))
+    }
+
+    fn simple_at(&mut self, st: &Node, owner: &str) -> Scalar {
         if let Some(r) = st.kid(XSD_NS, "restriction") {
             if let Ok(Some(base)) = r.qname("base") {
                 return match self.type_kind(&base, owner) {
@@ -629,6 +816,12 @@ impl<'a> Walk<'a> {
     }
 
     fn complex(&mut self, ct: &Node, ctx: &Ctx, owner: &str) -> Kind {
+        self.guarded(owner, Kind::Scalar(Scalar::Text), |w| {
+            w.complex_at(ct, ctx, owner)
+        })
+    }
+
+    fn complex_at(&mut self, ct: &Node, ctx: &Ctx, owner: &str) -> Kind {
         let mut fields = Vec::new();
         if ct.attr("mixed") == Some("true") {
             self.note(format!(
@@ -703,6 +896,10 @@ impl<'a> Walk<'a> {
     }
 
     fn particle(&mut self, p: &Node, ctx: &Ctx, owner: &str, fields: &mut Vec<Field>) {
+        self.guarded(owner, (), |w| w.particle_at(p, ctx, owner, fields))
+    }
+
+    fn particle_at(&mut self, p: &Node, ctx: &Ctx, owner: &str, fields: &mut Vec<Field>) {
         let many = occurs_many(p);
         let start = fields.len();
         match p.name.as_str() {
@@ -749,11 +946,11 @@ impl<'a> Walk<'a> {
             }
             "group" => match p.qname("ref") {
                 Ok(Some(r)) => match self.s.groups.get(&r).cloned() {
-                    Some((g, gctx)) => {
+                    Some((g, gctx)) => self.named(Named::Group, &r, (), |w| {
                         for c in g.children.iter().filter(|c| c.ns == XSD_NS) {
-                            self.particle(c, &gctx, owner, fields);
+                            w.particle(c, &gctx, owner, fields);
                         }
-                    }
+                    }),
                     None => self.note(format!(
                         "`{owner}` uses the group `{}`, which is not declared: its elements are left out",
                         r.1
@@ -781,15 +978,18 @@ impl<'a> Walk<'a> {
 fn merge_order(sequences: &[Vec<String>]) -> Result<Vec<String>, (String, String)> {
     // A sequence of one element orders nothing.
     let sequences: Vec<&Vec<String>> = sequences.iter().filter(|s| s.len() > 1).collect();
+    // Indexed, not searched: a large schema has thousands of names.
     let mut names: Vec<String> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
     for s in &sequences {
         for n in s.iter() {
-            if !names.contains(n) {
+            if !index.contains_key(n.as_str()) {
+                index.insert(n.as_str(), names.len());
                 names.push(n.clone());
             }
         }
     }
-    let idx = |n: &str| names.iter().position(|x| x == n).unwrap_or(0);
+    let idx = |n: &str| index.get(n).copied().unwrap_or(0);
     let mut after: Vec<HashSet<usize>> = vec![HashSet::new(); names.len()];
     let mut preds = vec![0usize; names.len()];
     for s in &sequences {
@@ -1106,13 +1306,14 @@ impl Wsdl {
             } else {
                 let op_ns = input.namespace.clone().unwrap_or_default();
                 let mut elsewhere: Vec<String> = Vec::new();
+                let mut seen: HashSet<String> = HashSet::new();
                 for (el, ns) in &elements_in {
                     let what = if ns.is_empty() {
                         format!("`{el}` (no namespace)")
                     } else {
                         format!("`{el}` ({ns})")
                     };
-                    if *ns != op_ns && !elsewhere.contains(&what) {
+                    if *ns != op_ns && seen.insert(what.clone()) {
                         elsewhere.push(what);
                     }
                 }
@@ -1678,6 +1879,14 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("\nupstreams: {}"), "{out}");
+    }
+
+    #[test]
+    fn a_file_without_a_size_on_disk_is_read_only_up_to_the_cap() {
+        let zero = Path::new("/dev/zero");
+        if zero.exists() {
+            assert!(matches!(read_capped(zero), Err(Capped::TooLarge)));
+        }
     }
 
     #[test]
