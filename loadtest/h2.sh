@@ -88,10 +88,10 @@ measure() { # name pid url
     /^finished in/ { rps = $4 }
     /requests:/ { for (i = 1; i <= NF; i++) if ($(i+1) == "succeeded,") ok = $i; fail = 0
                   for (i = 1; i <= NF; i++) if ($(i+1) == "failed,") fail = $i }
-    /time for request:/ { mean = $5; sd = $7 }
+    /time for request:/ { max = $5; mean = $6 }
     END { proto = (url ~ /^https/) ? "h2/TLS" : "h2c"
           cpu = (ok > 0) ? (b - a) * 10000 / ok : 0
-          printf "%-6s %-7s req/s=%-10s ok=%-8s failed=%-4s mean=%-9s sd=%-9s cpu_us_per_req=%.1f\n", name, proto, rps, ok, fail, mean, sd, cpu }'
+          printf "%-6s %-7s req/s=%-10s ok=%-8s failed=%-4s mean=%-9s max=%-9s cpu_us_per_req=%.1f\n", name, proto, rps, ok, fail, mean, max, cpu }'
 }
 
 echo "h2load -D $S -c $C -m $M (proxies on CPU0, h2load and upstream on CPU1)"
