@@ -56,7 +56,17 @@ pub async fn forward(
             ..KeyFacts::of(ctx, &parts.headers, &parts.uri)
         })
     });
-    let result = send(upstream, parts, body, path_and_query, hash, ctx.trace.as_ref()).await;
+    // Boxed: the call's state is most of a request's future, and every pipeline layer above
+    // would otherwise hold (and move, once per layer) a copy of its size.
+    let result = Box::pin(send(
+        upstream,
+        parts,
+        body,
+        path_and_query,
+        hash,
+        ctx.trace.as_ref(),
+    ))
+    .await;
     let mut resp = match result {
         Ok(resp) => resp,
         Err(SendError::Proxy(e)) => return Err(e),

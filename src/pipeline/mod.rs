@@ -226,7 +226,7 @@ async fn run(
     if let Some(q) = &snap.writes {
         if let Some(id) = q.status_id(&route_path) {
             let id = id.to_string();
-            return writes::status(q, snap, ctx, req, &id).await;
+            return Box::pin(writes::status(q, snap, ctx, req, &id)).await;
         }
     }
 
@@ -252,7 +252,9 @@ async fn run(
             idn.check_client_cert(ctx.client_cert.as_deref(), &mut parts.headers)?;
             idn.check(&mut parts).await
         };
-        ctx.claims = traces::within(ctx.trace.as_ref(), "identity", checked, failed).await?;
+        // Boxed here and below: a stage's own call (an IdP, Redis) would otherwise make every
+        // request's future, which each layer moves, that much larger.
+        ctx.claims = Box::pin(traces::within(ctx.trace.as_ref(), "identity", checked, failed)).await?;
         req = Request::from_parts(parts, body);
     }
     // Stage 5: rate limits, keyed by the client address resolved at the trust boundary.
@@ -261,7 +263,7 @@ async fn run(
         let facts = key::KeyFacts::of(ctx, req.headers(), req.uri());
         let checked = limits.check(&facts);
         let refused = |r: &Result<_, ratelimit::Refused>| r.as_ref().err().map(|_| "rate-limited".into());
-        match traces::within(ctx.trace.as_ref(), "rate_limit", checked, refused).await {
+        match Box::pin(traces::within(ctx.trace.as_ref(), "rate_limit", checked, refused)).await {
             Ok(a) => admitted = Some(a).filter(|a| !a.is_empty()),
             Err(refused) => {
                 return Err(ProxyError::RateLimited {
@@ -275,16 +277,21 @@ async fn run(
     let mut req = req.map(InBody::Stream);
     // Stage 6: validation, on the client's (modern) body before any translation.
     if let Some(check) = &route.validate {
-        req = translate::validate(check, req, listener.limits.body_read_timeout).await?;
+        req = Box::pin(translate::validate(check, req, listener.limits.body_read_timeout)).await?;
     }
     let result = match &route.idempotency {
         // Stage 7: idempotency keys, around the rest of the pipeline.
         Some(idem) => {
             let store = &snap.idempotency_store;
             let sub = idem.caller(&key::KeyFacts::of(ctx, req.headers(), req.uri()));
-            idempotency::handle(idem, store, &route.name, sub.as_deref(), req, |req| {
-                writes::dispatch(req, &route, conn, ctx, snap.writes.as_ref())
-            })
+            Box::pin(idempotency::handle(
+                idem,
+                store,
+                &route.name,
+                sub.as_deref(),
+                req,
+                |req| writes::dispatch(req, &route, conn, ctx, snap.writes.as_ref()),
+            ))
             .await
         }
         None => writes::dispatch(req, &route, conn, ctx, snap.writes.as_ref()).await,
@@ -335,9 +342,21 @@ async fn dispatch(
     conn: &ConnInfo,
     ctx: &mut RequestCtx,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let Some(m) = &route.migration else {
-        return translate::forward(req, conn, ctx).await;
-    };
+    match &route.migration {
+        None => translate::forward(req, conn, ctx).await,
+        // Boxed: the split's shadow copy and fallback would otherwise make every request's
+        // future, which each layer above moves, that much larger.
+        Some(m) => Box::pin(migrated(m, req, route, conn, ctx)).await,
+    }
+}
+
+async fn migrated(
+    m: &migration::Migration,
+    req: Request<InBody>,
+    route: &Arc<Route>,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx,
+) -> Result<Response<ResponseBody>, ProxyError> {
     ctx.side = m.choose(&key::KeyFacts::of(ctx, req.headers(), req.uri()), &ctx.overrides);
     let shadow = m
         .shadow

@@ -246,12 +246,23 @@ pub async fn dispatch(
     ctx: &mut RequestCtx,
     queue: Option<&Arc<WriteQueue>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (Some(w), Some(queue)) = (&route.buffer_writes, queue) else {
-        return super::observed(req, route, conn, ctx).await;
-    };
-    if ctx.upgrade || !w.methods.contains(req.method()) {
-        return super::observed(req, route, conn, ctx).await;
+    match (&route.buffer_writes, queue) {
+        (Some(w), Some(queue)) if !ctx.upgrade && w.methods.contains(req.method()) => {
+            // Boxed: the queueing path's state would otherwise enlarge every request's future.
+            Box::pin(buffered(w, queue, req, route, conn, ctx)).await
+        }
+        _ => super::observed(req, route, conn, ctx).await,
     }
+}
+
+async fn buffered(
+    w: &RouteWrites,
+    queue: &Arc<WriteQueue>,
+    req: Request<InBody>,
+    route: &Arc<Route>,
+    conn: &ConnInfo,
+    ctx: &mut RequestCtx,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let key = match req.headers().get(IDEMPOTENCY_KEY) {
         None if w.require_key => return Err(ProxyError::IdempotencyKeyMissing),
         Some(k) if !valid_key(k) => return Err(ProxyError::IdempotencyKeyInvalid),
