@@ -317,6 +317,10 @@ fn read_rfc3339(s: &str) -> Result<i64, String> {
 }
 
 fn write_rfc3339(ms: i64, offset: i64) -> String {
+    // RFC 3339 offsets are whole minutes, and historic zones are not (Paris was +00:09:21
+    // until 1911): the local time is written for the offset as printed, so the text still
+    // reads back to the same instant.
+    let offset = offset - offset % 60;
     let dt = from_millis(ms, offset);
     let zone = match i32::try_from(offset)
         .ok()
@@ -369,6 +373,15 @@ mod tests {
         );
         assert!(convert(json!("31/02/2023"), "dd/MM/yyyy", "yyyy-MM-dd", 0).is_err());
         assert!(convert(json!("2023-12-31"), "dd/MM/yyyy", "yyyy-MM-dd", 0).is_err());
+    }
+
+    #[test]
+    fn an_offset_with_seconds_is_written_in_whole_minutes_and_reads_back_to_the_instant() {
+        let paris_lmt = Zone::Fixed(561); // +00:09:21
+        let ms = -1_855_958_961_001;
+        let v = DateFormat::Rfc3339.write(ms, &paris_lmt);
+        assert_eq!(v, json!("1911-03-10T23:59:38.999+00:09"));
+        assert_eq!(DateFormat::Rfc3339.read(&v, &paris_lmt), Ok(ms));
     }
 
     #[test]
