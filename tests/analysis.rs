@@ -223,8 +223,10 @@ async fn one_failed_check_does_not_roll_back_when_the_threshold_is_two_and_two_d
     );
 
     // Modern recovers: the next check passes, the count goes back to 0, and the stage steps.
+    // The burst's last requests may land in the fresh window after the failed check: enough
+    // healthy traffic keeps those few below the error-rate guard, as real traffic would.
     modern_fails.store(0, Ordering::SeqCst);
-    drive_both(&f, &l, &m, 25).await;
+    drive_both(&f, &l, &m, 60).await;
     assert!(
         eventually(Duration::from_secs(5), || async {
             rollout(&f).await["stage"]["failed_checks_in_a_row"] == 0
