@@ -374,6 +374,27 @@ fn write_queue(
         },
     };
     next.writes.keep("", qs, q.clone());
+    // Status requests are answered before routing, so a route under the prefix never sees them.
+    let under = |path: &str| {
+        path.strip_prefix(qs.status_prefix.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    for (i, r) in cfg.routes.iter().enumerate() {
+        let m = &r.matcher;
+        if [&m.path, &m.path_prefix, &m.path_template]
+            .into_iter()
+            .flatten()
+            .any(|p| under(p))
+        {
+            p.at(format!("routes[{i}]")).warn(
+                "match",
+                format!(
+                    "requests for `{}/{{id}}` are answered as queued-write statuses before routing (queue_store.status_prefix): this route never gets them",
+                    qs.status_prefix
+                ),
+            );
+        }
+    }
     Some(q)
 }
 
@@ -479,6 +500,19 @@ mod tests {
         assert_eq!(err.0[0].path, "listeners[0].limits.idle_timeout");
         assert_eq!(err.0[0].line, 5);
         assert!(err.0[0].reason.contains("not a duration"), "{}", err.0[0]);
+    }
+
+    #[test]
+    fn a_route_under_the_write_status_prefix_is_warned_about() {
+        let text = "listeners:\n  - name: main\n    bind: 127.0.0.1:0\nupstreams:\n  app:\n    endpoints: [http://127.0.0.1:9]\nroutes:\n  - name: orders\n    match: { path_prefix: /orders }\n    upstream: app\n    buffer_writes: { max_attempts: 3 }\n  - name: mine\n    match: { path_prefix: /ficus/writes/mine }\n    upstream: app\n  - name: near\n    match: { path_prefix: /ficus/writes-old }\n    upstream: app\nqueue_store: { redis_urls: ['redis://127.0.0.1:9'] }\n";
+        let snap = compile_text(text).unwrap();
+        let warned: Vec<&str> = snap
+            .warnings
+            .iter()
+            .filter(|w| w.reason.contains("queued-write statuses"))
+            .map(|w| w.path.as_str())
+            .collect();
+        assert_eq!(warned, ["routes[1].match"], "{:?}", snap.warnings);
     }
 
     #[test]
