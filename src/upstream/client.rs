@@ -1,19 +1,16 @@
-//! The pooled keep-alive client, and one upstream's runtime form.
+//! The pools of upstream connections, shared by upstreams with equal settings, and what a failed
+//! call means.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::Mutex;
 
+use super::pool::{Pool, PoolError};
 use super::tls::UpstreamTls;
 use crate::config::file::PoolConfig;
-use crate::pipeline::body::RequestBody;
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+pub type HttpClient = Pool;
 
 /// Settings that shape a connection pool. Upstreams that share them share one pool (the pool is
 /// keyed by authority inside), and a reload that keeps them keeps its warm connections.
@@ -48,12 +45,7 @@ impl ClientCache {
 
 fn build_client(key: &PoolKey, tls: Option<&UpstreamTls>) -> HttpClient {
     let connector = super::tls::connector(tls, key.connect_timeout);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(key.pool.idle_timeout)
-        .pool_max_idle_per_host(key.pool.max_idle_per_endpoint)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
+    Pool::new(connector, key.pool.max_idle_per_endpoint, key.pool.idle_timeout)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +83,7 @@ impl Shed {
 }
 
 /// What a failed hyper call means for the proxy.
-pub(super) fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamCallError {
+pub(super) fn classify(e: &PoolError) -> UpstreamCallError {
     if e.is_connect() {
         return UpstreamCallError::Connect(error_chain(e));
     }

@@ -146,7 +146,7 @@ impl Limiter {
             self.queue_timeout.increment(1);
             return Err(UpstreamCallError::Overloaded(Shed::QueueTimeout));
         }
-        match e.downcast::<hyper_util::client::legacy::Error>() {
+        match e.downcast::<super::pool::PoolError>() {
             Ok(e) => Err(classify(&e)),
             Err(e) => Err(UpstreamCallError::Request(e.to_string())),
         }

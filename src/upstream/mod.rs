@@ -6,6 +6,7 @@ pub mod client;
 pub mod compile;
 pub mod health;
 pub mod limit;
+pub mod pool;
 pub mod retry;
 pub mod tls;
 
