@@ -46,6 +46,10 @@ impl<T> IdleIo<T> {
         }
     }
 
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         while self.timer.as_mut().poll(cx).is_ready() {
             let busy = self.conn.in_flight.load(Ordering::Acquire) > 0;

@@ -1,16 +1,17 @@
-//! The accept loop: connection limits, TLS, HTTP/1.1 + HTTP/2 via hyper-util's auto builder, and
-//! graceful draining.
+//! The accept loop: connection limits, TLS, the protocol (HTTP/2 by ALPN or by its preface,
+//! HTTP/1.1 otherwise), and graceful draining.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use metrics::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::io::IdleIo;
@@ -28,7 +29,10 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Each connection holds a receiver: a value sent asks them to finish, and the sender's
+    // `closed()` is every connection gone (hyper-util's `GracefulShutdown` does the same, but
+    // cannot watch an HTTP/1 connection with upgrades).
+    let (drain_tx, drain_rx) = watch::channel(());
     let open = Arc::new(AtomicUsize::new(0));
     let open_gauge = shared.metrics().gauge(OPEN_CONNECTIONS, &[("listener", &name)]);
     let rejected = shared
@@ -64,7 +68,7 @@ pub async fn serve(
             client_cert: OnceLock::new(),
         });
         let io = IdleIo::new(tcp, rt.limits.idle_timeout, conn.clone());
-        let watcher = graceful.watcher();
+        let watcher = drain_rx.clone();
         let shared = shared.clone();
         // Each branch's future is boxed: the task is sized by its largest branch and lives as
         // long as the connection, so inline branches made every idle connection pay for the
@@ -72,14 +76,20 @@ pub async fn serve(
         tokio::spawn(async move {
             let _guard = guard;
             match &rt.tls {
-                None => Box::pin(serve_connection(io, &rt, conn, shared, watcher)).await,
+                None => {
+                    let Some(proto) = sniff(io.get_ref(), rt.limits.header_read_timeout).await else {
+                        return;
+                    };
+                    Box::pin(serve_connection(io, proto, &rt, conn, shared, watcher)).await
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(rt.limits.header_read_timeout, Box::pin(acceptor.accept(io)))
                         .await
                     {
                         Ok(Ok(tls)) => {
+                            let session = tls.get_ref().1;
                             // Read once per connection; rustls has verified the chain already.
-                            if let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                            if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {
                                 match PeerCert::from_der(leaf) {
                                     Some(cert) => {
                                         let _ = conn.client_cert.set(Arc::new(cert));
@@ -87,7 +97,13 @@ pub async fn serve(
                                     None => tracing::debug!(%peer, "client certificate could not be parsed"),
                                 }
                             }
-                            Box::pin(serve_connection(tls, &rt, conn, shared, watcher)).await
+                            // RFC 9113 §3.3: HTTP/2 over TLS is negotiated with ALPN, never
+                            // assumed.
+                            let proto = match session.alpn_protocol() {
+                                Some(b"h2") => Proto::H2,
+                                _ => Proto::H1,
+                            };
+                            Box::pin(serve_connection(tls, proto, &rt, conn, shared, watcher)).await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -97,18 +113,54 @@ pub async fn serve(
         });
     }
     drop(listener);
+    drop(drain_rx);
+    let _ = drain_tx.send(());
     let drain = shared.snapshot.load().shutdown.drain_timeout;
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, drain_tx.closed()).await.is_err() {
         tracing::warn!(listener = %name, "drain deadline passed; closing the remaining connections");
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proto {
+    H1,
+    H2,
+}
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A cleartext connection is HTTP/2 with prior knowledge when it opens with the preface, and
+/// HTTP/1 otherwise; the first byte that differs decides. It peeks, so the bytes stay in the
+/// socket for hyper. `None`: the client closed, or sent nothing within `within`.
+async fn sniff(tcp: &TcpStream, within: Duration) -> Option<Proto> {
+    let look = async {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        loop {
+            let n = tcp.peek(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            if buf[..n] != H2_PREFACE[..n] {
+                return Some(Proto::H1);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(Proto::H2);
+            }
+            // Part of the preface so far. A peek would return the same bytes at once, so wait
+            // a little for the rest rather than spin.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(within, look).await.ok().flatten()
+}
+
 async fn serve_connection<I>(
     io: I,
+    proto: Proto,
     rt: &ListenerRuntime,
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
-    watcher: Watcher,
+    watcher: watch::Receiver<()>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -119,17 +171,45 @@ async fn serve_connection<I>(
     let service = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         let conn = conn.clone();
-        async move {
-            let answer = Box::pin(async { super::contain::handle(&shared, &conn, req).await });
-            Ok::<_, Infallible>(answer.await)
-        }
+        // The future hyper keeps is this box alone (16 bytes); an async block around it held
+        // the request and both handles too, about 1 KiB per idle connection.
+        Box::pin(async move { Ok::<_, Infallible>(super::contain::handle(&shared, &conn, req).await) })
     });
-    let connection = rt
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(connection).await {
+    let io = TokioIo::new(io);
+    // Each protocol's connection boxed apart: an idle HTTP/1 connection does not carry the size
+    // of an HTTP/2 one.
+    let ended = match proto {
+        Proto::H1 => {
+            let c = rt.http1.serve_connection(io, service).with_upgrades();
+            Box::pin(until_drained(c, watcher, |c| c.graceful_shutdown())).await
+        }
+        Proto::H2 => {
+            let c = rt.http2.serve_connection(io, service);
+            Box::pin(until_drained(c, watcher, |c| c.graceful_shutdown())).await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "connection ended with an error");
     }
+}
+
+/// Runs a connection; once a drain is asked for (or its sender is gone), asks the connection to
+/// finish what is in flight and close, and waits for that.
+async fn until_drained<C>(
+    conn: C,
+    mut drain: watch::Receiver<()>,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) -> hyper::Result<()>
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        ended = conn.as_mut() => return ended,
+        _ = drain.changed() => {}
+    }
+    shutdown(conn.as_mut());
+    conn.await
 }
 
 struct ConnGuard {

@@ -1,13 +1,13 @@
 //! A listener's settings, compiled once per config snapshot: TLS acceptor, limits, trusted
-//! proxies and the HTTP/1 and HTTP/2 connection builder.
+//! proxies and the HTTP/1 and HTTP/2 connection builders.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 use metrics::Gauge;
 use tokio_rustls::TlsAcceptor;
@@ -34,7 +34,12 @@ pub struct ListenerRuntime {
     pub proxy_only: ProxyOnlyHeaders,
     pub allowed_upgrades: Vec<String>,
     pub path_params: PathParamsMode,
-    pub(super) builder: auto::Builder<TokioExecutor>,
+    /// One per protocol, not hyper-util's `auto` builder: [`super::listener`] picks the protocol
+    /// itself (ALPN, or a peek at the first bytes), so hyper's read buffer gets the request
+    /// from the socket. Behind `auto`'s rewind of its 24 sniffed bytes, that buffer grew to
+    /// 16 KiB on every HTTP/1 connection and stayed so while the connection idled.
+    pub(super) http1: http1::Builder,
+    pub(super) http2: http2::Builder<TokioExecutor>,
 }
 
 pub struct CertExpiry {
@@ -179,18 +184,17 @@ impl ListenerRuntime {
             return Err(problems);
         }
 
-        let mut builder = auto::Builder::new(TokioExecutor::new());
         let header_limit = usize::try_from(limits.max_header_bytes.0).unwrap_or(usize::MAX);
-        builder
-            .http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             // hyper's own limit is a backstop a little above ours, so that ficus, not hyper,
             // answers the 431 (with a problem+json body). hyper refuses values below 8 KiB.
             .max_buf_size(header_limit.saturating_add(4096).max(8192))
             .keep_alive(true);
-        builder
-            .http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_concurrent_streams)
             .max_header_list_size(u32::try_from(header_limit.saturating_mul(2)).unwrap_or(u32::MAX))
@@ -207,7 +211,8 @@ impl ListenerRuntime {
             proxy_only,
             allowed_upgrades: cfg.allowed_upgrades.clone(),
             path_params: cfg.path_params,
-            builder,
+            http1,
+            http2,
         })
     }
 }
