@@ -8,6 +8,7 @@ use ficus::gateway::Gateway;
 
 // glibc's malloc showed up as a tenth of the per-request CPU in profiles of the plain route;
 // mimalloc's thread-local free lists make the many small per-request allocations cheap.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
