@@ -197,8 +197,16 @@ async fn one_failed_check_does_not_roll_back_when_the_threshold_is_two_and_two_d
     let ro = format!("rollout: {{ {BASELINE}, step: 20, max_p99_ratio: 50, failure_threshold: 2 }}");
     let f = Ficus::start_with_clock(&config(&l.url(), &m.url(), 50, &ro), clock.clone()).await;
 
-    // A burst of 5xx from modern: one failed check, which starts a fresh window.
-    drive_modern(&f, &m, 22).await;
+    // 5xx from modern, one request at a time until a check fails: one failed check, which
+    // starts a fresh window. Stopping there keeps the burst out of that window (a fixed count
+    // of requests let its last few land in it, and they failed the next check too).
+    let c = client();
+    for _ in 0..400 {
+        send(&c, Request::get(f.url("/orders")).body(empty()).unwrap()).await;
+        if rollout(&f).await["stage"]["failed_checks_in_a_row"] == 1 {
+            break;
+        }
+    }
     assert!(
         eventually(Duration::from_secs(5), || async {
             rollout(&f).await["stage"]["failed_checks_in_a_row"] == 1
@@ -223,8 +231,6 @@ async fn one_failed_check_does_not_roll_back_when_the_threshold_is_two_and_two_d
     );
 
     // Modern recovers: the next check passes, the count goes back to 0, and the stage steps.
-    // The burst's last requests may land in the fresh window after the failed check: enough
-    // healthy traffic keeps those few below the error-rate guard, as real traffic would.
     modern_fails.store(0, Ordering::SeqCst);
     drive_both(&f, &l, &m, 60).await;
     assert!(
