@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use http::Request;
 use support::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 fn with_limits(upstream: &str, limits: &str) -> String {
@@ -190,5 +190,69 @@ async fn request_without_host_gets_400_problem() {
     assert_eq!(raw_status(&a), 400, "{a}");
     assert_eq!(up.hits(), 0);
     assert_reaches(&up, get(&f.url("/"))).await;
+    f.shutdown().await;
+}
+
+/// The protocol is told from the first bytes without consuming them: a client that sends its
+/// first byte alone is still served as HTTP/1.1.
+#[tokio::test]
+async fn a_request_whose_first_byte_arrives_alone_is_served_as_http1() {
+    let up = Upstream::echo().await;
+    let f = Ficus::start(&basic_config(&up.url())).await;
+    let mut tcp = TcpStream::connect(f.addr).await.unwrap();
+    tcp.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tcp.write_all(b"OST /split HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+        .await
+        .unwrap();
+    let a = read_all(&mut tcp, Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&a), 200, "{a}");
+    assert!(a.contains("/split"), "{a}");
+    assert_eq!(up.hits(), 1);
+    f.shutdown().await;
+}
+
+/// An HTTP/2 preface that arrives in pieces is still HTTP/2: ficus answers with its SETTINGS.
+#[tokio::test]
+async fn an_h2c_preface_sent_in_two_pieces_is_served_as_http2() {
+    let up = Upstream::echo().await;
+    let f = Ficus::start(&basic_config(&up.url())).await;
+    let mut tcp = TcpStream::connect(f.addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The rest of the preface, then an empty SETTINGS frame.
+    tcp.write_all(b"\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut head))
+        .await
+        .expect("a frame within 5 s")
+        .expect("a frame header");
+    assert_eq!(head[3], 0x4, "the first frame is SETTINGS: {head:?}");
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_read_timeout() {
+    let up = Upstream::echo().await;
+    let f = Ficus::start(&with_limits(
+        &up.url(),
+        "header_read_timeout: 300ms, idle_timeout: 60s",
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(f.addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("closed within 5 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "nothing is sent to a client that said nothing");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     f.shutdown().await;
 }
