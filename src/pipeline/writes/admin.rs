@@ -166,16 +166,7 @@ pub async fn replay(q: &WriteQueue, id: &str) -> Result<String, DlqError> {
     status.dead_letter_reason = None;
     status.updated_at = store::now_ms();
     q.store.put_status(id, &status, q.status_ttl(w)).await?;
-    let json = serde_json::to_string(&stored).map_err(|e| StoreError::Record(e.to_string()))?;
-    q.store
-        .run::<String>(
-            redis::cmd("XADD")
-                .arg(q.store.queue_key(&stored.route, stored.partition))
-                .arg("*")
-                .arg("w")
-                .arg(json),
-        )
-        .await?;
+    q.store.enqueue(&stored).await?;
     q.store
         .run::<i64>(redis::cmd("XDEL").arg(q.store.dlq_key(&stored.route)).arg(&entry))
         .await?;

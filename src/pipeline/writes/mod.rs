@@ -522,16 +522,7 @@ async fn enqueue(
     }
     let queued = async {
         q.store.put_status(&s.id, &Status::queued(&s), ttl).await?;
-        let json = serde_json::to_string(&s).map_err(|e| store::StoreError::Record(e.to_string()))?;
-        q.store
-            .run::<String>(
-                redis::cmd("XADD")
-                    .arg(q.store.queue_key(&s.route, s.partition))
-                    .arg("*")
-                    .arg("w")
-                    .arg(json),
-            )
-            .await
+        q.store.enqueue(&s).await
     }
     .await;
     if let Err(e) = queued {

@@ -146,6 +146,19 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// Appends a write to the end of its partition's queue; returns the stream entry's id.
+    pub async fn enqueue(&self, w: &Stored) -> Result<String, StoreError> {
+        let json = serde_json::to_string(w).map_err(|e| StoreError::Record(e.to_string()))?;
+        self.run(
+            redis::cmd("XADD")
+                .arg(self.queue_key(&w.route, w.partition))
+                .arg("*")
+                .arg("w")
+                .arg(json),
+        )
+        .await
+    }
+
     pub fn queue_key(&self, route: &str, partition: u32) -> String {
         format!("{}{{{route}}}:q:{partition}", self.prefix)
     }
