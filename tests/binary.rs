@@ -16,6 +16,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ficus");
 
@@ -321,6 +322,58 @@ async fn drain_stops_at_the_deadline() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_request_in_flight_do_not_hold_up_the_drain() {
+    let up = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Both timeouts far beyond the wait below: only the drain itself can close these.
+    let yaml = basic_config(&up.url())
+        .replace(
+            "    bind: 127.0.0.1:0\nadmin:",
+            "    bind: 127.0.0.1:0\n    limits: { header_read_timeout: 60s, idle_timeout: 60s }\nadmin:",
+        )
+        .replace(
+            "reload: { watch: false }",
+            "reload: { watch: false }\nshutdown: { drain_timeout: 60s }",
+        );
+    let mut p = Process::run(&write_config(dir.path(), &yaml), &[]);
+    // A spare connection that never sends (hyper's client pool opens these), and a keep-alive
+    // connection idle after one answer.
+    let mut silent = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    idle.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    p.signal("TERM");
+    let exit = tokio::task::spawn_blocking(move || p.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "the drain waited on connections with nothing in flight"
+    );
+    // Both were closed by ficus, not left half-open.
+    for conn in [&mut silent, &mut idle] {
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a connection stayed open after ficus exited");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

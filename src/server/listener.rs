@@ -68,7 +68,7 @@ pub async fn serve(
             client_cert: OnceLock::new(),
         });
         let io = IdleIo::new(tcp, rt.limits.idle_timeout, conn.clone());
-        let watcher = drain_rx.clone();
+        let mut watcher = drain_rx.clone();
         let shared = shared.clone();
         // Each branch's future is boxed: the task is sized by its largest branch and lives as
         // long as the connection, so inline branches made every idle connection pay for the
@@ -77,16 +77,18 @@ pub async fn serve(
             let _guard = guard;
             match &rt.tls {
                 None => {
-                    let Some(proto) = sniff(io.get_ref(), rt.limits.header_read_timeout).await else {
+                    let sniffed =
+                        unless_draining(&mut watcher, sniff(io.get_ref(), rt.limits.header_read_timeout));
+                    let Some(Some(proto)) = sniffed.await else {
                         return;
                     };
                     Box::pin(serve_connection(io, proto, &rt, conn, shared, watcher)).await
                 }
                 Some(acceptor) => {
-                    match tokio::time::timeout(rt.limits.header_read_timeout, Box::pin(acceptor.accept(io)))
-                        .await
-                    {
-                        Ok(Ok(tls)) => {
+                    let handshake = tokio::time::timeout(rt.limits.header_read_timeout, acceptor.accept(io));
+                    match Box::pin(unless_draining(&mut watcher, handshake)).await {
+                        None => {}
+                        Some(Ok(Ok(tls))) => {
                             let session = tls.get_ref().1;
                             // Read once per connection; rustls has verified the chain already.
                             if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {
@@ -105,8 +107,8 @@ pub async fn serve(
                             };
                             Box::pin(serve_connection(tls, proto, &rt, conn, shared, watcher)).await
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Some(Ok(Err(e))) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Some(Err(_)) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
             }
@@ -118,6 +120,16 @@ pub async fn serve(
     let drain = shared.snapshot.load().shutdown.drain_timeout;
     if tokio::time::timeout(drain, drain_tx.closed()).await.is_err() {
         tracing::warn!(listener = %name, "drain deadline passed; closing the remaining connections");
+    }
+}
+
+/// `None` when a drain starts first. A connection that has not yet sent a request (a client's
+/// spare connection, a handshake in progress) has nothing in flight, so the drain closes it
+/// rather than waiting out its header-read timeout.
+async fn unless_draining<F: Future>(drain: &mut watch::Receiver<()>, f: F) -> Option<F::Output> {
+    tokio::select! {
+        out = f => Some(out),
+        _ = drain.changed() => None,
     }
 }
 
