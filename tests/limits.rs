@@ -7,6 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use http::Request;
+use hyper_util::rt::TokioIo;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -254,5 +255,74 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_header_read_timeout() 
         "{:?}",
         started.elapsed()
     );
+    f.shutdown().await;
+}
+
+/// One keep-alive connection, with idle gaps between its requests (where it holds no buffers): a
+/// head larger than one read, a 100 KiB body, and two pipelined requests sent in one write all
+/// arrive whole, in order.
+#[tokio::test]
+async fn a_keep_alive_connection_serves_large_heads_bodies_and_pipelined_requests_after_idle_gaps() {
+    let up = Upstream::echo().await;
+    let f = Ficus::start(&with_limits(&up.url(), "max_header_bytes: 64KiB")).await;
+    let tcp = TcpStream::connect(f.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let idle = || tokio::time::sleep(Duration::from_millis(200));
+
+    let big = "b".repeat(20_000);
+    let req = Request::get("/big-head")
+        .header("host", "t")
+        .header("x-big", &big)
+        .body(empty())
+        .unwrap();
+    let a = sender.send_request(req).await.unwrap();
+    let a = Answer::collect(a).await.unwrap();
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.echoed().header("x-big"), Some(big.as_str()));
+    idle().await;
+
+    let req = Request::post("/body")
+        .header("host", "t")
+        .body(full(vec![b'x'; 100 * 1024]))
+        .unwrap();
+    let a = Answer::collect(sender.send_request(req).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(a.echoed().body_len, 100 * 1024);
+    idle().await;
+
+    let req = Request::get("/after-idle")
+        .header("host", "t")
+        .body(empty())
+        .unwrap();
+    let a = Answer::collect(sender.send_request(req).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(a.echoed().path, "/after-idle");
+
+    let mut tcp = TcpStream::connect(f.addr).await.unwrap();
+    tcp.write_all(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    tcp.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    idle().await;
+    tcp.write_all(
+        b"GET /two HTTP/1.1\r\nHost: t\r\n\r\nGET /three HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let rest = read_all(&mut tcp, Duration::from_secs(5)).await;
+    let (two, three) = (rest.find("\"/two\""), rest.find("\"/three\""));
+    assert!(
+        two.is_some_and(|two| three.is_some_and(|three| two < three)),
+        "{rest}"
+    );
+    assert_eq!(rest.matches("HTTP/1.1 200").count(), 2, "{rest}");
+    assert_eq!(up.hits(), 6);
     f.shutdown().await;
 }

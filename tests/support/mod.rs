@@ -457,6 +457,17 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Reads a whole response, as `send` and `tls_request` do.
+    pub async fn collect(resp: Response<Incoming>) -> Result<Self, hyper::Error> {
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -489,13 +500,7 @@ pub async fn send(client: &H1Client, req: Request<Body>) -> Answer {
         .await
         .expect("response within 30 s")
         .expect("request sent");
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.expect("response body").to_bytes();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+    Answer::collect(resp).await.expect("response body")
 }
 
 pub async fn get(url: &str) -> Answer {
@@ -733,13 +738,7 @@ pub async fn tls_request(
         tokio::spawn(conn);
         sender.send_request(req).await?
     };
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await?.to_bytes();
-    Ok(Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
+    Answer::collect(resp).await
 }
 
 /// The value of the first Prometheus sample line that starts with `series`.
