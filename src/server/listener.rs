@@ -13,6 +13,8 @@ use metrics::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 use super::io::IdleIo;
 use super::runtime::ListenerRuntime;
@@ -75,41 +77,24 @@ pub async fn serve(
         // TLS handshake's state and the biggest connection type.
         tokio::spawn(async move {
             let _guard = guard;
+            // The set-up phases are boxed too: they end, and their state (timers, a TLS
+            // handshake) is freed instead of sizing the task for the connection's whole life.
             match &rt.tls {
                 None => {
                     let sniffed =
                         unless_draining(&mut watcher, sniff(io.get_ref(), rt.limits.header_read_timeout));
-                    let Some(Some(proto)) = sniffed.await else {
+                    let Some(Some(proto)) = Box::pin(sniffed).await else {
                         return;
                     };
                     Box::pin(serve_connection(io, proto, &rt, conn, shared, watcher)).await
                 }
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(rt.limits.header_read_timeout, acceptor.accept(io));
-                    match Box::pin(unless_draining(&mut watcher, handshake)).await {
-                        None => {}
-                        Some(Ok(Ok(tls))) => {
-                            let session = tls.get_ref().1;
-                            // Read once per connection; rustls has verified the chain already.
-                            if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {
-                                match PeerCert::from_der(leaf) {
-                                    Some(cert) => {
-                                        let _ = conn.client_cert.set(Arc::new(cert));
-                                    }
-                                    None => tracing::debug!(%peer, "client certificate could not be parsed"),
-                                }
-                            }
-                            // RFC 9113 §3.3: HTTP/2 over TLS is negotiated with ALPN, never
-                            // assumed.
-                            let proto = match session.alpn_protocol() {
-                                Some(b"h2") => Proto::H2,
-                                _ => Proto::H1,
-                            };
-                            Box::pin(serve_connection(tls, proto, &rt, conn, shared, watcher)).await
-                        }
-                        Some(Ok(Err(e))) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Some(Err(_)) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
+                    let handshake = accept_tls(acceptor, io, &conn, rt.limits.header_read_timeout);
+                    let Some(Some((tls, proto))) = Box::pin(unless_draining(&mut watcher, handshake)).await
+                    else {
+                        return;
+                    };
+                    Box::pin(serve_connection(tls, proto, &rt, conn, shared, watcher)).await
                 }
             }
         });
@@ -121,6 +106,43 @@ pub async fn serve(
     if tokio::time::timeout(drain, drain_tx.closed()).await.is_err() {
         tracing::warn!(listener = %name, "drain deadline passed; closing the remaining connections");
     }
+}
+
+/// The TLS handshake, bounded by the header-read timeout, and what it tells: the client
+/// certificate (kept on the connection) and the protocol.
+async fn accept_tls(
+    acceptor: &TlsAcceptor,
+    io: IdleIo<TcpStream>,
+    conn: &ConnInfo,
+    within: Duration,
+) -> Option<(TlsStream<IdleIo<TcpStream>>, Proto)> {
+    let tls = match tokio::time::timeout(within, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %conn.peer, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let session = tls.get_ref().1;
+    // Read once per connection; rustls has verified the chain already.
+    if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {
+        match PeerCert::from_der(leaf) {
+            Some(cert) => {
+                let _ = conn.client_cert.set(Arc::new(cert));
+            }
+            None => tracing::debug!(peer = %conn.peer, "client certificate could not be parsed"),
+        }
+    }
+    // RFC 9113 §3.3: HTTP/2 over TLS is negotiated with ALPN, never assumed.
+    let proto = match session.alpn_protocol() {
+        Some(b"h2") => Proto::H2,
+        _ => Proto::H1,
+    };
+    Some((tls, proto))
 }
 
 /// `None` when a drain starts first. A connection that has not yet sent a request (a client's

@@ -29,7 +29,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use parking_lot::Mutex;
 use tower::{BoxError, Service};
@@ -178,18 +178,31 @@ impl Pool {
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
             .map_err(PoolError::Connect)?;
-        let io = connector.call(uri).await.map_err(PoolError::Connect)?;
-        let (mut sender, conn) = http1::handshake(io)
-            .await
-            .map_err(|e| PoolError::Connect(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
+        // Each kind of stream gets its own connection task: one typed by the connector's enum
+        // is sized by its TLS variant (about 9 KiB), which a plain connection does not need.
+        let mut sender = match connector.call(uri).await.map_err(PoolError::Connect)? {
+            MaybeHttpsStream::Http(tcp) => start_connection(tcp).await?,
+            MaybeHttpsStream::Https(tls) => start_connection(tls).await?,
+        };
         sender.ready().await.map_err(|e| PoolError::Connect(e.into()))?;
         Ok(sender)
     }
+}
+
+/// The HTTP/1 handshake, and a task that drives the connection until it ends.
+async fn start_connection<I>(io: I) -> Result<SendRequest<RequestBody>, PoolError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(io)
+        .await
+        .map_err(|e| PoolError::Connect(e.into()))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 impl Service<Request<RequestBody>> for Pool {
