@@ -106,7 +106,9 @@ impl Pool {
         loop {
             let (mut sender, reused) = match self.checkout(&key) {
                 Some(s) => (s, true),
-                None => (self.connect(&key).await?, false),
+                // Boxed: connecting is rare, and its state (the handshake, the stream) would
+                // otherwise size every request's future, which is moved into a box per request.
+                None => (Box::pin(self.connect(&key)).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
