@@ -46,13 +46,16 @@ WORKDIR /build
 # - config/, because src/demo.rs embeds config/demo.yaml with include_str! (and the runtime
 #   stage copies the example config from the build context);
 # - benches/, because Cargo.toml names the `translate` bench explicitly and Cargo refuses a
-#   manifest whose target paths are missing, even to build another target.
+#   manifest whose target paths are missing, even to build another target;
+# - vendor/, hyper with ficus's patch (vendor/hyper/FICUS-PATCH.md), which Cargo.toml's
+#   [patch.crates-io] points at.
 # `scripts/check-image-context.sh` (run by CI) copies exactly these COPY lines into an empty
 # folder and builds there, so a missing one fails CI rather than `docker build`.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY config ./config
 COPY benches ./benches
+COPY vendor ./vendor
 
 # The registry and target dirs are cache mounts, so rebuilds reuse downloaded crates and
 # compiled dependencies. A cache mount is not part of the image, so the binary is copied out
