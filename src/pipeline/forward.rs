@@ -175,6 +175,10 @@ pub fn upstream_headers(
     ctx: &RequestCtx,
     side: Side,
 ) -> Result<(), ProxyError> {
+    // Room for what this adds (the `X-Forwarded-*` four, `traceparent`, `X-Request-Id`) in one
+    // step: a map sized for the client's headers would otherwise grow, and rehash, up to twice.
+    // Failing to reserve only means growing as before.
+    let _ = h.try_reserve(6);
     let info = ForwardedInfo {
         peer: conn.peer.ip(),
         proto: conn.listener.proto,

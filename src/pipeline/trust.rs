@@ -50,6 +50,14 @@ impl OwnedHeaders {
     /// migration stage (almost always none, and then nothing is allocated).
     pub fn strip(&self, h: &mut HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
         let mut kept = Vec::new();
+        // Look before removing: a remove hashes its name even when the header is absent, and
+        // almost every request carries none of these.
+        let owned = |k: &HeaderName| {
+            self.names.contains(k) || self.overrides.contains(k) || k.as_str().starts_with(OWNED_PREFIX)
+        };
+        if !h.keys().any(owned) {
+            return kept;
+        }
         for n in &self.overrides {
             if let Some(v) = h.remove(n) {
                 kept.push((n.clone(), v));
@@ -108,6 +116,12 @@ impl ProxyOnlyHeaders {
 
     /// Removes them: called only when the peer is not a trusted proxy.
     pub fn strip(&self, h: &mut HeaderMap) {
+        let listed = |k: &HeaderName| {
+            self.names.contains(k) || self.prefixes.iter().any(|p| k.as_str().starts_with(p.as_str()))
+        };
+        if !h.keys().any(listed) {
+            return;
+        }
         for n in &self.names {
             h.remove(n);
         }

@@ -65,7 +65,9 @@ struct Idle {
 
 struct Inner {
     connector: HttpsConnector<HttpConnector>,
-    idle: Mutex<HashMap<Key, Vec<Idle>>>,
+    /// Keys come from the config's endpoints, never from a client: a fast hash is safe here, and
+    /// `Authority` feeds its hasher byte by byte (SipHash was 3% of the plain route's instructions).
+    idle: Mutex<HashMap<Key, Vec<Idle>, foldhash::fast::RandomState>>,
     max_idle: usize,
     idle_timeout: Duration,
     /// Set once the task that closes expired idle connections runs; it is started by the first
@@ -84,7 +86,7 @@ impl Pool {
         Self {
             inner: Arc::new(Inner {
                 connector,
-                idle: Mutex::new(HashMap::new()),
+                idle: Mutex::new(HashMap::default()),
                 max_idle,
                 idle_timeout,
                 sweeping: AtomicBool::new(false),

@@ -89,8 +89,12 @@ pub struct Policy {
     exempt_claims: Vec<(String, String)>,
     headers: bool,
     legacy_headers: bool,
-    /// `RateLimit-Policy` item, rendered once.
+    /// `RateLimit-Policy` item, rendered once, and as a whole header value for the common
+    /// route with one policy.
     policy_item: String,
+    policy_value: Option<HeaderValue>,
+    /// The quoted name that starts this policy's `RateLimit` item.
+    quoted_name: String,
     local: Arc<LocalStore>,
     max_keys: usize,
     redis: Option<(Arc<RedisStore>, RateLimitFallback, String)>,
@@ -138,9 +142,9 @@ impl Policy {
             return Err("max_keys: must be at least 1".into());
         }
         let (quota, window) = limit.quota();
+        let quoted_name = format!("\"{}\"", name.replace(['"', '\\'], ""));
         let policy_item = format!(
-            "\"{}\";q={quota};w={}",
-            name.replace(['"', '\\'], ""),
+            "{quoted_name};q={quota};w={}",
             window.as_secs_f64().ceil().max(1.0) as u64
         );
         let c = |result: &str| metrics.counter(RATELIMIT_DECISIONS, &[("policy", name), ("result", result)]);
@@ -161,7 +165,9 @@ impl Policy {
                 .collect(),
             headers: cfg.headers,
             legacy_headers: cfg.legacy_headers,
+            policy_value: HeaderValue::from_str(&policy_item).ok(),
             policy_item,
+            quoted_name,
             local,
             max_keys: cfg.max_keys,
             redis,
@@ -374,34 +380,36 @@ impl Admitted {
     /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), one list item
     /// per policy, and optionally the legacy `X-RateLimit-*` of the tightest policy.
     pub fn write_headers(&self, h: &mut HeaderMap) {
-        let mut policy = String::new();
+        let mut policy: Option<HeaderValue> = None;
+        // Only a second policy needs the items joined.
+        let mut first_item = "";
+        let mut joined: Option<String> = None;
         let mut state = String::new();
         let mut tightest: Option<&(Arc<Policy>, Decision)> = None;
         for entry in &self.decisions {
             let (p, d) = entry;
             if p.headers {
-                if !policy.is_empty() {
-                    policy.push_str(", ");
+                if state.is_empty() {
+                    // One policy, the usual case: its value was rendered with the config.
+                    policy = p.policy_value.clone();
+                    first_item = &p.policy_item;
+                } else {
+                    let joined = joined.get_or_insert_with(|| first_item.to_owned());
+                    joined.push_str(", ");
+                    joined.push_str(&p.policy_item);
+                    policy = HeaderValue::from_str(joined).ok();
                     state.push_str(", ");
                 }
-                policy.push_str(&p.policy_item);
-                let _ = write!(
-                    state,
-                    "\"{}\";r={};t={}",
-                    p.name.replace(['"', '\\'], ""),
-                    d.remaining,
-                    secs_up(d.reset)
-                );
+                state.push_str(&p.quoted_name);
+                let _ = write!(state, ";r={};t={}", d.remaining, secs_up(d.reset));
             }
             if p.legacy_headers && tightest.is_none_or(|(_, t)| d.remaining < t.remaining) {
                 tightest = Some(entry);
             }
         }
-        if !policy.is_empty() {
-            if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state)) {
-                h.insert(RATELIMIT_POLICY, p);
-                h.insert(RATELIMIT, s);
-            }
+        if let (Some(p), Ok(s)) = (policy, HeaderValue::from_str(&state)) {
+            h.insert(RATELIMIT_POLICY, p);
+            h.insert(RATELIMIT, s);
         }
         if let Some((p, d)) = tightest {
             h.insert(X_LIMIT, HeaderValue::from(p.limit.quota().0));
