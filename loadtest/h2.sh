@@ -19,24 +19,11 @@ if [ -z "${FICUS_BIN:-}" ]; then
   cargo build --release --locked --bin ficus >&2
   FICUS_BIN=$PWD/target/release/ficus
 fi
-W=$(mktemp -d /tmp/ficus-h2.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
+. loadtest/lib.sh
+lt_init h2
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj /CN=bench.test -addext subjectAltName=DNS:bench.test \
-  -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
+lt_cert
 
-cat >"$W/up.conf" <<C
-worker_processes 1; daemon off; pid $W/up.pid; error_log $W/up.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:18280; location / { return 200 "hello from upstream\n"; } } }
-C
 # nginx 1.22 spells h2 as a listen parameter; `http2_max_concurrent_streams` is 128 by default.
 cat >"$W/nginx.conf" <<C
 worker_processes 1; daemon off; master_process off; pid $W/nx.pid; error_log $W/nx.err;
@@ -66,7 +53,7 @@ routes:
   - { name: plain, match: { path_prefix: / }, upstream: up }
 C
 
-taskset -c 1 nginx -c "$W/up.conf" & pids+=($!)
+lt_upstream 1 18280
 taskset -c 0 nginx -c "$W/nginx.conf" & pids+=($!)
 NGINX=$!
 taskset -c 0 "$FICUS_BIN" run --config "$W/ficus.yaml" >"$W/ficus.log" 2>&1 & pids+=($!)

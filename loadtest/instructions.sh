@@ -25,23 +25,11 @@ done
 cargo build --release --locked --bin ficus --example mint_token >&2
 T=${CARGO_TARGET_DIR:-target}/release
 BIN=${FICUS_BIN:-$T/ficus}
-W=$(mktemp -d /tmp/ficus-instr.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
+. loadtest/lib.sh
+lt_init instr
 
 UP=18280; JWKS=18291
-cat >"$W/up.conf" <<C
-worker_processes 1; daemon off; pid $W/up.pid; error_log $W/up.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "hello from upstream\n"; } } }
-C
-nginx -c "$W/up.conf" & pids+=($!)
+lt_upstream "" $UP
 "$T/examples/mint_token" "$W" >/dev/null
 (cd "$W" && exec python3 -m http.server $JWKS --bind 127.0.0.1 >/dev/null 2>&1) & pids+=($!)
 TOKEN=$(cat "$W/rs256.token")

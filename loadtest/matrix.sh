@@ -24,32 +24,18 @@ cargo build --release --locked --bin ficus --example mint_token >&2
 T=${CARGO_TARGET_DIR:-target}/release
 BIN=${FICUS_BIN:-$T/ficus}
 HZ=$(getconf CLK_TCK)
-W=$(mktemp -d /tmp/ficus-matrix.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
+. loadtest/lib.sh
+lt_init matrix
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 # ------------------------------------------------------------------ shared fixtures (CPU1)
 UP=18180; UP2=18181; JWKS=18191; REDIS=18379
-cat >"$W/up.conf" <<C
-worker_processes 1; daemon off; pid $W/up.pid; error_log $W/up.err;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; listen 127.0.0.1:$UP2; location / { return 200 "hello from upstream\n"; } } }
-C
-taskset -c 1 nginx -c "$W/up.conf" & pids+=($!)
+lt_upstream 1 $UP $UP2
 taskset -c 1 redis-server --port $REDIS --bind 127.0.0.1 --save '' --appendonly no >/dev/null & pids+=($!)
 "$T/examples/mint_token" "$W" >/dev/null
 (cd "$W" && exec taskset -c 1 python3 -m http.server $JWKS --bind 127.0.0.1 >/dev/null 2>&1) & pids+=($!)
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj /CN=bench.test -addext subjectAltName=DNS:bench.test \
-  -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
+lt_cert
 cat "$W/cert.pem" "$W/key.pem" >"$W/haproxy.pem"
 TOKEN=$(cat "$W/rs256.token")
 sleep 0.5

@@ -17,24 +17,11 @@ if [ -z "${FICUS_BIN:-}" ]; then
   cargo build --release --locked --bin ficus >&2
   FICUS_BIN=$PWD/target/release/ficus
 fi
-W=$(mktemp -d /tmp/ficus-tls.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
+. loadtest/lib.sh
+lt_init tls
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj /CN=bench.test -addext subjectAltName=DNS:bench.test \
-  -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
+lt_cert
 
-cat >"$W/up.conf" <<C
-worker_processes 1; daemon off; pid $W/up.pid; error_log $W/up.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:18180; location / { return 200 "hello from upstream\n"; } } }
-C
 cat >"$W/nginx.conf" <<C
 worker_processes 1; daemon off; master_process off; pid $W/nx.pid; error_log $W/nx.err;
 events { worker_connections 4096; }
@@ -63,7 +50,7 @@ routes:
   - { name: plain, match: { path_prefix: / }, upstream: up }
 C
 
-taskset -c 1 nginx -c "$W/up.conf" & pids+=($!)
+lt_upstream 1 18180
 taskset -c 0 nginx -c "$W/nginx.conf" & pids+=($!)
 NGINX=$!
 taskset -c 0 "$FICUS_BIN" run --config "$W/ficus.yaml" >"$W/ficus.log" 2>&1 & pids+=($!)
