@@ -329,15 +329,10 @@ async fn connections_without_a_request_in_flight_do_not_hold_up_the_drain() {
     let up = Upstream::echo().await;
     let dir = tempfile::tempdir().unwrap();
     // Both timeouts far beyond the wait below: only the drain itself can close these.
-    let yaml = basic_config(&up.url())
-        .replace(
-            "    bind: 127.0.0.1:0\nadmin:",
-            "    bind: 127.0.0.1:0\n    limits: { header_read_timeout: 60s, idle_timeout: 60s }\nadmin:",
-        )
-        .replace(
-            "reload: { watch: false }",
-            "reload: { watch: false }\nshutdown: { drain_timeout: 60s }",
-        );
+    let yaml = with_limits(&up.url(), "header_read_timeout: 60s, idle_timeout: 60s").replace(
+        "reload: { watch: false }",
+        "reload: { watch: false }\nshutdown: { drain_timeout: 60s }",
+    );
     let mut p = Process::run(&write_config(dir.path(), &yaml), &[]);
     // A spare connection that never sends (hyper's client pool opens these), and a keep-alive
     // connection idle after one answer.
@@ -425,10 +420,7 @@ async fn one_gib_upload_and_download_stream_in_bounded_memory() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let yaml = basic_config(&up.url()).replace(
-        "    bind: 127.0.0.1:0\nadmin",
-        "    bind: 127.0.0.1:0\n    limits: { max_body_bytes: 2GiB }\nadmin",
-    );
+    let yaml = with_limits(&up.url(), "max_body_bytes: 2GiB");
     let p = Process::run(&write_config(dir.path(), &yaml), &[]);
     let c = client();
     // What the process needs before any body flows (the binary's pages, the runtime, the

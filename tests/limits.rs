@@ -12,13 +12,6 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn with_limits(upstream: &str, limits: &str) -> String {
-    basic_config(upstream).replace(
-        "    bind: 127.0.0.1:0\nadmin",
-        &format!("    bind: 127.0.0.1:0\n    limits: {{ {limits} }}\nadmin"),
-    )
-}
-
 #[tokio::test]
 async fn oversized_headers_get_431_problem() {
     let up = Upstream::echo().await;

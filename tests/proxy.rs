@@ -458,10 +458,7 @@ async fn large_bodies_stream_both_ways() {
         }
     })
     .await;
-    let yaml = basic_config(&up.url()).replace(
-        "    bind: 127.0.0.1:0\nadmin",
-        "    bind: 127.0.0.1:0\n    limits: { max_body_bytes: 2GiB }\nadmin",
-    );
+    let yaml = with_limits(&up.url(), "max_body_bytes: 2GiB");
     let f = Ficus::start(&yaml).await;
     let c = client();
 

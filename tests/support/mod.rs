@@ -251,6 +251,15 @@ routes:
     )
 }
 
+/// [`basic_config`] with the listener's `limits` set (a flow mapping's body, e.g.
+/// `max_body_bytes: 2GiB`).
+pub fn with_limits(upstream: &str, limits: &str) -> String {
+    basic_config(upstream).replace(
+        "    bind: 127.0.0.1:0\nadmin",
+        &format!("    bind: 127.0.0.1:0\n    limits: {{ {limits} }}\nadmin"),
+    )
+}
+
 /// The YAML every test config repeats, so that a test's own YAML shows only what it is about.
 pub mod yaml {
     /// A listener on an ephemeral loopback port; `extra` is more flow-map entries

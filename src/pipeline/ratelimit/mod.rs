@@ -397,7 +397,6 @@ impl Admitted {
                     let joined = joined.get_or_insert_with(|| first_item.to_owned());
                     joined.push_str(", ");
                     joined.push_str(&p.policy_item);
-                    policy = HeaderValue::from_str(joined).ok();
                     state.push_str(", ");
                 }
                 state.push_str(&p.quoted_name);
@@ -406,6 +405,9 @@ impl Admitted {
             if p.legacy_headers && tightest.is_none_or(|(_, t)| d.remaining < t.remaining) {
                 tightest = Some(entry);
             }
+        }
+        if let Some(j) = joined {
+            policy = HeaderValue::from_str(&j).ok();
         }
         if let (Some(p), Ok(s)) = (policy, HeaderValue::from_str(&state)) {
             h.insert(RATELIMIT_POLICY, p);
