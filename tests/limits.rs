@@ -135,6 +135,97 @@ async fn idle_connections_are_closed() {
     f.shutdown().await;
 }
 
+/// Between requests a keep-alive connection is idle, not reading a head: the header-read timeout
+/// (slowloris) starts with the next request's first byte, and only `idle_timeout` closes a
+/// connection that sends nothing.
+#[tokio::test]
+async fn a_keep_alive_connection_outlives_the_header_read_timeout_between_requests() {
+    let up = Upstream::echo().await;
+    let f = Ficus::start(&with_limits(
+        &up.url(),
+        "header_read_timeout: 300ms, idle_timeout: 60s",
+    ))
+    .await;
+    let tcp = TcpStream::connect(f.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for i in 0..3 {
+        if i > 0 {
+            // Three times the header-read timeout, quiet.
+            tokio::time::sleep(Duration::from_millis(900)).await;
+        }
+        let req = Request::get(format!("/after-gap-{i}"))
+            .header("host", "t")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let res = sender
+            .send_request(req)
+            .await
+            .unwrap_or_else(|e| panic!("request {i} on the kept-alive connection: {e}"));
+        assert_eq!(res.status(), 200, "request {i}");
+    }
+    assert_eq!(up.hits(), 3);
+    f.shutdown().await;
+}
+
+/// The header-read timeout still holds for a kept-alive connection's later requests: once the
+/// next head's first bytes arrive, the rest must follow within it, however the bytes trickle.
+#[tokio::test]
+async fn a_second_request_head_trickled_on_a_kept_alive_connection_is_cut_off() {
+    let up = Upstream::echo().await;
+    let f = Ficus::start(&with_limits(
+        &up.url(),
+        "header_read_timeout: 500ms, idle_timeout: 60s",
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(f.addr).await.unwrap();
+    tcp.write_all(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    tcp.write_all(b"GET /second HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if tcp.write_all(b"X").await.is_err() {
+            closed = true;
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            // What is left of the first answer, if it came in two reads.
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    assert!(closed, "the trickled second head was still being read after 4 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(up.hits(), 1);
+    f.shutdown().await;
+}
+
 #[tokio::test]
 async fn connections_over_the_cap_are_refused() {
     let up = Upstream::echo().await;

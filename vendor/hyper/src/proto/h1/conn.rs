@@ -66,6 +66,8 @@ where
                 #[cfg(feature = "server")]
                 h1_header_read_timeout_running: false,
                 #[cfg(feature = "server")]
+                h1_header_read_timeout_after_bytes: false,
+                #[cfg(feature = "server")]
                 date_header: true,
                 #[cfg(feature = "server")]
                 timer: Time::Empty,
@@ -213,14 +215,9 @@ where
         read_buf.len() >= 24 && read_buf[..24] == *H2_PREFACE
     }
 
-    pub(super) fn poll_read_head(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<crate::Result<(MessageHead<T::Incoming>, DecodedLength, Wants)>>> {
-        debug_assert!(self.can_read_head());
-        trace!("Conn::read_head");
-
-        #[cfg(feature = "server")]
+    /// ficus patch: the header-read timer's start, moved out of `poll_read_head` unchanged.
+    #[cfg(feature = "server")]
+    fn arm_header_read_timeout(&mut self) {
         if !self.state.h1_header_read_timeout_running {
             if let Some(h1_header_read_timeout) = self.state.h1_header_read_timeout {
                 let deadline = self.state.timer.now() + h1_header_read_timeout;
@@ -237,6 +234,21 @@ where
                     }
                 }
             }
+        }
+    }
+
+    pub(super) fn poll_read_head(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<crate::Result<(MessageHead<T::Incoming>, DecodedLength, Wants)>>> {
+        debug_assert!(self.can_read_head());
+        trace!("Conn::read_head");
+
+        // ficus patch: the first head is timed from the start; a kept-alive connection's next
+        // head only from its first bytes (below), as nginx does.
+        #[cfg(feature = "server")]
+        if !self.state.h1_header_read_timeout_after_bytes {
+            self.arm_header_read_timeout();
         }
 
         let msg = match self.io.parse::<T>(
@@ -258,6 +270,13 @@ where
             Poll::Ready(Ok(msg)) => msg,
             Poll::Ready(Err(e)) => return self.on_read_head_error(e),
             Poll::Pending => {
+                // ficus patch: between messages a connection is idle, not reading a head, and
+                // the idle timeout is the owner's; part of the next head arriving starts the
+                // clock. A head that arrives whole never allocates or registers a timer.
+                #[cfg(feature = "server")]
+                if self.state.h1_header_read_timeout_after_bytes && !self.io.read_buf().is_empty() {
+                    self.arm_header_read_timeout();
+                }
                 #[cfg(feature = "server")]
                 if self.state.h1_header_read_timeout_running {
                     if let Some(h1_header_read_timeout_fut) =
@@ -970,6 +989,10 @@ struct State {
     h1_header_read_timeout_fut: Option<Pin<Box<dyn Sleep>>>,
     #[cfg(feature = "server")]
     h1_header_read_timeout_running: bool,
+    /// ficus patch: set once the first message is done: later heads are timed from their
+    /// first bytes.
+    #[cfg(feature = "server")]
+    h1_header_read_timeout_after_bytes: bool,
     #[cfg(feature = "server")]
     date_header: bool,
     #[cfg(feature = "server")]
@@ -1169,6 +1192,8 @@ impl State {
             // so we can close the connection if another header isn't
             // received in a timely manner.
             self.notify_read = true;
+            // ficus patch: ...once the next head's first bytes arrive (see `poll_read_head`).
+            self.h1_header_read_timeout_after_bytes = true;
         }
     }
 
