@@ -212,6 +212,12 @@ impl Route {
         }
     }
 
+    /// Stage 8 has nothing to do: no queued writes, no contract sampling, no migration split,
+    /// so the request goes straight to translation and the upstream call.
+    pub fn is_direct(&self) -> bool {
+        self.buffer_writes.is_none() && self.contract.is_none() && self.migration.is_none()
+    }
+
     pub fn metrics_for(&self, side: super::context::Side) -> &RouteMetrics {
         match (side, &self.migration) {
             (super::context::Side::Modern, Some(m)) => &m.modern_metrics,

@@ -5,6 +5,7 @@
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use futures_util::FutureExt as _;
 use http::{Request, Response};
@@ -22,11 +23,15 @@ use crate::pipeline::request::ConnInfo;
 /// `AssertUnwindSafe`: what a panicking request leaves behind is shared state behind atomics,
 /// `parking_lot` locks (which do not poison) and guards whose `Drop` runs during the unwind; the
 /// next request must not see a broken invariant any more than it would after an error return.
-pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     // Kept for the answer in case the request is lost to a panic (a shared buffer, cheap). The
     // pipeline's own observation guard writes the metrics and the access-log line as it unwinds.
     let request_id = req.headers().get(X_REQUEST_ID).cloned();
-    match AssertUnwindSafe(run(shared, conn, req)).catch_unwind().await {
+    match AssertUnwindSafe(run(&shared, &conn, req)).catch_unwind().await {
         Ok(resp) => resp,
         Err(payload) => {
             let request_id = request_id
@@ -40,9 +45,14 @@ pub async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) ->
     }
 }
 
+/// Not an async fn: one would keep a second copy of the request in every request's future.
 #[cfg(not(test))]
-async fn run(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<ResponseBody> {
-    pipeline::handle(shared, conn, req).await
+fn run<'a>(
+    shared: &'a Shared,
+    conn: &'a ConnInfo,
+    req: Request<Incoming>,
+) -> impl std::future::Future<Output = Response<ResponseBody>> + 'a {
+    pipeline::handle(shared, conn, req)
 }
 
 /// The crate's own unit tests need a request that panics, and no input may make one in the real
