@@ -379,13 +379,19 @@ async fn send(
         if let Some(a) = &attempt {
             req.headers_mut().insert(TRACEPARENT, a.traceparent());
         }
-        let remaining = upstream.request_timeout.saturating_sub(started.elapsed());
+        // The first try starts when the request's clock did.
+        let try_started = if retry == 0 {
+            started
+        } else {
+            tokio::time::Instant::now()
+        };
+        let remaining = upstream.request_timeout.saturating_sub(try_started - started);
         let per_try = match upstream.retry.as_ref().and_then(|p| p.per_try_timeout) {
             Some(t) if replay.is_some() => t.min(remaining),
             _ => remaining,
         };
         let result = upstream
-            .call_within(req, per_try.max(std::time::Duration::from_millis(1)))
+            .call_from(req, try_started, per_try.max(std::time::Duration::from_millis(1)))
             .await;
         if let (Some(permit), Some(b)) = (permit, &upstream.breaker) {
             permit.record(breaker_outcome(&result, b.config()));
