@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 N=${1:-5000}
 C=${2:-8}
 ROWS=${ROWS:-plain local_rl jwt_rl nginx_plain nginx_rl}
-for b in valgrind h2load nginx python3 curl; do
+for b in valgrind callgrind_annotate h2load nginx python3 curl; do
   command -v "$b" >/dev/null || { echo "instructions.sh needs $b (Debian: valgrind nghttp2-client nginx-light)" >&2; exit 1; }
 done
 cargo build --release --locked --bin ficus --example mint_token >&2
@@ -88,8 +88,17 @@ total() {
     echo "$out" | grep -q "$n succeeded" || { echo "h2load: not all $n succeeded:" >&2; echo "$out" | grep -E 'requests:|status codes:' >&2; return 1; }
   fi
   kill -TERM "$p"; wait "$p" 2>/dev/null || true
-  # One file per process (nginx forks none here); summed in case a target does.
-  cat "$W"/cg.out.* | awk '/^summary:/{s+=$2} END{print s}'
+  # One file per process (nginx forks none here); summed in case a target does. Lazy one-time
+  # set-up (once_cell initialisers: above all quanta's clock calibration, which loops for a
+  # stretch of time and so varied by up to 2,000 instructions per request between runs) is
+  # taken out, so that only the work that repeats per request is left to subtract.
+  local sum init
+  sum=$(cat "$W"/cg.out.* | awk '/^summary:/{s+=$2} END{print s+0}')
+  init=$(for f in "$W"/cg.out.*; do
+    callgrind_annotate --auto=no --inclusive=yes "$f" 2>/dev/null |
+      awk '/once_cell::imp::OnceCell<T>::initialize \[/{gsub(",", "", $1); s+=$1} END{print s+0}'
+  done | awk '{s+=$1} END{print s+0}')
+  echo $((sum - init))
   if [ -n "${CG_DIR:-}" ] && [ "$n" -gt 0 ]; then mkdir -p "$CG_DIR" && cat "$W"/cg.out.* >"$CG_DIR/$ROW.callgrind"; fi
 }
 
