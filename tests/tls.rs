@@ -113,6 +113,69 @@ async fn alpn_negotiates_h2_and_http1() {
     f.shutdown().await;
 }
 
+/// Over TLS the idle timeout counts the bytes HTTP sees. After a request, a client that trickles a
+/// TLS record a byte at a time produces no plaintext, so there is no head for the header-read
+/// timeout to time; it must still meet the idle timeout rather than hold the connection forever.
+#[tokio::test]
+async fn a_tls_record_trickled_after_a_request_is_closed_at_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"]);
+    let yaml = tls_config(&up.url(), &[&a], "", false).replace(
+        "    bind: 127.0.0.1:0\n",
+        "    bind: 127.0.0.1:0\n    limits: { idle_timeout: 800ms, header_read_timeout: 300ms }\n",
+    );
+    let f = Ficus::start_in(dir, &yaml).await.unwrap();
+    let mut s = tls_connect(f.addr, "a.test", &[&a.der], &[b"http/1.1"])
+        .await
+        .unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    let (mut tcp, _) = s.into_inner();
+    // An application-data record that announces 16 KiB, then its bytes one at a time.
+    tcp.write_all(&[0x17, 0x03, 0x03, 0x40, 0x00]).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if tcp.write_all(&[0]).await.is_err() {
+            closed = true;
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            // The rest of the answer's records, a ticket or a closing alert; or nothing yet.
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    assert!(
+        closed,
+        "the connection was still open after 5 s of a trickled record"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    f.shutdown().await;
+}
+
 async fn connect_with_only(
     addr: std::net::SocketAddr,
     root: &rustls_pki_types::CertificateDer<'static>,

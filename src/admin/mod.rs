@@ -27,7 +27,12 @@ use crate::error::problem;
 use crate::gateway::reload;
 use crate::gateway::shared::Shared;
 use crate::pipeline::body::ResponseBody;
+use crate::server::io::IdleIo;
 use host::host_allowed;
+
+/// An admin connection with no byte either way for this long is closed (a Prometheus scraper's
+/// kept-alive connection, at the usual 15-30 s interval, stays open).
+const ADMIN_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
@@ -53,7 +58,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: wat
             let shared = shared.clone();
             async move { Ok::<_, Infallible>(handle(&shared, req).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(tcp), service).into_owned();
+        // hyper's header-read timeout times a kept-alive connection's next head only from its
+        // first byte (vendor/hyper); a connection that sends nothing is closed once idle.
+        let io = IdleIo::new(tcp, ADMIN_IDLE_TIMEOUT, None);
+        let conn = builder.serve_connection(TokioIo::new(io), service).into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;

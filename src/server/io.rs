@@ -1,9 +1,10 @@
 //! An idle timeout for a client connection.
 //!
-//! hyper has a header-read timeout but nothing that closes a connection on which no bytes move.
-//! This wrapper notes whether bytes moved and fails the connection once it has
-//! been quiet for the configured time, unless a request on it is still being answered (a slow
-//! upstream is not the client's idleness).
+//! hyper has a header-read timeout (which, with ficus's patch, times a request's head from its
+//! first byte) but nothing that closes a connection on which no bytes move. This wrapper notes
+//! whether bytes moved and fails the connection once it has been quiet for the configured time,
+//! unless a request on it is still being answered (a slow upstream is not the client's
+//! idleness).
 
 use std::future::Future;
 use std::io;
@@ -26,7 +27,9 @@ pub struct IdleIo<T> {
     active: bool,
     quiet_ticks: u8,
     timer: Pin<Box<Sleep>>,
-    conn: Arc<ConnInfo>,
+    /// Whose requests in flight keep the connection busy; `None` (the admin listener): bytes
+    /// alone.
+    conn: Option<Arc<ConnInfo>>,
 }
 
 /// The idle timeout is checked in quarters, so a connection is closed between 1x and 1.25x the
@@ -34,7 +37,7 @@ pub struct IdleIo<T> {
 const TICKS: u8 = 4;
 
 impl<T> IdleIo<T> {
-    pub fn new(inner: T, idle: Duration, conn: Arc<ConnInfo>) -> Self {
+    pub fn new(inner: T, idle: Duration, conn: Option<Arc<ConnInfo>>) -> Self {
         let tick = (idle / u32::from(TICKS)).max(Duration::from_millis(1));
         Self {
             inner,
@@ -46,13 +49,12 @@ impl<T> IdleIo<T> {
         }
     }
 
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         while self.timer.as_mut().poll(cx).is_ready() {
-            let busy = self.conn.in_flight.load(Ordering::Acquire) > 0;
+            let busy = self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.in_flight.load(Ordering::Acquire) > 0);
             if self.active || busy {
                 self.active = false;
                 self.quiet_ticks = 0;

@@ -70,7 +70,6 @@ pub async fn serve(
             in_flight: AtomicUsize::new(0),
             client_cert: OnceLock::new(),
         });
-        let io = IdleIo::new(tcp, rt.limits.idle_timeout, conn.clone());
         let mut watcher = drain_rx.clone();
         let shared = shared.clone();
         // Each branch's future is boxed: the task is sized by its largest branch and lives as
@@ -80,22 +79,26 @@ pub async fn serve(
             let _guard = guard;
             // The set-up phases are boxed too: they end, and their state (timers, a TLS
             // handshake) is freed instead of sizing the task for the connection's whole life.
+            // The idle timeout watches the bytes HTTP sees: over TLS, above the TLS layer, so
+            // that a client trickling a TLS record a byte at a time (no plaintext, so no head
+            // for the header-read timeout to time) is not "active" and meets the idle timeout.
             match &rt.tls {
                 None => {
-                    let sniffed =
-                        unless_draining(&mut watcher, sniff(io.get_ref(), rt.limits.header_read_timeout));
+                    let sniffed = unless_draining(&mut watcher, sniff(&tcp, rt.limits.header_read_timeout));
                     let Some(Some(proto)) = Box::pin(sniffed).await else {
                         return;
                     };
+                    let io = IdleIo::new(tcp, rt.limits.idle_timeout, Some(conn.clone()));
                     Box::pin(serve_connection(io, proto, &rt, conn, shared, watcher)).await
                 }
                 Some(acceptor) => {
-                    let handshake = accept_tls(acceptor, io, &conn, rt.limits.header_read_timeout);
+                    let handshake = accept_tls(acceptor, tcp, &conn, rt.limits.header_read_timeout);
                     let Some(Some((tls, proto))) = Box::pin(unless_draining(&mut watcher, handshake)).await
                     else {
                         return;
                     };
-                    Box::pin(serve_connection(tls, proto, &rt, conn, shared, watcher)).await
+                    let io = IdleIo::new(tls, rt.limits.idle_timeout, Some(conn.clone()));
+                    Box::pin(serve_connection(io, proto, &rt, conn, shared, watcher)).await
                 }
             }
         });
@@ -113,10 +116,10 @@ pub async fn serve(
 /// certificate (kept on the connection) and the protocol.
 async fn accept_tls(
     acceptor: &TlsAcceptor,
-    io: IdleIo<TcpStream>,
+    io: TcpStream,
     conn: &ConnInfo,
     within: Duration,
-) -> Option<(TlsStream<IdleIo<TcpStream>>, Proto)> {
+) -> Option<(TlsStream<TcpStream>, Proto)> {
     let tls = match tokio::time::timeout(within, acceptor.accept(io)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
