@@ -394,6 +394,32 @@ async fn a_try_that_times_out_is_retried_within_the_request_timeout() {
     f.shutdown().await;
 }
 
+/// A retried request's body is read in before its first try; that upload is the client's time,
+/// not the try's: a healthy upstream is not timed out (and retried) because the client was slow.
+#[tokio::test]
+async fn a_slow_upload_does_not_use_up_the_first_tries_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::echo().await;
+    let retry = "attempts: 1, backoff: 1ms, max_backoff: 2ms, per_try_timeout: 300ms, on: [timeout]";
+    let f = Ficus::start(&with_retry(&up.url(), &format!("'{}'", up.url()), retry)).await;
+    let mut tcp = tokio::net::TcpStream::connect(f.addr).await.unwrap();
+    tcp.write_all(b"PUT /slow-upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    tcp.write_all(b"hello").await.unwrap();
+    let a = read_all(&mut tcp, Duration::from_secs(5)).await;
+    assert_eq!(raw_status(&a), 200, "{a}");
+    assert_eq!(up.hits(), 1);
+    let m = get(&f.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(&m, "ficus_upstream_retries_total").unwrap_or(0.0),
+        0.0,
+        "the first try was not timed out: {m}"
+    );
+    f.shutdown().await;
+}
+
 /// Against an upstream that always fails, retries stay within the budget: 20% of requests plus
 /// the floor (here 1/s over a 10 s window), however many attempts each request may make.
 #[tokio::test]

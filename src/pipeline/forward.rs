@@ -289,6 +289,9 @@ async fn send(
     trace: Option<&crate::telemetry::traces::RequestTrace>,
 ) -> Result<Response<Incoming>, SendError> {
     let started = tokio::time::Instant::now();
+    // When the first try starts: now, unless the body is read in first (its upload time counts
+    // against the request timeout, never against a try's).
+    let mut first_try_at = Some(started);
     // A retry needs the request again: the headers, and the body if it is small enough to keep.
     let mut replay: Option<(http::Method, http::HeaderMap, Option<Bytes>)> = None;
     if let Some(policy) = &upstream.retry {
@@ -305,6 +308,7 @@ async fn send(
                             .map_err(|e| SendError::Proxy(ProxyError::from(e)))?
                             .to_bytes();
                         body = RequestBody::Full(Some(collected.clone()));
+                        first_try_at = None;
                         Some(Some(collected))
                     }
                     // Too large, or of unknown length: streamed once, never retried.
@@ -379,12 +383,7 @@ async fn send(
         if let Some(a) = &attempt {
             req.headers_mut().insert(TRACEPARENT, a.traceparent());
         }
-        // The first try starts when the request's clock did.
-        let try_started = if retry == 0 {
-            started
-        } else {
-            tokio::time::Instant::now()
-        };
+        let try_started = first_try_at.take().unwrap_or_else(tokio::time::Instant::now);
         let remaining = upstream.request_timeout.saturating_sub(try_started - started);
         let per_try = match upstream.retry.as_ref().and_then(|p| p.per_try_timeout) {
             Some(t) if replay.is_some() => t.min(remaining),
