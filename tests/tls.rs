@@ -147,32 +147,10 @@ async fn a_tls_record_trickled_after_a_request_is_closed_at_the_idle_timeout() {
     let (mut tcp, _) = s.into_inner();
     // An application-data record that announces 16 KiB, then its bytes one at a time.
     tcp.write_all(&[0x17, 0x03, 0x03, 0x40, 0x00]).await.unwrap();
-    let started = std::time::Instant::now();
-    let mut closed = false;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if tcp.write_all(&[0]).await.is_err() {
-            closed = true;
-            break;
-        }
-        match tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                closed = true;
-                break;
-            }
-            // The rest of the answer's records, a ticket or a closing alert; or nothing yet.
-            Ok(Ok(_)) | Err(_) => {}
-        }
-    }
-    assert!(
-        closed,
-        "the connection was still open after 5 s of a trickled record"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    let closed = trickle_until_closed(&mut tcp, &[0], Duration::from_secs(5))
+        .await
+        .expect("the connection was still open after 5 s of a trickled record");
+    assert!(closed < Duration::from_secs(3), "{closed:?}");
     f.shutdown().await;
 }
 

@@ -529,6 +529,27 @@ pub async fn read_all(tcp: &mut TcpStream, within: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Writes `byte` every 100 ms, reading whatever comes back, until the peer closes the connection
+/// (how long that took) or `max` has passed (`None`). For timeouts that a trickling client must
+/// still meet.
+pub async fn trickle_until_closed(tcp: &mut TcpStream, byte: &[u8], max: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < max {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if tcp.write_all(byte).await.is_err() {
+            return Some(started.elapsed());
+        }
+        match tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            // Bytes the server still had for us (the rest of an answer, a TLS ticket or
+            // alert), or nothing yet.
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    None
+}
+
 /// The status code of the first response in a raw HTTP/1.1 answer.
 pub fn raw_status(answer: &str) -> u16 {
     answer
