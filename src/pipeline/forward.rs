@@ -347,12 +347,14 @@ async fn send(
             }
         };
         let endpoint = picked.endpoint();
-        let uri = Uri::builder()
-            .scheme(endpoint.scheme.clone())
-            .authority(endpoint.authority.clone())
-            .path_and_query(path_and_query.clone())
-            .build()
-            .map_err(|e| SendError::Call(UpstreamCallError::Request(e.to_string())))?;
+        // From its parts, not through `Uri::builder`, whose `Result`-wrapped steps each move
+        // the whole URI (memmove showed in profiles of the plain route).
+        let mut up = http::uri::Parts::default();
+        up.scheme = Some(endpoint.scheme.clone());
+        up.authority = Some(endpoint.authority.clone());
+        up.path_and_query = Some(path_and_query.clone());
+        let uri =
+            Uri::from_parts(up).map_err(|e| SendError::Call(UpstreamCallError::Request(e.to_string())))?;
         let mut req = match first.take() {
             Some((mut p, b)) => {
                 p.uri = uri;
@@ -402,7 +404,10 @@ async fn send(
             Err(UpstreamCallError::Body(_) | UpstreamCallError::Overloaded(_)) => {}
             Err(_) => picked.report(true),
         }
-        tried.push(picked.index());
+        // Only a kept request can be tried again (an allocation per request spared otherwise).
+        if replay.is_some() {
+            tried.push(picked.index());
+        }
         drop(picked);
 
         let wait = match (&upstream.retry, &replay) {
