@@ -248,8 +248,13 @@ where
         );
         // ficus patch: no buffer is held between messages (see `release_idle_buffers`), so the
         // read that waits for the next message goes to the stack and a buffer is allocated only
-        // once bytes have arrived.
-        if self.read_buf.capacity() == 0 {
+        // once bytes have arrived. The same holds for an empty buffer too small for the next
+        // read: it is the tail of one whose front became the last message's head, so growing it
+        // would allocate a fresh buffer for a read that, on a keep-alive connection, usually
+        // finds nothing (two allocations per request that waited for nothing).
+        if self.read_buf.capacity() == 0
+            || (self.read_buf.is_empty() && self.read_buf_remaining_mut() < next)
+        {
             return self.poll_read_via_stack(cx, next);
         }
         if self.read_buf_remaining_mut() < next {

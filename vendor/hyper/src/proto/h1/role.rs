@@ -33,6 +33,9 @@ const AVERAGE_HEADER_SIZE: usize = 30; // totally scientific
 #[cfg(feature = "server")]
 const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
 
+/// ficus patch: headers ficus adds to every forwarded request (see `Server::parse`).
+const PROXY_ADDED_HEADERS: usize = 6;
+
 macro_rules! header_name {
     ($bytes:expr) => {{
         {
@@ -263,7 +266,10 @@ impl Http1Transaction for Server {
         let mut headers = ctx.cached_headers.take().unwrap_or_default();
         let mut saw_connection_close = false;
 
-        headers.reserve(headers_len);
+        // ficus patch: room for the headers a proxy adds to a request before forwarding it
+        // (`X-Forwarded-*`, `Forwarded`, `traceparent`, `X-Request-Id`), so that the map is
+        // allocated once instead of grown and rehashed on the way out.
+        headers.reserve(headers_len + PROXY_ADDED_HEADERS);
 
         for header in &headers_indices[..headers_len] {
             // SAFETY: array is valid up to `headers_len`
