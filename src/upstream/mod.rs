@@ -143,12 +143,11 @@ impl Upstream {
         let method = crate::telemetry::metrics::semconv_method_index(req.method());
         let deadline = started + timeout;
         let result = match &self.limit {
-            None => {
-                tokio::time::timeout_at(deadline, async {
-                    self.client.request(req).await.map_err(|e| classify(&e))
-                })
+            // The pool's future directly, not wrapped in an async block: each layer is one more
+            // copy of the request's state to move.
+            None => tokio::time::timeout_at(deadline, self.client.request(req))
                 .await
-            }
+                .map(|r| r.map_err(|e| classify(&e))),
             Some(limit) => tokio::time::timeout_at(deadline, limit.call(req)).await,
         };
         let result = result.unwrap_or(Err(UpstreamCallError::Timeout(timeout)));
