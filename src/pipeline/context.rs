@@ -46,19 +46,28 @@ pub fn valid_traceparent(v: &[u8]) -> bool {
 }
 
 /// Written into a stack buffer from one fast generator: two UUIDs and a `format!` per request
-/// showed in profiles of the plain route, and a trace id needs to be unique, not secret.
+/// showed in profiles of the plain route, and a trace id needs to be unique, not secret. The
+/// ids are drawn as 64-bit words and written a byte at a time (a `u128` drawn from a range and
+/// shifted a digit at a time cost about 450 instructions per request).
 pub fn new_traceparent() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let trace = fastrand::u128(1..);
-    let parent = fastrand::u64(1..);
+    let (hi, mut lo, parent) = (fastrand::u64(..), fastrand::u64(..), fastrand::u64(1..));
+    if hi == 0 && lo == 0 {
+        lo = 1; // an all-zero trace id is invalid
+    }
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    for (i, b) in buf[3..35].iter_mut().enumerate() {
-        *b = HEX[((trace >> (124 - 4 * i)) & 0xf) as usize];
-    }
-    for (i, b) in buf[36..52].iter_mut().enumerate() {
-        *b = HEX[((parent >> (60 - 4 * i)) & 0xf) as usize];
-    }
+    write_hex(&mut buf[3..19], hi);
+    write_hex(&mut buf[19..35], lo);
+    write_hex(&mut buf[36..52], parent);
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// `v` as 16 lower-case hex digits into `dst` (16 bytes).
+fn write_hex(dst: &mut [u8], v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in dst.chunks_exact_mut(2).zip(v.to_be_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
 }
 
 /// True for a `Connection: upgrade` request whose every `Upgrade` protocol is in `allowed`
@@ -419,6 +428,15 @@ mod tests {
         let made: std::collections::HashSet<HeaderValue> = (0..1000).map(|_| new_traceparent()).collect();
         assert_eq!(made.len(), 1000, "generated trace contexts repeat");
         assert!(made.iter().all(|v| valid_traceparent(v.as_bytes())));
+    }
+
+    #[test]
+    fn ids_are_written_as_sixteen_lower_case_hex_digits() {
+        for v in [0u64, 1, 0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210, u64::MAX] {
+            let mut buf = [0u8; 16];
+            write_hex(&mut buf, v);
+            assert_eq!(std::str::from_utf8(&buf).unwrap(), format!("{v:016x}"));
+        }
     }
 
     #[test]
