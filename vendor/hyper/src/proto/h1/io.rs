@@ -237,6 +237,17 @@ where
     }
 
     pub(crate) fn poll_read_from_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.poll_read_from_io_for(cx, true)
+    }
+
+    /// ficus patch: `between_messages` is false for a read of a message's body (`read_mem`),
+    /// which never goes to the stack (see below): a large body keeps reading straight into
+    /// buffers of the read strategy's size, as unpatched.
+    fn poll_read_from_io_for(
+        &mut self,
+        cx: &mut Context<'_>,
+        between_messages: bool,
+    ) -> Poll<io::Result<usize>> {
         self.read_blocked = false;
         // Get the next amount to allocate, but make sure we don't go over
         // the max read buf size configured.
@@ -252,8 +263,9 @@ where
         // read: it is the tail of one whose front became the last message's head, so growing it
         // would allocate a fresh buffer for a read that, on a keep-alive connection, usually
         // finds nothing (two allocations per request that waited for nothing).
-        if self.read_buf.capacity() == 0
-            || (self.read_buf.is_empty() && self.read_buf_remaining_mut() < next)
+        if between_messages
+            && self.read_buf.is_empty()
+            && (self.read_buf.capacity() == 0 || self.read_buf_remaining_mut() < next)
         {
             return self.poll_read_via_stack(cx, next);
         }
@@ -295,7 +307,11 @@ where
                 let n = buf.filled().len();
                 trace!("received {} bytes", n);
                 if n > 0 {
-                    self.read_buf.reserve(cmp::max(next, n));
+                    // ficus patch: exactly what arrived (a request or response head is usually a
+                    // few hundred bytes, which the allocator serves from its small-block fast
+                    // path; 8 KiB took its slower one). A message that needs more grows the
+                    // buffer by the read strategy's step on the next read.
+                    self.read_buf.reserve(n);
                     self.read_buf.extend_from_slice(buf.filled());
                 }
                 self.read_buf_strategy.record(n);
@@ -415,7 +431,7 @@ where
             let n = std::cmp::min(len, self.read_buf.len());
             Poll::Ready(Ok(self.read_buf.split_to(n).freeze()))
         } else {
-            let n = ready!(self.poll_read_from_io(cx))?;
+            let n = ready!(self.poll_read_from_io_for(cx, false))?;
             Poll::Ready(Ok(self.read_buf.split_to(::std::cmp::min(len, n)).freeze()))
         }
     }
