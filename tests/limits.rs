@@ -181,19 +181,7 @@ async fn a_second_request_head_trickled_on_a_kept_alive_connection_is_cut_off() 
     ))
     .await;
     let mut tcp = TcpStream::connect(f.addr).await.unwrap();
-    tcp.write_all(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
-        .await
-        .expect("an answer within 5 s")
-        .unwrap();
-    assert!(
-        buf[..n].starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    expect_200_on(&mut tcp, b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     tcp.write_all(b"GET /second HTTP/1.1\r\nHost: t\r\n")

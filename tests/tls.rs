@@ -118,7 +118,7 @@ async fn alpn_negotiates_h2_and_http1() {
 /// timeout to time; it must still meet the idle timeout rather than hold the connection forever.
 #[tokio::test]
 async fn a_tls_record_trickled_after_a_request_is_closed_at_the_idle_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let up = Upstream::echo().await;
     let dir = tempfile::tempdir().unwrap();
     let a = make_cert(dir.path(), "a", &["a.test"]);
@@ -130,19 +130,7 @@ async fn a_tls_record_trickled_after_a_request_is_closed_at_the_idle_timeout() {
     let mut s = tls_connect(f.addr, "a.test", &[&a.der], &[b"http/1.1"])
         .await
         .unwrap();
-    s.write_all(b"GET /first HTTP/1.1\r\nHost: a.test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .expect("an answer within 5 s")
-        .unwrap();
-    assert!(
-        buf[..n].starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    expect_200_on(&mut s, b"GET /first HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
 
     let (mut tcp, _) = s.into_inner();
     // An application-data record that announces 16 KiB, then its bytes one at a time.

@@ -529,6 +529,25 @@ pub async fn read_all(tcp: &mut TcpStream, within: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Writes one HTTP/1.1 request on an open stream (TCP or TLS) and asserts that the answer, read
+/// within 5 s, is a 200; the stream stays open for what the test does next.
+pub async fn expect_200_on<S>(stream: &mut S, request: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream.write_all(request).await.expect("write");
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("an answer within 5 s")
+        .expect("read");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
 /// Writes `byte` every 100 ms, reading whatever comes back, until the peer closes the connection
 /// (how long that took) or `max` has passed (`None`). For timeouts that a trickling client must
 /// still meet.
