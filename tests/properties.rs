@@ -847,8 +847,14 @@ proptest! {
         context::join_cookies(&mut h);
         context::strip_hop_by_hop(&mut h, keep_upgrade);
         prop_assert_eq!(h.get(http::header::HOST), Some(&host), "a client cannot remove Host");
-        let info = context::ForwardedInfo { peer, proto: "http", host: host.to_str().ok() };
+        let peer_value = context::ip_value(peer);
+        let info = context::ForwardedInfo { peer, peer_value: &peer_value, proto: "http", host: Some(&host) };
         context::apply_forwarded(&mut h, &info, &trusted);
+        let xff = h.get(context::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        prop_assert!(xff.ends_with(&peer.to_string()), "X-Forwarded-For {:?} ends with the peer {}", xff, peer);
+        if let Some(v) = h.get("x-forwarded-host") {
+            prop_assert!(v.to_str().is_ok() && v == host, "X-Forwarded-Host is the visible-ASCII host only: {:?}", v);
+        }
         let _ = context::valid_request_id(host.as_bytes());
         let _ = context::valid_traceparent(host.as_bytes());
     }

@@ -129,14 +129,24 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             .is_some_and(|i| present & (1 << i) != 0)
     };
     if has(&CONNECTION) {
-        let named: Vec<HeaderName> = connection_tokens(h)
-            .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for n in named {
-            // Never let a client delete what identifies the request end to end.
-            if n != http::header::HOST {
-                h.remove(n);
+        // A token naming one of the fixed hop-by-hop headers (`keep-alive`, the usual one) is
+        // removed below by its presence bit: no name to parse, no hashed removal of a header
+        // that is not there. A value that is such a name alone is not even split.
+        let is_fixed = |t: &[u8]| {
+            HOP_BY_HOP
+                .iter()
+                .any(|hop| t.eq_ignore_ascii_case(hop.as_str().as_bytes()))
+        };
+        if !h.get_all(CONNECTION).iter().all(|v| is_fixed(v.as_bytes())) {
+            let named: Vec<HeaderName> = connection_tokens(h)
+                .filter(|t| !is_fixed(t.as_bytes()))
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .collect();
+            for n in named {
+                // Never let a client delete what identifies the request end to end.
+                if n != http::header::HOST {
+                    h.remove(n);
+                }
             }
         }
         h.remove(CONNECTION);
@@ -179,8 +189,18 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 
 pub struct ForwardedInfo<'a> {
     pub peer: IpAddr,
+    /// `peer` as a header value ([`ip_value`]), made once per connection.
+    pub peer_value: &'a HeaderValue,
     pub proto: &'static str,
-    pub host: Option<&'a str>,
+    /// The validated request host, as the request carried it.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// An address as a header value.
+pub fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut text = IpText::default();
+    // An address's text is digits, dots, colons and hex letters.
+    HeaderValue::from_str(text.of(ip)).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The client's address: the peer, or, when the peer is one of our trusted proxies, the first
@@ -224,24 +244,28 @@ pub fn apply_forwarded(h: &mut HeaderMap, info: &ForwardedInfo<'_>, trusted: &[I
             h.remove(name);
         }
     }
-    let mut ip = IpText::default();
-    let peer = ip.of(info.peer);
+    // Made of an address's text: always a valid string.
+    let peer = info.peer_value.to_str().unwrap_or_default();
 
     // Without a trusted proxy there is nothing to append to: its copies were just removed.
     let existing = |h: &HeaderMap, name: &HeaderName| if from_proxy { join_existing(h, name) } else { None };
-    let xff = match existing(h, &X_FORWARDED_FOR) {
-        Some(prev) => [prev.as_str(), ", ", peer].concat(),
-        None => peer.to_owned(),
-    };
-    set(h, X_FORWARDED_FOR, xff);
+    match existing(h, &X_FORWARDED_FOR) {
+        Some(prev) => set(h, X_FORWARDED_FOR, [prev.as_str(), ", ", peer].concat()),
+        // The connection's value, shared: no text to write or check per request.
+        None => {
+            h.insert(X_FORWARDED_FOR, info.peer_value.clone());
+        }
+    }
 
     // RFC 7239 §6: an IPv6 node is quoted and bracketed.
     let (open, close) = match info.peer {
         IpAddr::V4(_) => ("", ""),
         IpAddr::V6(_) => ("\"[", "]\""),
     };
-    let host = info
-        .host
+    // `to_str` admits visible ASCII only, as `HeaderValue::from_str` would for the copy.
+    let host_value = info.host.filter(|v| v.to_str().is_ok());
+    let host = host_value
+        .and_then(|v| v.to_str().ok())
         .filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'));
     let prev = existing(h, &FORWARDED);
     let (prev, sep) = prev.as_deref().map_or(("", ""), |p| (p, ", "));
@@ -258,8 +282,9 @@ pub fn apply_forwarded(h: &mut HeaderMap, info: &ForwardedInfo<'_>, trusted: &[I
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(info.proto));
     }
     if !from_proxy || !h.contains_key(X_FORWARDED_HOST) {
-        if let Some(v) = info.host.and_then(|s| HeaderValue::from_str(s).ok()) {
-            h.insert(X_FORWARDED_HOST, v);
+        // The request's own value, shared rather than copied.
+        if let Some(v) = host_value {
+            h.insert(X_FORWARDED_HOST, v.clone());
         }
     }
 }
@@ -471,6 +496,28 @@ mod tests {
     }
 
     #[test]
+    fn a_second_connection_line_still_names_headers_to_remove() {
+        // The first line alone names only a fixed hop-by-hop header; the second names another.
+        let mut h = headers(&[
+            ("connection", "Keep-Alive"),
+            ("connection", "x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+        let mut h = headers(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
     fn upgrade_survives_on_an_upgrade() {
         let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_allowed_upgrade(&h, &["websocket".into()]));
@@ -510,10 +557,13 @@ mod tests {
     #[test]
     fn untrusted_peer_cannot_spoof_forwarded_headers() {
         let mut h = headers(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https")]);
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        let (peer_value, host) = (ip_value(peer), HeaderValue::from_static("a.test"));
         let info = ForwardedInfo {
-            peer: "10.0.0.5".parse().unwrap(),
+            peer,
+            peer_value: &peer_value,
             proto: "http",
-            host: Some("a.test"),
+            host: Some(&host),
         };
         apply_forwarded(&mut h, &info, &[]);
         assert_eq!(h["x-forwarded-for"], "10.0.0.5");
@@ -528,8 +578,11 @@ mod tests {
             ("x-forwarded-for", "1.2.3.4, 10.0.0.7"),
             ("x-forwarded-proto", "https"),
         ]);
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        let peer_value = ip_value(peer);
         let info = ForwardedInfo {
-            peer: "10.0.0.5".parse().unwrap(),
+            peer,
+            peer_value: &peer_value,
             proto: "http",
             host: None,
         };

@@ -181,8 +181,9 @@ pub fn upstream_headers(
     let _ = h.try_reserve(6);
     let info = ForwardedInfo {
         peer: conn.peer.ip(),
+        peer_value: &conn.peer_value,
         proto: conn.listener.proto,
-        host: ctx.host.as_ref().and_then(|h| h.to_str().ok()),
+        host: ctx.host.as_ref(),
     };
     context::apply_forwarded(h, &info, &conn.listener.trusted_proxies);
     match h.get(TRACEPARENT) {

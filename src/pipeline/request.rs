@@ -22,6 +22,21 @@ pub struct ConnInfo {
     pub in_flight: AtomicUsize,
     /// The verified TLS client certificate, set once right after the handshake.
     pub client_cert: OnceLock<Arc<PeerCert>>,
+    /// The peer's address as a header value (`X-Forwarded-For` from a client that is not a
+    /// trusted proxy): written once per connection, not once per request.
+    pub peer_value: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, listener: Arc<ListenerRuntime>) -> Self {
+        Self {
+            peer,
+            listener,
+            in_flight: AtomicUsize::new(0),
+            client_cert: OnceLock::new(),
+            peer_value: super::context::ip_value(peer.ip()),
+        }
+    }
 }
 
 /// Per-request state shared by the stages (Pingora's context struct). Each fact is resolved

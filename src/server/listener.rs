@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -64,12 +64,7 @@ pub async fn serve(
         }
         let _ = tcp.set_nodelay(true);
         let guard = ConnGuard::new(open.clone(), open_gauge.clone());
-        let conn = Arc::new(ConnInfo {
-            peer,
-            listener: rt.clone(),
-            in_flight: AtomicUsize::new(0),
-            client_cert: OnceLock::new(),
-        });
+        let conn = Arc::new(ConnInfo::new(peer, rt.clone()));
         let mut watcher = drain_rx.clone();
         let shared = shared.clone();
         // Each branch's future is boxed: the task is sized by its largest branch and lives as
