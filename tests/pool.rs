@@ -159,3 +159,79 @@ async fn no_more_idle_connections_are_kept_than_max_idle_per_endpoint() {
     }
     assert_eq!(up.accepted(), 6);
 }
+
+/// A hand-written HTTP/1.1 upstream that answers every request with `head` and the body
+/// `hello`, and counts its connections. It never closes a connection itself: one that its answer
+/// said to close but the proxy reused anyway would hang.
+async fn raw_upstream(head: &'static str) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = tcp.read(&mut chunk).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    // GETs without bodies: each blank line ends one request.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = format!("HTTP/1.1 200 OK\r\n{head}\r\n\r\nhello");
+                        if tcp.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted, task)
+}
+
+#[tokio::test]
+async fn an_upstream_connection_header_is_read_token_by_token() {
+    let cases = [
+        ("Content-Length: 5\r\nConnection: Keep-Alive", 1),
+        ("Content-Length: 5\r\nConnection: keep-alive ", 1),
+        ("Content-Length: 5\r\nConnection: Close", 3),
+        ("Content-Length: 5\r\nConnection:  close", 3),
+        ("Content-Length: 5\r\nConnection: keep-alive, close", 3),
+        ("Content-Length: 5\r\nConnection: x-trace, Close", 3),
+    ];
+    for (head, connections) in cases {
+        let (addr, accepted, task) = raw_upstream(head).await;
+        let f = Ficus::start(&config(addr, "")).await;
+        for i in 0..3 {
+            let a = tokio::time::timeout(Duration::from_secs(5), get(&f.url("/")))
+                .await
+                .unwrap_or_else(|_| panic!("{head:?}: request {i} hung (a closed connection reused?)"));
+            assert_eq!(a.status, 200, "{head:?}: request {i}");
+            assert_eq!(a.text(), "hello", "{head:?}: request {i}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), connections, "{head:?}");
+        task.abort();
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_content_length_list_must_agree() {
+    let (addr, _, task) = raw_upstream("Content-Length: 5, 5").await;
+    let f = Ficus::start(&config(addr, "")).await;
+    let a = get(&f.url("/")).await;
+    assert_eq!(a.status, 200, "equal values are one length");
+    assert_eq!(a.text(), "hello");
+    task.abort();
+
+    let (addr, _, task) = raw_upstream("Content-Length: 5, 6").await;
+    let f = Ficus::start(&config(addr, "")).await;
+    get(&f.url("/")).await.assert_problem(502, "upstream-failed");
+    task.abort();
+}

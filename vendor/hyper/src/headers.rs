@@ -32,6 +32,14 @@ pub(super) fn connection_any_close(headers: &http::HeaderMap) -> bool {
 
 #[cfg(feature = "http1")]
 fn connection_has(value: &HeaderValue, needle: &str) -> bool {
+    // ficus patch: a value of one token (`keep-alive` from nearly every upstream, asked about
+    // `close` first) is compared without the UTF-8 check, split and trim. Equivalent: a value
+    // with a byte `to_str` refuses cannot equal the ASCII needle, and header values hold no
+    // whitespace `trim` removes that `trim_ascii` keeps.
+    let bytes = value.as_bytes();
+    if !bytes.contains(&b',') {
+        return bytes.trim_ascii().eq_ignore_ascii_case(needle.as_bytes());
+    }
     if let Ok(s) = value.to_str() {
         for val in s.split(',') {
             if val.trim().eq_ignore_ascii_case(needle) {
@@ -80,6 +88,16 @@ pub(super) fn content_length_parse_all_values(values: ValueIter<'_, HeaderValue>
 
     let mut content_length: Option<u64> = None;
     for h in values {
+        // ficus patch: a value of digits alone (nearly every one) is parsed as it is, without
+        // the UTF-8 check, the split on commas and the trim.
+        if let Some(n) = from_digits(h.as_bytes()) {
+            if content_length.is_none() {
+                content_length = Some(n);
+            } else if content_length != Some(n) {
+                return None;
+            }
+            continue;
+        }
         if let Ok(line) = h.to_str() {
             for v in line.split(',') {
                 let n = from_digits(v.trim().as_bytes())?;
