@@ -399,8 +399,16 @@ impl Admitted {
                     joined.push_str(&p.policy_item);
                     state.push_str(", ");
                 }
+                // Written with `itoa`: through `fmt`, the two numbers cost about 750
+                // instructions per request.
+                let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+                let (r, t) = (r.format(d.remaining), t.format(secs_up(d.reset)));
+                state.reserve(p.quoted_name.len() + r.len() + t.len() + 6);
                 state.push_str(&p.quoted_name);
-                let _ = write!(state, ";r={};t={}", d.remaining, secs_up(d.reset));
+                state.push_str(";r=");
+                state.push_str(r);
+                state.push_str(";t=");
+                state.push_str(t);
             }
             if p.legacy_headers && tightest.is_none_or(|(_, t)| d.remaining < t.remaining) {
                 tightest = Some(entry);
@@ -409,7 +417,9 @@ impl Admitted {
         if let Some(j) = joined {
             policy = HeaderValue::from_str(&j).ok();
         }
-        if let (Some(p), Ok(s)) = (policy, HeaderValue::from_str(&state)) {
+        // The value takes the string's buffer over (no copy); the names and numbers in it are
+        // valid header text.
+        if let (Some(p), Ok(s)) = (policy, HeaderValue::from_maybe_shared(bytes::Bytes::from(state))) {
             h.insert(RATELIMIT_POLICY, p);
             h.insert(RATELIMIT, s);
         }
