@@ -11,18 +11,19 @@
 # do the same work (proxy_pass with upstream keep-alive; limit_req for the rate limit).
 #
 # Usage: loadtest/instructions.sh [requests=5000] [connections=8]
-# ROWS="plain local_rl jwt_rl nginx_plain nginx_rl" picks rows (default: all).
+# ROWS="plain local_rl jwt_rl nginx_plain nginx_rl bare" picks rows (default: all). `bare` is
+# examples/bare_proxy.rs, the smallest hyper-util proxy: the HTTP stack's own floor.
 # FICUS_BIN=path measures another build (default: a fresh release build).
 # CG_DIR=dir keeps each row's callgrind profile there (read it with callgrind_annotate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-5000}
 C=${2:-8}
-ROWS=${ROWS:-plain local_rl jwt_rl nginx_plain nginx_rl}
+ROWS=${ROWS:-plain local_rl jwt_rl nginx_plain nginx_rl bare}
 for b in valgrind callgrind_annotate h2load nginx python3 curl; do
   command -v "$b" >/dev/null || { echo "instructions.sh needs $b (Debian: valgrind nghttp2-client nginx-light)" >&2; exit 1; }
 done
-cargo build --release --locked --bin ficus --example mint_token >&2
+cargo build --release --locked --bin ficus --example mint_token --example bare_proxy >&2
 T=${CARGO_TARGET_DIR:-target}/release
 BIN=${FICUS_BIN:-$T/ficus}
 . loadtest/lib.sh
@@ -125,6 +126,7 @@ $JWT" && per_request jwt_rl $F "Authorization: Bearer $TOKEN" -- "$BIN" run --co
     nginx_rl) nginx_cfg "limit_req zone=z burst=1000000 nodelay;" \
       'limit_req_zone $binary_remote_addr zone=z:10m rate=1000000r/s;' &&
       per_request nginx_rl $X -- nginx -c "$W/nx.conf" ;;
+    bare) per_request bare http://127.0.0.1:18286/ -- "$T/examples/bare_proxy" 127.0.0.1:18286 127.0.0.1:$UP ;;
     *) echo "unknown row $r" >&2; exit 1 ;;
   esac
 done
