@@ -847,11 +847,21 @@ proptest! {
         context::join_cookies(&mut h);
         context::strip_hop_by_hop(&mut h, keep_upgrade);
         prop_assert_eq!(h.get(http::header::HOST), Some(&host), "a client cannot remove Host");
+        if !keep_upgrade {
+            prop_assert!(
+                !h.contains_key(http::header::UPGRADE) && !h.contains_key(http::header::CONNECTION),
+                "hop-by-hop headers left: {:?}", h
+            );
+        }
         let peer_value = context::ip_value(peer);
         let info = context::ForwardedInfo { peer, peer_value: &peer_value, proto: "http", host: Some(&host) };
         context::apply_forwarded(&mut h, &info, &trusted);
         let xff = h.get(context::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        prop_assert!(xff.ends_with(&peer.to_string()), "X-Forwarded-For {:?} ends with the peer {}", xff, peer);
+        if trusted.iter().any(|n| n.contains(&peer)) {
+            prop_assert!(xff.ends_with(&peer.to_string()), "X-Forwarded-For {:?} ends with the peer {}", xff, peer);
+        } else {
+            prop_assert_eq!(xff, peer.to_string(), "an untrusted peer's own list is never kept");
+        }
         if let Some(v) = h.get("x-forwarded-host") {
             prop_assert!(v.to_str().is_ok() && v == host, "X-Forwarded-Host is the visible-ASCII host only: {:?}", v);
         }

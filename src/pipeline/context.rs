@@ -75,7 +75,7 @@ fn write_hex(dst: &mut [u8], v: u64) {
 /// else is not an upgrade for ficus: its `Upgrade` header is removed and the request is served as
 /// a plain one, so `h2c` can never open a tunnel past routing, identity and rate limits.
 pub fn is_allowed_upgrade(h: &HeaderMap, allowed: &[String]) -> bool {
-    if !h.contains_key(UPGRADE) || !connection_tokens(h).any(|t| t.eq_ignore_ascii_case("upgrade")) {
+    if !h.contains_key(UPGRADE) || !connection_tokens(h).any(|t| t.eq_ignore_ascii_case(b"upgrade")) {
         return false;
     }
     let mut any = false;
@@ -95,12 +95,13 @@ pub fn is_allowed_upgrade(h: &HeaderMap, allowed: &[String]) -> bool {
     any
 }
 
-fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
+/// Split as bytes: a line with a non-ASCII byte somewhere still names the headers in its other
+/// tokens (dropping such a line whole let `Connection: x-secret, \xff` keep `x-secret`).
+fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     h.get_all(CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
 }
 
@@ -139,8 +140,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         };
         if !h.get_all(CONNECTION).iter().all(|v| is_fixed(v.as_bytes())) {
             let named: Vec<HeaderName> = connection_tokens(h)
-                .filter(|t| !is_fixed(t.as_bytes()))
-                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .filter(|t| !is_fixed(t))
+                .filter_map(|t| HeaderName::from_bytes(t).ok())
                 .collect();
             for n in named {
                 // Never let a client delete what identifies the request end to end.
@@ -515,6 +516,44 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn a_connection_line_with_a_non_ascii_byte_still_names_its_other_tokens() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_bytes(b"x-secret, \xff").unwrap());
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn connection_upgrade_without_an_allowed_upgrade_removes_both() {
+        let mut h = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn an_ipv6_peer_is_quoted_and_bracketed_in_forwarded() {
+        let peer: IpAddr = "2001:db8::1".parse().unwrap();
+        let peer_value = ip_value(peer);
+        let info = ForwardedInfo {
+            peer,
+            peer_value: &peer_value,
+            proto: "https",
+            host: None,
+        };
+        let mut h = HeaderMap::new();
+        apply_forwarded(&mut h, &info, &[]);
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(h["forwarded"], "for=\"[2001:db8::1]\";proto=https");
     }
 
     #[test]

@@ -33,12 +33,20 @@ pub(super) fn connection_any_close(headers: &http::HeaderMap) -> bool {
 #[cfg(feature = "http1")]
 fn connection_has(value: &HeaderValue, needle: &str) -> bool {
     // ficus patch: a value of one token (`keep-alive` from nearly every upstream, asked about
-    // `close` first) is compared without the UTF-8 check, split and trim. Equivalent: a value
-    // with a byte `to_str` refuses cannot equal the ASCII needle, and header values hold no
-    // whitespace `trim` removes that `trim_ascii` keeps.
+    // `close` first) is compared without the UTF-8 check, split and trim. Equivalent: what
+    // matches after trimming spaces and tabs is the needle's ASCII between spaces and tabs,
+    // which `to_str` accepts, and a value `to_str` accepts holds no other whitespace `trim`
+    // would remove.
     let bytes = value.as_bytes();
     if !bytes.contains(&b',') {
-        return bytes.trim_ascii().eq_ignore_ascii_case(needle.as_bytes());
+        let mut t = bytes;
+        while let [b' ' | b'\t', rest @ ..] = t {
+            t = rest;
+        }
+        while let [rest @ .., b' ' | b'\t'] = t {
+            t = rest;
+        }
+        return t.eq_ignore_ascii_case(needle.as_bytes());
     }
     if let Ok(s) = value.to_str() {
         for val in s.split(',') {
