@@ -263,11 +263,9 @@ pub fn apply_forwarded(h: &mut HeaderMap, info: &ForwardedInfo<'_>, trusted: &[I
         IpAddr::V4(_) => ("", ""),
         IpAddr::V6(_) => ("\"[", "]\""),
     };
-    // `to_str` admits visible ASCII only, as `HeaderValue::from_str` would for the copy.
-    let host_value = info.host.filter(|v| v.to_str().is_ok());
-    let host = host_value
-        .and_then(|v| v.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'));
+    // `to_str` admits visible ASCII only: the host `X-Forwarded-Host` may carry.
+    let host_text = info.host.and_then(|v| v.to_str().ok());
+    let host = host_text.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'));
     let prev = existing(h, &FORWARDED);
     let (prev, sep) = prev.as_deref().map_or(("", ""), |p| (p, ", "));
     let (h1, h2, h3) = host.map_or(("", "", ""), |h| (";host=\"", h, "\""));
@@ -284,14 +282,15 @@ pub fn apply_forwarded(h: &mut HeaderMap, info: &ForwardedInfo<'_>, trusted: &[I
     }
     if !from_proxy || !h.contains_key(X_FORWARDED_HOST) {
         // The request's own value, shared rather than copied.
-        if let Some(v) = host_value {
+        if let (Some(v), Some(_)) = (info.host, host_text) {
             h.insert(X_FORWARDED_HOST, v.clone());
         }
     }
 }
 
 /// An address as text, written without `fmt`: an IPv4 address, the usual case, through the
-/// formatting machinery costs about a thousand instructions per request.
+/// formatting machinery costs about a thousand instructions. Written once per connection
+/// ([`ip_value`]), which for clients that open a connection per request is once per request.
 #[derive(Default)]
 struct IpText {
     buf: [u8; 15],
